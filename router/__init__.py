@@ -1,0 +1,41 @@
+"""cacheroute's routing core: KV-cache-aware replica selection, free of Ray, vLLM and torch.
+
+A request's prompt tokens are cut into the engine's blocks and hashed exactly as
+vLLM hashes them (``hashing``); an index of which replica holds which blocks
+(``ownership``), fed by routing decisions and by the engines' KV events
+(``kv_events``), finds the replica with the longest cached prefix; a
+consistent-hash ring (``ring``) with bounded loads (``load``) places prefixes
+nobody holds. ``policy`` combines them into one ``Decision`` whose ``Outcome``
+is also a metric label. Adapters (Ray Serve, HTTP) live outside this package.
+"""
+
+from router.hashing import DEFAULT_HASH_SEED, BlockHash, PrefixHasher, engine_hash_seed
+from router.kv_events import AppliedEvents, KVEventBatch, KVEventSubscriber, decode_batch
+from router.outcome import Outcome
+from router.policy import (
+    CacheAwarePolicy,
+    Decision,
+    PolicyConfig,
+    RouteRequest,
+    RoutingPolicy,
+)
+from router.ring import EmptyRingError, HashRing
+
+__all__ = [
+    "DEFAULT_HASH_SEED",
+    "AppliedEvents",
+    "BlockHash",
+    "CacheAwarePolicy",
+    "Decision",
+    "EmptyRingError",
+    "HashRing",
+    "KVEventBatch",
+    "KVEventSubscriber",
+    "Outcome",
+    "PolicyConfig",
+    "PrefixHasher",
+    "RouteRequest",
+    "RoutingPolicy",
+    "decode_batch",
+    "engine_hash_seed",
+]

@@ -1,0 +1,72 @@
+"""Consistent hashing with bounded loads (Mirrokni, Thorup, Zadimoghaddam, 2018).
+
+Algorithm: with ``n`` replicas and ``total`` requests in flight, no replica may take
+a new request once it holds ``capacity = ceil((1 + epsilon) * (total + 1) / n)``.
+A request goes to the first replica along the ring, starting at its key's home,
+whose in-flight count is below that capacity. Because the average load
+``total / n`` is below ``capacity``, some replica always has room, so the walk
+always ends. Overflow of one hot key lands on the replicas that follow its home
+on the ring (not on random ones), so its prefix is cached on few replicas.
+
+Cost: O(1) for the capacity; the walk visits replicas in ring order until one has
+room, typically one or two (``ring.walk`` cost per step).
+
+``epsilon`` trades cache locality for balance: 0 forces near-perfect balance
+(many spills), large values let a hot home run far above the mean (few spills,
+long queues). Unlike power-of-two-choices, the choice is deterministic.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class LoadChoice:
+    """Where the bounded-load walk stopped, and why."""
+
+    replica_id: str
+    # True when the preferred (first) replica was at capacity.
+    spilled: bool
+    # The per-replica ceiling the choice was made under.
+    capacity: int
+
+
+def load_capacity(total_in_flight: int, num_replicas: int, epsilon: float) -> int:
+    """``ceil((1 + epsilon) * (total_in_flight + 1) / num_replicas)``.
+
+    The ``+ 1`` counts the request being placed, so capacity is at least 1.
+    """
+    if num_replicas < 1:
+        raise ValueError(f"num_replicas must be >= 1, got {num_replicas}")
+    if total_in_flight < 0:
+        raise ValueError(f"total_in_flight must be >= 0, got {total_in_flight}")
+    return math.ceil((1.0 + epsilon) * (total_in_flight + 1) / num_replicas)
+
+
+def total_in_flight(in_flight: Mapping[str, int], replicas: Collection[str]) -> int:
+    """Sum of in-flight counts over ``replicas``; ids outside the set are ignored."""
+    total = 0
+    for replica in replicas:
+        count = in_flight.get(replica, 0)
+        if count < 0:
+            raise ValueError(f"in-flight count of {replica!r} is negative: {count}")
+        total += count
+    return total
+
+
+def choose_bounded(
+    order: Iterable[str], in_flight: Mapping[str, int], capacity: int
+) -> LoadChoice | None:
+    """The first replica of ``order`` with fewer than ``capacity`` requests in flight.
+
+    ``order`` is usually ``ring.walk(key)``; returns None only if ``order`` is
+    exhausted, which cannot happen for a full ring walk with a capacity from
+    ``load_capacity`` (pigeonhole, see module docstring).
+    """
+    for position, replica in enumerate(order):
+        if in_flight.get(replica, 0) < capacity:
+            return LoadChoice(replica_id=replica, spilled=position > 0, capacity=capacity)
+    return None

@@ -1,0 +1,154 @@
+"""Which replicas hold which prefix blocks: a bounded, expiring block-hash index.
+
+Data: an LRU-ordered map ``BlockHash -> {replica_id: expires_at}``. Two sources
+feed it: the router's own decisions (``learn``: the chosen replica is about to
+compute and cache those blocks) and the engines' KV events (``confirm`` on
+BlockStored, ``forget`` on BlockRemoved, ``clear`` on AllBlocksCleared). Without
+events the index is a guess that ages out after ``ttl_s``; with events it
+converges on the engines' real caches, and every router instance subscribed to
+the same events converges on the same view.
+
+Invariant kept on purpose: ownership is *prefix-closed* along a chain, i.e. if a
+replica holds block k of a prompt it holds blocks 0..k-1. Chains are inserted
+tail first, so the head ends up most recently used and the LRU bound evicts
+tails first; vLLM also frees a request's blocks tail first, so its evictions
+keep the property. That lets ``longest_prefix`` binary-search the chain. If the
+property is broken (an event lost mid-chain), the answer is a prefix that is
+too short or too long: a worse routing guess, never a wrong response.
+
+Cost: ``longest_prefix`` O(log n) dict probes for an n-block chain; ``learn`` /
+``confirm`` / ``forget`` O(k) for k hashes; ``clear`` O(entries), acceptable
+because engines clear their caches and replicas leave rarely. Memory is about
+330 bytes per entry, measured (200k entries: about 65 MB). Expired pairs are dropped
+lazily when probed, or by the LRU bound.
+
+Compared with the ring (``ring.py``), this is state, learned per instance; the
+ring is the stateless fallback when nobody owns a prefix.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from router.hashing import BlockHash
+
+
+@dataclass(frozen=True, slots=True)
+class PrefixMatch:
+    """The longest owned prefix of a chain and the replicas that own it."""
+
+    owners: frozenset[str]
+    matched_blocks: int
+
+
+_NO_MATCH = PrefixMatch(owners=frozenset(), matched_blocks=0)
+
+
+class OwnershipIndex:
+    """Block hash -> owning replicas, LRU-bounded by hashes and expiring per pair.
+
+    Not thread-safe; the policy serialises access.
+    """
+
+    __slots__ = ("_clock", "_entries", "_max_entries", "_ttl_s")
+
+    def __init__(
+        self,
+        *,
+        max_entries: int,
+        ttl_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_entries < 1:
+            raise ValueError(f"max_entries must be >= 1, got {max_entries}")
+        if not ttl_s > 0:
+            raise ValueError(f"ttl_s must be > 0, got {ttl_s}")
+        self._max_entries = max_entries
+        self._ttl_s = ttl_s
+        self._clock = clock
+        # Oldest first. Values map replica id -> monotonic expiry time.
+        self._entries: OrderedDict[BlockHash, dict[str, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        """Number of block hashes held (including not yet purged expired ones)."""
+        return len(self._entries)
+
+    def learn(self, replica: str, hashes: Sequence[BlockHash]) -> None:
+        """Record that ``replica`` was sent these blocks (a chain, head first)."""
+        self._put(replica, hashes)
+
+    def confirm(self, replica: str, hashes: Sequence[BlockHash]) -> None:
+        """Record that ``replica``'s engine stored these blocks (KV event BlockStored)."""
+        self._put(replica, hashes)
+
+    def forget(self, replica: str, hashes: Iterable[BlockHash]) -> None:
+        """Drop ``replica`` from these blocks (KV event BlockRemoved)."""
+        entries = self._entries
+        for block_hash in hashes:
+            owners = entries.get(block_hash)
+            if owners is not None and owners.pop(replica, None) is not None and not owners:
+                del entries[block_hash]
+
+    def clear(self, replica: str) -> None:
+        """Drop every block of ``replica`` (AllBlocksCleared, or replica removed). O(entries)."""
+        entries = self._entries
+        emptied = []
+        for block_hash, owners in entries.items():
+            if owners.pop(replica, None) is not None and not owners:
+                emptied.append(block_hash)
+        for block_hash in emptied:
+            del entries[block_hash]
+
+    def owners(self, block_hash: BlockHash) -> frozenset[str]:
+        """Replicas currently (not expired) holding ``block_hash``."""
+        return frozenset(self._live_owners(block_hash, self._clock()))
+
+    def longest_prefix(self, hashes: Sequence[BlockHash]) -> PrefixMatch:
+        """The longest prefix ``hashes[:m]`` whose last block has a live owner.
+
+        Binary search, relying on prefix-closure (module docstring): O(log n).
+        """
+        now = self._clock()
+        low, high = 0, len(hashes)  # invariant: hashes[:low] is owned
+        while low < high:
+            mid = (low + high + 1) // 2
+            if self._live_owners(hashes[mid - 1], now):
+                low = mid
+            else:
+                high = mid - 1
+        if low == 0:
+            return _NO_MATCH
+        return PrefixMatch(
+            owners=frozenset(self._live_owners(hashes[low - 1], now)), matched_blocks=low
+        )
+
+    def _put(self, replica: str, hashes: Sequence[BlockHash]) -> None:
+        expires_at = self._clock() + self._ttl_s
+        entries = self._entries
+        # Tail first, so the chain's head is the most recently used entry and
+        # the LRU bound below evicts tails before heads (prefix-closure).
+        for block_hash in reversed(hashes):
+            owners = entries.get(block_hash)
+            if owners is None:
+                entries[block_hash] = {replica: expires_at}
+            else:
+                owners[replica] = expires_at
+                entries.move_to_end(block_hash)
+        while len(entries) > self._max_entries:
+            entries.popitem(last=False)
+
+    def _live_owners(self, block_hash: BlockHash, now: float) -> list[str]:
+        owners = self._entries.get(block_hash)
+        if not owners:
+            return []
+        live = [replica for replica, expires_at in owners.items() if expires_at > now]
+        if len(live) != len(owners):
+            # Purge expired pairs so a stale owner cannot outlive its TTL.
+            for replica in [r for r, expires_at in owners.items() if expires_at <= now]:
+                del owners[replica]
+            if not owners:
+                del self._entries[block_hash]
+        return live

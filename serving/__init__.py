@@ -1,0 +1,1 @@
+"""Serving layer of cacheroute: Ray Serve application, vLLM engines and model folders."""

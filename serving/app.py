@@ -1,0 +1,143 @@
+"""The Ray Serve application: `ray.serve.llm` replicas behind an OpenAI-compatible ingress.
+
+    client ──HTTP──▶ Serve proxy ──▶ CacheRouteIngress (FastAPI, auth, /ready)
+                                        │ DeploymentHandle, request router = policy
+                                        ▼
+                           CacheRouteServer × N  (ray.serve.llm LLMServer)
+                                        │
+                                  vLLM engine (prefix caching, KV events)
+
+Built from `ray.serve.llm`'s public pieces (`LLMConfig`, `build_llm_deployment`,
+`OpenAiIngress`, `make_fastapi_ingress`) -- the same wiring as `build_openai_app` --
+because we need two hooks that builder does not expose: our own FastAPI app (auth,
+readiness, error shaping) and a server subclass that warms its engine before Serve
+reports it running.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+from ray.serve.llm import LLMConfig, build_llm_deployment
+
+from serving.config import ServiceConfig
+from serving.ingress import CacheRouteIngress, make_ingress_deployment
+from serving.server import CacheRouteServer
+
+INGRESS_DEPLOYMENT = "CacheRouteIngress"
+APP_NAME = "cacheroute"
+
+# Ray's request routers by policy name. `pow2` is Serve's default router, so it needs
+# no entry; `cacheroute` is this project's router (router/ core + serving adapter).
+_ROUTER_CLASSES: dict[str, str] = {
+    "ray-prefix": "ray.serve.llm.request_router:PrefixCacheAffinityRouter",
+    "cacheroute": "serving.ray_router:CacheRouteRequestRouter",
+}
+
+
+def llm_deployment_name(config: ServiceConfig) -> str:
+    # Mirrors ray.serve.llm's naming so `serve status` reads the same as upstream apps.
+    return "LLMServer:" + config.model.id.replace("/", "--").replace(".", "_")
+
+
+def engine_env(config: ServiceConfig) -> dict[str, str]:
+    """Environment of every replica (and so of its vLLM engine process)."""
+    env = {
+        # vLLM seeds prefix-cache block hashes with PYTHONHASHSEED; the router
+        # recomputes them, so engines must not pick a random seed per process.
+        "PYTHONHASHSEED": str(config.engine.hash_seed),
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "VLLM_NO_USAGE_STATS": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+    }
+    if config.engine.device == "cpu":
+        # KV cache size of a CPU engine, in GiB.
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(config.engine.kv_cache_gib)
+    return env
+
+
+def engine_kwargs(config: ServiceConfig, model_path: str) -> dict[str, Any]:
+    eng = config.engine
+    kwargs: dict[str, Any] = {
+        "enable_prefix_caching": eng.enable_prefix_caching,
+        # sha256_cbor is vLLM's reproducible block hash: the router computes the same
+        # values without the engine (router/hashing.py).
+        "prefix_caching_hash_algo": "sha256_cbor",
+        "block_size": eng.block_size,
+        "max_model_len": eng.max_model_len,
+        "max_num_seqs": eng.max_num_seqs,
+        "dtype": eng.dtype,
+        # OpenAI's `usage.prompt_tokens_details.cached_tokens` on every response.
+        "enable_prompt_tokens_details": True,
+    }
+    if eng.device == "gpu":
+        kwargs["gpu_memory_utilization"] = eng.gpu_memory_utilization
+        kwargs["tensor_parallel_size"] = eng.gpus_per_replica
+    if config.model.tokenizer:
+        kwargs["tokenizer"] = config.model.tokenizer
+    kwargs.update(eng.extra_engine_kwargs)
+    return kwargs
+
+
+def request_router_config(config: ServiceConfig, model_path: str) -> dict[str, Any] | None:
+    cls = _ROUTER_CLASSES.get(config.routing.policy)
+    if cls is None:
+        return None
+    rr: dict[str, Any] = {"request_router_class": cls}
+    if config.routing.policy == "cacheroute":
+        rr["request_router_kwargs"] = {
+            "config_json": config.model_dump_json(),
+            # The router tokenises with the engine's own tokenizer (prefix key exactness).
+            "tokenizer_path": config.model.tokenizer or model_path,
+        }
+    return rr
+
+
+def build_llm_config(config: ServiceConfig, model_path: str) -> LLMConfig:
+    deployment_config: dict[str, Any] = {
+        "num_replicas": config.replicas,
+        "ray_actor_options": {"num_cpus": config.engine.cpus_per_replica},
+        # A CPU engine prefills a 4k prompt in seconds; Serve's 5 pending requests per
+        # replica would make the router fall back to random choice under modest load.
+        "max_ongoing_requests": max(8, config.engine.max_num_seqs * 2),
+        # Readiness includes a warm-up generation; allow slow CPU starts.
+        "graceful_shutdown_timeout_s": 10,
+        "health_check_period_s": 10,
+        "health_check_timeout_s": 60,
+    }
+    rr = request_router_config(config, model_path)
+    if rr is not None:
+        deployment_config["request_router_config"] = rr
+    llm: dict[str, Any] = {
+        "model_loading_config": {"model_id": config.model.id, "model_source": model_path},
+        "engine_kwargs": engine_kwargs(config, model_path),
+        "deployment_config": deployment_config,
+        "runtime_env": {"env_vars": engine_env(config)},
+        "log_engine_metrics": True,
+        # Read by CacheRouteServer: publish KV events for the router's ownership index.
+        "experimental_configs": {"cacheroute_kv_events": config.routing.policy == "cacheroute"},
+    }
+    if config.engine.device == "cpu":
+        # Without this a CPU-only cluster waits forever for {"GPU": 1}.
+        llm["accelerator_config"] = {"kind": "cpu"}
+    return LLMConfig(**llm)
+
+
+def build_app(config: ServiceConfig, model_path: str) -> serve.Application:
+    """The whole application for one model; `model_path` is the resolved source."""
+    llm_config = build_llm_config(config, model_path)
+    server = build_llm_deployment(
+        llm_config,
+        deployment_cls=CacheRouteServer,
+        name_prefix="LLMServer:",
+    )
+    return make_ingress_deployment(
+        config=config,
+        llm_config=llm_config,
+        server=server,
+        ingress_cls=CacheRouteIngress,
+        llm_deployment_name=llm_deployment_name(config),
+        app_name=APP_NAME,
+        name=INGRESS_DEPLOYMENT,
+    )

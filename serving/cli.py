@@ -1,0 +1,79 @@
+"""`cacheroute` command line. Every failure the user can fix prints one line and exits 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from serving.config import POLICIES, ConfigError, load_config
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from serving.runtime import base_url, run_service
+
+    config = load_config(args.config).with_overrides(
+        replicas=args.replicas, policy=args.policy, port=args.port, model_source=args.model)
+
+    def on_ready(info: dict) -> None:
+        print(f"cacheroute: ready at {base_url(config)}/v1 -- {info.get('replicas_ready')} "
+              f"replica(s) of {config.model.id} warm, policy {config.routing.policy}",
+              flush=True)
+
+    run_service(config, on_ready=on_ready, progress=lambda m: print(f"cacheroute: {m}", flush=True))
+    return 0
+
+
+def _cmd_model(args: argparse.Namespace) -> int:
+    from serving.runtime import resolve_model_source
+
+    config = load_config(args.config)
+    print(resolve_model_source(config, progress=lambda m: print(f"cacheroute: {m}",
+                                                                 file=sys.stderr, flush=True)))
+    return 0
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    print(config.model_dump_json(indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cacheroute", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the service until interrupted")
+    serve.add_argument("--config", help="YAML config (default: the shipped default)")
+    serve.add_argument("--replicas", type=int, help="override `replicas`")
+    serve.add_argument("--policy", choices=POLICIES, help="override `routing.policy`")
+    serve.add_argument("--port", type=int, help="override `server.port`")
+    serve.add_argument("--model", help="override `model.source` (folder or hub name)")
+    serve.set_defaults(func=_cmd_serve)
+
+    model = sub.add_parser("model", help="build (if needed) and print the configured model's path")
+    model.add_argument("--config")
+    model.set_defaults(func=_cmd_model)
+
+    check = sub.add_parser("config", help="validate a config file and print it with defaults")
+    check.add_argument("--config")
+    check.set_defaults(func=_cmd_check_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"cacheroute: config error: {err}", file=sys.stderr)
+        return 2
+    except (TimeoutError, RuntimeError) as err:
+        print(f"cacheroute: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

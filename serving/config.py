@@ -1,0 +1,189 @@
+"""The service configuration: one YAML file, validated once, here.
+
+Everything downstream (the Ray Serve application, the CLI, the Helm values) takes a
+`ServiceConfig` and never re-validates. A bad file fails with a single line naming the
+field and the reason (`ConfigError`), never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+POLICIES = ("pow2", "ray-prefix", "cacheroute")
+Policy = Literal["pow2", "ray-prefix", "cacheroute"]
+
+# The model source that means "the embedded default model, built offline on set-up".
+DEFAULT_MODEL_SOURCE = "default"
+
+# Shipped default config, used by `make serve` and when `--config` is not given.
+DEFAULT_CONFIG_PATH = Path(__file__).with_name("configs") / "default.yaml"
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message is one line for the CLI."""
+
+
+class _Strict(BaseModel):
+    # Unknown keys are typos in a hand-written YAML file: reject them rather than ignore.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Strict):
+    id: str = Field("smollm2-135m-instruct", min_length=1, max_length=256)
+    """Name clients send as `model` and `/v1/models` lists."""
+    source: str = Field(DEFAULT_MODEL_SOURCE, min_length=1)
+    """`default` (embedded model, built on set-up), a local folder, or a hub name."""
+    tokenizer: str | None = None
+    """Tokenizer folder or hub name when it differs from `source`."""
+
+    @field_validator("id")
+    @classmethod
+    def _no_whitespace(cls, value: str) -> str:
+        if value != value.strip() or any(c.isspace() for c in value):
+            raise ValueError("must not contain whitespace")
+        return value
+
+
+class EngineConfig(_Strict):
+    device: Literal["cpu", "gpu"] = "cpu"
+    enable_prefix_caching: bool = True
+    block_size: int = Field(128, ge=1, le=4096)
+    """Tokens per KV block; also the router's prefix-hash granularity (they must match).
+    128 because the CPU attention backend caches in 128-token blocks."""
+    max_model_len: int = Field(4096, ge=16, le=1_048_576)
+    max_num_seqs: int = Field(16, ge=1, le=4096)
+    """Concurrent sequences per engine; small on CPU where batching buys little."""
+    kv_cache_gib: int = Field(1, ge=1, le=4096)
+    """CPU only: KV cache size per engine in whole GiB (VLLM_CPU_KVCACHE_SPACE takes an
+    integer). Small because several engines share one machine here; cap it lower with
+    `extra_engine_kwargs: {num_gpu_blocks_override: N}`."""
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    """GPU only: fraction of device memory vLLM may take (weights + KV cache)."""
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
+    hash_seed: int = Field(0, ge=0, le=4_294_967_295)
+    """PYTHONHASHSEED of every engine. vLLM seeds its prefix-cache block hashes with it;
+    the router recomputes those hashes, so both must use this one value."""
+    cpus_per_replica: float = Field(1.0, ge=0)
+    """Ray logical CPUs reserved per replica (the engine's threads are not bound by it)."""
+    gpus_per_replica: int = Field(1, ge=0, le=64)
+    """GPU only: tensor-parallel size of each replica."""
+    extra_engine_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Passed to vLLM as-is (engine or OpenAI-frontend arguments); validated by vLLM."""
+
+
+class RoutingConfig(_Strict):
+    policy: Policy = "pow2"
+    load_epsilon: float = Field(0.25, gt=0, le=10)
+    """Bounded-load slack: no replica above ceil((1+eps) x mean) in-flight requests."""
+    virtual_nodes: int = Field(160, ge=1, le=10_000)
+    """Ring points per replica; 160 keeps the arc-size spread near +-10% (ketama's choice)."""
+    max_index_blocks: int = Field(200_000, ge=1)
+    """LRU bound of the ownership index (block hashes remembered across all replicas)."""
+    ownership_ttl_s: float = Field(600.0, gt=0)
+    """An owned block not re-learned or confirmed for this long is forgotten, so the index
+    stays right when KV events stop."""
+    session_affinity: bool = True
+    """Route by `x-session-id` header / body `user` before prefix ownership."""
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    api_keys: tuple[str, ...] = ()
+    """Accepted bearer tokens; empty means no authentication. Prefer `api_keys_env`."""
+    api_keys_env: str | None = "CACHEROUTE_API_KEYS"
+    """Environment variable holding comma-separated keys (added to `api_keys`)."""
+    metrics_port: int | None = Field(8080, ge=1, le=65535)
+    """Ray's Prometheus export (/metrics): engine metrics per replica (`ReplicaId`
+    label) and Serve's own; None picks a free port."""
+    ready_timeout_s: float = Field(1200.0, gt=0)
+    """How long `serve` waits for every replica's warm-up before giving up."""
+    ray_num_cpus: int | None = Field(None, ge=1)
+    """Logical CPUs for a local Ray head; None: max(8, 2 + replicas x 2) so small
+    machines still place every replica plus the ingress."""
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_nonempty(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not k or k != k.strip() for k in value):
+            raise ValueError("API keys must be non-empty and without surrounding spaces")
+        return value
+
+    def resolved_api_keys(self) -> tuple[str, ...]:
+        keys = list(self.api_keys)
+        if self.api_keys_env:
+            keys += [k.strip() for k in os.environ.get(self.api_keys_env, "").split(",") if k.strip()]
+        return tuple(dict.fromkeys(keys))
+
+
+class ServiceConfig(_Strict):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    replicas: int = Field(2, ge=1, le=1024)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ServiceConfig":
+        if self.routing.policy == "cacheroute" and not self.engine.enable_prefix_caching:
+            raise ValueError("routing.policy 'cacheroute' needs engine.enable_prefix_caching: true")
+        return self
+
+    def with_overrides(self, *, replicas: int | None = None, policy: str | None = None,
+                       port: int | None = None, model_source: str | None = None) -> "ServiceConfig":
+        """A copy with CLI overrides applied, validated like the file itself."""
+        data = self.model_dump()
+        if replicas is not None:
+            data["replicas"] = replicas
+        if policy is not None:
+            data["routing"]["policy"] = policy
+        if port is not None:
+            data["server"]["port"] = port
+        if model_source is not None:
+            data["model"]["source"] = model_source
+        return validate_config(data, origin="command line")
+
+
+def _first_error_line(err: ValidationError, origin: str) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown field"
+    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{origin}: {loc}: {msg}{more}"
+
+
+def validate_config(data: Any, *, origin: str = "config") -> ServiceConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: top level must be a mapping, got {type(data).__name__}")
+    try:
+        return ServiceConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_first_error_line(err, origin)) from None
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> ServiceConfig:
+    """Read and validate a YAML config file (the shipped default when `path` is None)."""
+    path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read: {err}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}:{where}: {problem}") from None
+    return validate_config(data, origin=str(path))

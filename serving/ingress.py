@@ -1,0 +1,202 @@
+"""The HTTP ingress: `ray.serve.llm`'s OpenAI ingress plus auth, readiness and error shape.
+
+Endpoints beyond upstream's OpenAI set:
+- `GET /ready`  200 only when every configured replica has served its warm-up
+                generation (see serving/server.py); 503 with the counts otherwise.
+                This is the readiness probe for load balancers and Kubernetes.
+- `GET /health` 200 while the ingress itself runs (liveness).
+
+Every error leaves as OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`,
+with a 4xx status for anything the client can fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ray import serve
+from ray.llm._internal.serve.core.configs.openai_api_models import OpenAIHTTPException
+from ray.serve.llm import LLMConfig
+from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
+
+from serving.config import ServiceConfig
+
+# Paths a probe or scraper must reach without a key.
+PUBLIC_PATHS = frozenset({"/ready", "/health"})
+
+
+def openai_error(status: int, message: str, *, type_: str = "invalid_request_error",
+                 code: str | None = None, param: str | None = None) -> JSONResponse:
+    return JSONResponse(
+        status_code=status,
+        content={"error": {"message": message, "type": type_, "param": param, "code": code}},
+    )
+
+
+class ApiKeyMiddleware:
+    """Bearer-token check in front of every non-public path (constant-time compare)."""
+
+    def __init__(self, app: ASGIApp, *, api_keys: tuple[str, ...]) -> None:
+        self.app = app
+        self._keys = [k.encode() for k in api_keys]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self._keys or scope.get("path") in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        token = b""
+        for name, value in scope.get("headers", []):
+            if name.lower() == b"authorization":
+                scheme, _, rest = value.partition(b" ")
+                if scheme.lower() == b"bearer":
+                    token = rest.strip()
+                break
+        # Compare against every key so timing does not reveal which prefix matched.
+        ok = False
+        for key in self._keys:
+            ok |= hmac.compare_digest(token, key)
+        if not ok:
+            message = ("Missing API key: send 'Authorization: Bearer <key>'." if not token
+                       else "Incorrect API key provided.")
+            await openai_error(401, message, code="invalid_api_key")(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    errors = exc.errors()
+    if not errors:
+        return "Invalid request body.", None
+    first = errors[0]
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    param = ".".join(loc) or None
+    if first.get("type") == "json_invalid":
+        return "Request body is not valid JSON.", None
+    msg = first.get("msg", "invalid value")
+    return (f"Invalid value for '{param}': {msg}" if param else f"Invalid request: {msg}"), param
+
+
+async def _on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    message, param = _validation_message(exc)
+    return openai_error(400, message, param=param, code="invalid_request")
+
+
+# Codes OpenAI's API uses for these statuses, so SDKs branch on them the same way.
+_CODE_BY_STATUS = {400: "invalid_request", 401: "invalid_api_key", 404: "not_found",
+                   408: "timeout", 413: "request_too_large", 429: "rate_limit_exceeded"}
+
+
+async def _on_http_exception(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    message = str(exc.detail)
+    code = _CODE_BY_STATUS.get(exc.status_code)
+    if exc.status_code == 400 and "parsing the body" in message:
+        # FastAPI's wording for a body that is not UTF-8 (or not decodable at all).
+        message = "Request body could not be decoded: send UTF-8 encoded JSON."
+    if exc.status_code == 404 and "model" in message.lower():
+        code = "model_not_found"
+    type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
+    return openai_error(exc.status_code, message, type_=type_, code=code)
+
+
+async def _on_openai_exception(request: Request, exc: OpenAIHTTPException) -> JSONResponse:
+    status = int(exc.status_code)
+    type_ = "invalid_request_error" if status < 500 else "server_error"
+    return openai_error(status, exc.message, type_=type_, code=_CODE_BY_STATUS.get(status))
+
+
+async def _on_engine_client_error(request: Request, exc: Exception) -> JSONResponse:
+    # vLLM's own request-validation errors (raised in the replica, re-raised here).
+    message = str(getattr(exc, "cause", None) or exc).strip() or type(exc).__name__
+    return openai_error(400, message, code="invalid_request")
+
+
+def build_fastapi_app(config: ServiceConfig) -> FastAPI:
+    """Upstream's app (its middleware stack, metrics, request ids) plus ours."""
+    from ray.llm._internal.serve.core.ingress.ingress import init as init_upstream_app
+
+    from ray.llm._internal.common.errors import VLLM_CLIENT_ERRORS
+
+    app = init_upstream_app()
+    # Handlers registered here run inside upstream's catch-all middleware, so the
+    # client-error cases get a clean OpenAI body instead of its concatenated message.
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_exception)
+    app.add_exception_handler(OpenAIHTTPException, _on_openai_exception)
+    for exc_type in VLLM_CLIENT_ERRORS:
+        app.add_exception_handler(exc_type, _on_engine_client_error)
+    keys = config.server.resolved_api_keys()
+    if keys:
+        app.add_middleware(ApiKeyMiddleware, api_keys=keys)
+    return app
+
+
+class CacheRouteIngress(OpenAiIngress):
+    def __init__(self, llm_deployments: dict, model_cards: dict, *, lora_paths=None,
+                 app_name: str, llm_deployment: str, num_replicas: int) -> None:
+        super().__init__(llm_deployments, model_cards, lora_paths=lora_paths)
+        self._app_name = app_name
+        self._llm_deployment = llm_deployment
+        self._num_replicas = num_replicas
+
+    async def readiness(self) -> dict[str, Any]:
+        # serve.status() is a blocking call to the controller: keep it off the loop.
+        status = await asyncio.to_thread(serve.status)
+        app = status.applications.get(self._app_name)
+        running = 0
+        if app is not None and self._llm_deployment in app.deployments:
+            states = app.deployments[self._llm_deployment].replica_states
+            running = int(states.get("RUNNING", 0))
+        ready = (app is not None and str(app.status) in ("RUNNING", "ApplicationStatus.RUNNING")
+                 and running >= self._num_replicas)
+        return {"ready": ready, "replicas_ready": running, "replicas_wanted": self._num_replicas}
+
+    async def ready(self) -> JSONResponse:
+        info = await self.readiness()
+        return JSONResponse(status_code=200 if info["ready"] else 503,
+                            content={"status": "ready" if info["ready"] else "starting", **info})
+
+    async def health(self) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+
+def _endpoint_map() -> dict:
+    from ray.llm._internal.serve.core.ingress.ingress import DEFAULT_ENDPOINTS
+
+    return {
+        **DEFAULT_ENDPOINTS,
+        "ready": lambda app: app.get("/ready"),
+        "health": lambda app: app.get("/health"),
+    }
+
+
+def make_ingress_deployment(*, config: ServiceConfig, llm_config: LLMConfig,
+                            server: serve.Application, ingress_cls: type,
+                            llm_deployment_name: str, app_name: str,
+                            name: str) -> serve.Application:
+    from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
+
+    cls = make_fastapi_ingress(ingress_cls, endpoint_map=_endpoint_map(),
+                               app=build_fastapi_app(config))
+    options = ingress_cls.get_deployment_options([llm_config])
+    options.update(
+        name=name,
+        # The ingress only parses and forwards; it must never block replica placement.
+        ray_actor_options={"num_cpus": 0},
+    )
+    return serve.deployment(cls, **options).bind(
+        llm_deployments={llm_config.model_id: server},
+        model_cards={llm_config.model_id: to_model_metadata(llm_config.model_id, llm_config)},
+        lora_paths={},
+        app_name=app_name,
+        llm_deployment=llm_deployment_name,
+        num_replicas=config.replicas,
+    )
+

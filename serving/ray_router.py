@@ -1,0 +1,167 @@
+"""Ray Serve adapter: the `cacheroute` policy as a `RequestRouter`.
+
+Thin by design: it turns Serve's view (RunningReplica objects, a PendingRequest whose
+first argument is the parsed OpenAI request, the queue-length cache) into the routing
+core's plain values (replica id strings, a RouteRequest, an in-flight map), and the
+core's Decision back into Serve's ranked tiers:
+
+    [[chosen], [next on the ring], [next], ...]
+
+Serve then takes the first tier whose replica has a free slot, probing queue lengths
+as usual, so a full chosen replica falls through to its ring successor -- the same
+order the core uses for bounded-load spill and failover.
+
+Hooks used (contract-tested in tests/unit/test_ray_router_contract.py):
+`initialize_state`, `choose_replicas`, `update_replicas`, `on_replica_actor_died`,
+`on_request_routed`. Each process that holds a handle (every ingress replica) has its
+own instance; instances agree because the core is deterministic and converge through
+the engines' KV events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import Any, List, Optional
+
+from ray.serve._private.common import ReplicaID
+from ray.serve._private.constants import SERVE_LOGGER_NAME
+from ray.serve._private.replica_result import ReplicaResult
+from ray.serve._private.request_router.common import PendingRequest
+from ray.serve._private.request_router.replica_wrapper import RunningReplica
+from ray.serve.request_router import RequestRouter
+
+from router import CacheAwarePolicy, Decision, PolicyConfig, RouteRequest
+from router.kv_events import KVEventSubscriber
+from serving.config import ServiceConfig
+from serving.prompt_tokens import PromptTokenizer
+
+logger = logging.getLogger(SERVE_LOGGER_NAME)
+
+# Key under which CacheRouteServer advertises its engine's KV-event endpoint in
+# Serve's routing stats (see serving/server.py).
+KV_EVENTS_STATS_KEY = "cacheroute_kv_events_endpoint"
+
+# Prompts longer than this are tokenised in a worker thread, keeping the event loop
+# free; shorter ones cost less than the thread hop.
+_THREAD_TOKENIZE_MIN_CHARS = 4096
+
+
+def policy_config(config: ServiceConfig) -> PolicyConfig:
+    r = config.routing
+    return PolicyConfig(
+        block_size=config.engine.block_size,
+        load_epsilon=r.load_epsilon,
+        virtual_nodes=r.virtual_nodes,
+        max_index_blocks=r.max_index_blocks,
+        ownership_ttl_s=r.ownership_ttl_s,
+        hash_seed=str(config.engine.hash_seed),
+        session_affinity=r.session_affinity,
+    )
+
+
+def _prompt_chars(request: Any) -> int:
+    prompt = getattr(request, "prompt", None)
+    if isinstance(prompt, str):
+        return len(prompt)
+    messages = getattr(request, "messages", None) or []
+    return sum(len(str(m)) for m in messages)
+
+
+class CacheRouteRequestRouter(RequestRouter):
+    def initialize_state(self, config_json: str, tokenizer_path: str) -> None:
+        config = ServiceConfig.model_validate_json(config_json)
+        self._policy = CacheAwarePolicy(policy_config(config))
+        self._tokenizer = PromptTokenizer(tokenizer_path)
+        self._subscribers: dict[str, KVEventSubscriber] = {}
+        self._subscribers_lock = threading.Lock()
+        self.last_decision: Optional[Decision] = None
+
+    # --- membership -------------------------------------------------------------
+
+    def update_replicas(self, replicas: List[RunningReplica]) -> None:
+        super().update_replicas(replicas)
+        ids = [r.replica_id.unique_id for r in replicas]
+        self._policy.set_replicas(ids)
+        self._sync_subscribers(replicas)
+
+    def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
+        super().on_replica_actor_died(replica_id)
+        self._policy.on_replica_removed(replica_id.unique_id)
+        self._stop_subscriber(replica_id.unique_id)
+
+    def _sync_subscribers(self, replicas: List[RunningReplica]) -> None:
+        live = {r.replica_id.unique_id for r in replicas}
+        for rid in list(self._subscribers):
+            if rid not in live:
+                self._stop_subscriber(rid)
+        for r in replicas:
+            self._maybe_subscribe(r)
+
+    def _maybe_subscribe(self, replica: RunningReplica) -> None:
+        rid = replica.replica_id.unique_id
+        if rid in self._subscribers:
+            return
+        endpoint = (replica.routing_stats or {}).get(KV_EVENTS_STATS_KEY)
+        if not endpoint:
+            return
+        with self._subscribers_lock:
+            if rid in self._subscribers:
+                return
+            sub = KVEventSubscriber(
+                endpoint, lambda batch, rid=rid: self._policy.on_kv_events(rid, batch))
+            sub.start()
+            self._subscribers[rid] = sub
+        logger.info("cacheroute: following KV events of replica %s at %s", rid, endpoint)
+
+    def _stop_subscriber(self, rid: str) -> None:
+        with self._subscribers_lock:
+            sub = self._subscribers.pop(rid, None)
+        if sub is not None:
+            sub.stop()
+
+    # --- routing ----------------------------------------------------------------
+
+    async def route_request(self, pending_request: Optional[PendingRequest]) -> RouteRequest:
+        if pending_request is None or not pending_request.args:
+            return RouteRequest()
+        body = pending_request.args[0]
+        if _prompt_chars(body) >= _THREAD_TOKENIZE_MIN_CHARS:
+            token_ids = await asyncio.to_thread(self._tokenizer.token_ids, body)
+        else:
+            token_ids = self._tokenizer.token_ids(body)
+        session = pending_request.metadata.session_id or getattr(body, "user", None) or None
+        return RouteRequest(
+            token_ids=token_ids,
+            cache_salt=getattr(body, "cache_salt", None),
+            session_id=session,
+        )
+
+    def _in_flight(self, candidates: List[RunningReplica]) -> dict[str, int]:
+        cache = self._replica_queue_len_cache
+        return {r.replica_id.unique_id: (cache.get(r.replica_id) or 0) for r in candidates}
+
+    async def choose_replicas(
+        self,
+        candidate_replicas: List[RunningReplica],
+        pending_request: Optional[PendingRequest] = None,
+    ) -> List[List[RunningReplica]]:
+        if not candidate_replicas:
+            return []
+        for r in candidate_replicas:
+            self._maybe_subscribe(r)
+        try:
+            request = await self.route_request(pending_request)
+        except Exception:  # a request the tokenizer rejects still deserves an answer
+            logger.exception("cacheroute: could not tokenize; routing without a prefix key")
+            request = RouteRequest()
+        decision = self._policy.select(request, self._in_flight(candidate_replicas))
+        self.last_decision = decision
+        by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
+        return [[by_id[rid]] for rid in decision.ranked if rid in by_id]
+
+    def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID,
+                          result: ReplicaResult) -> None:
+        # The core already learned the decision in select(); nothing else to record.
+        return None

@@ -1,0 +1,119 @@
+"""Running the service locally: Ray head, Serve, the application, and the readiness wait.
+
+`run_service` is what `cacheroute serve` does. It returns only when the service stops;
+`on_ready` is called once every replica has served its warm-up generation, which is
+also when `GET /ready` turns 200.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import httpx
+
+from serving.config import DEFAULT_MODEL_SOURCE, ConfigError, ServiceConfig
+
+
+def resolve_model_source(config: ServiceConfig, *, progress: Callable[[str], None] = print) -> str:
+    """The engine's `model` argument: a built default, a local folder, or a hub name."""
+    source = config.model.source
+    if source == DEFAULT_MODEL_SOURCE:
+        from serving.models import ensure_default_model
+
+        return str(ensure_default_model(progress=progress))
+    path = Path(source).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"model.source: {path} has no config.json")
+        return str(path.resolve())
+    if source.startswith((".", "/", "~")):
+        raise ConfigError(f"model.source: {source}: no such folder")
+    return source  # a hub name: vLLM downloads it (needs network and, maybe, HF_TOKEN)
+
+
+def default_ray_cpus(config: ServiceConfig) -> int:
+    if config.server.ray_num_cpus is not None:
+        return config.server.ray_num_cpus
+    # Logical CPUs only gate placement; engines use the real cores regardless.
+    return max(8, 2 + int(config.replicas * max(config.engine.cpus_per_replica, 1)) * 2)
+
+
+def prepare_environment() -> None:
+    """Process-wide settings that must be in place before Ray is imported."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+    # A single-host local run: Ray's cluster token auth protects nothing here and
+    # would need a token to be provisioned first. Clusters (KubeRay) set their own.
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+def base_url(config: ServiceConfig) -> str:
+    host = config.server.host
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return f"http://{host}:{config.server.port}"
+
+
+def wait_ready(url: str, timeout_s: float, *, is_alive: Callable[[], bool] = lambda: True,
+               poll_s: float = 1.0) -> dict:
+    """Poll `GET /ready` until 200; raises TimeoutError or RuntimeError (process died)."""
+    deadline = time.monotonic() + timeout_s
+    last: dict = {}
+    with httpx.Client(timeout=10.0) as client:
+        while time.monotonic() < deadline:
+            if not is_alive():
+                raise RuntimeError("the service stopped before it became ready")
+            try:
+                resp = client.get(f"{url}/ready")
+                last = resp.json() if resp.headers.get("content-type", "").startswith(
+                    "application/json") else {}
+                if resp.status_code == 200:
+                    return last
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(poll_s)
+    raise TimeoutError(f"not ready after {timeout_s:.0f} s (last status: {last or 'no answer'})")
+
+
+def run_service(config: ServiceConfig, *, on_ready: Callable[[dict], None],
+                progress: Callable[[str], None] = print,
+                stop: threading.Event | None = None) -> None:
+    prepare_environment()
+    model_path = resolve_model_source(config, progress=progress)
+
+    import ray
+    from ray import serve
+
+    from serving.app import APP_NAME, build_app
+
+    stop = stop or threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+
+    progress(f"starting Ray ({default_ray_cpus(config)} logical CPUs) and Serve")
+    init_kwargs: dict = {}
+    if config.server.metrics_port is not None:
+        init_kwargs["_metrics_export_port"] = config.server.metrics_port
+    ray.init(num_cpus=default_ray_cpus(config), include_dashboard=False,
+             logging_level="WARNING", log_to_driver=False, **init_kwargs)
+    try:
+        serve.start(http_options={"host": config.server.host, "port": config.server.port})
+        app = build_app(config, model_path)
+        progress(f"deploying {config.replicas} replica(s) of {config.model.id} "
+                 f"(policy {config.routing.policy}); each warms up before it counts as ready")
+        serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
+        info = wait_ready(base_url(config), config.server.ready_timeout_s,
+                          is_alive=lambda: not stop.is_set())
+        on_ready(info)
+        stop.wait()
+    finally:
+        progress("shutting down")
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()

@@ -1,0 +1,81 @@
+"""The replica: `ray.serve.llm`'s LLMServer, warmed before Serve calls it running.
+
+Ray Serve marks a replica RUNNING when its constructor returns. Upstream's constructor
+returns once the vLLM engine object exists, but on CPU the first generation still pays
+for lazy initialisation (tens of seconds), so a load balancer that trusts RUNNING sends
+the first users into that wait. Here the constructor also runs one short generation,
+so RUNNING, the `/ready` endpoint and the CLI's ready line all mean "has served".
+
+With the `cacheroute` policy the engine also publishes its KV-cache events (ZMQ PUB on
+a free port of this node) and the replica advertises that endpoint in Serve's routing
+stats, where the router's ownership index subscribes to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from typing import Any
+
+import ray
+from ray.serve.llm.deployment import LLMServer
+from ray.serve.llm.openai_api_models import CompletionRequest
+
+logger = logging.getLogger("ray.serve")
+
+# A prompt long enough to cross one KV block at the default block size, so the warm-up
+# also exercises the prefix-cache write path; its blocks are then dropped again.
+WARMUP_PROMPT = "Warm-up. " * 40
+
+# Must match serving.ray_router.KV_EVENTS_STATS_KEY (kept literal: the replica does not
+# import the router).
+KV_EVENTS_STATS_KEY = "cacheroute_kv_events_endpoint"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+class CacheRouteServer(LLMServer):
+    async def start(self) -> None:
+        self._kv_events_endpoint: str | None = None
+        if self._llm_config.experimental_configs.get("cacheroute_kv_events"):
+            self._enable_kv_events()
+        await super().start()
+        await self._warm_up()
+
+    def _enable_kv_events(self) -> None:
+        port = _free_port()
+        self._llm_config.update_engine_kwargs(kv_events_config={
+            "enable_kv_cache_events": True,
+            "publisher": "zmq",
+            "endpoint": f"tcp://*:{port}",
+            "topic": "",
+        })
+        self._kv_events_endpoint = f"tcp://{ray.util.get_node_ip_address()}:{port}"
+
+    async def record_routing_stats(self) -> dict[str, Any]:
+        stats = dict(await super().record_routing_stats())
+        if self._kv_events_endpoint:
+            stats[KV_EVENTS_STATS_KEY] = self._kv_events_endpoint
+        return stats
+
+    async def _warm_up(self) -> None:
+        started = time.monotonic()
+        request = CompletionRequest(
+            model=self._llm_config.model_id,
+            prompt=WARMUP_PROMPT,
+            max_tokens=2,
+            temperature=0.0,
+        )
+        async for item in self.engine.completions(request, None):
+            error = getattr(item, "error", None)
+            if error is not None:
+                raise RuntimeError(f"warm-up generation failed: {error.message}")
+        # Leave no warm-up blocks behind: they would count as cache hits for nobody
+        # and skew the first hit-rate readings.
+        await self.engine.reset_prefix_cache()
+        logger.info("cacheroute: replica warm in %.1f s", time.monotonic() - started)

@@ -1,0 +1,100 @@
+"""make_* builders of real router objects for the unit tests (no mocks)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from router import CacheAwarePolicy, PolicyConfig, RouteRequest
+from router.hashing import BlockHash
+from router.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KVEventBatch
+from router.ownership import OwnershipIndex
+
+
+class FakeClock:
+    """A settable monotonic clock, injected wherever the code takes ``clock=``."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def make_replica_ids(count: int, prefix: str = "replica") -> list[str]:
+    return [f"{prefix}-{i}" for i in range(count)]
+
+
+def make_config(**overrides: object) -> PolicyConfig:
+    fields: dict[str, object] = {"block_size": 4}
+    fields.update(overrides)
+    return PolicyConfig(**fields)  # type: ignore[arg-type]
+
+
+def make_policy(
+    replicas: Iterable[str] = ("a", "b", "c"),
+    *,
+    clock: FakeClock | None = None,
+    **config: object,
+) -> CacheAwarePolicy:
+    return CacheAwarePolicy(make_config(**config), replicas=replicas, clock=clock or FakeClock())
+
+
+def make_tokens(num_tokens: int, *, start: int = 1000) -> tuple[int, ...]:
+    return tuple(range(start, start + num_tokens))
+
+
+def make_request(
+    num_tokens: int = 16,
+    *,
+    start: int = 1000,
+    tokens: Sequence[int] | None = None,
+    session_id: str | None = None,
+    cache_salt: str | None = None,
+) -> RouteRequest:
+    return RouteRequest(
+        token_ids=tuple(tokens) if tokens is not None else make_tokens(num_tokens, start=start),
+        session_id=session_id,
+        cache_salt=cache_salt,
+    )
+
+
+def make_index(
+    *, max_entries: int = 100, ttl_s: float = 60.0, clock: FakeClock | None = None
+) -> OwnershipIndex:
+    return OwnershipIndex(max_entries=max_entries, ttl_s=ttl_s, clock=clock or FakeClock())
+
+
+def make_hashes(*values: int) -> list[BlockHash]:
+    return [BlockHash(v) for v in values]
+
+
+def make_stored(
+    hashes: Sequence[int | bytes],
+    *,
+    block_size: int = 4,
+    medium: str | None = "GPU",
+    **extra: object,
+) -> BlockStored:
+    return BlockStored(
+        block_hashes=list(hashes),
+        parent_block_hash=None,
+        token_ids=list(range(block_size * len(hashes))),
+        block_size=block_size,
+        lora_id=None,
+        medium=medium,
+        lora_name=None,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def make_removed(hashes: Sequence[int | bytes], *, medium: str | None = "GPU") -> BlockRemoved:
+    return BlockRemoved(block_hashes=list(hashes), medium=medium)
+
+
+def make_batch(
+    *events: BlockStored | BlockRemoved | AllBlocksCleared, ts: float = 1.0
+) -> KVEventBatch:
+    return KVEventBatch(ts=ts, events=list(events))

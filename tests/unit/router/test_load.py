@@ -1,0 +1,91 @@
+"""Bounded loads: the capacity formula, the walk, and the ceiling as a property."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from router_factories import make_replica_ids
+
+from router.load import LoadChoice, choose_bounded, load_capacity, total_in_flight
+from router.ring import HashRing
+
+
+@pytest.mark.parametrize(
+    ("total", "replicas", "epsilon", "expected"),
+    [
+        (0, 4, 0.25, 1),  # ceil(1.25 * 1 / 4)
+        (7, 2, 0.25, 5),  # ceil(1.25 * 8 / 2) = 5 exactly
+        (10, 4, 0.25, 4),  # ceil(3.4375)
+        (10, 4, 0.0, 3),  # ceil(2.75)
+        (99, 10, 1.0, 20),
+    ],
+)
+def test_capacity_formula(total: int, replicas: int, epsilon: float, expected: int) -> None:
+    assert load_capacity(total, replicas, epsilon) == expected
+
+
+def test_capacity_rejects_nonsense() -> None:
+    with pytest.raises(ValueError):
+        load_capacity(0, 0, 0.25)
+    with pytest.raises(ValueError):
+        load_capacity(-1, 2, 0.25)
+
+
+def test_total_ignores_unknown_replicas_and_rejects_negatives() -> None:
+    assert total_in_flight({"a": 2, "b": 3, "gone": 50}, {"a", "b", "c"}) == 5
+    with pytest.raises(ValueError):
+        total_in_flight({"a": -1}, {"a"})
+
+
+def test_choose_bounded_stops_at_first_with_room() -> None:
+    order = ["home", "next", "last"]
+    assert choose_bounded(order, {"home": 1}, 2) == LoadChoice("home", False, 2)
+    assert choose_bounded(order, {"home": 2, "next": 5}, 2) == LoadChoice("last", True, 2)
+    assert choose_bounded(order, {"home": 2, "next": 2, "last": 2}, 2) is None
+
+
+loads = st.dictionaries(
+    st.sampled_from(make_replica_ids(6)), st.integers(min_value=0, max_value=50), max_size=6
+)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    in_flight=loads,
+    key=st.integers(min_value=0, max_value=2**64 - 1),
+    epsilon=st.sampled_from([0.0, 0.1, 0.25, 1.0]),
+)
+def test_ceiling_holds_and_a_full_walk_always_finds_room(
+    in_flight: dict[str, int], key: int, epsilon: float
+) -> None:
+    replicas = make_replica_ids(6)
+    ring = HashRing(replicas)
+    capacity = load_capacity(total_in_flight(in_flight, replicas), len(replicas), epsilon)
+    choice = choose_bounded(ring.walk(key), in_flight, capacity)
+    assert choice is not None
+    assert in_flight.get(choice.replica_id, 0) < capacity
+    # Everyone the walk passed over before the choice was full.
+    order = list(ring.walk(key))
+    for skipped in order[: order.index(choice.replica_id)]:
+        assert in_flight.get(skipped, 0) >= capacity
+
+
+def test_hot_key_overflow_concentrates_on_the_next_replicas_along_the_ring() -> None:
+    replicas = make_replica_ids(8)
+    ring = HashRing(replicas)
+    key = 123456789
+    order = list(ring.walk(key))
+    in_flight = dict.fromkeys(replicas, 10)  # background load everywhere
+    chosen = []
+    for _ in range(8):  # a burst for one key, nothing finishes
+        capacity = load_capacity(total_in_flight(in_flight, replicas), 8, 0.25)
+        choice = choose_bounded(ring.walk(key), in_flight, capacity)
+        assert choice is not None
+        in_flight[choice.replica_id] += 1
+        chosen.append(choice.replica_id)
+    # Capacity grows from ceil(1.25 * 81 / 8) = 13 to 14 as the burst adds
+    # load: the home fills up to 14, then the overflow goes to the home's ring
+    # successor, not to random (or least loaded) replicas.
+    assert chosen == [order[0]] * 4 + [order[1]] * 4
+    assert in_flight[order[0]] == 14

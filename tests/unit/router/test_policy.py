@@ -1,0 +1,287 @@
+"""CacheAwarePolicy: exact outcomes per path, determinism across instances and processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from router_factories import (
+    FakeClock,
+    make_batch,
+    make_config,
+    make_policy,
+    make_removed,
+    make_replica_ids,
+    make_request,
+    make_stored,
+)
+
+from router import Decision, EmptyRingError, HashRing, Outcome, PolicyConfig, RouteRequest
+from router.ring import stable_key
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+def ring_of(*replicas: str) -> HashRing:
+    # The ring the factories' policy builds (make_config: default virtual nodes).
+    return HashRing(replicas, virtual_nodes=make_config().virtual_nodes)
+
+
+def test_first_request_goes_to_the_ring_home_of_its_first_block() -> None:
+    policy = make_policy(["a", "b", "c"])
+    request = make_request(16)
+    first = policy.block_hashes(request)[0]
+    decision = policy.select(request, {})
+    order = tuple(ring_of("a", "b", "c").walk(first))
+    assert decision == Decision(
+        replica_id=order[0],
+        outcome=Outcome.RING_HOME,
+        matched_blocks=0,
+        total_blocks=4,
+        ranked=order,
+    )
+
+
+def test_repeat_and_shared_prefix_are_owner_hits() -> None:
+    policy = make_policy(["a", "b", "c"])
+    home = policy.select(make_request(16), {}).replica_id
+    again = policy.select(make_request(16), {})
+    assert (again.replica_id, again.outcome, again.matched_blocks) == (home, Outcome.OWNER_HIT, 4)
+    # Same first 8 tokens (2 blocks), different tail.
+    shared = policy.select(make_request(tokens=[*range(1000, 1008), 1, 2, 3, 4, 5]), {})
+    assert (shared.replica_id, shared.outcome, shared.matched_blocks) == (
+        home,
+        Outcome.OWNER_HIT,
+        2,
+    )
+    assert shared.total_blocks == 3
+
+
+def test_full_home_spills_along_the_ring_then_both_owners_serve() -> None:
+    policy = make_policy(["a", "b", "c"])
+    order = policy.select(make_request(16), {}).ranked
+    # capacity = ceil(1.25 * (4 + 1) / 3) = 3: the home is full, the next is not.
+    busy = {order[0]: 3, order[1]: 1}
+    spilled = policy.select(make_request(16), busy)
+    assert (spilled.replica_id, spilled.outcome, spilled.matched_blocks) == (
+        order[1],
+        Outcome.SPILL,
+        0,
+    )
+    assert spilled.ranked == order[1:2] + order[:1] + order[2:]
+    # Now both hold the prefix: the less loaded owner wins, ties go in ring order.
+    assert policy.select(make_request(16), {order[0]: 1, order[1]: 0}).replica_id == order[1]
+    tie = policy.select(make_request(16), {})
+    assert (tie.replica_id, tie.outcome) == (order[0], Outcome.OWNER_HIT)
+
+
+def test_ceiling_also_binds_owner_hits() -> None:
+    policy = make_policy(["a", "b"], load_epsilon=0.0)
+    home = policy.select(make_request(16), {}).replica_id
+    other = ({"a", "b"} - {home}).pop()
+    # capacity = ceil((2 + 1) / 2) = 2; the owner holds 2.
+    decision = policy.select(make_request(16), {home: 2, other: 0})
+    assert (decision.replica_id, decision.outcome) == (other, Outcome.SPILL)
+
+
+def test_session_affinity_uses_the_session_home() -> None:
+    policy = make_policy(["a", "b", "c", "d"])
+    decision = policy.select(make_request(16, session_id="conv-42"), {})
+    assert decision.outcome is Outcome.SESSION
+    assert decision.ranked == tuple(ring_of("a", "b", "c", "d").walk(stable_key("conv-42")))
+    without = make_policy(["a", "b", "c", "d"], session_affinity=False)
+    assert without.select(make_request(16, session_id="conv-42"), {}).outcome is Outcome.RING_HOME
+    # A session without tokens still has a home.
+    bare = policy.select(RouteRequest(session_id="conv-42"), {})
+    assert (bare.replica_id, bare.outcome, bare.total_blocks) == (
+        decision.replica_id,
+        Outcome.SESSION,
+        0,
+    )
+
+
+def test_no_key_goes_to_the_least_loaded_with_ring_order_ties() -> None:
+    policy = make_policy(["a", "b", "c"])
+    short = policy.select(make_request(3), {"a": 2, "b": 0, "c": 1})
+    assert (short.replica_id, short.outcome, short.total_blocks) == ("b", Outcome.NO_KEY, 0)
+    none = policy.select(RouteRequest(), {})
+    assert none.outcome is Outcome.NO_KEY
+    assert none.replica_id == ring_of("a", "b", "c").owner(0)
+
+
+def test_min_owner_match_blocks() -> None:
+    policy = make_policy(["a", "b", "c", "d", "e"], min_owner_match_blocks=3)
+    policy.select(make_request(8, start=5000), {})  # learn 2 blocks somewhere
+    decision = policy.select(make_request(tokens=[*range(5000, 5008), 0, 0, 0, 0]), {})
+    assert decision.outcome is Outcome.RING_HOME  # a 2-block match is not enough
+
+
+def test_kv_events_make_an_owner_and_removals_undo_it() -> None:
+    policy = make_policy(["a", "b", "c"])
+    request = make_request(16)
+    hashes = policy.block_hashes(request)
+    home = ring_of("a", "b", "c").owner(hashes[0])
+    engine = ({"a", "b", "c"} - {home}).pop()
+    policy.on_kv_events(engine, make_batch(make_stored(hashes)))
+    hit = policy.select(request, {})
+    assert (hit.replica_id, hit.outcome, hit.matched_blocks) == (engine, Outcome.OWNER_HIT, 4)
+    policy.on_kv_events(engine, make_batch(make_removed(hashes)))
+    policy.on_replica_removed(engine)
+    assert policy.select(request, {}).replica_id == home
+
+
+def test_learned_ownership_expires() -> None:
+    clock = FakeClock()
+    policy = make_policy(["a", "b", "c"], clock=clock, ownership_ttl_s=30.0)
+    order = policy.select(make_request(16), {}).ranked
+    policy.select(make_request(16), {order[0]: 3, order[1]: 1})  # spill: order[1] learns
+    clock.advance(29)
+    assert policy.select(make_request(16), {}).outcome is Outcome.OWNER_HIT  # refreshes order[0]
+    clock.advance(29)  # order[1]'s ownership is now 58 s old, order[0]'s 29 s
+    spare = {order[0]: 3, order[1]: 0}  # the only live owner is full: back to the ring
+    assert policy.select(make_request(16), spare).outcome is Outcome.SPILL
+    clock.advance(31)  # everything expired
+    decision = policy.select(make_request(16), {})
+    assert (decision.replica_id, decision.outcome) == (order[0], Outcome.RING_HOME)
+
+
+def test_removed_replicas_lose_ownership_and_never_get_picked() -> None:
+    policy = make_policy(["a", "b", "c"])
+    home = policy.select(make_request(16), {}).replica_id
+    policy.set_replicas({"a", "b", "c"} - {home})
+    decision = policy.select(make_request(16), {})
+    assert decision.outcome is Outcome.RING_HOME and home not in decision.ranked
+    policy.set_replicas([])
+    with pytest.raises(EmptyRingError):
+        policy.select(make_request(16), {})
+
+
+def test_failover_walks_the_ranked_list() -> None:
+    decision = make_policy(["a", "b", "c"]).select(make_request(16), {})
+    second = decision.failover({decision.replica_id})
+    assert (second.replica_id, second.outcome, second.ranked) == (
+        decision.ranked[1],
+        Outcome.FAILOVER,
+        decision.ranked[1:],
+    )
+    assert second.failover(set(decision.ranked[:2])).replica_id == decision.ranked[2]
+    with pytest.raises(EmptyRingError):
+        decision.failover(set(decision.ranked))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"block_size": 0},
+        {"load_epsilon": -0.1},
+        {"load_epsilon": float("nan")},
+        {"virtual_nodes": 0},
+        {"max_index_blocks": 0},
+        {"ownership_ttl_s": 0.0},
+        {"ownership_ttl_s": float("inf")},
+        {"min_owner_match_blocks": 0},
+    ],
+)
+def test_config_is_validated(bad: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        PolicyConfig(**bad)  # type: ignore[arg-type]
+
+
+def test_config_is_frozen_keyword_only_and_documented_defaults() -> None:
+    config = PolicyConfig()
+    assert (config.block_size, config.load_epsilon, config.virtual_nodes) == (16, 0.25, 160)
+    assert config.hash_seed == "vllm-none-hash"
+    with pytest.raises(TypeError):
+        PolicyConfig(16)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        PolicyConfig(hash_seed=5)  # type: ignore[arg-type]
+
+
+def test_request_requires_lora_name_and_path_together() -> None:
+    with pytest.raises(ValueError):
+        RouteRequest(token_ids=(1,), lora_name="x")
+
+
+def test_outcome_labels_are_lowercase_strings() -> None:
+    assert [str(o) for o in Outcome] == [
+        "owner_hit",
+        "ring_home",
+        "spill",
+        "session",
+        "failover",
+        "no_key",
+    ]
+    assert Outcome("spill") is Outcome.SPILL and isinstance(Outcome.SPILL, str)
+
+
+# A request stream over shared prefixes: (prefix id, suffix length, session, loads).
+streams = st.lists(
+    st.tuples(
+        st.integers(min_value=0, max_value=5),
+        st.integers(min_value=0, max_value=9),
+        st.one_of(st.none(), st.sampled_from(["s1", "s2"])),
+        st.dictionaries(st.sampled_from(make_replica_ids(4)), st.integers(0, 6), max_size=4),
+    ),
+    min_size=1,
+    max_size=25,
+)
+
+
+def _stream_request(prefix: int, suffix: int, session: str | None) -> RouteRequest:
+    return make_request(
+        tokens=[*range(prefix * 100, prefix * 100 + 8), *range(suffix)], session_id=session
+    )
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(stream=streams)
+def test_independent_instances_agree_on_every_decision(
+    stream: list[tuple[int, int, str | None, dict[str, int]]],
+) -> None:
+    first = make_policy(make_replica_ids(4))
+    second = make_policy(reversed(make_replica_ids(4)))
+    for prefix, suffix, session, in_flight in stream:
+        request = _stream_request(prefix, suffix, session)
+        decision = first.select(request, in_flight)
+        assert decision == second.select(request, in_flight)
+        # And the ceiling holds: some replica always has room.
+        total = sum(in_flight.get(r, 0) for r in make_replica_ids(4))
+        assert in_flight.get(decision.replica_id, 0) < -(-(1.25 * (total + 1)) // 4)
+
+
+_DECISIONS_SCRIPT = """
+import json
+from router import CacheAwarePolicy, PolicyConfig, RouteRequest
+policy = CacheAwarePolicy(PolicyConfig(block_size=4), replicas=[f"r{i}" for i in range(5)])
+out = []
+for i in range(60):
+    tokens = tuple(range((i % 7) * 50, (i % 7) * 50 + 4 + i % 13))
+    session = f"s{i % 3}" if i % 4 == 0 else None
+    d = policy.select(RouteRequest(token_ids=tokens, session_id=session), {f"r{i % 5}": i % 3})
+    out.append([d.replica_id, str(d.outcome), d.matched_blocks, list(d.ranked)])
+print(json.dumps(out))
+"""
+
+
+def test_processes_with_different_pythonhashseed_decide_identically() -> None:
+    outputs = []
+    for seed in ("0", "1", "4242", "random"):
+        env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(REPO_ROOT)}
+        result = subprocess.run(
+            [sys.executable, "-c", _DECISIONS_SCRIPT],
+            env=env,
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+        outputs.append(json.loads(result.stdout))
+    assert all(output == outputs[0] for output in outputs)
+    assert {row[1] for row in outputs[0]} >= {"ring_home", "owner_hit", "session"}

@@ -1,0 +1,114 @@
+"""HashRing: determinism and the consistent-hashing movement properties."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from router_factories import make_replica_ids
+
+from router.ring import EmptyRingError, HashRing, stable_key
+
+replica_names = st.lists(
+    st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=12),
+    min_size=2,
+    max_size=10,
+    unique=True,
+)
+
+
+def make_keys(count: int, seed: int = 7) -> list[int]:
+    rng = random.Random(seed)
+    return [rng.getrandbits(64) for _ in range(count)]
+
+
+def test_stable_key_is_fixed_across_processes_and_versions() -> None:
+    assert stable_key("session-1") == 12558777036138866604
+
+
+def test_owner_is_first_of_walk_and_walk_is_a_permutation() -> None:
+    ring = HashRing(make_replica_ids(5))
+    for key in make_keys(200):
+        order = list(ring.walk(key))
+        assert order[0] == ring.owner(key)
+        assert sorted(order) == sorted(make_replica_ids(5))
+
+
+def test_membership_order_does_not_matter() -> None:
+    ids = make_replica_ids(6)
+    forward, backward = HashRing(ids), HashRing(reversed(ids))
+    incremental = HashRing()
+    for replica in ids:
+        incremental.add(replica)
+    for key in make_keys(500):
+        assert forward.owner(key) == backward.owner(key) == incremental.owner(key)
+        assert list(forward.walk(key)) == list(backward.walk(key))
+
+
+def test_empty_ring_raises() -> None:
+    ring = HashRing()
+    with pytest.raises(EmptyRingError):
+        ring.owner(1)
+    with pytest.raises(EmptyRingError):
+        next(ring.walk(1))
+
+
+def test_keys_at_the_wrap_around_belong_to_the_first_point() -> None:
+    ring = HashRing(make_replica_ids(5), virtual_nodes=3)
+    # Past the last point the search wraps to index 0, where key 0 also lands.
+    assert ring.owner(2**64 - 1) == ring.owner(0)
+    assert list(ring.walk(2**64 - 1)) == list(ring.walk(0))
+
+
+def test_add_remove_set_and_membership() -> None:
+    ring = HashRing(["a", "b"], virtual_nodes=8)
+    ring.add("c")
+    ring.remove("a")
+    ring.remove("absent")
+    assert ring.replicas == {"b", "c"} and len(ring) == 2 and "b" in ring
+    ring.set_replicas(["x"])
+    assert ring.replicas == {"x"}
+    with pytest.raises(ValueError):
+        HashRing(virtual_nodes=0)
+
+
+def test_each_replica_gets_about_its_share() -> None:
+    ring = HashRing(make_replica_ids(8))
+    keys = make_keys(40_000)
+    counts: dict[str, int] = {}
+    for key in keys:
+        counts[ring.owner(key)] = counts.get(ring.owner(key), 0) + 1
+    # 160 virtual nodes: relative spread about 1/sqrt(160) = 8%; allow 30%.
+    assert all(abs(c / len(keys) - 1 / 8) < 0.3 / 8 for c in counts.values())
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(names=replica_names, data=st.data())
+def test_removing_a_replica_moves_only_its_keys(names: list[str], data: st.DataObject) -> None:
+    removed = data.draw(st.sampled_from(names))
+    before = HashRing(names)
+    after = HashRing(names)
+    after.remove(removed)
+    for key in make_keys(2_000):
+        if before.owner(key) != removed:
+            assert after.owner(key) == before.owner(key)
+        else:
+            # It goes to the next distinct replica along the ring.
+            assert after.owner(key) == list(before.walk(key))[1]
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(names=replica_names, newcomer=st.text(alphabet="ABCDEF", min_size=1, max_size=6))
+def test_adding_a_replica_moves_about_one_nth_of_keys(names: list[str], newcomer: str) -> None:
+    before = HashRing(names)
+    after = HashRing([*names, newcomer])
+    keys = make_keys(10_000)
+    moved = [key for key in keys if before.owner(key) != after.owner(key)]
+    # Every moved key moved to the newcomer, never between old replicas.
+    assert all(after.owner(key) == newcomer for key in moved)
+    expected = len(keys) / (len(names) + 1)
+    # The newcomer's share has about 8% relative spread (160 points); the bound
+    # below is over 5 sigma wide on each side.
+    assert 0.55 * expected < len(moved) < 1.6 * expected

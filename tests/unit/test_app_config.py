@@ -1,0 +1,72 @@
+"""The Ray Serve application is built from the config: engine, routing, environment."""
+
+from __future__ import annotations
+
+import pytest
+
+from serving.app import (
+    build_llm_config,
+    engine_env,
+    engine_kwargs,
+    llm_deployment_name,
+    request_router_config,
+)
+from serving.config import ServiceConfig, validate_config
+
+
+def make_config(**overrides) -> ServiceConfig:
+    return validate_config(overrides)
+
+
+def test_cpu_engine_gets_prefix_caching_reproducible_hashes_and_cached_tokens() -> None:
+    kwargs = engine_kwargs(make_config(engine={"block_size": 16, "max_model_len": 2048}), "/m")
+    assert kwargs["enable_prefix_caching"] is True
+    assert kwargs["prefix_caching_hash_algo"] == "sha256_cbor"
+    assert kwargs["enable_prompt_tokens_details"] is True
+    assert (kwargs["block_size"], kwargs["max_model_len"]) == (16, 2048)
+    assert "gpu_memory_utilization" not in kwargs
+
+
+def test_gpu_engine_from_the_same_schema() -> None:
+    config = make_config(engine={"device": "gpu", "gpus_per_replica": 2,
+                                 "gpu_memory_utilization": 0.8})
+    kwargs = engine_kwargs(config, "org/model")
+    assert kwargs["tensor_parallel_size"] == 2 and kwargs["gpu_memory_utilization"] == 0.8
+    llm = build_llm_config(config, "org/model")
+    assert llm.accelerator_config is None or llm.accelerator_config.kind != "cpu"
+    assert "VLLM_CPU_KVCACHE_SPACE" not in engine_env(config)
+
+
+def test_extra_engine_kwargs_pass_through_last() -> None:
+    kwargs = engine_kwargs(make_config(engine={"extra_engine_kwargs": {"max_num_seqs": 3,
+                                                                       "seed": 7}}), "/m")
+    assert kwargs["max_num_seqs"] == 3 and kwargs["seed"] == 7
+
+
+def test_engines_share_the_configured_hash_seed() -> None:
+    env = engine_env(make_config(engine={"hash_seed": 1234, "kv_cache_gib": 2}))
+    assert env["PYTHONHASHSEED"] == "1234"
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "2"
+
+
+@pytest.mark.parametrize(("policy", "router"), [
+    ("pow2", None),
+    ("ray-prefix", "ray.serve.llm.request_router:PrefixCacheAffinityRouter"),
+])
+def test_policy_selects_the_request_router(policy: str, router: str | None) -> None:
+    config = make_config(routing={"policy": policy})
+    rr = request_router_config(config, "/m")
+    assert (rr or {}).get("request_router_class") == router
+    llm = build_llm_config(config, "/m")
+    assert llm.deployment_config.get("request_router_config", {}).get(
+        "request_router_class") == router
+
+
+def test_llm_config_for_cpu_replicas() -> None:
+    config = make_config(replicas=3, model={"id": "org/m.v1"})
+    llm = build_llm_config(config, "/models/m")
+    assert llm.model_id == "org/m.v1"
+    assert llm.deployment_config["num_replicas"] == 3
+    assert llm.accelerator_config.kind == "cpu"
+    assert llm.runtime_env["env_vars"]["PYTHONHASHSEED"] == "0"
+    assert llm_deployment_name(config) == "LLMServer:org--m_v1"
