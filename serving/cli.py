@@ -17,8 +17,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     def on_ready(info: dict) -> None:
         print(f"cacheroute: ready at {base_url(config)}/v1 -- {info.get('replicas_ready')} "
-              f"replica(s) of {config.model.id} warm, policy {config.routing.policy}",
-              flush=True)
+              f"replica(s) of {config.model.id} warm, policy {config.routing.policy}; "
+              f"metrics at {info.get('metrics_url')}", flush=True)
 
     run_service(config, on_ready=on_ready, progress=lambda m: print(f"cacheroute: {m}", flush=True))
     return 0
@@ -34,6 +34,11 @@ def _cmd_model(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
+    if args.reference:
+        from serving.config import reference_markdown
+
+        print(reference_markdown(), end="")
+        return 0
     config = load_config(args.config)
     print(config.model_dump_json(indent=2))
     return 0
@@ -57,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("config", help="validate a config file and print it with defaults")
     check.add_argument("--config")
+    check.add_argument("--reference", action="store_true",
+                       help="print the Markdown reference of every field instead")
     check.set_defaults(func=_cmd_check_config)
     return parser
 

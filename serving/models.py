@@ -261,9 +261,9 @@ def _convert_gguf(gguf_path: Path, out: Path, report: Progress) -> dict[str, str
     del gguf_model
 
     report("copying weights into a fresh bfloat16 model")
-    # save_pretrained refuses a GGUF-loaded model (its config still says it is
-    # quantized), so the dequantized tensors go into a model built from a clean
-    # config. Random initialisation is overwritten entirely by load_state_dict.
+    # save_pretrained refuses a GGUF-loaded model (the GGUF quantizer attached to
+    # it declares itself not serializable), so the dequantized tensors go into a
+    # model built from a clean config. load_state_dict overwrites its random init.
     config = LlamaConfig(**config_dict)
     model = LlamaForCausalLM(config).bfloat16()
     missing, unexpected = model.load_state_dict(state, strict=False)

@@ -103,7 +103,11 @@ class CacheRouteRequestRouter(RequestRouter):
         rid = replica.replica_id.unique_id
         if rid in self._subscribers:
             return
-        endpoint = (replica.routing_stats or {}).get(KV_EVENTS_STATS_KEY)
+        try:
+            stats = replica.routing_stats or {}
+        except AttributeError:  # a replica wrapper without routing info yet
+            stats = {}
+        endpoint = stats.get(KV_EVENTS_STATS_KEY)
         if not endpoint:
             return
         with self._subscribers_lock:

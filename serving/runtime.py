@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -80,9 +79,21 @@ def wait_ready(url: str, timeout_s: float, *, is_alive: Callable[[], bool] = lam
     raise TimeoutError(f"not ready after {timeout_s:.0f} s (last status: {last or 'no answer'})")
 
 
+def _metrics_port() -> int:
+    import ray
+
+    return int(ray._private.worker.global_worker.node.metrics_export_port)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    # Raise in the main thread rather than set an Event from the handler: a handler
+    # that takes a lock the interrupted code already holds would deadlock.
+    raise KeyboardInterrupt
+
+
 def run_service(config: ServiceConfig, *, on_ready: Callable[[dict], None],
-                progress: Callable[[str], None] = print,
-                stop: threading.Event | None = None) -> None:
+                progress: Callable[[str], None] = print) -> None:
+    """Run until SIGINT or SIGTERM; returns after a clean shutdown."""
     prepare_environment()
     model_path = resolve_model_source(config, progress=progress)
 
@@ -91,29 +102,32 @@ def run_service(config: ServiceConfig, *, on_ready: Callable[[dict], None],
 
     from serving.app import APP_NAME, build_app
 
-    stop = stop or threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, _interrupt)
 
     progress(f"starting Ray ({default_ray_cpus(config)} logical CPUs) and Serve")
     init_kwargs: dict = {}
     if config.server.metrics_port is not None:
         init_kwargs["_metrics_export_port"] = config.server.metrics_port
-    ray.init(num_cpus=default_ray_cpus(config), include_dashboard=False,
-             logging_level="WARNING", log_to_driver=False, **init_kwargs)
     try:
+        ray.init(num_cpus=default_ray_cpus(config), include_dashboard=False,
+                 logging_level="WARNING", log_to_driver=False, **init_kwargs)
         serve.start(http_options={"host": config.server.host, "port": config.server.port})
         app = build_app(config, model_path)
         progress(f"deploying {config.replicas} replica(s) of {config.model.id} "
                  f"(policy {config.routing.policy}); each warms up before it counts as ready")
         serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
-        info = wait_ready(base_url(config), config.server.ready_timeout_s,
-                          is_alive=lambda: not stop.is_set())
+        info = wait_ready(base_url(config), config.server.ready_timeout_s)
+        info["metrics_url"] = f"http://127.0.0.1:{_metrics_port()}/metrics"
         on_ready(info)
-        stop.wait()
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
     finally:
         progress("shutting down")
         try:
-            serve.shutdown()
+            if ray.is_initialized():
+                serve.shutdown()
         finally:
             ray.shutdown()

@@ -44,12 +44,28 @@ class Stack:
     first_request_s: float
     first_request_text: str
     log_path: Path
+    metrics_url: str
 
     def client(self, **kwargs):
         from openai import OpenAI
 
         return OpenAI(base_url=f"{self.base_url}/v1", api_key=self.api_key,
                       max_retries=0, timeout=300, **kwargs)
+
+    def requests_by_replica(self) -> dict[str, float]:
+        """Finished requests per replica, from the engines' own Prometheus counters."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = httpx.get(self.metrics_url, timeout=30).text
+        counts: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            if family.name != "ray_vllm_request_success":
+                continue
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    rid = sample.labels.get("ReplicaId", "")
+                    counts[rid] = counts.get(rid, 0.0) + sample.value
+        return counts
 
     def http(self) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, timeout=300,
@@ -64,24 +80,27 @@ def _pump(stream, lines: "queue.Queue[str]", log) -> None:
     lines.put("")
 
 
-def start_stack(tmp: Path, *, policy: str = "pow2", replicas: int = 2,
+def start_stack(tmp: Path, *, policy: str = "cacheroute", replicas: int = 2,
                 extra_yaml: str = "") -> tuple[subprocess.Popen, Stack]:
     from serving.models import ensure_default_model
 
     model_dir = ensure_default_model()
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     config = tmp / "cacheroute.yaml"
     config.write_text(
         f"model: {{id: {MODEL_ID}, source: default}}\n"
         f"replicas: {replicas}\n"
         "engine: {max_model_len: 2048, kv_cache_gib: 1, max_num_seqs: 8}\n"
         f"routing: {{policy: {policy}}}\n"
-        f"server: {{port: {port}, api_keys: [{API_KEY}], ready_timeout_s: {START_TIMEOUT_S}}}\n"
+        f"server: {{port: {port}, metrics_port: {metrics_port}, api_keys: [{API_KEY}], "
+        f"ready_timeout_s: {START_TIMEOUT_S}}}\n"
         + extra_yaml
     )
     log_path = tmp / "serve.log"
     log = log_path.open("w")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # Engine metrics reach /metrics every second instead of every ten, so tests
+    # that read per-replica counters wait less.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_metrics_report_interval_ms": "1000"}
     env.pop("CACHEROUTE_API_KEYS", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "serving.cli", "serve", "--config", str(config)],
@@ -113,17 +132,24 @@ def start_stack(tmp: Path, *, policy: str = "pow2", replicas: int = 2,
     first_s = time.perf_counter() - t0
     resp.raise_for_status()
     return proc, Stack(base, API_KEY, MODEL_ID, model_dir, first_s,
-                       resp.json()["choices"][0]["text"], log_path)
+                       resp.json()["choices"][0]["text"], log_path,
+                       f"http://127.0.0.1:{metrics_port}/metrics")
 
 
 def stop_stack(proc: subprocess.Popen) -> None:
+    """SIGINT to `cacheroute serve` (it shuts Serve and Ray down), then make sure
+    nothing it started outlives the test session."""
     if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGINT)
+        proc.send_signal(signal.SIGINT)
         try:
-            proc.wait(timeout=90)
+            proc.wait(timeout=120)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")

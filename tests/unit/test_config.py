@@ -105,3 +105,11 @@ def test_cli_prints_one_line_and_exits_2(tmp_path: Path) -> None:
     lines = proc.stderr.strip().splitlines()
     assert lines == [f"cacheroute: config error: {path}: engine.block_size: "
                      "Input should be greater than or equal to 1"]
+
+
+def test_configuration_reference_is_current() -> None:
+    from serving.config import reference_markdown
+
+    committed = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    assert committed == reference_markdown(), (
+        "docs/configuration.md is stale: run `cacheroute config --reference > docs/configuration.md`")

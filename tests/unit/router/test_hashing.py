@@ -147,3 +147,23 @@ def test_to_block_hash_accepts_both_event_forms() -> None:
     assert to_block_hash(digest) == as_int
     assert to_block_hash(as_int) == as_int
     assert to_block_hash((1 << 70) + 5) == BlockHash(5)
+
+
+def test_memo_hits_give_the_same_hashes_and_keep_salts_apart() -> None:
+    tokens = list(range(40))
+    cold = PrefixHasher(4, memo_blocks=0)
+    warm = PrefixHasher(4, memo_blocks=64)
+    for _ in range(3):  # later rounds are served from the memo
+        assert warm.block_hashes(tokens) == cold.block_hashes(tokens)
+        assert warm.block_hashes(tokens, cache_salt="t1") == cold.block_hashes(tokens, cache_salt="t1")
+    assert warm.block_hashes(tokens, cache_salt="t1")[0] != warm.block_hashes(tokens)[0]
+    lora = {"lora_name": "a", "lora_path": "/a"}
+    assert warm.block_hashes(tokens, **lora) == cold.block_hashes(tokens, **lora)
+
+
+def test_memo_is_bounded() -> None:
+    hasher = PrefixHasher(2, memo_blocks=8)
+    for start in range(0, 400, 2):
+        hasher.block_hashes([start, start + 1, 7, 7])
+    memo = hasher._memo
+    assert len(memo._young) + len(memo._old) <= 8

@@ -1,0 +1,21 @@
+"""Benchmarks of cacheroute: the routing decision's cost and live policy comparisons.
+
+Modules, one concept each:
+
+* ``decision_cost``: microbenchmark of ``CacheAwarePolicy.select`` (with and without
+  tokenization) beside Ray's ``PrefixTree``, the structure behind
+  ``PrefixCacheAffinityRouter`` (``python -m bench.decision_cost``).
+* ``workloads``: seeded multi-tenant chat workloads (Zipf tenant popularity, long
+  per-tenant system prompts, Poisson arrivals).
+* ``trace``: the JSONL trace format those workloads are saved in and replayed from.
+* ``oracle``: the best hit rate any router could reach on a trace (infinite cache).
+* ``service``: one ``cacheroute serve`` subprocess, started cold and stopped cleanly.
+* ``replay``: sends a trace to a running service with the ``openai`` client and
+  measures TTFT, end-to-end latency and cached tokens per request.
+* ``report``: per-policy summaries, the Markdown table and the PNG chart.
+* ``live``: the end-to-end comparison (``python -m bench.live``).
+* ``stats`` and ``machine``: percentiles, and what machine a number came from.
+
+Nothing here is imported by ``router/`` or ``serving/``; results go to
+``docs/benchmarks.md`` with the command that produced them.
+"""

@@ -1,0 +1,200 @@
+"""One ``cacheroute serve`` process for a benchmark: started cold, stopped completely.
+
+Each policy of a comparison gets a fresh service, so every policy starts with
+empty KV caches and an empty router state. The service runs exactly as a user
+starts it (the ``cacheroute`` console script, or ``python -m serving.cli`` where
+the script is missing), in a new session so that SIGINT reaches its whole process
+group; ``start`` returns once the service prints its ready line, which it does
+only after every replica served a warm-up generation (no engine-loading tail in
+the measurements). ``start`` fails with the log's tail if the process exits first.
+
+Stopping: SIGINT to the group (the CLI shuts Serve and Ray down, about 10 s),
+then SIGTERM and SIGKILL if it does not exit in time. Ray starts daemons
+(raylet, GCS, workers) that may leave the group, so every process of the run is
+tagged with an environment variable holding a run id; after the stop, any
+process still carrying that tag is this run's straggler and is ended by pid.
+Nothing without the tag is ever signalled.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import IO
+
+# Environment variable that marks every process a benchmark service started.
+RUN_TAG_ENV = "CACHEROUTE_BENCH_RUN"
+READY_PREFIX = "cacheroute: ready at"
+
+
+class ServiceError(RuntimeError):
+    """The service could not be started; the message includes the log's tail."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_config(path: Path, *, model_id: str, policy: str, replicas: int, port: int,
+                 metrics_port: int, ready_timeout_s: float, max_model_len: int = 4096,
+                 kv_cache_gib: int = 1, max_num_seqs: int = 8) -> Path:
+    path.write_text(
+        f"model: {{id: {model_id}, source: default}}\n"
+        f"replicas: {replicas}\n"
+        f"engine: {{max_model_len: {max_model_len}, kv_cache_gib: {kv_cache_gib}, "
+        f"max_num_seqs: {max_num_seqs}}}\n"
+        f"routing: {{policy: {policy}}}\n"
+        # No API keys, whatever the environment says: the client sends a dummy one.
+        f"server: {{host: 127.0.0.1, port: {port}, metrics_port: {metrics_port}, "
+        f"api_keys: [], api_keys_env: null, ready_timeout_s: {ready_timeout_s}}}\n",
+        encoding="utf-8")
+    return path
+
+
+def serve_command(config_path: Path, policy: str) -> list[str]:
+    script = Path(sys.executable).with_name("cacheroute")
+    base = [str(script)] if script.exists() else [sys.executable, "-m", "serving.cli"]
+    return [*base, "serve", "--config", str(config_path), "--policy", policy]
+
+
+def tagged_pids(tag: str) -> list[int]:
+    """Pids of live processes whose environment holds ``RUN_TAG_ENV=tag``."""
+    needle = f"{RUN_TAG_ENV}={tag}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:  # gone, or not ours to read
+            continue
+        if needle in environ.split(b"\0"):
+            found.append(int(entry.name))
+    return found
+
+
+class ServiceProcess:
+    """``with ServiceProcess(...) as svc: svc.base_url`` -- started and stopped around a block."""
+
+    def __init__(self, *, config_path: Path, policy: str, port: int, log_path: Path,
+                 start_timeout_s: float, stop_timeout_s: float = 90.0) -> None:
+        self.config_path = config_path
+        self.policy = policy
+        self.port = port
+        self.log_path = log_path
+        self.start_timeout_s = start_timeout_s
+        self.stop_timeout_s = stop_timeout_s
+        self.tag = uuid.uuid4().hex
+        self.startup_s: float | None = None
+        self.stragglers_killed: list[int] = []
+        self._proc: subprocess.Popen[str] | None = None
+        self._lines: queue.Queue[str] = queue.Queue()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ServiceProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", RUN_TAG_ENV: self.tag}
+        env.pop("CACHEROUTE_API_KEYS", None)
+        log = self.log_path.open("w", encoding="utf-8")
+        started = time.monotonic()
+        self._proc = subprocess.Popen(
+            serve_command(self.config_path, self.policy), env=env, text=True,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        threading.Thread(target=_pump, args=(self._proc.stdout, self._lines, log),
+                         daemon=True).start()
+        deadline = started + self.start_timeout_s
+        while True:
+            try:
+                line = self._lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                self.stop()
+                raise ServiceError(f"`cacheroute serve --policy {self.policy}` not ready after "
+                                   f"{self.start_timeout_s:.0f} s; log {self.log_path}:\n"
+                                   + self._log_tail()) from None
+            if line == "":  # stdout closed: the process is exiting
+                code = self._proc.wait()
+                self.stop()
+                raise ServiceError(f"`cacheroute serve --policy {self.policy}` exited with "
+                                   f"status {code} before it was ready; log {self.log_path}:\n"
+                                   + self._log_tail())
+            if line.startswith(READY_PREFIX):
+                self.startup_s = time.monotonic() - started
+                return
+
+    def stop(self) -> None:
+        """Stop the service and everything it started; idempotent."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            _signal_group(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(timeout=self.stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                _signal_group(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    _signal_group(proc.pid, signal.SIGKILL)
+                    proc.wait(timeout=15)
+        self._end_stragglers()
+
+    def _end_stragglers(self) -> None:
+        # Ray's daemons exit shortly after the driver; give them a moment first.
+        deadline = time.monotonic() + 20
+        while (pids := tagged_pids(self.tag)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            pids = tagged_pids(self.tag)
+            if not pids:
+                return
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            self.stragglers_killed = sorted(set(self.stragglers_killed) | set(pids))
+            time.sleep(3)
+
+    def _log_tail(self, chars: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(encoding="utf-8", errors="replace")[-chars:]
+        except OSError:
+            return "(no log)"
+
+
+def _pump(stream: IO[str] | None, lines: queue.Queue[str], log: IO[str]) -> None:
+    try:
+        if stream is not None:
+            for line in iter(stream.readline, ""):
+                log.write(line)
+                log.flush()
+                lines.put(line)
+    finally:
+        log.close()
+        lines.put("")
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,68 @@
+"""bench.stats percentiles and bench.report summaries, on hand-made results."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from bench.replay import RequestResult
+from bench.report import markdown_table, summarise, summary_json, write_chart
+from bench.stats import percentile
+
+
+def make_result(index: int, *, ttft_s: float | None = 0.1, prompt: int | None = 100,
+                cached: int | None = 0, error: str | None = None, sent_s: float = 0.0,
+                done_s: float = 1.0) -> RequestResult:
+    return RequestResult(index=index, policy="p", tenant="t00", sent_s=sent_s, done_s=done_s,
+                         ttft_s=None if error else ttft_s, e2e_s=None if error else 0.5,
+                         prompt_tokens=None if error else prompt,
+                         cached_tokens=None if error else cached,
+                         completion_tokens=None if error else 8, error=error)
+
+
+def test_percentile_interpolates_like_numpy_linear() -> None:
+    samples = [4.0, 1.0, 3.0, 2.0]
+    assert percentile(samples, 0) == 1.0
+    assert percentile(samples, 100) == 4.0
+    assert percentile(samples, 50) == 2.5
+    assert percentile(samples, 90) == pytest.approx(3.7)
+    assert percentile([7.0], 99) == 7.0
+    assert math.isnan(percentile([], 50))
+    with pytest.raises(ValueError):
+        percentile(samples, 101)
+
+
+def test_summary_counts_hit_rate_over_successful_requests_only() -> None:
+    results = [
+        make_result(0, prompt=100, cached=0, ttft_s=1.0, sent_s=0.0, done_s=1.0),
+        make_result(1, prompt=300, cached=256, ttft_s=0.2, sent_s=0.5, done_s=2.0),
+        make_result(2, error="APIConnectionError: boom", sent_s=1.0, done_s=4.0),
+    ]
+    s = summarise("cacheroute", results, oracle_hit_rate=0.7)
+    assert s.requests == 3 and s.errors == 1
+    assert s.hit_rate == pytest.approx(256 / 400)
+    assert (s.prompt_tokens, s.cached_tokens) == (400, 256)
+    assert s.ttft_p50_s == pytest.approx(0.6)
+    assert s.throughput_rps == pytest.approx(2 / 4.0)
+    assert s.missing_usage == 0
+    table = markdown_table([s])
+    assert "| cacheroute | 64.0% | 70.0% |" in table
+
+
+def test_summary_of_only_errors_has_no_latencies_and_json_nulls() -> None:
+    s = summarise("pow2", [make_result(0, error="Timeout")], oracle_hit_rate=0.5)
+    assert s.errors == 1 and s.hit_rate == 0.0
+    data = summary_json(s)
+    assert data["ttft_p50_s"] is None and data["e2e_p50_s"] is None
+    assert "| pow2 | 0.0% | 50.0% | - |" in markdown_table([s])
+
+
+def test_chart_is_written(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    results = {"a": [make_result(0), make_result(1, ttft_s=0.3)], "b": [make_result(0)]}
+    summaries = [summarise(name, rs, oracle_hit_rate=0.5) for name, rs in results.items()]
+    path = tmp_path / "chart.png"
+    write_chart(path, summaries, results, title="test")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

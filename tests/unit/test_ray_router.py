@@ -1,0 +1,154 @@
+"""The Ray Serve adapter on Ray's own fake replicas: no cluster, real tokenizer.
+
+Also the contract of every Ray Serve hook the adapter and server rely on, so a Ray
+upgrade that changes one fails here rather than in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from pathlib import Path
+
+import pytest
+from ray.serve._private.common import DeploymentHandleSource, DeploymentID, RequestMetadata
+from ray.serve._private.request_router.common import PendingRequest
+from ray.serve._private.test_utils import FakeRunningReplica
+from ray.serve.llm.deployment import LLMServer
+from ray.serve.request_router import RequestRouter
+from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+
+from router import Outcome
+from serving.config import ServiceConfig
+from serving.models import build_tiny_model
+from serving.ray_router import CacheRouteRequestRouter, policy_config
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+# Serve's router binds to the running loop on first use; every call here runs on one.
+LOOP = asyncio.new_event_loop()
+
+
+def on_loop(fn, *args):
+    async def call():
+        return fn(*args)
+    return LOOP.run_until_complete(call())
+
+
+def make_router(model: Path, replicas: list[FakeRunningReplica],
+                **routing) -> CacheRouteRequestRouter:
+    config = ServiceConfig.model_validate({"routing": {"policy": "cacheroute", **routing},
+                                           "engine": {"block_size": 16}})
+    router = CacheRouteRequestRouter(deployment_id=DeploymentID(name="LLMServer:m"),
+                                     handle_source=DeploymentHandleSource.UNKNOWN,
+                                     use_replica_queue_len_cache=True)
+    router.initialize_state(config_json=config.model_dump_json(), tokenizer_path=str(model))
+    on_loop(router.update_replicas, replicas)
+    return router
+
+
+def make_pending(system: str, question: str, *, session: str = "") -> PendingRequest:
+    body = ChatCompletionRequest(model="m", max_tokens=4, messages=[
+        {"role": "system", "content": system}, {"role": "user", "content": question}])
+    meta = RequestMetadata(request_id="r", internal_request_id=f"i-{question}",
+                           session_id=session)
+    return PendingRequest(args=[body], kwargs={}, metadata=meta)
+
+
+def make_replicas(n: int) -> list[FakeRunningReplica]:
+    return [FakeRunningReplica(f"replica-{i}") for i in range(n)]
+
+
+def choose(router: CacheRouteRequestRouter, pending: PendingRequest | None) -> list[list[str]]:
+    async def run() -> list[list[str]]:
+        tiers = await router.choose_replicas(list(router.curr_replicas.values()), pending)
+        return [[r.replica_id.unique_id for r in tier] for tier in tiers]
+    return LOOP.run_until_complete(run())
+
+
+SYSTEM = "You are the assistant of Acme Corp. " * 30
+
+
+def test_tiers_are_every_replica_once_chosen_first(tiny_model: Path) -> None:
+    router = make_router(tiny_model, make_replicas(4))
+    tiers = choose(router, make_pending(SYSTEM, "q1"))
+    assert all(len(t) == 1 for t in tiers)
+    assert sorted(t[0] for t in tiers) == [f"replica-{i}" for i in range(4)]
+    assert router.last_decision is not None
+    assert tiers[0][0] == router.last_decision.replica_id
+
+
+def test_same_system_prompt_same_replica_and_owner_hit(tiny_model: Path) -> None:
+    router = make_router(tiny_model, make_replicas(4))
+    first = choose(router, make_pending(SYSTEM, "first question"))[0][0]
+    assert router.last_decision.outcome is Outcome.RING_HOME
+    again = choose(router, make_pending(SYSTEM, "another question"))[0][0]
+    assert again == first
+    assert router.last_decision.outcome is Outcome.OWNER_HIT
+    assert router.last_decision.matched_blocks >= 1
+
+
+def test_two_router_instances_agree_without_shared_state(tiny_model: Path) -> None:
+    a = make_router(tiny_model, make_replicas(5))
+    b = make_router(tiny_model, make_replicas(5))
+    for i in range(12):
+        pending = make_pending(f"Tenant {i} " * 40, f"question {i}")
+        assert choose(a, pending) == choose(b, pending)
+
+
+def test_session_header_routes_by_session(tiny_model: Path) -> None:
+    router = make_router(tiny_model, make_replicas(3))
+    choose(router, make_pending("short", "hi", session="user-42"))
+    assert router.last_decision.outcome is Outcome.SESSION
+
+
+def test_dead_replica_leaves_the_ring(tiny_model: Path) -> None:
+    replicas = make_replicas(3)
+    router = make_router(tiny_model, replicas)
+    home = choose(router, make_pending(SYSTEM, "q"))[0][0]
+    dead = next(r for r in replicas if r.replica_id.unique_id == home)
+    on_loop(router.on_replica_actor_died, dead.replica_id)
+    tiers = choose(router, make_pending(SYSTEM, "q"))
+    assert home not in [t[0] for t in tiers]
+    assert len(tiers) == 2
+
+
+def test_request_without_body_still_routes(tiny_model: Path) -> None:
+    router = make_router(tiny_model, make_replicas(2))
+    tiers = choose(router, None)
+    assert len(tiers) == 2 and router.last_decision.outcome is Outcome.NO_KEY
+
+
+def test_policy_config_follows_service_config() -> None:
+    config = ServiceConfig.model_validate({"engine": {"block_size": 32, "hash_seed": 7},
+                                           "routing": {"load_epsilon": 0.5,
+                                                       "virtual_nodes": 50}})
+    pc = policy_config(config)
+    assert (pc.block_size, pc.hash_seed, pc.load_epsilon, pc.virtual_nodes) == (32, "7", 0.5, 50)
+
+
+# --- contract of the Ray Serve hooks used --------------------------------------
+
+@pytest.mark.parametrize(("cls", "method", "params"), [
+    (RequestRouter, "choose_replicas", ["self", "candidate_replicas", "pending_request"]),
+    (RequestRouter, "update_replicas", ["self", "replicas"]),
+    (RequestRouter, "on_replica_actor_died", ["self", "replica_id"]),
+    (RequestRouter, "on_request_routed", ["self", "pending_request", "replica_id", "result"]),
+    (RequestRouter, "initialize_state", ["self", "kwargs"]),
+    (LLMServer, "start", ["self"]),
+    (LLMServer, "record_routing_stats", ["self"]),
+    (LLMServer, "reset_prefix_cache", ["self"]),
+])
+def test_ray_serve_hook_signatures(cls: type, method: str, params: list[str]) -> None:
+    assert list(inspect.signature(getattr(cls, method)).parameters) == params
+
+
+def test_ray_serve_request_shapes() -> None:
+    fields = set(RequestMetadata.__dataclass_fields__)
+    assert {"session_id", "internal_request_id"} <= fields
+    assert {"args", "kwargs", "metadata"} <= set(PendingRequest.__dataclass_fields__)
+    assert "routing_stats" in dir(FakeRunningReplica)
