@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup serve test test-unit model clean
+.PHONY: setup serve test test-unit model deploy-check clean
 
 setup: $(STAMP) model
 
@@ -34,6 +34,10 @@ test: setup
 
 test-unit: $(STAMP)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+deploy-check: $(STAMP)
+	tools/fetch-helm.sh
+	$(PY) -m pytest tests/unit/test_deploy_render.py tests/unit/test_deploy_helm.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

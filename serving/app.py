@@ -141,3 +141,21 @@ def build_app(config: ServiceConfig, model_path: str) -> serve.Application:
         app_name=APP_NAME,
         name=INGRESS_DEPLOYMENT,
     )
+
+
+def app_builder(args: dict[str, Any]) -> serve.Application:
+    """Entry point for Serve config files and KubeRay's `serveConfigV2`:
+
+        applications:
+          - name: cacheroute
+            import_path: serving.app:app_builder
+            args: {config: {...the same schema as the YAML file...}}
+
+    The model source is resolved where the replicas run (a hub name is passed to
+    vLLM; `default` builds the embedded model on that node).
+    """
+    from serving.config import validate_config
+    from serving.runtime import resolve_model_source
+
+    config = validate_config(args.get("config", {}), origin="serveConfigV2 args.config")
+    return build_app(config, resolve_model_source(config))

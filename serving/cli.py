@@ -44,7 +44,15 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_render(args: argparse.Namespace) -> int:
+    from serving.render import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from serving.render import add_arguments as add_render_arguments
+
     parser = argparse.ArgumentParser(prog="cacheroute", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -65,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--reference", action="store_true",
                        help="print the Markdown reference of every field instead")
     check.set_defaults(func=_cmd_check_config)
+    render = sub.add_parser("render", help="write serve-config.yaml, rayservice.yaml and Helm "
+                                           "values.yaml for Kubernetes from a config file")
+    add_render_arguments(render)
+    render.set_defaults(func=_cmd_render)
     return parser
 
 

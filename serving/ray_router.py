@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from typing import Any, List, Optional
 
 from ray.serve._private.common import ReplicaID
@@ -33,9 +34,10 @@ from ray.serve._private.request_router.replica_wrapper import RunningReplica
 from ray.serve.request_router import RequestRouter
 
 from router import CacheAwarePolicy, Decision, PolicyConfig, RouteRequest
-from router.kv_events import KVEventSubscriber
+from router.kv_events import KVEventBatch, KVEventSubscriber
 from serving.config import ServiceConfig
 from serving.prompt_tokens import PromptTokenizer
+from serving.router_metrics import RouterMetrics
 
 logger = logging.getLogger(SERVE_LOGGER_NAME)
 
@@ -73,6 +75,7 @@ class CacheRouteRequestRouter(RequestRouter):
     def initialize_state(self, config_json: str, tokenizer_path: str) -> None:
         config = ServiceConfig.model_validate_json(config_json)
         self._policy = CacheAwarePolicy(policy_config(config))
+        self._metrics = RouterMetrics(config.engine.block_size)
         self._tokenizer = PromptTokenizer(tokenizer_path)
         self._subscribers: dict[str, KVEventSubscriber] = {}
         self._subscribers_lock = threading.Lock()
@@ -84,11 +87,13 @@ class CacheRouteRequestRouter(RequestRouter):
         super().update_replicas(replicas)
         ids = [r.replica_id.unique_id for r in replicas]
         self._policy.set_replicas(ids)
+        self._metrics.replicas.set(len(ids))
         self._sync_subscribers(replicas)
 
     def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
         super().on_replica_actor_died(replica_id)
         self._policy.on_replica_removed(replica_id.unique_id)
+        self._metrics.replicas.set(len(self._policy.replicas))
         self._stop_subscriber(replica_id.unique_id)
 
     def _sync_subscribers(self, replicas: List[RunningReplica]) -> None:
@@ -113,11 +118,13 @@ class CacheRouteRequestRouter(RequestRouter):
         with self._subscribers_lock:
             if rid in self._subscribers:
                 return
-            sub = KVEventSubscriber(
-                endpoint, lambda batch, rid=rid: self._policy.on_kv_events(rid, batch))
+            sub = KVEventSubscriber(endpoint, lambda batch, rid=rid: self._on_kv_events(rid, batch))
             sub.start()
             self._subscribers[rid] = sub
         logger.info("cacheroute: following KV events of replica %s at %s", rid, endpoint)
+
+    def _on_kv_events(self, rid: str, batch: KVEventBatch) -> None:
+        self._metrics.on_kv_events(self._policy.on_kv_events(rid, batch))
 
     def _stop_subscriber(self, rid: str) -> None:
         with self._subscribers_lock:
@@ -155,12 +162,17 @@ class CacheRouteRequestRouter(RequestRouter):
             return []
         for r in candidate_replicas:
             self._maybe_subscribe(r)
+        started = time.perf_counter()
         try:
             request = await self.route_request(pending_request)
         except Exception:  # a request the tokenizer rejects still deserves an answer
             logger.exception("cacheroute: could not tokenize; routing without a prefix key")
             request = RouteRequest()
+        tokenized = time.perf_counter()
         decision = self._policy.select(request, self._in_flight(candidate_replicas))
+        self._metrics.on_decision(decision, len(request.token_ids or ()),
+                                  tokenize_s=tokenized - started,
+                                  decide_s=time.perf_counter() - tokenized)
         self.last_decision = decision
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
         return [[by_id[rid]] for rid in decision.ranked if rid in by_id]

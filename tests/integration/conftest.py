@@ -159,3 +159,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield info
     finally:
         stop_stack(proc)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run tests that start their own engine before the shared stack starts, so the
+    machine never runs both at once (the stack lives until the session ends)."""
+    items.sort(key=lambda item: "stack" in getattr(item, "fixturenames", ()))

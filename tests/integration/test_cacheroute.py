@@ -142,3 +142,31 @@ def test_hot_tenant_spills_instead_of_queueing_on_one_replica(stack: Stack) -> N
     # Every request on the home replica hits; spilled ones may compute the prefix
     # concurrently before it is cached there.
     assert sum(r["usage"]["prompt_tokens_details"]["cached_tokens"] > 0 for r in results) >= n // 2
+
+
+def test_router_metrics_show_decisions_and_live_kv_events(stack: Stack) -> None:
+    """After the tests above: owner hits were decided, and the engines' KV events
+    reached the router's ownership index over ZMQ."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def scrape() -> dict[tuple[str, str], float]:
+        values: dict[tuple[str, str], float] = {}
+        for family in text_string_to_metric_families(httpx.get(stack.metrics_url).text):
+            for s in family.samples:
+                if s.name.startswith("ray_cacheroute_router_") and s.name.endswith("_total"):
+                    key = (s.name, s.labels.get("outcome") or s.labels.get("kind") or "")
+                    values[key] = values.get(key, 0.0) + s.value
+        return values
+
+    deadline = time.monotonic() + 30
+    while True:
+        values = scrape()
+        ok = (values.get(("ray_cacheroute_router_decisions_total", "owner_hit"), 0) > 0
+              and values.get(("ray_cacheroute_router_kv_events_total", "stored"), 0) > 0)
+        if ok or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert values.get(("ray_cacheroute_router_decisions_total", "owner_hit"), 0) > 0, values
+    assert values.get(("ray_cacheroute_router_decisions_total", "spill"), 0) > 0, values
+    assert values.get(("ray_cacheroute_router_kv_events_total", "stored"), 0) > 0, values
+    assert values.get(("ray_cacheroute_router_matched_tokens_total", ""), 0) > 0, values
