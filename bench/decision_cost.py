@@ -38,6 +38,7 @@ import cProfile
 import gc
 import io
 import json
+import logging
 import os
 import pstats
 import random
@@ -236,7 +237,9 @@ def _ray_chosen(matched: list[str] | None, tenants: list[str], i: int) -> str:
 
 def bench_ray_direct(prompts: PromptSet, *, replicas: int, n: int,
                      timer: Timer) -> list[Row]:
-    from ray.llm._internal.serve.routing_policies.prefix_aware.prefix_tree import PrefixTree
+    from ray.llm._internal.serve.routing_policies.prefix_aware.prefix_tree import (
+        PrefixTree,
+    )
 
     tree = PrefixTree()
     tenants = replica_ids(replicas)
@@ -269,7 +272,7 @@ def bench_ray_actor(prompts: PromptSet, *, replicas: int, n: int, timer: Timer) 
         PrefixTreeActor,
     )
 
-    actor = PrefixTreeActor.remote()
+    actor = PrefixTreeActor.remote()  # type: ignore[attr-defined]
     try:
         tenants = replica_ids(replicas)
         ray.get(actor.add_tenants.remote(tenants, time.time()))
@@ -296,7 +299,7 @@ def start_local_ray() -> None:
     import ray
 
     # A private local cluster, never an existing one (RAY_ADDRESS is ignored).
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR",
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.ERROR,
              log_to_driver=False)
 
 

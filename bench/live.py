@@ -38,7 +38,13 @@ from typing import Any
 from bench.machine import describe, machine_info
 from bench.oracle import DEFAULT_ORACLE_BLOCK_SIZE, oracle_hits
 from bench.replay import RequestResult, replay
-from bench.report import PolicySummary, markdown_table, summarise, summary_json, write_chart
+from bench.report import (
+    PolicySummary,
+    markdown_table,
+    summarise,
+    summary_json,
+    write_chart,
+)
 from bench.service import ServiceError, ServiceProcess, free_port, write_config
 from bench.trace import TraceFormatError, TraceRequest, load_trace, save_trace
 from bench.workloads import WorkloadSpec, generate

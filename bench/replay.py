@@ -112,7 +112,7 @@ async def replay(trace: Sequence[TraceRequest], *, base_url: str, model: str, po
         error = None
         try:
             fields = await asyncio.wait_for(_send(client, model, request), timeout_s)
-        except Exception as err:  # every failure is a data point, not a crash
+        except Exception as err:  # noqa: BLE001 -- every failure is a data point, not a crash
             error = f"{type(err).__name__}: {err}"[:500]
         result = RequestResult(index=index, policy=policy, tenant=request.tenant, sent_s=sent,
                                done_s=time.perf_counter() - origin, error=error, **fields)

@@ -11,7 +11,7 @@ send to the last completion.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -72,8 +72,8 @@ def markdown_table(summaries: Sequence[PolicySummary]) -> str:
     def sec(value: float) -> str:
         return "-" if math.isnan(value) else f"{value:.3f}"
 
-    out = ["| policy | hit rate | oracle | TTFT p50 s | TTFT p90 s | TTFT p99 s | e2e p50 s "
-           "| req/s | errors | requests |",
+    out = [("| policy | hit rate | oracle | TTFT p50 s | TTFT p90 s | TTFT p99 s | e2e p50 s "
+            "| req/s | errors | requests |"),
            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in summaries:
         out.append(f"| {s.policy} | {s.hit_rate:.1%} | {s.oracle_hit_rate:.1%} | "
@@ -83,7 +83,7 @@ def markdown_table(summaries: Sequence[PolicySummary]) -> str:
 
 
 def write_chart(path: Path, summaries: Sequence[PolicySummary],
-                results: dict[str, Sequence[RequestResult]], *, title: str) -> None:
+                results: Mapping[str, Sequence[RequestResult]], *, title: str) -> None:
     """TTFT CDF per policy (left) and hit rate per policy against the oracle (right)."""
     import matplotlib
 
@@ -96,8 +96,9 @@ def write_chart(path: Path, summaries: Sequence[PolicySummary],
         ttfts = sorted(r.ttft_s for r in results.get(s.policy, ())
                        if r.error is None and r.ttft_s is not None)
         if ttfts:
-            ys = [(k + 1) / len(ttfts) for k in range(len(ttfts))]
-            cdf.step(ttfts, ys, where="post", label=s.policy)
+            # Starts at (fastest, 0) so the curve shows the first request's step too.
+            ys = [0.0] + [(k + 1) / len(ttfts) for k in range(len(ttfts))]
+            cdf.step([ttfts[0], *ttfts], ys, where="post", label=s.policy)
     cdf.set_xscale("log")
     cdf.set_xlabel("TTFT (s, log scale)")
     cdf.set_ylabel("fraction of requests")
@@ -113,7 +114,7 @@ def write_chart(path: Path, summaries: Sequence[PolicySummary],
     if summaries:
         oracle = summaries[0].oracle_hit_rate * 100
         bars.axhline(oracle, color="tab:red", linestyle="--", label=f"oracle {oracle:.1f}%")
-        bars.legend(loc="lower right")
+        bars.legend(loc="upper right")
     bars.set_ylim(0, 100)
     bars.set_ylabel("prompt tokens served from cache (%)")
     bars.set_title("Prefix-cache hit rate")

@@ -104,7 +104,7 @@ class ServiceProcess:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> ServiceProcess:
+    def __enter__(self) -> ServiceProcess:  # noqa: PYI034 -- typing.Self needs 3.11
         self.start()
         return self
 

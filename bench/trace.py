@@ -77,7 +77,7 @@ class TraceRequest:
     @classmethod
     def from_json(cls, data: Any) -> TraceRequest:
         if not isinstance(data, dict):
-            raise ValueError(f"expected an object, got {type(data).__name__}")
+            raise TypeError(f"expected an object, got {type(data).__name__}")
         unknown = set(data) - _FIELDS
         if unknown:
             raise ValueError(f"unknown field(s): {', '.join(sorted(unknown))}")
@@ -86,7 +86,7 @@ class TraceRequest:
         messages = data.get("messages")
         if messages is not None:
             if not isinstance(messages, list):
-                raise ValueError("messages must be a list")
+                raise TypeError("messages must be a list")
             messages = tuple(dict(m) if isinstance(m, dict) else m for m in messages)
         return cls(
             t=data["t"],

@@ -4,13 +4,26 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
 
 from bench.oracle import oracle_hits
-from bench.trace import TraceFormatError, TraceRequest, dumps_trace, load_trace, save_trace
-from bench.workloads import WorkloadSpec, arrival_times, generate, make_tenants, zipf_weights
+from bench.trace import (
+    TraceFormatError,
+    TraceRequest,
+    dumps_trace,
+    load_trace,
+    save_trace,
+)
+from bench.workloads import (
+    WorkloadSpec,
+    arrival_times,
+    generate,
+    make_tenants,
+    zipf_weights,
+)
 
 
 def make_spec(**overrides: object) -> WorkloadSpec:
@@ -79,7 +92,7 @@ def test_requests_share_the_tenant_system_prompt_and_have_distinct_questions() -
 def test_poisson_arrivals_start_at_zero_increase_and_match_the_rate() -> None:
     times = arrival_times(4000, 5.0, seed=1)
     assert times[0] == 0.0
-    assert all(b >= a for a, b in zip(times, times[1:]))
+    assert all(b >= a for a, b in pairwise(times))
     assert times[-1] / (len(times) - 1) == pytest.approx(1 / 5.0, rel=0.1)
     assert arrival_times(3, None, seed=1) == [0.0, 0.0, 0.0]
 
