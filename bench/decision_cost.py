@@ -374,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warm-tenants", type=int, default=128,
                    help="other tenants' prompts put in the index/tree first (default 128)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model-dir", help="tokenizer folder (default: the embedded default model)")
     p.add_argument("--no-tokenize", action="store_true", help="skip the tokenizer rows")
     p.add_argument("--no-ray", action="store_true", help="skip both Ray PrefixTree rows")
     p.add_argument("--no-actor", action="store_true", help="skip the Ray actor rows")
@@ -393,7 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     machine = machine_info()
     print(f"machine: {describe(machine)}", file=sys.stderr)
-    tokenizer = PromptTokenizer(str(ensure_default_model()))
+    tokenizer = PromptTokenizer(args.model_dir or str(ensure_default_model()))
     raw_tokenizer = tokenizer.tokenizer
 
     per_size = len(args.block_sizes) * len(args.replicas) * (1 if args.no_tokenize else 2)

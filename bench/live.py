@@ -38,6 +38,7 @@ from typing import Any
 from bench.machine import describe, machine_info
 from bench.oracle import DEFAULT_ORACLE_BLOCK_SIZE, oracle_hits
 from bench.replay import RequestResult, replay
+from bench.replica_load import load_skew, settled
 from bench.report import (
     PolicySummary,
     markdown_table,
@@ -108,9 +109,10 @@ def run_policy(policy: str, trace: Sequence[TraceRequest], args: argparse.Namesp
 
     folder = args.out_dir / policy
     folder.mkdir(parents=True, exist_ok=True)
-    port = args.port or free_port()
+    port, metrics_port = args.port or free_port(), free_port()
+    metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     config = write_config(folder / "config.yaml", model_id=MODEL_ID, policy=policy,
-                          replicas=args.replicas, port=port, metrics_port=free_port(),
+                          replicas=args.replicas, port=port, metrics_port=metrics_port,
                           ready_timeout_s=args.start_timeout_s,
                           max_model_len=args.max_model_len, kv_cache_gib=args.kv_cache_gib,
                           max_num_seqs=args.max_num_seqs)
@@ -122,10 +124,16 @@ def run_policy(policy: str, trace: Sequence[TraceRequest], args: argparse.Namesp
     with service:
         print(f"[{policy}] ready after {service.startup_s:.0f} s at {service.base_url}; "
               f"replaying {len(trace)} requests", file=sys.stderr, flush=True)
+        before = settled(metrics_url)
         with tqdm(total=len(trace), unit="req", desc=policy, file=sys.stderr) as bar:
             results = asyncio.run(replay(
                 trace, base_url=service.base_url, model=MODEL_ID, policy=policy,
                 concurrency=args.concurrency, on_done=lambda _: bar.update(1)))
+        after = settled(metrics_url)
+        per_replica = {r: after[r] - before.get(r, 0.0) for r in after}
+        skew = load_skew(before, after, args.replicas)
+        (folder / "replica_load.json").write_text(json.dumps(
+            {"requests_by_replica": per_replica, "load_skew": skew}, indent=2) + "\n")
         print(f"[{policy}] stopping the service", file=sys.stderr, flush=True)
     if service.stragglers_killed:
         print(f"[{policy}] ended leftover processes of this run: {service.stragglers_killed}",
@@ -133,7 +141,7 @@ def run_policy(policy: str, trace: Sequence[TraceRequest], args: argparse.Namesp
     with (folder / "requests.jsonl").open("w", encoding="utf-8") as out:
         for r in results:
             out.write(json.dumps(asdict(r)) + "\n")
-    return results, service.startup_s, service.stragglers_killed
+    return results, service.startup_s, service.stragglers_killed, skew, per_replica
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -170,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     extra: dict[str, dict[str, Any]] = {}
     for policy in args.policies:
         try:
-            results, startup_s, stragglers = run_policy(policy, trace, args)
+            results, startup_s, stragglers, skew, per_replica = run_policy(policy, trace, args)
         except ServiceError as err:
             print(f"bench.live: {err}", file=sys.stderr)
             return 1
@@ -181,14 +189,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                          if r.prompt_tokens is not None
                          and r.prompt_tokens != len(token_ids[r.index]))
         extra[policy] = {"prompt_tokens_mismatch": mismatched,
-                         "stragglers_killed": len(stragglers)}
+                         "stragglers_killed": len(stragglers),
+                         "load_skew": skew, "requests_by_replica": per_replica}
 
     load = (f"Poisson {args.rate} req/s" if args.rate is not None
             else f"concurrency {args.concurrency}")
     title = (f"{len(trace)} requests, {args.tenants} tenants, zipf {args.zipf}, {load}, "
              f"{args.replicas} replicas -- {describe(machine)}")
-    chart = args.out_dir / "live.png"
-    write_chart(chart, summaries, results_by_policy, title=title)
     json_path = args.json or args.out_dir / "live.json"
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps({
@@ -202,7 +209,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     }, indent=2) + "\n")
     print(f"Machine: {describe(machine)}\nWorkload: {title.split(' -- ')[0]}\n")
     print(markdown_table(summaries))
-    print(f"\nwrote {json_path}, {chart}, per-request data in {args.out_dir}/<policy>/",
+    print("\nLoad skew (max/mean requests per replica): " + ", ".join(
+        f"{p} {extra[p]['load_skew']:.2f}" if extra[p]["load_skew"] is not None else f"{p} n/a"
+        for p in args.policies))
+    chart = args.out_dir / "live.png"
+    try:
+        write_chart(chart, summaries, results_by_policy, title=title)
+    except ImportError:  # matplotlib is optional; the numbers are already written
+        print("bench.live: no chart (pip install matplotlib)", file=sys.stderr)
+        chart_note = "no chart"
+    else:
+        chart_note = str(chart)
+    print(f"\nwrote {json_path}, {chart_note}, per-request data in {args.out_dir}/<policy>/",
           file=sys.stderr)
     return 0
 

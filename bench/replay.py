@@ -93,14 +93,19 @@ async def _send(client: Any, model: str, request: TraceRequest) -> dict[str, Any
 async def replay(trace: Sequence[TraceRequest], *, base_url: str, model: str, policy: str,
                  concurrency: int | None = None,
                  on_done: Callable[[RequestResult], None] = lambda _: None,
-                 timeout_s: float = REQUEST_TIMEOUT_S) -> list[RequestResult]:
-    """Send every request of ``trace``; results in trace order."""
+                 timeout_s: float = REQUEST_TIMEOUT_S,
+                 http_client: Any = None) -> list[RequestResult]:
+    """Send every request of ``trace``; results in trace order.
+
+    ``http_client`` (an ``httpx.AsyncClient``) replaces the SDK's own, e.g. one with
+    an ``httpx.MockTransport`` in tests.
+    """
     from openai import AsyncOpenAI
 
     if concurrency is not None and concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
     client = AsyncOpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0,
-                         timeout=timeout_s)
+                         timeout=timeout_s, http_client=http_client)
     results: list[RequestResult | None] = [None] * len(trace)
     origin = time.perf_counter()
 

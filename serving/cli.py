@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--reference", action="store_true",
                        help="print the Markdown reference of every field instead")
     check.set_defaults(func=_cmd_check_config)
+    # Listed for --help; main() hands `bench ...` to bench.live before parsing.
+    sub.add_parser("bench", help="compare routing policies on the live service "
+                                 "(`cacheroute bench --help` for its options)")
+
     render = sub.add_parser("render", help="write serve-config.yaml, rayservice.yaml and Helm "
                                            "values.yaml for Kubernetes from a config file")
     add_render_arguments(render)
@@ -81,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        # The benchmark owns its options (and --help); pass them through untouched.
+        from bench.live import main as bench_main
+
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

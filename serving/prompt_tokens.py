@@ -10,15 +10,20 @@ vLLM's OpenAI frontend does:
   a list of text parts is joined with newlines, as vLLM does for string templates.
 An integration test compares these ids with the `prompt_token_ids` vLLM returns.
 
-Cost: one Rust-tokenizer encode per request (about 3 ms for a 9.5k-character prompt,
-measured in docs/benchmarks.md); long prompts run in a worker thread so the router's
-event loop keeps routing other requests meanwhile.
+Cost: encoding is the router's most expensive step (about 10 ms for a 7k-token
+prompt on one core, docs/benchmarks.md), so text is encoded segment by segment between
+special tokens, with repeated segments (system prompts, few-shot blocks) cached
+(`segment_tokens.py`): a request whose system prompt was seen before pays only for its
+new turns. Long prompts run in a worker thread so the router's event loop keeps
+routing other requests meanwhile.
 """
 
 from __future__ import annotations
 
 import functools
 from typing import Any
+
+from serving.segment_tokens import SegmentEncoder
 
 
 @functools.lru_cache(maxsize=4)
@@ -51,18 +56,23 @@ class PromptTokenizer:
 
     def __init__(self, tokenizer_path: str) -> None:
         self._path = tokenizer_path
+        self._encoder: SegmentEncoder | None = None
 
     @property
     def tokenizer(self) -> Any:
         return load_tokenizer(self._path)
+
+    def _encode(self, text: str, add_special_tokens: bool) -> tuple[int, ...]:
+        if self._encoder is None:
+            self._encoder = SegmentEncoder(self.tokenizer)
+        return tuple(self._encoder.encode(text, add_special_tokens=add_special_tokens))
 
     def token_ids(self, request: Any) -> tuple[int, ...] | None:
         if getattr(request, "messages", None) is not None:
             return self._chat(request)
         prompt = getattr(request, "prompt", None)
         if isinstance(prompt, str):
-            add_special = getattr(request, "add_special_tokens", True)
-            return tuple(self.tokenizer.encode(prompt, add_special_tokens=add_special))
+            return self._encode(prompt, bool(getattr(request, "add_special_tokens", True)))
         if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
             return tuple(prompt)
         # Batched prompts, embeddings: several sequences, no single prefix to route on.
@@ -82,5 +92,4 @@ class PromptTokenizer:
                 t.model_dump() if hasattr(t, "model_dump") else t for t in request.tools],
             **kwargs,
         )
-        add_special = bool(getattr(request, "add_special_tokens", False))
-        return tuple(self.tokenizer.encode(text, add_special_tokens=add_special))
+        return self._encode(text, bool(getattr(request, "add_special_tokens", False)))

@@ -167,3 +167,8 @@ def test_memo_is_bounded() -> None:
         hasher.block_hashes([start, start + 1, 7, 7])
     memo = hasher._memo
     assert len(memo._young) + len(memo._old) <= 8
+
+
+def test_ids_beyond_uint32_bypass_the_memo_and_still_hash_right() -> None:
+    tokens = [2**40 + i for i in range(8)]
+    assert PrefixHasher(4).block_hashes(tokens) == PrefixHasher(4, memo_blocks=0).block_hashes(tokens)

@@ -1,0 +1,80 @@
+"""Segment-wise cached encoding gives exactly the tokenizer's own ids."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from serving.models import build_tiny_model, default_model_path
+from serving.prompt_tokens import load_tokenizer
+from serving.segment_tokens import SegmentEncoder
+
+WORDS = ("policy", "tenant", " ", "\n", "  ", "Rule", "42", "é", "日本", "cite", "!", "'s",
+         "\t", "answer", "x" * 40)
+
+
+def random_text(rng: random.Random, specials: list[str]) -> str:
+    parts = []
+    for _ in range(rng.randint(1, 60)):
+        if specials and rng.random() < 0.15:
+            parts.append(rng.choice(specials))
+        else:
+            parts.append(rng.choice(WORDS) * rng.randint(1, 30))
+    return "".join(parts)
+
+
+def tokenizers() -> list[Path]:
+    out = []
+    default = default_model_path()
+    if (default / "tokenizer.json").is_file():
+        out.append(default)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def check_equivalent(path: Path) -> SegmentEncoder:
+    tok = load_tokenizer(str(path))
+    enc = SegmentEncoder(tok)
+    assert enc.enabled
+    specials = [str(t.content) for t in tok.added_tokens_decoder.values()]
+    rng = random.Random(0)
+    system = random_text(rng, []) * 5
+    for _ in range(300):
+        text = random_text(rng, specials)
+        if rng.random() < 0.5:  # a repeated long piece between special tokens
+            text = f"{specials[0]}system\n{system}{specials[-1]}" + text
+        assert enc.encode(text) == list(tok.encode(text, add_special_tokens=False)), text
+    assert enc.hits > 0
+    return enc
+
+
+def test_tiny_tokenizer(tiny: Path) -> None:
+    check_equivalent(tiny)
+
+
+@pytest.mark.parametrize("path", tokenizers(), ids=lambda p: p.name)
+def test_default_model_tokenizer(path: Path) -> None:
+    enc = check_equivalent(path)
+    tok = load_tokenizer(str(path))
+    chat = tok.apply_chat_template(
+        [{"role": "system", "content": "Be brief. " * 200}, {"role": "user", "content": "Hi"}],
+        tokenize=False, add_generation_prompt=True)
+    assert enc.encode(chat) == list(tok.encode(chat, add_special_tokens=False))
+
+
+def test_disabled_for_tokenizers_that_add_specials() -> None:
+    class AddsBos:
+        added_tokens_decoder: dict = {}
+
+        def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+            return ([1] if add_special_tokens else []) + [ord(c) for c in text]
+
+    enc = SegmentEncoder(AddsBos())
+    assert not enc.enabled
+    assert enc.encode("ab", add_special_tokens=True) == [1, 97, 98]
