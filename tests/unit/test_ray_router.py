@@ -56,7 +56,8 @@ def make_pending(system: str, question: str, *, session: str = "") -> PendingReq
         {"role": "system", "content": system}, {"role": "user", "content": question}])
     meta = RequestMetadata(request_id="r", internal_request_id=f"i-{question}",
                            session_id=session)
-    return PendingRequest(args=[body], kwargs={}, metadata=meta)
+    # PendingRequest creates an asyncio.Future: build it on the routing loop.
+    return on_loop(lambda: PendingRequest(args=[body], kwargs={}, metadata=meta))
 
 
 def make_replicas(n: int) -> list[FakeRunningReplica]:
