@@ -71,6 +71,20 @@ class CompletionLike:
     prompt: str
 
 
+@dataclass(frozen=True)
+class ChatLike:
+    """What ``PromptTokenizer`` reads from a parsed ``/v1/chat/completions`` request:
+    the tenant prefix as the system message, the question as the user turn."""
+
+    messages: list[dict[str, str]]
+
+
+def chat_like(prompts: "PromptSet", i: int) -> ChatLike:
+    return ChatLike(messages=[
+        {"role": "system", "content": prompts.timed_texts[i % len(prompts.timed_texts)]},
+        {"role": "user", "content": prompts.question_texts[i]}])
+
+
 @dataclass(frozen=True, kw_only=True)
 class Row:
     name: str
@@ -211,6 +225,10 @@ def bench_cacheroute(prompts: PromptSet, *, block_size: int, replicas: int, n: i
         samples = timer.run(n, lambda i: CompletionLike(prompts.text(i)), tokenize_select,
                             offset=n)
         rows.append(make_row("cacheroute tokenize+select (text)", samples, **common))
+        # Chat: the system prompt is a segment between special tokens, cached after
+        # its first encode (serving/segment_tokens.py); only the user turn is encoded.
+        samples = timer.run(n, lambda i: chat_like(prompts, i), tokenize_select, offset=n)
+        rows.append(make_row("cacheroute tokenize+select (chat)", samples, **common))
     return rows
 
 
@@ -226,6 +244,12 @@ def bench_hash_only(prompts: PromptSet, *, block_size: int, n: int, timer: Timer
 def bench_tokenize_only(prompts: PromptSet, *, n: int, tokenizer: Any, timer: Timer) -> Row:
     samples = timer.run(n, lambda i: CompletionLike(prompts.text(i)), tokenizer.token_ids)
     return make_row("tokenize only (PromptTokenizer)", samples, tokens=prompts.tokens,
+                    block_size=None, replicas=None)
+
+
+def bench_tokenize_chat(prompts: PromptSet, *, n: int, tokenizer: Any, timer: Timer) -> Row:
+    samples = timer.run(n, lambda i: chat_like(prompts, i), tokenizer.token_ids)
+    return make_row("tokenize only, chat (PromptTokenizer)", samples, tokens=prompts.tokens,
                     block_size=None, replicas=None)
 
 
@@ -397,8 +421,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     tokenizer = PromptTokenizer(args.model_dir or str(ensure_default_model()))
     raw_tokenizer = tokenizer.tokenizer
 
-    per_size = len(args.block_sizes) * len(args.replicas) * (1 if args.no_tokenize else 2)
-    per_size += len(args.block_sizes) + (0 if args.no_tokenize else 1)
+    per_size = len(args.block_sizes) * len(args.replicas) * (1 if args.no_tokenize else 3)
+    per_size += len(args.block_sizes) + (0 if args.no_tokenize else 2)
     per_size_ray = 0 if args.no_ray else len(args.replicas)
     total = len(args.sizes) * (args.n * (per_size + per_size_ray))
     if not (args.no_ray or args.no_actor):
@@ -424,6 +448,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                              with_tokenize=not args.no_tokenize)
             if not args.no_tokenize:
                 rows.append(bench_tokenize_only(prompts, n=args.n, tokenizer=tokenizer,
+                                                timer=timer))
+                rows.append(bench_tokenize_chat(prompts, n=args.n, tokenizer=tokenizer,
                                                 timer=timer))
             if not args.no_ray:
                 for replicas in args.replicas:

@@ -18,27 +18,33 @@ from __future__ import annotations
 
 import re
 import threading
+from array import array
 from collections import OrderedDict
 from typing import Any
 
-# Pieces remembered per encoder: a few thousand tenants' system prompts and few-shot
-# blocks. Memory is the pieces' text plus their ids, about 10 bytes per token.
-DEFAULT_MAX_PIECES = 4096
+# Tokens remembered per encoder, over all cached pieces: thousands of tenants' system
+# prompts. Memory is the pieces' text plus 4 bytes per id: about 8 MB per 1M tokens.
+DEFAULT_MAX_TOKENS = 2_000_000
+# Pieces are cached on their second sighting only, so one-off user turns never evict
+# the system prompts that repeat; this many recent first sightings are remembered.
+_SEEN_PIECES = 16_384
 # Pieces shorter than this are cheaper to encode than to look up and store.
 _MIN_CACHED_CHARS = 256
 
 
 class SegmentEncoder:
-    def __init__(self, tokenizer: Any, *, max_pieces: int = DEFAULT_MAX_PIECES) -> None:
+    def __init__(self, tokenizer: Any, *, max_tokens: int = DEFAULT_MAX_TOKENS) -> None:
         self._tok = tokenizer
-        self._max_pieces = max_pieces
-        self._cache: OrderedDict[str, list[int]] = OrderedDict()
+        self._max_tokens = max_tokens
+        self._cached_tokens = 0
+        self._cache: OrderedDict[str, array] = OrderedDict()
+        self._seen: OrderedDict[int, None] = OrderedDict()
         # The router encodes on its event loop and in worker threads at once.
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
         added = self._verbatim_added_tokens(tokenizer)
-        self.enabled = added is not None and max_pieces > 0 and self._adds_no_specials(tokenizer)
+        self.enabled = added is not None and max_tokens > 0 and self._adds_no_specials(tokenizer)
         self._ids = added or {}
         self._split = (re.compile("(" + "|".join(re.escape(t) for t in
                                                  sorted(self._ids, key=len, reverse=True)) + ")")
@@ -79,9 +85,10 @@ class SegmentEncoder:
                 ids.extend(self._encode_piece(piece))
         return ids
 
-    def _encode_piece(self, piece: str) -> list[int]:
+    def _encode_piece(self, piece: str) -> Any:
         if len(piece) < _MIN_CACHED_CHARS:
-            return list(self._tok.encode(piece, add_special_tokens=False))
+            return self._tok.encode(piece, add_special_tokens=False)
+        key = hash(piece)
         with self._lock:
             cached = self._cache.get(piece)
             if cached is not None:
@@ -89,9 +96,20 @@ class SegmentEncoder:
                 self._cache.move_to_end(piece)
                 return cached
             self.misses += 1
-        ids = list(self._tok.encode(piece, add_special_tokens=False))  # outside the lock
-        with self._lock:
-            self._cache[piece] = ids
-            if len(self._cache) > self._max_pieces:
-                self._cache.popitem(last=False)
+            admit = key in self._seen
+            if not admit:
+                self._seen[key] = None
+                if len(self._seen) > _SEEN_PIECES:
+                    self._seen.popitem(last=False)
+        ids = self._tok.encode(piece, add_special_tokens=False)  # outside the lock
+        if admit and len(ids) <= self._max_tokens:
+            packed = array("I", ids)
+            with self._lock:
+                if piece not in self._cache:
+                    self._cache[piece] = packed
+                    self._cached_tokens += len(packed)
+                    self._seen.pop(key, None)
+                while self._cached_tokens > self._max_tokens:
+                    _, evicted = self._cache.popitem(last=False)
+                    self._cached_tokens -= len(evicted)
         return ids

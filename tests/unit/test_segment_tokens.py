@@ -78,3 +78,23 @@ def test_disabled_for_tokenizers_that_add_specials() -> None:
     enc = SegmentEncoder(AddsBos())
     assert not enc.enabled
     assert enc.encode("ab", add_special_tokens=True) == [1, 97, 98]
+
+
+def test_cache_admits_on_second_sighting_and_is_bounded_by_tokens(tiny: Path) -> None:
+    tok = load_tokenizer(str(tiny))
+    enc = SegmentEncoder(tok, max_tokens=2_000)
+    special = str(next(iter(tok.added_tokens_decoder.values())).content)
+    long_piece = "tenant policy text " * 40
+    for _ in range(3):
+        assert enc.encode(special + long_piece) == list(tok.encode(special + long_piece,
+                                                                   add_special_tokens=False))
+    assert (enc.misses, enc.hits) == (2, 1)  # seen, admitted, then served
+    for i in range(50):  # one-off pieces never evict it
+        enc.encode(special + f"user question number {i} " * 20)
+    enc.encode(special + long_piece)
+    assert enc.hits == 2
+    for i in range(40):  # repeated pieces beyond the budget evict the oldest
+        piece = special + f"other tenant {i} " * 60
+        enc.encode(piece)
+        enc.encode(piece)
+    assert enc._cached_tokens <= 2_000
