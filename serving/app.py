@@ -37,8 +37,7 @@ _ROUTER_CLASSES: dict[str, str] = {
 
 
 def llm_deployment_name(config: ServiceConfig) -> str:
-    # Mirrors ray.serve.llm's naming so `serve status` reads the same as upstream apps.
-    return "LLMServer:" + config.model.id.replace("/", "--").replace(".", "_")
+    return config.llm_deployment_name()
 
 
 def engine_env(config: ServiceConfig) -> dict[str, str]:

@@ -144,6 +144,11 @@ class ServiceConfig(_Strict):
             raise ValueError("routing.policy 'cacheroute' needs engine.enable_prefix_caching: true")
         return self
 
+    def llm_deployment_name(self) -> str:
+        """Serve deployment name of the engines; mirrors ray.serve.llm's own naming so
+        `serve status` reads the same as upstream apps."""
+        return "LLMServer:" + self.model.id.replace("/", "--").replace(".", "_")
+
     def with_overrides(self, *, replicas: int | None = None, policy: str | None = None,
                        port: int | None = None, model_source: str | None = None) -> "ServiceConfig":
         """A copy with CLI overrides applied, validated like the file itself."""

@@ -136,8 +136,7 @@ class SecretRef:
 
 
 def llm_deployment_name(config: ServiceConfig) -> str:
-    """Serve deployment name of the engines; mirrors serving.app.llm_deployment_name."""
-    return "LLMServer:" + config.model.id.replace("/", "--").replace(".", "_")
+    return config.llm_deployment_name()
 
 
 def default_image(config: ServiceConfig) -> str:

@@ -54,18 +54,9 @@ class Stack:
 
     def requests_by_replica(self) -> dict[str, float]:
         """Finished requests per replica, from the engines' own Prometheus counters."""
-        from prometheus_client.parser import text_string_to_metric_families
+        from bench.replica_load import requests_by_replica
 
-        text = httpx.get(self.metrics_url, timeout=30).text
-        counts: dict[str, float] = {}
-        for family in text_string_to_metric_families(text):
-            if family.name != "ray_vllm_request_success":
-                continue
-            for sample in family.samples:
-                if sample.name.endswith("_total"):
-                    rid = sample.labels.get("ReplicaId", "")
-                    counts[rid] = counts.get(rid, 0.0) + sample.value
-        return counts
+        return requests_by_replica(self.metrics_url)
 
     def http(self) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, timeout=300,
