@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-num-seqs", type=int, default=8)
     p.add_argument("--kv-cache-gib", type=int, default=1)
     p.add_argument("--max-model-len", type=int, default=4096)
+    p.add_argument("--load-epsilon", type=float,
+                   help="cacheroute's bounded-load slack (default: the config default, 0.25)")
     p.add_argument("--start-timeout-s", type=float, default=900.0)
     p.add_argument("--out-dir", type=Path, default=Path("out/bench-live"))
     p.add_argument("--json", type=Path, help="summary JSON (default OUT_DIR/live.json)")
@@ -115,7 +117,7 @@ def run_policy(policy: str, trace: Sequence[TraceRequest], args: argparse.Namesp
                           replicas=args.replicas, port=port, metrics_port=metrics_port,
                           ready_timeout_s=args.start_timeout_s,
                           max_model_len=args.max_model_len, kv_cache_gib=args.kv_cache_gib,
-                          max_num_seqs=args.max_num_seqs)
+                          max_num_seqs=args.max_num_seqs, load_epsilon=args.load_epsilon)
     service = ServiceProcess(config_path=config, policy=policy, port=port,
                              log_path=folder / "serve.log",
                              start_timeout_s=args.start_timeout_s + 60)

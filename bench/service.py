@@ -47,13 +47,15 @@ def free_port() -> int:
 
 def write_config(path: Path, *, model_id: str, policy: str, replicas: int, port: int,
                  metrics_port: int, ready_timeout_s: float, max_model_len: int = 4096,
-                 kv_cache_gib: int = 1, max_num_seqs: int = 8) -> Path:
+                 kv_cache_gib: int = 1, max_num_seqs: int = 8,
+                 load_epsilon: float | None = None) -> Path:
     path.write_text(
         f"model: {{id: {model_id}, source: default}}\n"
         f"replicas: {replicas}\n"
         f"engine: {{max_model_len: {max_model_len}, kv_cache_gib: {kv_cache_gib}, "
         f"max_num_seqs: {max_num_seqs}}}\n"
-        f"routing: {{policy: {policy}}}\n"
+        f"routing: {{policy: {policy}"
+        + (f", load_epsilon: {load_epsilon}" if load_epsilon is not None else "") + "}\n"
         # No API keys, whatever the environment says: the client sends a dummy one.
         f"server: {{host: 127.0.0.1, port: {port}, metrics_port: {metrics_port}, "
         f"api_keys: [], api_keys_env: null, ready_timeout_s: {ready_timeout_s}}}\n",

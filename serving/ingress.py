@@ -26,6 +26,7 @@ from ray import serve
 from ray.llm._internal.serve.core.configs.openai_api_models import OpenAIHTTPException
 from ray.serve.llm import LLMConfig
 from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
+from ray.serve.schema import ApplicationStatus
 
 from serving.config import ServiceConfig
 
@@ -154,7 +155,7 @@ class CacheRouteIngress(OpenAiIngress):
         if app is not None and self._llm_deployment in app.deployments:
             states = app.deployments[self._llm_deployment].replica_states
             running = int(states.get("RUNNING", 0))
-        ready = (app is not None and str(app.status) in ("RUNNING", "ApplicationStatus.RUNNING")
+        ready = (app is not None and app.status == ApplicationStatus.RUNNING
                  and running >= self._num_replicas)
         return {"ready": ready, "replicas_ready": running, "replicas_wanted": self._num_replicas}
 
