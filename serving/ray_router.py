@@ -12,8 +12,7 @@ as usual, so a full chosen replica falls through to its ring successor -- the sa
 order the core uses for bounded-load spill and failover.
 
 Hooks used (contract-tested in tests/unit/test_ray_router_contract.py):
-`initialize_state`, `choose_replicas`, `update_replicas`, `on_replica_actor_died`,
-`on_request_routed`. Each process that holds a handle (every ingress replica) has its
+`initialize_state`, `choose_replicas`, `update_replicas`, `on_replica_actor_died`. Each process that holds a handle (every ingress replica) has its
 own instance; instances agree because the core is deterministic and converge through
 the engines' KV events.
 """
@@ -28,7 +27,6 @@ from typing import Any, List, Optional
 
 from ray.serve._private.common import ReplicaID
 from ray.serve._private.constants import SERVE_LOGGER_NAME
-from ray.serve._private.replica_result import ReplicaResult
 from ray.serve._private.request_router.common import PendingRequest
 from ray.serve._private.request_router.replica_wrapper import RunningReplica
 from ray.serve.request_router import RequestRouter
@@ -176,8 +174,3 @@ class CacheRouteRequestRouter(RequestRouter):
         self.last_decision = decision
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
         return [[by_id[rid]] for rid in decision.ranked if rid in by_id]
-
-    def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID,
-                          result: ReplicaResult) -> None:
-        # The core already learned the decision in select(); nothing else to record.
-        return None
