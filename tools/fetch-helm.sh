@@ -23,8 +23,10 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 dest="${CACHEROUTE_TOOLS_DIR:-$root/.cache/tools}"
 mkdir -p "$dest"
 
-have_helm() { [ -x "$dest/helm" ] && "$dest/helm" version --short 2>/dev/null | grep -q "^${HELM_VERSION}"; }
-have_kubectl() { [ -x "$dest/kubectl" ] && "$dest/kubectl" version --client 2>/dev/null | grep -q "${KUBECTL_VERSION}"; }
+# Capture the version first: piping into `grep -q` lets grep exit early, and under
+# pipefail the writer's SIGPIPE would fail the check at random.
+have_helm() { [ -x "$dest/helm" ] && [[ "$("$dest/helm" version --short 2>/dev/null)" == "${HELM_VERSION}"* ]]; }
+have_kubectl() { [ -x "$dest/kubectl" ] && [[ "$("$dest/kubectl" version --client 2>/dev/null)" == *"${KUBECTL_VERSION}"* ]]; }
 
 if have_helm && have_kubectl; then
   echo "fetch-helm: helm ${HELM_VERSION} and kubectl ${KUBECTL_VERSION} already in $dest"
