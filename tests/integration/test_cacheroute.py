@@ -104,7 +104,7 @@ def test_distinct_tenants_spread_over_replicas(stack: Stack) -> None:
     client = stack.client()
     before = settled_counts(stack)
     # Replica ids (hence ring positions) are random per run, so the split of N tenants
-    # is binomial: 16 keeps a 1-or-2-tenant minority rarer than 1 run in 1,000.
+    # is binomial: with 16, a minority of 0 or 1 (what is rejected) is ~1 run in 2,000.
     names = ["Initech", "Umbrella", "Hooli", "Vandelay", "Stark", "Wayne", "Tyrell", "Cyberdyne",
              "Vehement", "Nakatomi", "Oscorp", "Aperture", "Massive", "Wonka", "Gringotts", "Dunder"]
     for name in names:
