@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup serve test test-unit model deploy-check clean
+.PHONY: setup serve test test-unit model deploy-check dashboards clean
 
 setup: $(STAMP) model
 
@@ -38,6 +38,13 @@ test-unit: $(STAMP)
 deploy-check: $(STAMP)
 	tools/fetch-helm.sh
 	$(PY) -m pytest tests/unit/test_deploy_render.py tests/unit/test_deploy_helm.py $(PYTEST_ARGS)
+
+# Regenerates dashboards/*.json (and the chart's copies), deploy/prometheus/rules.yml and
+# the chart's PrometheusRule from monitoring/, then k8s/ (whose base ships the dashboards).
+dashboards: $(STAMP)
+	$(PY) tools/gen_dashboards.py
+	tools/fetch-helm.sh
+	$(PY) tools/gen_k8s.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

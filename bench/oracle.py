@@ -19,7 +19,7 @@ Cost: one SHA-256 per full block of every prompt.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 
 from router import PrefixHasher
@@ -44,17 +44,42 @@ def oracle_hits(prompts: Iterable[Sequence[int]], *,
                 block_size: int = DEFAULT_ORACLE_BLOCK_SIZE) -> OracleResult:
     """Oracle cached tokens of each prompt (token ids), in order of arrival."""
     hasher = PrefixHasher(block_size)
-    seen: set[bytes] = set()
-    per_request = []
-    total = 0
-    for tokens in prompts:
-        digests = hasher.digests(tokens)
-        eligible = max(len(tokens) - 1, 0) // block_size  # the last token is always computed
-        hits = 0
-        while hits < eligible and digests[hits] in seen:
-            hits += 1
-        per_request.append(hits * block_size)
-        total += len(tokens)
-        seen.update(digests)
-    return OracleResult(cached_tokens=sum(per_request), prompt_tokens=total,
+    return oracle_from_blocks(((len(tokens), hasher.digests(tokens)) for tokens in prompts),
+                              block_size=block_size)
+
+
+def oracle_from_blocks(prompts: Iterable[tuple[int, Sequence[Hashable]]], *,
+                       block_size: int) -> OracleResult:
+    """``oracle_hits`` from ``(prompt tokens, chained block hashes)`` pairs, for callers
+    that already hashed the prompts; any hash form works."""
+    cache = OracleCache(block_size)
+    per_request = [cache.observe(num_tokens, blocks) for num_tokens, blocks in prompts]
+    return OracleResult(cached_tokens=cache.cached_tokens, prompt_tokens=cache.prompt_tokens,
                         per_request=tuple(per_request))
+
+
+class OracleCache:
+    """The oracle's infinite shared cache, fed one prompt at a time (the simulator
+    keeps one beside each run instead of holding the whole trace)."""
+
+    def __init__(self, block_size: int) -> None:
+        self._block_size = block_size
+        self._seen: set[Hashable] = set()
+        self.cached_tokens = 0
+        self.prompt_tokens = 0
+
+    @property
+    def hit_rate(self) -> float:
+        return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
+
+    def observe(self, num_tokens: int, blocks: Sequence[Hashable]) -> int:
+        """The prompt's oracle cached tokens; then its blocks are cached."""
+        seen = self._seen
+        eligible = max(num_tokens - 1, 0) // self._block_size  # the last token is computed
+        hits = 0
+        while hits < eligible and blocks[hits] in seen:
+            hits += 1
+        seen.update(blocks)
+        self.cached_tokens += hits * self._block_size
+        self.prompt_tokens += num_tokens
+        return hits * self._block_size

@@ -18,6 +18,7 @@ Nothing without the tag is ever signalled.
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import signal
@@ -48,12 +49,14 @@ def free_port() -> int:
 def write_config(path: Path, *, model_id: str, policy: str, replicas: int, port: int,
                  metrics_port: int, ready_timeout_s: float, max_model_len: int = 4096,
                  kv_cache_gib: int = 1, max_num_seqs: int = 8,
-                 load_epsilon: float | None = None) -> Path:
+                 load_epsilon: float | None = None, enable_prefix_caching: bool = True,
+                 model_source: str = "default") -> Path:
     path.write_text(
-        f"model: {{id: {model_id}, source: default}}\n"
+        f"model: {{id: {model_id}, source: {json.dumps(model_source)}}}\n"
         f"replicas: {replicas}\n"
         f"engine: {{max_model_len: {max_model_len}, kv_cache_gib: {kv_cache_gib}, "
-        f"max_num_seqs: {max_num_seqs}}}\n"
+        f"max_num_seqs: {max_num_seqs}, "
+        f"enable_prefix_caching: {str(enable_prefix_caching).lower()}}}\n"
         f"routing: {{policy: {policy}"
         + (f", load_epsilon: {load_epsilon}" if load_epsilon is not None else "") + "}\n"
         # No API keys, whatever the environment says: the client sends a dummy one.

@@ -22,7 +22,7 @@ prompts for the tenants it shares with a smaller one. Cost: O(total words).
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 
@@ -151,9 +151,11 @@ def make_tenant(seed: int, index: int, system_prompt_words: int,
 
 def make_tenants(spec: WorkloadSpec) -> list[Tenant]:
     tenants: list[Tenant] = []
+    taken: set[str] = set()  # first words of the companies so far
     for index in range(spec.tenants):
-        taken = frozenset(t.company.split()[0] for t in tenants)
-        tenants.append(make_tenant(spec.seed, index, spec.system_prompt_words, taken))
+        tenant = make_tenant(spec.seed, index, spec.system_prompt_words, frozenset(taken))
+        taken.add(tenant.company.split()[0])
+        tenants.append(tenant)
     return tenants
 
 
@@ -175,14 +177,25 @@ def arrival_times(count: int, rate_rps: float | None, seed: int) -> list[float]:
 
 def generate(spec: WorkloadSpec) -> list[TraceRequest]:
     """The workload's requests, in arrival order."""
-    tenants = make_tenants(spec)
+    return list(iter_requests(spec))
+
+
+def iter_requests(spec: WorkloadSpec,
+                  tenants: Sequence[Tenant] | None = None) -> Iterator[TraceRequest]:
+    """``generate`` one request at a time, for runs too long to hold in memory.
+
+    The tenants, picks and arrival times are built up front (O(tenants + requests)
+    small values); each request's messages are made when it is reached. Passing
+    ``make_tenants(spec)`` as ``tenants`` saves rebuilding them for another pass.
+    """
+    if tenants is None:
+        tenants = make_tenants(spec)
     picks = pick_tenants(len(tenants), spec.requests, spec.zipf_s, spec.seed)
     questions = random.Random(f"questions:{spec.seed}")
     times = arrival_times(spec.requests, spec.rate_rps, spec.seed)
-    requests = []
     for number, (rank, t) in enumerate(zip(picks, times)):
         tenant = tenants[rank]
-        requests.append(TraceRequest(
+        yield TraceRequest(
             t=t,
             tenant=tenant.name,
             max_tokens=spec.max_tokens,
@@ -190,8 +203,7 @@ def generate(spec: WorkloadSpec) -> list[TraceRequest]:
                 {"role": "system", "content": tenant.system_prompt},
                 {"role": "user", "content": question(questions, number)},
             ),
-        ))
-    return requests
+        )
 
 
 def pick_tenants(tenants: int, requests: int, s: float, seed: int) -> Sequence[int]:

@@ -15,6 +15,7 @@ from router.outcome import Outcome
 from router.policy import (
     CacheAwarePolicy,
     Decision,
+    Placement,
     PolicyConfig,
     RouteRequest,
     RoutingPolicy,
@@ -32,6 +33,7 @@ __all__ = [
     "KVEventBatch",
     "KVEventSubscriber",
     "Outcome",
+    "Placement",
     "PolicyConfig",
     "PrefixHasher",
     "RouteRequest",

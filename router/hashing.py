@@ -164,11 +164,17 @@ class PrefixHasher:
         lora_name: str | None = None,
         lora_path: str | None = None,
         max_blocks: int | None = None,
+        parent: bytes | None = None,
     ) -> list[bytes]:
         """Full 32-byte digests of the first ``max_blocks`` full blocks (all if None).
 
         ``lora_name`` and ``lora_path`` go together: vLLM keys a LoRA block by
         both, so that re-pointing a name at another adapter does not reuse KV.
+        ``parent`` continues a chain: the digest of the full block just before
+        ``token_ids``, so that ``digests(a + b) == digests(a) + digests(b,
+        parent=digests(a)[-1])`` when ``len(a)`` is a multiple of the block size.
+        A continued chain has no first block, hence no ``cache_salt`` key; callers
+        that hash a shared prefix once (a simulator) use it.
         """
         if (lora_name is None) != (lora_path is None):
             raise ValueError("lora_name and lora_path must be given together")
@@ -192,6 +198,8 @@ class PrefixHasher:
         first_keys = lora_keys + salt_keys
         first_tail = cbor2.dumps(first_keys, canonical=True) if first_keys else _CBOR_NONE
         rest_tail = cbor2.dumps(lora_keys, canonical=True) if lora_keys else _CBOR_NONE
+        if parent is not None:
+            first_tail = rest_tail
 
         # Hot loop: a slice, one C-level CBOR encode of plain ints (canonical
         # and default encodings agree for ints and arrays), one concatenation
@@ -211,7 +219,7 @@ class PrefixHasher:
         width = size * _TOKEN_BYTES
         out: list[bytes] = []
         append = out.append
-        parent = self._root
+        parent = self._root if parent is None else parent
         tail = first_tail
         for block in range(num_blocks):
             start = block * size

@@ -17,7 +17,7 @@ property is broken (an event lost mid-chain), the answer is a prefix that is
 too short or too long: a worse routing guess, never a wrong response.
 
 Cost: ``longest_prefix`` O(log n) dict probes for an n-block chain; ``learn`` /
-``confirm`` / ``forget`` O(k) for k hashes; ``clear`` O(entries), acceptable
+``confirm`` / ``forget`` / ``drop`` O(k) for k hashes; ``clear`` O(entries), acceptable
 because engines clear their caches and replicas leave rarely. Memory is about
 330 bytes per entry, measured (200k entries: about 65 MB). Expired pairs are dropped
 lazily when probed, or by the LRU bound.
@@ -92,6 +92,17 @@ class OwnershipIndex:
             if owners is not None and owners.pop(replica, None) is not None and not owners:
                 del entries[block_hash]
 
+    def drop(self, hashes: Iterable[BlockHash]) -> int:
+        """Forget these blocks for every replica (a registered prefix was deleted);
+        returns how many were held. A longer chain through them keeps its tail, so
+        prefix-closure may break for it: a worse routing guess, never a wrong answer."""
+        entries = self._entries
+        dropped = 0
+        for block_hash in hashes:
+            if entries.pop(block_hash, None) is not None:
+                dropped += 1
+        return dropped
+
     def clear(self, replica: str) -> None:
         """Drop every block of ``replica`` (AllBlocksCleared, or replica removed). O(entries)."""
         entries = self._entries
@@ -101,6 +112,15 @@ class OwnershipIndex:
                 emptied.append(block_hash)
         for block_hash in emptied:
             del entries[block_hash]
+
+    def blocks_by_replica(self) -> dict[str, int]:
+        """Blocks held per replica, expired pairs included until purged. O(entries);
+        for telemetry scrapes, not the routing path."""
+        counts: dict[str, int] = {}
+        for owners in self._entries.values():
+            for replica in owners:
+                counts[replica] = counts.get(replica, 0) + 1
+        return counts
 
     def owners(self, block_hash: BlockHash) -> frozenset[str]:
         """Replicas currently (not expired) holding ``block_hash``."""
@@ -115,7 +135,7 @@ class OwnershipIndex:
         low, high = 0, len(hashes)  # invariant: hashes[:low] is owned
         while low < high:
             mid = (low + high + 1) // 2
-            if self._live_owners(hashes[mid - 1], now):
+            if self._has_live_owner(hashes[mid - 1], now):
                 low = mid
             else:
                 high = mid - 1
@@ -140,10 +160,20 @@ class OwnershipIndex:
         while len(entries) > self._max_entries:
             entries.popitem(last=False)
 
+    def _has_live_owner(self, block_hash: BlockHash, now: float) -> bool:
+        owners = self._entries.get(block_hash)
+        if not owners:
+            return False
+        # Nothing expired (checked in C) needs no list; else purge as _live_owners does.
+        return min(owners.values()) > now or bool(self._live_owners(block_hash, now))
+
     def _live_owners(self, block_hash: BlockHash, now: float) -> list[str]:
         owners = self._entries.get(block_hash)
         if not owners:
             return []
+        if min(owners.values()) > now:
+            # Common case, checked in C: nothing expired (a hot prefix has many owners).
+            return list(owners)
         live = [replica for replica, expires_at in owners.items() if expires_at > now]
         if len(live) != len(owners):
             # Purge expired pairs so a stale owner cannot outlive its TTL.

@@ -24,17 +24,23 @@ randomness and no process-salted hashes; KV events (``kv_events.py``) make
 instances that saw different traffic converge.
 
 Cost per decision: hashing (about 2.2 us per 16-token block, the bulk), an
-O(log n) index probe, a ring walk over the N replicas for ``ranked``, and an
-O(n) ``learn``. Thread-safe: one lock serialises index and ring access;
-hashing runs outside it.
+O(log n) index probe, O(k log V) to order a prefix's k owners along the ring, a
+walk of the ring until a replica has room (usually one step), and an O(n)
+``learn``; nothing is O(N) in the replica count when ``in_flight`` is an
+``InFlightCounts`` over ``replicas`` (``load.py``). ``ranked``, the full ring
+order, is built only when read (``ring.RingOrder``). ``select_hashed`` takes
+block hashes the caller already has (a simulator memoising shared prefixes) and
+decides exactly as ``select`` does. Thread-safe: one lock serialises index and
+ring access; hashing runs outside it.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from itertools import compress, repeat
 from typing import Protocol
 
 from router.hashing import DEFAULT_HASH_SEED, BlockHash, PrefixHasher
@@ -110,7 +116,8 @@ class Decision:
     # Full blocks in the prompt.
     total_blocks: int
     # The chosen replica, then every other replica in ring order: the retry list.
-    ranked: tuple[str, ...]
+    # A lazy ``RingOrder`` from the policy (equal to the tuple it stands for).
+    ranked: Sequence[str]
 
     def failover(self, failed: Collection[str]) -> Decision:
         """The next ranked replica not in ``failed``, as a FAILOVER decision."""
@@ -124,6 +131,18 @@ class Decision:
             matched_blocks=0,
             ranked=remaining,
         )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Placement:
+    """Where a prefix lives, read without routing it (``CacheAwarePolicy.placement``)."""
+
+    # Replicas believed to hold every full block of the prefix (empty: nobody does).
+    holders: frozenset[str]
+    # Where the next request with this prefix goes at zero load: the first holder in
+    # ring order, or the ring home of its first block when nobody holds it.
+    home: str
+    total_blocks: int
 
 
 class RoutingPolicy(Protocol):
@@ -179,6 +198,34 @@ class CacheAwarePolicy:
         with self._lock:
             return apply_batch(self._index, replica_id, batch, block_size=self._config.block_size)
 
+    def owned_blocks(self) -> dict[str, int]:
+        """Blocks the ownership index attributes to each replica (telemetry)."""
+        with self._lock:
+            return self._index.blocks_by_replica()
+
+    def placement(self, request: RouteRequest) -> Placement | None:
+        """Where the request's prompt, taken as a prefix, lives now; routes and learns
+        nothing. None when it has no full block or there are no replicas."""
+        hashes = self.block_hashes(request)
+        if not hashes:
+            return None
+        with self._lock:
+            if not self._replicas:
+                return None
+            match = self._index.longest_prefix(hashes)
+            holders = match.owners if match.matched_blocks == len(hashes) else frozenset()
+            # The holder a zero-load OWNER_HIT picks (first in ring order), else the ring home.
+            home = next((r for r in self._ring.walk(hashes[0]) if r in holders),
+                        self._ring.owner(hashes[0]))
+        return Placement(home=home, holders=holders, total_blocks=len(hashes))
+
+    def forget_prefix(self, request: RouteRequest) -> int:
+        """Forget every replica's ownership of the request's blocks (a registered
+        prefix was withdrawn); returns how many blocks were known."""
+        hashes = self.block_hashes(request)
+        with self._lock:
+            return self._index.drop(hashes)
+
     def block_hashes(self, request: RouteRequest) -> list[BlockHash]:
         """The engine's hashes of the request's full prompt blocks."""
         if not request.token_ids:
@@ -193,7 +240,16 @@ class CacheAwarePolicy:
     def select(self, request: RouteRequest, in_flight: Mapping[str, int]) -> Decision:
         """Choose a replica; ``in_flight`` maps replica id to its running requests
         (missing ids count as 0). Raises ``EmptyRingError`` with no replicas."""
-        hashes = self.block_hashes(request)  # the costly part, outside the lock
+        return self.select_hashed(request, self.block_hashes(request), in_flight)
+
+    def select_hashed(
+        self, request: RouteRequest, hashes: Sequence[BlockHash], in_flight: Mapping[str, int]
+    ) -> Decision:
+        """``select`` with the request's block hashes already computed.
+
+        ``hashes`` must equal ``block_hashes(request)``; the decision is then the
+        one ``select`` makes (``select`` is this method after hashing).
+        """
         session_key = (
             stable_key(request.session_id)
             if self._config.session_affinity and request.session_id is not None
@@ -208,7 +264,7 @@ class CacheAwarePolicy:
     def _decide(
         self,
         request: RouteRequest,
-        hashes: list[BlockHash],
+        hashes: Sequence[BlockHash],
         session_key: int | None,
         in_flight: Mapping[str, int],
     ) -> Decision:
@@ -221,19 +277,16 @@ class CacheAwarePolicy:
         ring_key = session_key if session_key is not None else (hashes[0] if hashes else None)
         if ring_key is None:
             return self._least_loaded(request, in_flight)
-        order = tuple(self._ring.walk(ring_key))
+        ring = self._ring
 
         match = self._index.longest_prefix(hashes)
         if match.matched_blocks >= self._config.min_owner_match_blocks:
-            # min() keeps the first of equals, and ``order`` is ring order.
-            with_room = [r for r in order if r in match.owners and in_flight.get(r, 0) < capacity]
-            if with_room:
-                chosen = min(with_room, key=lambda r: in_flight.get(r, 0))
-                return self._decision(
-                    chosen, Outcome.OWNER_HIT, match.matched_blocks, hashes, order
-                )
+            chosen = self._least_loaded_owner(match.owners, ring_key, in_flight, capacity)
+            if chosen is not None:
+                return self._decision(chosen, Outcome.OWNER_HIT, match.matched_blocks,
+                                      hashes, ring.order(ring_key, first=chosen))
 
-        choice = choose_bounded(order, in_flight, capacity)
+        choice = choose_bounded(ring.walk(ring_key), in_flight, capacity)
         # A full ring walk always finds room (load.py), so choice is not None.
         assert choice is not None
         if choice.spilled:
@@ -241,7 +294,34 @@ class CacheAwarePolicy:
         else:
             outcome = Outcome.SESSION if session_key is not None else Outcome.RING_HOME
         matched = match.matched_blocks if choice.replica_id in match.owners else 0
-        return self._decision(choice.replica_id, outcome, matched, hashes, order)
+        return self._decision(choice.replica_id, outcome, matched, hashes,
+                              ring.order(ring_key, first=choice.replica_id))
+
+    def _least_loaded_owner(
+        self, owners: frozenset[str], ring_key: int, in_flight: Mapping[str, int], capacity: int
+    ) -> str | None:
+        """The least loaded owner below ``capacity``, ties going to the first along the
+        ring from ``ring_key``; None if every owner is full.
+
+        The same as ``min()`` over the owners with room taken in ring order, but only
+        tied owners are put in ring order: a hot prefix can have hundreds of owners.
+        """
+        if not owners:
+            return None
+        # map/compress iterate in C; a frozenset iterates in the same order twice.
+        loads = list(map(in_flight.get, owners, repeat(0)))
+        lowest = min(loads)
+        if lowest >= capacity:
+            return None  # then no owner on the ring has room either
+        replicas = self._replicas
+        tied = [r for r in compress(owners, map(lowest.__eq__, loads)) if r in replicas]
+        if not tied:
+            # Every least loaded owner has left the ring (a KV event from a removed
+            # replica, say): decide again over the owners still on it.
+            on_ring = owners & replicas
+            return self._least_loaded_owner(on_ring, ring_key, in_flight, capacity) \
+                if on_ring != owners else None
+        return tied[0] if len(tied) == 1 else self._ring.first_in_ring_order(tied, ring_key)
 
     def _least_loaded(self, request: RouteRequest, in_flight: Mapping[str, int]) -> Decision:
         tokens = request.token_ids or ()
@@ -249,20 +329,21 @@ class CacheAwarePolicy:
         tie_key = stable_key(",".join(map(str, tokens))) if tokens else 0
         order = tuple(self._ring.walk(tie_key))
         chosen = min(order, key=lambda r: in_flight.get(r, 0))
-        return self._decision(chosen, Outcome.NO_KEY, 0, [], order)
+        return self._decision(chosen, Outcome.NO_KEY, 0, [],
+                              (chosen, *(r for r in order if r != chosen)))
 
     @staticmethod
     def _decision(
         chosen: str,
         outcome: Outcome,
         matched_blocks: int,
-        hashes: list[BlockHash],
-        order: tuple[str, ...],
+        hashes: Sequence[BlockHash],
+        ranked: Sequence[str],
     ) -> Decision:
         return Decision(
             replica_id=chosen,
             outcome=outcome,
             matched_blocks=matched_blocks,
             total_blocks=len(hashes),
-            ranked=(chosen, *(r for r in order if r != chosen)),
+            ranked=ranked,
         )

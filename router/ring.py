@@ -10,6 +10,12 @@ distinct replicas in ring order; reaching all N takes about ``N * H(N)`` point s
 (coupon collector), a few dozen for N <= 16. ``add``/``remove`` rebuild the
 sorted point list, O(V*N log(V*N)); membership changes are rare.
 
+A routing decision needs only the head of a walk, so the walk is never built in full
+on the routing path: ``in_ring_order`` sorts a few replicas (a prefix's owners) by
+where the walk would meet them, O(k log V) for k replicas, and ``order`` returns the
+whole walk as a lazy ``RingOrder`` that is materialised only when read (a retry list
+that is usually never needed). At N = 1,000 a full walk is about 7,500 point steps.
+
 Compared with ``ownership.py`` (which knows where a prefix *is* cached), the ring
 says where a prefix *should* live when nobody has it, without any state shared
 between router instances: every instance builds the same ring from the same ids.
@@ -19,8 +25,10 @@ between router instances: every instance builds the same ring from the same ids.
 from __future__ import annotations
 
 import hashlib
-from bisect import bisect_right
-from collections.abc import Iterable, Iterator
+from bisect import bisect_left, bisect_right
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from itertools import chain
+from typing import overload
 
 
 class EmptyRingError(LookupError):
@@ -39,7 +47,7 @@ def stable_key(text: str) -> int:
 class HashRing:
     """A consistent-hash ring; not thread-safe (the policy serialises access)."""
 
-    __slots__ = ("_owners", "_points", "_replicas", "_virtual_nodes")
+    __slots__ = ("_indices", "_owners", "_points", "_replicas", "_virtual_nodes")
 
     def __init__(self, replicas: Iterable[str] = (), *, virtual_nodes: int = 160) -> None:
         if virtual_nodes < 1:
@@ -49,6 +57,8 @@ class HashRing:
         # Parallel sorted arrays: _points[i] is owned by _owners[i].
         self._points: list[int] = []
         self._owners: list[str] = []
+        # Replica -> its sorted positions in _points; a snapshot rebuilt with them.
+        self._indices: dict[str, list[int]] = {}
         self._rebuild()
 
     @property
@@ -91,20 +101,53 @@ class HashRing:
 
     def walk(self, key: int) -> Iterator[str]:
         """Yield every replica once, in ring order starting with ``owner(key)``."""
-        owners = self._owners
-        if not owners:
+        if not self._owners:
             raise EmptyRingError("the ring has no replicas")
-        total = len(owners)
-        wanted = len(self._replicas)
+        return _walk(self._points, self._owners, len(self._replicas), key)
+
+    def order(self, key: int, *, first: str | None = None) -> RingOrder:
+        """``walk(key)`` as a lazy sequence, with ``first`` (if given) moved to the front."""
+        if not self._owners:
+            raise EmptyRingError("the ring has no replicas")
+        return RingOrder(self._points, self._owners, len(self._replicas), key, first)
+
+    def first_in_ring_order(self, replicas: Collection[str], key: int) -> str | None:
+        """``in_ring_order(replicas, key)[0]`` (None if none is on the ring), cheaper.
+
+        Few replicas: one ``bisect`` each. Many: step along the points from the key
+        until one of them owns a point, about ``N / k`` steps for k of N replicas,
+        iterated in C. The crossover (k * k > N / 8) balances a bisect (~0.4 us)
+        against a point step (~0.03 us).
+        """
+        if len(replicas) * len(replicas) * 8 <= len(self._replicas):
+            ordered = self.in_ring_order(replicas, key)
+            return ordered[0] if ordered else None
+        owners = self._owners
+        wanted = replicas if isinstance(replicas, (set, frozenset)) else frozenset(replicas)
         start = bisect_right(self._points, key)
-        seen: set[str] = set()
-        for step in range(total):
-            replica = owners[(start + step) % total]
-            if replica not in seen:
-                seen.add(replica)
-                yield replica
-                if len(seen) == wanted:
-                    return
+        points = chain(map(owners.__getitem__, range(start, len(owners))), owners)
+        return next(filter(wanted.__contains__, points), None)
+
+    def in_ring_order(self, replicas: Iterable[str], key: int) -> list[str]:
+        """The members of ``replicas`` that are on the ring, in ``walk(key)`` order.
+
+        Equal to ``[r for r in walk(key) if r in replicas]`` in O(k log V): the walk
+        meets a replica first at its first point at or after the key's position,
+        wrapping around.
+        """
+        indices = self._indices
+        total = len(self._points)
+        start = bisect_right(self._points, key)
+        steps = []
+        for replica in replicas:
+            positions = indices.get(replica)
+            if positions is None:
+                continue
+            at = bisect_left(positions, start)
+            index = positions[at] if at < len(positions) else positions[0] + total
+            steps.append((index - start, replica))
+        steps.sort()
+        return [replica for _, replica in steps]
 
     def _rebuild(self) -> None:
         # Sorting (point, replica) pairs breaks the (astronomically rare) tie of
@@ -116,3 +159,80 @@ class HashRing:
         )
         self._points = [point for point, _ in pairs]
         self._owners = [replica for _, replica in pairs]
+        indices: dict[str, list[int]] = {}
+        for index, replica in enumerate(self._owners):
+            indices.setdefault(replica, []).append(index)
+        self._indices = indices
+
+
+def _walk(points: list[int], owners: list[str], wanted: int, key: int) -> Iterator[str]:
+    # ``points``/``owners`` are never mutated (a rebuild replaces them), so a walk
+    # that outlives a membership change keeps reading a consistent snapshot.
+    total = len(owners)
+    start = bisect_right(points, key)
+    seen: set[str] = set()
+    for step in range(total):
+        replica = owners[(start + step) % total]
+        if replica not in seen:
+            seen.add(replica)
+            yield replica
+            if len(seen) == wanted:
+                return
+
+
+class RingOrder(Sequence[str]):
+    """A ring walk from a key, ``first`` moved to the front, built on first read.
+
+    Compares equal to any sequence with the same items (a tuple included), so it
+    reads like the tuple it stands for. Immutable and safe to share between threads:
+    it holds a snapshot of the ring's point lists.
+    """
+
+    __slots__ = ("_first", "_items", "_key", "_owners", "_points", "_wanted")
+
+    def __init__(self, points: list[int], owners: list[str], wanted: int, key: int,
+                 first: str | None = None) -> None:
+        self._points = points
+        self._owners = owners
+        self._wanted = wanted
+        self._key = key
+        self._first = first
+        self._items: tuple[str, ...] | None = None
+
+    def _materialise(self) -> tuple[str, ...]:
+        items = self._items
+        if items is None:
+            walk = _walk(self._points, self._owners, self._wanted, self._key)
+            first = self._first
+            items = tuple(walk) if first is None else (first, *(r for r in walk if r != first))
+            self._items = items
+        return items
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[str, ...]: ...
+    def __getitem__(self, index: int | slice) -> str | tuple[str, ...]:
+        return self._materialise()[index]
+
+    def __len__(self) -> int:
+        return self._wanted
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._materialise())
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._materialise()
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, RingOrder):
+            return self._materialise() == other._materialise()
+        if isinstance(other, Sequence) and not isinstance(other, str):
+            return self._materialise() == tuple(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._materialise())
+
+    def __repr__(self) -> str:
+        return repr(self._materialise())

@@ -28,12 +28,19 @@ from serving.server import CacheRouteServer
 INGRESS_DEPLOYMENT = "CacheRouteIngress"
 APP_NAME = "cacheroute"
 
-# Ray's request routers by policy name. `pow2` is Serve's default router, so it needs
-# no entry; `cacheroute` is this project's router (router/ core + serving adapter).
+# Request routers by policy name. `pow2` (Serve's default) and `ray-prefix`
+# (ray.serve.llm's PrefixCacheAffinityRouter) are the upstream classes plus
+# telemetry; `cacheroute` is this project's router (router/ core + serving adapter).
 _ROUTER_CLASSES: dict[str, str] = {
-    "ray-prefix": "ray.serve.llm.request_router:PrefixCacheAffinityRouter",
+    "pow2": "serving.baseline_routers:Pow2Router",
+    "ray-prefix": "serving.baseline_routers:RayPrefixRouter",
     "cacheroute": "serving.ray_router:CacheRouteRequestRouter",
 }
+
+# How often Serve pulls each replica's routing stats (KV-event endpoint, engine
+# telemetry) and broadcasts them to routers: the staleness of per-replica series on
+# /metrics. Serve's default of 10 s hides short load spikes from dashboards.
+ROUTING_STATS_PERIOD_S = 2.0
 
 
 def llm_deployment_name(config: ServiceConfig) -> str:
@@ -53,7 +60,17 @@ def engine_env(config: ServiceConfig) -> dict[str, str]:
     if config.engine.device == "cpu":
         # KV cache size of a CPU engine, in GiB.
         env["VLLM_CPU_KVCACHE_SPACE"] = str(config.engine.kv_cache_gib)
+    if _engine_tracing(config):
+        # vLLM's exporter speaks gRPC unless told otherwise; the endpoint is OTLP/HTTP.
+        env["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"] = "http/protobuf"
+        env["OTEL_SERVICE_NAME"] = config.tracing.service_name
     return env
+
+
+def _engine_tracing(config: ServiceConfig) -> bool:
+    """vLLM's own `llm_request` spans: on with tracing and an explicit endpoint (vLLM
+    has no default endpoint)."""
+    return config.tracing.enabled and config.tracing.otlp_endpoint is not None
 
 
 def engine_kwargs(config: ServiceConfig, model_path: str) -> dict[str, Any]:
@@ -75,15 +92,18 @@ def engine_kwargs(config: ServiceConfig, model_path: str) -> dict[str, Any]:
         kwargs["tensor_parallel_size"] = eng.gpus_per_replica
     if config.model.tokenizer:
         kwargs["tokenizer"] = config.model.tokenizer
+    if _engine_tracing(config):
+        # The engine parents its span on the `traceparent` the replica passes it.
+        kwargs["otlp_traces_endpoint"] = config.tracing.otlp_endpoint
     kwargs.update(eng.extra_engine_kwargs)
     return kwargs
 
 
-def request_router_config(config: ServiceConfig, model_path: str) -> dict[str, Any] | None:
-    cls = _ROUTER_CLASSES.get(config.routing.policy)
-    if cls is None:
-        return None
-    rr: dict[str, Any] = {"request_router_class": cls}
+def request_router_config(config: ServiceConfig, model_path: str) -> dict[str, Any]:
+    rr: dict[str, Any] = {
+        "request_router_class": _ROUTER_CLASSES[config.routing.policy],
+        "request_routing_stats_period_s": ROUTING_STATS_PERIOD_S,
+    }
     if config.routing.policy == "cacheroute":
         rr["request_router_kwargs"] = {
             "config_json": config.model_dump_json(),
@@ -105,17 +125,20 @@ def build_llm_config(config: ServiceConfig, model_path: str) -> LLMConfig:
         "health_check_period_s": 10,
         "health_check_timeout_s": 60,
     }
-    rr = request_router_config(config, model_path)
-    if rr is not None:
-        deployment_config["request_router_config"] = rr
+    deployment_config["request_router_config"] = request_router_config(config, model_path)
     llm: dict[str, Any] = {
         "model_loading_config": {"model_id": config.model.id, "model_source": model_path},
         "engine_kwargs": engine_kwargs(config, model_path),
         "deployment_config": deployment_config,
         "runtime_env": {"env_vars": engine_env(config)},
         "log_engine_metrics": True,
-        # Read by CacheRouteServer: publish KV events for the router's ownership index.
-        "experimental_configs": {"cacheroute_kv_events": config.routing.policy == "cacheroute"},
+        # Read by CacheRouteServer: publish KV events for the router's ownership index,
+        # and the settings of its `llm.generate` spans (None: tracing off).
+        "experimental_configs": {
+            "cacheroute_kv_events": config.routing.policy == "cacheroute",
+            "cacheroute_tracing": (config.tracing.model_dump() if config.tracing.enabled
+                                   else None),
+        },
     }
     if config.engine.device == "cpu":
         # Without this a CPU-only cluster waits forever for {"GPU": 1}.

@@ -44,6 +44,12 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    from serving.status import run
+
+    return run(args)
+
+
 def _cmd_render(args: argparse.Namespace) -> int:
     from serving.render import run
 
@@ -76,6 +82,19 @@ def build_parser() -> argparse.ArgumentParser:
     # Listed for --help; main() hands `bench ...` to bench.live before parsing.
     sub.add_parser("bench", help="compare routing policies on the live service "
                                  "(`cacheroute bench --help` for its options)")
+    # Listed for --help; main() hands `sim ...` to bench.sim.cli before parsing.
+    sub.add_parser("sim", help="compare routing policies on simulated engines, up to "
+                               "thousands of replicas (`cacheroute sim --help`)")
+    # Listed for --help; main() hands `kvbench ...` to bench.kvbench before parsing.
+    sub.add_parser("kvbench", help="what the KV cache costs and saves, per turn, with "
+                                   "transformers and the service (`cacheroute kvbench --help`)")
+
+    status = sub.add_parser("status", help="table of the running service's replicas: hit rate, "
+                                           "KV usage, queue, owned prefixes, health")
+    from serving.status import add_arguments as add_status_arguments
+
+    add_status_arguments(status)
+    status.set_defaults(func=_cmd_status)
 
     render = sub.add_parser("render", help="write serve-config.yaml, rayservice.yaml and Helm "
                                            "values.yaml for Kubernetes from a config file")
@@ -91,6 +110,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench.live import main as bench_main
 
         return bench_main(argv[1:])
+    if argv[:1] == ["sim"]:
+        from bench.sim.cli import main as sim_main
+
+        return sim_main(argv[1:])
+    if argv[:1] == ["kvbench"]:
+        from bench.kvbench import main as kvbench_main
+
+        return kvbench_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -130,6 +131,76 @@ class ServerConfig(_Strict):
         return tuple(dict.fromkeys(keys))
 
 
+class TracingConfig(_Strict):
+    enabled: bool = False
+    """OpenTelemetry spans per request: ingress, routing decision, replica (and the
+    engine's, with `otlp_endpoint`). Off by default: nothing is installed then."""
+    otlp_endpoint: str | None = None
+    """OTLP/HTTP traces URL, e.g. `http://otel-collector:4318/v1/traces`; setting it also
+    turns on vLLM's engine spans. None: the exporter's OTEL_EXPORTER_OTLP_TRACES_ENDPOINT
+    environment variable, else http://localhost:4318/v1/traces (a node-local collector)."""
+    service_name: str = Field("cacheroute", min_length=1, max_length=256)
+    """`service.name` resource attribute of every span."""
+    sample_ratio: float = Field(1.0, ge=0, le=1)
+    """Share of new traces recorded. Parent-based: a client's `traceparent` sampled flag
+    decides for its own requests, so a caller's sampled trace is never cut short."""
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL (the OTLP/HTTP traces endpoint)")
+        return value
+
+
+REDIS_URL_ENV = "CACHEROUTE_REDIS_URL"
+
+
+class PrefixConfig(_Strict):
+    redis_url: str | None = None
+    """Redis holding the prefix registry (`redis://host:6379/0`), shared by every ingress
+    and kept across restarts. None: the CACHEROUTE_REDIS_URL environment variable of the
+    ingress process, else an in-process store (one ingress; lost on restart)."""
+    max_prefixes: int = Field(256, ge=1, le=100_000)
+    """Registered prefixes kept; beyond it the least recently used is evicted. Also
+    bounds the per-prefix metric labels."""
+    max_total_tokens: int = Field(32_768, ge=1)
+    """Tokens of all registered prefixes together (least recently used evicted first):
+    the KV cache the registry keeps warm. About a third of the default fleet's cache
+    (2 CPU replicas x 1 GiB, about 46k tokens each for SmolLM2-135M)."""
+    max_prefix_tokens: int = Field(4096, ge=1)
+    """Largest single prefix in tokens (413 above it); also capped at
+    `engine.max_model_len` - 1, since the prewarm generates one token."""
+    default_ttl_s: float = Field(3600.0, gt=0, allow_inf_nan=False)
+    """Lifetime of a prefix registered without `ttl_s`."""
+    max_ttl_s: float = Field(604_800.0, gt=0, allow_inf_nan=False)
+    """Longest `ttl_s` a client may ask for (7 days): a forgotten prefix still ages out."""
+    rewarm_interval_s: float = Field(10.0, gt=0, allow_inf_nan=False)
+    """How often each ingress checks that some replica holds every registered prefix,
+    and prewarms again one that lost its home (replica failure, scale-down, eviction)."""
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "PrefixConfig":
+        if self.default_ttl_s > self.max_ttl_s:
+            raise ValueError("default_ttl_s must not exceed max_ttl_s")
+        if self.max_prefix_tokens > self.max_total_tokens:
+            raise ValueError("max_prefix_tokens must not exceed max_total_tokens")
+        return self
+
+    def resolved_redis_url(self) -> str | None:
+        return self.redis_url or os.environ.get(REDIS_URL_ENV) or None
+
+
 class ServiceConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     replicas: int = Field(2, ge=1, le=1024)
@@ -137,6 +208,8 @@ class ServiceConfig(_Strict):
     engine: EngineConfig = Field(default_factory=EngineConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
+    prefixes: PrefixConfig = Field(default_factory=PrefixConfig)
 
     @model_validator(mode="after")
     def _consistent(self) -> "ServiceConfig":

@@ -5,6 +5,10 @@ Endpoints beyond upstream's OpenAI set:
                 generation (see serving/server.py); 503 with the counts otherwise.
                 This is the readiness probe for load balancers and Kubernetes.
 - `GET /health` 200 while the ingress itself runs (liveness).
+- `GET /metrics` Prometheus metrics: the router's decisions and each replica's cache
+                telemetry (serving/telemetry.py).
+- `POST/GET /v1/prefixes`, `DELETE /v1/prefixes/{key}`: the prefix registry
+                (serving/prefix_api.py); chat requests are matched against it.
 
 Every error leaves as OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`,
 with a 4xx status for anything the client can fix.
@@ -19,19 +23,28 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ray import serve
-from ray.llm._internal.serve.core.configs.openai_api_models import OpenAIHTTPException
+from ray.llm._internal.serve.core.configs.openai_api_models import (
+    ChatCompletionRequest,
+    OpenAIHTTPException,
+)
 from ray.serve.llm import LLMConfig
 from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
 from ray.serve.schema import ApplicationStatus
 
+from serving import telemetry
 from serving.config import ServiceConfig
+from serving.prefix_api import PREFIX_ENDPOINTS, PrefixRoutes, observe_response
+from serving.prefix_backend import build_registry, ingress_args
+from serving.prefix_registry import PrefixError, PrefixMetrics
+from serving.router_metrics import REPLICAS_WANTED
+from serving.tracing import TracingMiddleware
 
 # Paths a probe or scraper must reach without a key.
-PUBLIC_PATHS = frozenset({"/ready", "/health"})
+PUBLIC_PATHS = frozenset({"/ready", "/health", "/metrics"})
 
 
 def openai_error(status: int, message: str, *, type_: str = "invalid_request_error",
@@ -113,6 +126,11 @@ async def _on_openai_exception(request: Request, exc: OpenAIHTTPException) -> JS
     return openai_error(status, exc.message, type_=type_, code=_CODE_BY_STATUS.get(status))
 
 
+async def _on_prefix_error(request: Request, exc: PrefixError) -> JSONResponse:
+    type_ = "invalid_request_error" if exc.status < 500 else "server_error"
+    return openai_error(exc.status, exc.message, type_=type_, code=exc.code, param=exc.param)
+
+
 async def _on_engine_client_error(request: Request, exc: Exception) -> JSONResponse:
     # vLLM's own request-validation errors (raised in the replica, re-raised here).
     message = str(getattr(exc, "cause", None) or exc).strip() or type(exc).__name__
@@ -131,21 +149,45 @@ def build_fastapi_app(config: ServiceConfig) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)
     app.add_exception_handler(OpenAIHTTPException, _on_openai_exception)
+    app.add_exception_handler(PrefixError, _on_prefix_error)
     for exc_type in VLLM_CLIENT_ERRORS:
         app.add_exception_handler(exc_type, _on_engine_client_error)
     keys = config.server.resolved_api_keys()
     if keys:
         app.add_middleware(ApiKeyMiddleware, api_keys=keys)
+    if config.tracing.enabled:
+        # Added last, so outermost: rejected (401) requests are traced too. Absent
+        # when tracing is off, so it costs nothing then.
+        app.add_middleware(TracingMiddleware, settings=config.tracing)
     return app
 
 
-class CacheRouteIngress(OpenAiIngress):
+class CacheRouteIngress(PrefixRoutes, OpenAiIngress):
     def __init__(self, llm_deployments: dict, model_cards: dict, *, lora_paths=None,
-                 app_name: str, llm_deployment: str, num_replicas: int) -> None:
+                 app_name: str, llm_deployment: str, num_replicas: int,
+                 prefixes: dict[str, Any]) -> None:
         super().__init__(llm_deployments, model_cards, lora_paths=lora_paths)
         self._app_name = app_name
         self._llm_deployment = llm_deployment
         self._num_replicas = num_replicas
+        REPLICAS_WANTED.set(num_replicas)
+        self._prefix_registry = build_registry(
+            prefixes, models=frozenset(model_cards), deployment=llm_deployment,
+            send_chat=lambda body: self._get_response(body=body, call_method="chat"),
+            metrics=PrefixMetrics.for_registry(telemetry.REGISTRY))
+
+    async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
+        # Which registered prefix the request starts with, and (from the engine's
+        # usage report) whether it hit; the response passes through unchanged.
+        use = self._prefix_registry.match(body.model, body.messages, body.cache_salt)
+        response = await super().chat(body, request)
+        return observe_response(self._prefix_registry, use, response) if use else response
+
+    async def check_health(self) -> None:
+        # Serve calls this every few seconds on the request loop: it (re)starts the
+        # registry's sweep, so a restarted ingress rewarms without waiting for traffic.
+        self._prefix_registry.ensure_sweeping()
+        await super().check_health()
 
     async def readiness(self) -> dict[str, Any]:
         # serve.status() is a blocking call to the controller: keep it off the loop.
@@ -167,6 +209,9 @@ class CacheRouteIngress(OpenAiIngress):
     async def health(self) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
+    async def metrics(self) -> Response:
+        return Response(telemetry.render(), media_type=telemetry.CONTENT_TYPE)
+
 
 def _endpoint_map() -> dict:
     from ray.llm._internal.serve.core.ingress.ingress import DEFAULT_ENDPOINTS
@@ -175,6 +220,8 @@ def _endpoint_map() -> dict:
         **DEFAULT_ENDPOINTS,
         "ready": lambda app: app.get("/ready"),
         "health": lambda app: app.get("/health"),
+        "metrics": lambda app: app.get("/metrics"),
+        **PREFIX_ENDPOINTS,
     }
 
 
@@ -199,5 +246,7 @@ def make_ingress_deployment(*, config: ServiceConfig, llm_config: LLMConfig,
         app_name=app_name,
         llm_deployment=llm_deployment_name,
         num_replicas=config.replicas,
+        prefixes=ingress_args(
+            config, config.model.tokenizer or llm_config.model_loading_config.model_source),
     )
 

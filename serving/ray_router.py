@@ -36,6 +36,9 @@ from router.kv_events import KVEventBatch, KVEventSubscriber
 from serving.config import ServiceConfig
 from serving.prompt_tokens import PromptTokenizer
 from serving.router_metrics import RouterMetrics
+from serving.router_registry import register_router
+from serving.telemetry import ReplicaView, register_source, views_from
+from serving.tracing import RouteLog, process_route_log
 
 logger = logging.getLogger(SERVE_LOGGER_NAME)
 
@@ -69,7 +72,16 @@ def _prompt_chars(request: Any) -> int:
     return sum(len(str(m)) for m in messages)
 
 
+# Ray Serve pickles this module *by value* to ship the router class
+# (RequestRouterConfig), so it must hold no module-level state that cannot be
+# pickled (locks, weak maps, metric objects): such state lives in the modules
+# imported below, which pickle by reference. tests/unit/test_ray_router.py checks it.
 class CacheRouteRequestRouter(RequestRouter):
+    @property
+    def policy(self) -> CacheAwarePolicy:
+        """The routing core (read-only use from the ingress: placement, forget)."""
+        return self._policy
+
     def initialize_state(self, config_json: str, tokenizer_path: str) -> None:
         config = ServiceConfig.model_validate_json(config_json)
         self._policy = CacheAwarePolicy(policy_config(config))
@@ -77,7 +89,14 @@ class CacheRouteRequestRouter(RequestRouter):
         self._tokenizer = PromptTokenizer(tokenizer_path)
         self._subscribers: dict[str, KVEventSubscriber] = {}
         self._subscribers_lock = threading.Lock()
+        # KV blocks each replica's engine evicted, from its KV events (telemetry).
+        self._blocks_removed: dict[str, int] = {}
         self.last_decision: Optional[Decision] = None
+        # Decisions for the ingress's trace spans (serving/tracing.py); None when off.
+        self._route_log: Optional[RouteLog] = (
+            process_route_log() if config.tracing.enabled else None)
+        register_source(self)
+        register_router(self._deployment_id.name, self)
 
     # --- membership -------------------------------------------------------------
 
@@ -85,13 +104,13 @@ class CacheRouteRequestRouter(RequestRouter):
         super().update_replicas(replicas)
         ids = [r.replica_id.unique_id for r in replicas]
         self._policy.set_replicas(ids)
-        self._metrics.replicas.set(len(ids))
+        self._metrics.on_replicas(self._policy.replicas)
         self._sync_subscribers(replicas)
 
     def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
         super().on_replica_actor_died(replica_id)
         self._policy.on_replica_removed(replica_id.unique_id)
-        self._metrics.replicas.set(len(self._policy.replicas))
+        self._metrics.on_replicas(self._policy.replicas)
         self._stop_subscriber(replica_id.unique_id)
 
     def _sync_subscribers(self, replicas: List[RunningReplica]) -> None:
@@ -122,7 +141,16 @@ class CacheRouteRequestRouter(RequestRouter):
         logger.info("cacheroute: following KV events of replica %s at %s", rid, endpoint)
 
     def _on_kv_events(self, rid: str, batch: KVEventBatch) -> None:
-        self._metrics.on_kv_events(self._policy.on_kv_events(rid, batch))
+        applied = self._policy.on_kv_events(rid, batch)
+        if applied.removed_blocks:
+            self._blocks_removed[rid] = self._blocks_removed.get(rid, 0) + applied.removed_blocks
+        self._metrics.on_kv_events(applied)
+
+    def replica_views(self) -> list[ReplicaView]:
+        """Per-replica telemetry for the app's /metrics (serving/telemetry.py)."""
+        return views_from(list(self.curr_replicas.values()), self._replica_queue_len_cache,
+                          owned=self._policy.owned_blocks(),
+                          removed=dict(self._blocks_removed))
 
     def _stop_subscriber(self, rid: str) -> None:
         with self._subscribers_lock:
@@ -172,5 +200,10 @@ class CacheRouteRequestRouter(RequestRouter):
                                   tokenize_s=tokenized - started,
                                   decide_s=time.perf_counter() - tokenized)
         self.last_decision = decision
+        if self._route_log is not None and pending_request is not None:
+            self._route_log.record(pending_request.metadata.internal_request_id, decision,
+                                   prompt_tokens=len(request.token_ids or ()),
+                                   elapsed_s=time.perf_counter() - started)
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
         return [[by_id[rid]] for rid in decision.ranked if rid in by_id]
+

@@ -8,7 +8,11 @@ so RUNNING, the `/ready` endpoint and the CLI's ready line all mean "has served"
 
 With the `cacheroute` policy the engine also publishes its KV-cache events (ZMQ PUB on
 a free port of this node) and the replica advertises that endpoint in Serve's routing
-stats, where the router's ownership index subscribes to it.
+stats, where the router's ownership index subscribes to it. The routing stats also
+carry the engine's cache telemetry (serving/engine_stats.py) for every policy.
+
+With `tracing.enabled`, chat and completions run in an `llm.generate` span, child of
+the ingress's span (serving/tracing.py).
 """
 
 from __future__ import annotations
@@ -19,8 +23,13 @@ import time
 from typing import Any
 
 import ray
+from ray import serve
 from ray.serve.llm.deployment import LLMServer
 from ray.serve.llm.openai_api_models import CompletionRequest
+
+from serving import engine_stats
+from serving.config import TracingConfig
+from serving.tracing import GenerationTracer, process_tracer_provider
 
 logger = logging.getLogger("ray.serve")
 
@@ -39,11 +48,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _generation_tracer(llm_config: Any) -> GenerationTracer | None:
+    settings = llm_config.experimental_configs.get("cacheroute_tracing")
+    if not settings:
+        return None
+    tracing = TracingConfig.model_validate(settings)
+    try:
+        replica_id = serve.get_replica_context().replica_id.unique_id
+    except Exception:  # outside a Serve replica (tests): spans still work, unlabelled
+        replica_id = ""
+    tracer = process_tracer_provider(tracing).get_tracer("cacheroute.replica")
+    return GenerationTracer(tracer, replica_id=replica_id)
+
+
 class CacheRouteServer(LLMServer):
     async def start(self) -> None:
         self._kv_events_endpoint: str | None = None
         if self._llm_config.experimental_configs.get("cacheroute_kv_events"):
             self._enable_kv_events()
+        self._generation_tracer = _generation_tracer(self._llm_config)
         await super().start()
         await self._warm_up()
 
@@ -57,8 +80,22 @@ class CacheRouteServer(LLMServer):
         })
         self._kv_events_endpoint = f"tcp://{ray.util.get_node_ip_address()}:{port}"
 
+    # chat/completions: upstream's, in an `llm.generate` span when tracing is on.
+    async def chat(self, request: Any, raw_request_info: Any = None) -> Any:
+        if self._generation_tracer is None:
+            return await super().chat(request, raw_request_info)
+        return await self._generation_tracer.traced(super().chat, request, raw_request_info,
+                                                    operation="chat")
+
+    async def completions(self, request: Any, raw_request_info: Any = None) -> Any:
+        if self._generation_tracer is None:
+            return await super().completions(request, raw_request_info)
+        return await self._generation_tracer.traced(super().completions, request,
+                                                    raw_request_info, operation="text_completion")
+
     async def record_routing_stats(self) -> dict[str, Any]:
         stats = dict(await super().record_routing_stats())
+        stats[engine_stats.ENGINE_STATS_KEY] = engine_stats.snapshot()
         if self._kv_events_endpoint:
             stats[KV_EVENTS_STATS_KEY] = self._kv_events_endpoint
         return stats

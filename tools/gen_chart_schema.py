@@ -121,7 +121,8 @@ def values_schema() -> dict:
                 "replicaDownFor": DURATION,
                 "minPrefixCacheHitRate": {"type": "number", "minimum": 0, "maximum": 1},
                 "maxTtftP99Seconds": {"type": "number", "exclusiveMinimum": 0},
-                "maxErrorRate": {"type": "number", "minimum": 0, "maximum": 1},
+                "maxKvCacheUsage": {"type": "number", "minimum": 0, "maximum": 1},
+                "maxSpillRatio": {"type": "number", "minimum": 0, "maximum": 1},
             }, ["enabled"]),
             "dashboards": obj({
                 "enabled": BOOL,

@@ -23,6 +23,8 @@ from typing import Iterator
 import httpx
 import pytest
 
+from tests.redis_server import redis_server_binary, running_redis
+
 REPO = Path(__file__).resolve().parents[2]
 API_KEY = "test-key-0123456789"
 MODEL_ID = "smollm2-135m-instruct"
@@ -144,8 +146,21 @@ def stop_stack(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    proc, info = start_stack(tmp_path_factory.mktemp("stack"))
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str | None]:
+    """A redis-server holding the stack's prefix registry; None (the in-process store)
+    where the binary is missing and CI does not require it (tests/redis_server.py)."""
+    binary = redis_server_binary()
+    if binary is None:
+        yield None
+        return
+    with running_redis(binary, tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str | None) -> Iterator[Stack]:
+    extra = f"prefixes: {{redis_url: '{redis_url}'}}\n" if redis_url else ""
+    proc, info = start_stack(tmp_path_factory.mktemp("stack"), extra_yaml=extra)
     try:
         yield info
     finally:

@@ -154,9 +154,10 @@ def test_router_metrics_show_decisions_and_live_kv_events(stack: Stack) -> None:
 
     def scrape() -> dict[tuple[str, str], float]:
         values: dict[tuple[str, str], float] = {}
-        for family in text_string_to_metric_families(httpx.get(stack.metrics_url).text):
+        text = httpx.get(f"{stack.base_url}/metrics").text
+        for family in text_string_to_metric_families(text):
             for s in family.samples:
-                if s.name.startswith("ray_cacheroute_router_") and s.name.endswith("_total"):
+                if s.name.startswith("cacheroute_router_") and s.name.endswith("_total"):
                     key = (s.name, s.labels.get("outcome") or s.labels.get("kind") or "")
                     values[key] = values.get(key, 0.0) + s.value
         return values
@@ -164,12 +165,12 @@ def test_router_metrics_show_decisions_and_live_kv_events(stack: Stack) -> None:
     deadline = time.monotonic() + 30
     while True:
         values = scrape()
-        ok = (values.get(("ray_cacheroute_router_decisions_total", "owner_hit"), 0) > 0
-              and values.get(("ray_cacheroute_router_kv_events_total", "stored"), 0) > 0)
+        ok = (values.get(("cacheroute_router_decisions_total", "owner_hit"), 0) > 0
+              and values.get(("cacheroute_router_kv_events_total", "stored"), 0) > 0)
         if ok or time.monotonic() > deadline:
             break
         time.sleep(1)
-    assert values.get(("ray_cacheroute_router_decisions_total", "owner_hit"), 0) > 0, values
-    assert values.get(("ray_cacheroute_router_decisions_total", "spill"), 0) > 0, values
-    assert values.get(("ray_cacheroute_router_kv_events_total", "stored"), 0) > 0, values
-    assert values.get(("ray_cacheroute_router_matched_tokens_total", ""), 0) > 0, values
+    assert values.get(("cacheroute_router_decisions_total", "owner_hit"), 0) > 0, values
+    assert values.get(("cacheroute_router_decisions_total", "spill"), 0) > 0, values
+    assert values.get(("cacheroute_router_kv_events_total", "stored"), 0) > 0, values
+    assert values.get(("cacheroute_router_matched_tokens_total", ""), 0) > 0, values

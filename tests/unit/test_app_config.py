@@ -9,6 +9,7 @@ from serving.app import (
     engine_env,
     engine_kwargs,
     llm_deployment_name,
+    ROUTING_STATS_PERIOD_S,
     request_router_config,
 )
 from serving.config import ServiceConfig, validate_config
@@ -49,17 +50,26 @@ def test_engines_share_the_configured_hash_seed() -> None:
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "2"
 
 
-@pytest.mark.parametrize(("policy", "router"), [
-    ("pow2", None),
+@pytest.mark.parametrize(("policy", "upstream"), [
+    ("pow2", "ray.serve._private.request_router.pow_2_router:PowerOfTwoChoicesRequestRouter"),
     ("ray-prefix", "ray.serve.llm.request_router:PrefixCacheAffinityRouter"),
+    ("cacheroute", "ray.serve.request_router:RequestRouter"),
 ])
-def test_policy_selects_the_request_router(policy: str, router: str | None) -> None:
+def test_policy_selects_the_request_router(policy: str, upstream: str) -> None:
+    import importlib
+
+    def load(path: str) -> type:
+        module, _, name = path.partition(":")
+        return getattr(importlib.import_module(module), name)
+
     config = make_config(routing={"policy": policy})
     rr = request_router_config(config, "/m")
-    assert (rr or {}).get("request_router_class") == router
+    # The comparison policies are the upstream classes (telemetry added, routing not).
+    assert issubclass(load(rr["request_router_class"]), load(upstream))
+    assert rr["request_routing_stats_period_s"] == ROUTING_STATS_PERIOD_S
     llm = build_llm_config(config, "/m")
-    assert llm.deployment_config.get("request_router_config", {}).get(
-        "request_router_class") == router
+    assert llm.deployment_config["request_router_config"]["request_router_class"] == (
+        rr["request_router_class"])
 
 
 def test_llm_config_for_cpu_replicas() -> None:

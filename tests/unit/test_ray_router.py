@@ -118,6 +118,42 @@ def test_dead_replica_leaves_the_ring(tiny_model: Path) -> None:
     assert len(tiers) == 2
 
 
+def counter(name: str, **labels: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from serving.telemetry import render
+
+    for fam in text_string_to_metric_families(render().decode()):
+        for s in fam.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+    return 0.0
+
+
+def test_router_metrics_and_replica_views_follow_decisions(tiny_model: Path) -> None:
+    before = {o: counter("cacheroute_router_decisions_total", outcome=o)
+              for o in ("ring_home", "owner_hit")}
+    removed_before = counter("cacheroute_router_membership_changes_total", change="removed")
+    replicas = make_replicas(3)
+    router = make_router(tiny_model, replicas)
+    pendings = [make_pending(SYSTEM, "first"), make_pending(SYSTEM, "second")]
+    home = choose(router, pendings[0])[0][0]
+    choose(router, pendings[1])
+    assert counter("cacheroute_router_decisions_total", outcome="ring_home") == (
+        before["ring_home"] + 1)
+    assert counter("cacheroute_router_decisions_total", outcome="owner_hit") == (
+        before["owner_hit"] + 1)
+    owned = {v.replica: v.owned_blocks for v in router.replica_views()}
+    # Both chains were learned on the home: shared blocks once, each tail once.
+    blocks = len({h for p in pendings for h in router._policy.block_hashes(
+        LOOP.run_until_complete(router.route_request(p)))})
+    assert owned == {r.replica_id.unique_id: (blocks if r.replica_id.unique_id == home else 0)
+                     for r in replicas}
+    on_loop(router.on_replica_actor_died, replicas[0].replica_id)
+    assert counter("cacheroute_router_membership_changes_total", change="removed") == (
+        removed_before + 1)
+
+
 def test_request_without_body_still_routes(tiny_model: Path) -> None:
     router = make_router(tiny_model, make_replicas(2))
     tiers = choose(router, None)
@@ -153,3 +189,15 @@ def test_ray_serve_request_shapes() -> None:
     assert {"session_id", "internal_request_id"} <= fields
     assert {"args", "kwargs", "metadata"} <= set(PendingRequest.__dataclass_fields__)
     assert "routing_stats" in dir(FakeRunningReplica)
+
+
+@pytest.mark.parametrize("path", ["serving.ray_router:CacheRouteRequestRouter",
+                                  "serving.baseline_routers:Pow2Router",
+                                  "serving.baseline_routers:RayPrefixRouter"])
+def test_serve_can_ship_the_router_class(path: str) -> None:
+    """Serve pickles the router's module by value; module-level locks or weak maps
+    there would break `serve.status()` and deployment."""
+    from ray.serve.config import RequestRouterConfig
+
+    config = RequestRouterConfig(request_router_class=path)
+    assert config.get_request_router_class().__name__ == path.rpartition(":")[2]

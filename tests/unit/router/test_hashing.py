@@ -172,3 +172,11 @@ def test_memo_is_bounded() -> None:
 def test_ids_beyond_uint32_bypass_the_memo_and_still_hash_right() -> None:
     tokens = [2**40 + i for i in range(8)]
     assert PrefixHasher(4).block_hashes(tokens) == PrefixHasher(4, memo_blocks=0).block_hashes(tokens)
+
+
+def test_a_chain_continues_from_a_parent_digest() -> None:
+    hasher = PrefixHasher(4)
+    head, tail = list(range(8)), list(range(100, 111))
+    digests = hasher.digests(head, cache_salt="s")
+    assert hasher.digests(head + tail, cache_salt="s") == digests + hasher.digests(
+        tail, parent=digests[-1])

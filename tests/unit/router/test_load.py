@@ -7,7 +7,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from router_factories import make_replica_ids
 
-from router.load import LoadChoice, choose_bounded, load_capacity, total_in_flight
+from router.load import (
+    InFlightCounts,
+    LoadChoice,
+    choose_bounded,
+    load_capacity,
+    total_in_flight,
+)
 from router.ring import HashRing
 
 
@@ -89,3 +95,22 @@ def test_hot_key_overflow_concentrates_on_the_next_replicas_along_the_ring() -> 
     # successor, not to random (or least loaded) replicas.
     assert chosen == [order[0]] * 4 + [order[1]] * 4
     assert in_flight[order[0]] == 14
+
+
+def test_in_flight_counts_keep_their_total_and_change_only_through_add() -> None:
+    replicas = frozenset(make_replica_ids(3))
+    counts = InFlightCounts(replicas)
+    counts.add("replica-0", 2)
+    counts.add("replica-2", 1)
+    counts.add("elsewhere", 4)  # not one of the replicas: not in the total
+    assert counts.total == 3 and counts["replica-0"] == 2 and counts.get("replica-1") == 0
+    assert total_in_flight(counts, replicas) == 3  # read in O(1): the same replica set
+    assert total_in_flight(counts, frozenset(make_replica_ids(2))) == 2  # summed
+    counts.add("replica-0", -2)
+    assert counts.total == 1
+    with pytest.raises(ValueError):
+        counts.add("replica-1", -1)
+    with pytest.raises(TypeError):
+        counts["replica-1"] = 5
+    with pytest.raises(TypeError):
+        counts.update({"replica-1": 5})

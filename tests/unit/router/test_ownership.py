@@ -88,3 +88,13 @@ def test_validation() -> None:
         OwnershipIndex(max_entries=0, ttl_s=1.0)
     with pytest.raises(ValueError):
         OwnershipIndex(max_entries=1, ttl_s=0.0)
+
+
+def test_drop_forgets_blocks_for_every_replica() -> None:
+    index = make_index()
+    index.learn("a", make_hashes(1, 2, 3))
+    index.confirm("b", make_hashes(1, 2))
+    assert index.drop(make_hashes(1, 2, 9)) == 2  # 9 was never known
+    assert index.owners(make_hashes(1)[0]) == frozenset()
+    assert len(index) == 1  # block 3 stays: only the named blocks go
+    assert index.longest_prefix(make_hashes(1, 2)).matched_blocks == 0

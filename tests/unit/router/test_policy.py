@@ -285,3 +285,45 @@ def test_processes_with_different_pythonhashseed_decide_identically() -> None:
         outputs.append(json.loads(result.stdout))
     assert all(output == outputs[0] for output in outputs)
     assert {row[1] for row in outputs[0]} >= {"ring_home", "owner_hit", "session"}
+
+
+def test_placement_reads_without_learning() -> None:
+    from router import Placement
+
+    policy = make_policy(["a", "b", "c"])
+    request = make_request(16)
+    home = ring_of("a", "b", "c").owner(policy.block_hashes(request)[0])
+    nobody = Placement(holders=frozenset(), home=home, total_blocks=4)
+    assert policy.placement(request) == nobody
+    assert policy.placement(request) == nobody  # asking did not make anyone an owner
+    assert policy.placement(make_request(3)) is None  # no full block
+
+
+def test_placement_needs_every_block_and_prefers_holders_in_ring_order() -> None:
+    policy = make_policy(["a", "b", "c"])
+    request = make_request(16)
+    hashes = policy.block_hashes(request)
+    order = list(ring_of("a", "b", "c").walk(hashes[0]))
+    policy.on_kv_events(order[2], make_batch(make_stored(hashes[:3])))
+    assert policy.placement(request).holders == frozenset()  # 3 of 4 blocks is not the prefix
+    policy.on_kv_events(order[2], make_batch(make_stored(hashes)))
+    policy.on_kv_events(order[1], make_batch(make_stored(hashes)))
+    placement = policy.placement(request)
+    assert (placement.holders, placement.home) == (frozenset(order[1:]), order[1])
+    # It is where the next request goes at zero load.
+    assert policy.select(request, {}).replica_id == placement.home
+    policy.set_replicas([])
+    assert policy.placement(request) is None
+
+
+def test_forget_prefix_sends_the_next_request_to_the_ring_home() -> None:
+    policy = make_policy(["a", "b", "c"])
+    request = make_request(16)
+    hashes = policy.block_hashes(request)
+    home = ring_of("a", "b", "c").owner(hashes[0])
+    other = ({"a", "b", "c"} - {home}).pop()
+    policy.on_kv_events(other, make_batch(make_stored(hashes)))
+    assert policy.select(request, {}).replica_id == other
+    assert policy.forget_prefix(request) == 4
+    decision = policy.select(request, {})
+    assert (decision.replica_id, decision.outcome) == (home, Outcome.RING_HOME)

@@ -112,3 +112,26 @@ def test_adding_a_replica_moves_about_one_nth_of_keys(names: list[str], newcomer
     # The newcomer's share has about 8% relative spread (160 points); the bound
     # below is over 5 sigma wide on each side.
     assert 0.55 * expected < len(moved) < 1.6 * expected
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(names=replica_names, data=st.data())
+def test_ring_order_helpers_agree_with_the_walk(names: list[str], data: st.DataObject) -> None:
+    ring = HashRing(names)
+    subset = data.draw(st.lists(st.sampled_from(names), unique=True))
+    for key in make_keys(50):
+        walk = list(ring.walk(key))
+        expected = [r for r in walk if r in subset]
+        assert ring.in_ring_order([*subset, "not-on-the-ring"], key) == expected
+        assert ring.first_in_ring_order(subset, key) == (expected[0] if expected else None)
+        first = data.draw(st.sampled_from(names))
+        assert ring.order(key, first=first) == (first, *(r for r in walk if r != first))
+        assert ring.order(key) == tuple(walk)
+
+
+def test_first_in_ring_order_steps_along_the_points_for_many_replicas() -> None:
+    ring = HashRing(make_replica_ids(200))
+    many = make_replica_ids(200)[::3]  # 67 of 200: k * k * 8 > N, the stepping branch
+    for key in make_keys(100):
+        assert ring.first_in_ring_order(many, key) == next(
+            r for r in ring.walk(key) if r in set(many))
