@@ -1,4 +1,4 @@
-"""Benchmarks of cacheroute: the routing decision's cost and live policy comparisons.
+"""Benchmarks of cacheroute: the routing decision's cost, live policy comparisons, KV cost.
 
 Modules, one concept each:
 
@@ -14,6 +14,10 @@ Modules, one concept each:
   measures TTFT, end-to-end latency and cached tokens per request.
 * ``report``: per-policy summaries, the Markdown table and the PNG chart.
 * ``live``: the end-to-end comparison (``python -m bench.live``).
+* ``kvbench``: what the KV cache costs and saves per turn (``cacheroute kvbench``),
+  with ``kv_conversation`` (the seeded chat), ``kv_size`` (cache bytes and the
+  formula), ``kv_generate`` (one transformers mode, timed), ``kvbench_service``
+  (the chat through the service, prefix caching on and off) and ``kvbench_report``.
 * ``stats`` and ``machine``: percentiles, and what machine a number came from.
 
 Nothing here is imported by ``router/`` or ``serving/``; results go to
