@@ -18,6 +18,10 @@ Modules, one concept each:
   with ``kv_conversation`` (the seeded chat), ``kv_size`` (cache bytes and the
   formula), ``kv_generate`` (one transformers mode, timed), ``kvbench_service``
   (the chat through the service, prefix caching on and off) and ``kvbench_report``.
+* ``sim``: a package, the discrete-event simulator (``cacheroute sim``): the same
+  policies and workloads on modelled engines, up to thousands of replicas.
+* ``decision_rate``: ``CacheAwarePolicy`` decisions per second against the replica
+  count, the core alone (``python -m bench.decision_rate``).
 * ``stats`` and ``machine``: percentiles, and what machine a number came from.
 
 Nothing here is imported by ``router/`` or ``serving/``; results go to

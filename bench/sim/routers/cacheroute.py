@@ -1,0 +1,78 @@
+"""The ``cacheroute`` policy, simulated: the real ``CacheAwarePolicy``, unchanged.
+
+Every request is one ``CacheAwarePolicy.select_hashed`` call with the request's
+block hashes (hashed once per shared prefix by ``prompts.PromptHasher``, equal
+to what ``select`` would compute) and the simulator's exact in-flight counts, on
+a policy whose clock is simulated time. The engines' KV events reach the policy
+through ``on_kv_events`` as the same ``KVEventBatch`` structs a live subscriber
+decodes, so ownership follows the modelled caches' evictions as it follows real
+ones. As in the Ray adapter (``serving/ray_router.py``), the decision's ``ranked``
+list is Serve's tier order: a chosen replica at ``max_ongoing_requests`` falls
+through to the next one on the ring with room; a request is held only when all
+are full.
+
+Outcome labels: the ``router.Outcome`` values; a fall-through is counted under
+``fallthrough`` in addition.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable
+
+from bench.sim.block_cache import Allocation
+from bench.sim.prompts import SimRequest
+from bench.sim.routers.base import Placement
+from router import CacheAwarePolicy, PolicyConfig, RouteRequest
+from router.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KVEventBatch
+from router.load import InFlightCounts
+
+# A request with full blocks and no session needs nothing else from RouteRequest.
+_PLAIN = RouteRequest()
+
+
+class CacheRouteRouter:
+    name = "cacheroute"
+
+    def __init__(self, replicas: Iterable[str], config: PolicyConfig, *,
+                 clock: Callable[[], float], kv_events: bool = True) -> None:
+        self.policy = CacheAwarePolicy(config, replicas=replicas, clock=clock)
+        self._kv_events = kv_events
+        self._block_size = config.block_size
+        self.outcomes: Counter[str] = Counter()
+
+    @property
+    def replicas(self) -> frozenset[str]:
+        return self.policy.replicas
+
+    def route(self, request: SimRequest, in_flight: InFlightCounts,
+              max_ongoing: int | None) -> Placement:
+        route_request = (_PLAIN if request.session is None and request.block_hashes
+                         else RouteRequest(token_ids=request.short_tokens,
+                                           session_id=request.session))
+        decision = self.policy.select_hashed(route_request, request.block_hashes, in_flight)
+        outcome = decision.outcome.value
+        self.outcomes[outcome] += 1
+        chosen = decision.replica_id
+        if max_ongoing is None or in_flight.get(chosen, 0) < max_ongoing:
+            return Placement(chosen, outcome)
+        for replica in decision.ranked:  # Serve's tiers: [[chosen], [next], ...]
+            if in_flight.get(replica, 0) < max_ongoing:
+                self.outcomes["fallthrough"] += 1
+                return Placement(replica, outcome)
+        return Placement(None, outcome)
+
+    def on_placed(self, request: SimRequest, replica: str, now_s: float) -> None:
+        return None
+
+    def on_kv_events(self, replica: str, allocation: Allocation, now_s: float) -> None:
+        if not self._kv_events:
+            return
+        events: list[BlockStored | BlockRemoved | AllBlocksCleared] = []
+        if allocation.evicted:  # vLLM evicts to make room, then stores
+            events.append(BlockRemoved(block_hashes=list(allocation.evicted), medium="GPU"))
+        if allocation.stored:
+            events.append(BlockStored(
+                block_hashes=list(allocation.stored), parent_block_hash=None, token_ids=[],
+                block_size=self._block_size, lora_id=None, medium="GPU", lora_name=None))
+        self.policy.on_kv_events(replica, KVEventBatch(ts=now_s, events=events))
