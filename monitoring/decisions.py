@@ -35,8 +35,9 @@ def build() -> Board:
         [job_variable()], [membership_annotation()])
     board.row("Decisions").add(
         timeseries("Decisions/s by outcome", "owner_hit: a replica holds the prefix; "
-                   "ring_home: nobody does, the ring's home took it; spill: the home was "
-                   "full; session: session affinity; failover: retry after a failed "
+                   "ring_home: nobody does, the ring's home took it; ring_balance: nobody "
+                   "does, the home was above the mean load, a replica after it took it; "
+                   "spill: the home was full; session: session affinity; failover: retry after a failed "
                    "replica; no_key: prompt shorter than a block.", "reqps",
                    [Query(by_outcome, "{{outcome}}")], stack=True),
         timeseries("Outcome share", "Each outcome's share of all decisions.", "percentunit",

@@ -15,6 +15,9 @@ class Outcome(str, Enum):
     OWNER_HIT = "owner_hit"
     # No replica holds the prefix; it went to its key's home on the ring.
     RING_HOME = "ring_home"
+    # No replica holds the prefix and its home was above the mean load: the first
+    # replica along the ring at or below it took it (a first request misses anywhere).
+    RING_BALANCE = "ring_balance"
     # The home (or session home) was at its bounded-load capacity; next on the ring.
     SPILL = "spill"
     # No owned prefix; it went to the home of its session id.

@@ -14,6 +14,11 @@ Algorithm, for a request with prompt blocks ``b0..bn`` (``hashing.py``):
    whose turns extend each other, on one replica even when all conversations
    share a system prompt. If the home is at capacity the walk continues along
    the ring (SPILL), so a hot key's overflow stays on a few replicas.
+   A prefix nobody holds (no owned block, no session) walks the ring with a
+   tighter capacity, the mean load (RING_BALANCE past its home): its first
+   request misses on every replica alike, so placing it on a replica at or
+   below the mean costs no hit, and the prefix's later traffic starts on the
+   less loaded side instead of adding to a busy home and spilling from it.
 3. NO_KEY: no full block and no session. Nothing is cacheable, so locality is
    worthless: the least loaded replica, ties broken by ring order from a stable
    hash of the (partial) tokens. Deterministic given the loads.
@@ -118,6 +123,23 @@ class Decision:
     # The chosen replica, then every other replica in ring order: the retry list.
     # A lazy ``RingOrder`` from the policy (equal to the tuple it stands for).
     ranked: Sequence[str]
+
+    @property
+    def send_order(self) -> Sequence[str]:
+        """Where a caller whose replicas have a concurrency cap (Serve's
+        ``max_ongoing_requests``) may send the request, first choice first, while
+        the chosen replica is at that cap.
+
+        The chosen replica alone when the request has a cache key: the load bound
+        was applied when choosing it, and a full prefill elsewhere costs a slow
+        engine more than the wait for a slot (docs/simulator.md, "Routing under
+        overload"); the caller asks again later and the bound then decides with
+        the new loads. All of ``ranked`` for NO_KEY (nothing cached is at stake)
+        and FAILOVER (the chosen replica already failed once).
+        """
+        if self.outcome is Outcome.NO_KEY or self.outcome is Outcome.FAILOVER:
+            return self.ranked
+        return (self.replica_id,)
 
     def failover(self, failed: Collection[str]) -> Decision:
         """The next ranked replica not in ``failed``, as a FAILOVER decision."""
@@ -271,9 +293,8 @@ class CacheAwarePolicy:
         replicas = self._replicas
         if not replicas:
             raise EmptyRingError("no replicas to route to")
-        capacity = load_capacity(
-            total_in_flight(in_flight, replicas), len(replicas), self._config.load_epsilon
-        )
+        total = total_in_flight(in_flight, replicas)
+        capacity = load_capacity(total, len(replicas), self._config.load_epsilon)
         ring_key = session_key if session_key is not None else (hashes[0] if hashes else None)
         if ring_key is None:
             return self._least_loaded(request, in_flight)
@@ -285,6 +306,15 @@ class CacheAwarePolicy:
             if chosen is not None:
                 return self._decision(chosen, Outcome.OWNER_HIT, match.matched_blocks,
                                       hashes, ring.order(ring_key, first=chosen))
+
+        if match.matched_blocks == 0 and session_key is None:
+            # Nobody holds any block: place at or below the mean load (module docstring).
+            choice = choose_bounded(ring.walk(ring_key), in_flight,
+                                    load_capacity(total, len(replicas), 0.0))
+            assert choice is not None  # the mean is below this capacity too (load.py)
+            outcome = Outcome.RING_BALANCE if choice.spilled else Outcome.RING_HOME
+            return self._decision(choice.replica_id, outcome, 0, hashes,
+                                  ring.order(ring_key, first=choice.replica_id))
 
         choice = choose_bounded(ring.walk(ring_key), in_flight, capacity)
         # A full ring walk always finds room (load.py), so choice is not None.

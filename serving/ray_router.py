@@ -3,13 +3,17 @@
 Thin by design: it turns Serve's view (RunningReplica objects, a PendingRequest whose
 first argument is the parsed OpenAI request, the queue-length cache) into the routing
 core's plain values (replica id strings, a RouteRequest, an in-flight map), and the
-core's Decision back into Serve's ranked tiers:
+core's Decision back into Serve's tiers, one replica each, from ``Decision.send_order``:
 
-    [[chosen], [next on the ring], [next], ...]
+    [[chosen]]                                   a request with a cache key
+    [[chosen], [next on the ring], [next], ...]  no key, or failover
 
-Serve then takes the first tier whose replica has a free slot, probing queue lengths
-as usual, so a full chosen replica falls through to its ring successor -- the same
-order the core uses for bounded-load spill and failover.
+Serve takes the first tier whose replica has a free slot (below
+``max_ongoing_requests``), probing queue lengths as usual. A cacheable request whose
+chosen replica is full waits and Serve asks again, so the core's load bound, not
+Serve's cap, decides when it spills: a fall-through to a replica without the prefix
+would be a full prefill, which on slow engines turns queueing into misses
+(docs/simulator.md, "Routing under overload").
 
 Hooks used (contract-tested in tests/unit/test_ray_router_contract.py):
 `initialize_state`, `choose_replicas`, `update_replicas`, `on_replica_actor_died`. Each process that holds a handle (every ingress replica) has its
@@ -205,5 +209,7 @@ class CacheRouteRequestRouter(RequestRouter):
                                    prompt_tokens=len(request.token_ids or ()),
                                    elapsed_s=time.perf_counter() - started)
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
-        return [[by_id[rid]] for rid in decision.ranked if rid in by_id]
+        tiers = [[by_id[rid]] for rid in decision.send_order if rid in by_id]
+        # The chosen id always comes from these candidates; ranked is the safe fallback.
+        return tiers or [[by_id[rid]] for rid in decision.ranked if rid in by_id]
 

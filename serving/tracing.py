@@ -148,7 +148,7 @@ class RouteRecord:
     matched_blocks: int
     total_blocks: int
     prompt_tokens: int
-    # Serve asks the router again while every ranked replica is full: attempts > 1.
+    # Serve asks the router again while every replica it was offered is full: attempts > 1.
     attempts: int
 
     def attributes(self) -> dict[str, Any]:

@@ -74,12 +74,22 @@ def choose(router: CacheRouteRequestRouter, pending: PendingRequest | None) -> l
 SYSTEM = "You are the assistant of Acme Corp. " * 30
 
 
-def test_tiers_are_every_replica_once_chosen_first(tiny_model: Path) -> None:
+def test_a_cacheable_request_is_offered_its_chosen_replica_alone(tiny_model: Path) -> None:
+    # Serve waits and asks again while that replica is full, rather than falling
+    # through to a replica that would prefill the whole prompt.
     router = make_router(tiny_model, make_replicas(4))
     tiers = choose(router, make_pending(SYSTEM, "q1"))
+    assert router.last_decision is not None
+    assert tiers == [[router.last_decision.replica_id]]
+
+
+def test_a_keyless_request_is_offered_every_replica_once_chosen_first(
+        tiny_model: Path) -> None:
+    router = make_router(tiny_model, make_replicas(4))
+    tiers = choose(router, None)
+    assert router.last_decision is not None and router.last_decision.outcome is Outcome.NO_KEY
     assert all(len(t) == 1 for t in tiers)
     assert sorted(t[0] for t in tiers) == [f"replica-{i}" for i in range(4)]
-    assert router.last_decision is not None
     assert tiers[0][0] == router.last_decision.replica_id
 
 
@@ -115,7 +125,9 @@ def test_dead_replica_leaves_the_ring(tiny_model: Path) -> None:
     on_loop(router.on_replica_actor_died, dead.replica_id)
     tiers = choose(router, make_pending(SYSTEM, "q"))
     assert home not in [t[0] for t in tiers]
-    assert len(tiers) == 2
+    assert router.last_decision is not None
+    # The retry list (failover) still holds every live replica.
+    assert len(router.last_decision.ranked) == 2 and home not in router.last_decision.ranked
 
 
 def counter(name: str, **labels: str) -> float:

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from bench.sim.block_cache import Allocation
 from bench.sim.char_tree import CharPrefixTree
 from bench.sim.routers import make_router
-from bench.sim.routers.base import least_busy
+from bench.sim.routers.base import Placement, least_busy
 from bench.sim.routers.cacheroute import CacheRouteRouter
 from bench.sim.routers.pow2 import Pow2Router, two_choices
 from bench.sim.routers.ray_prefix import RayPrefixRouter
@@ -86,8 +86,8 @@ def test_ray_prefix_sends_a_new_prefix_to_the_smallest_and_repeats_to_its_owner(
     assert (held.replica, held.candidates) == (None, frozenset({"r0"}))
 
 
-def test_cacheroute_falls_through_the_ranked_list_when_its_choice_is_full() -> None:
-    # A wide load bound, so that only Serve's max_ongoing_requests cap can divert.
+def test_cacheroute_holds_a_cacheable_request_for_its_full_choice() -> None:
+    # A wide load bound, so that only Serve's max_ongoing_requests cap is reached.
     router = make_router("cacheroute", list(REPLICAS), clock=lambda: 0.0, seed=0,
                          policy_config=PolicyConfig(block_size=4, load_epsilon=10.0))
     in_flight = InFlightCounts(router.replicas)  # type: ignore[attr-defined]
@@ -95,8 +95,23 @@ def test_cacheroute_falls_through_the_ranked_list_when_its_choice_is_full() -> N
     assert home is not None
     in_flight.add(home, 2)
     placed = router.route(make_request(blocks=(1, 2)), in_flight, 2)
-    assert placed.replica not in (None, home) and placed.outcome == "owner_hit"
-    assert router.outcomes["fallthrough"] == 1  # type: ignore[attr-defined]
+    # Waiting for the owner beats a full prefill on a replica that has room.
+    assert (placed.replica, placed.outcome, placed.candidates) == (
+        None, "owner_hit", frozenset({home}))
+    assert router.outcomes["fallthrough"] == 0  # type: ignore[attr-defined]
+
+
+def test_cacheroute_falls_through_the_ranked_list_for_a_keyless_request() -> None:
+    router = make_router("cacheroute", list(REPLICAS), clock=lambda: 0.0, seed=0,
+                         policy_config=PolicyConfig(block_size=4, load_epsilon=10.0))
+    in_flight = InFlightCounts(router.replicas)  # type: ignore[attr-defined]
+    for replica in REPLICAS[:2]:
+        in_flight.add(replica, 2)
+    placed = router.route(make_request(blocks=()), in_flight, 2)
+    # NO_KEY picks the least loaded replica, which has room: no fall-through needed.
+    assert (placed.replica, placed.outcome) == (REPLICAS[2], "no_key")
+    in_flight.add(REPLICAS[2], 2)
+    assert router.route(make_request(blocks=()), in_flight, 2) == Placement(None, "no_key")
 
 
 def test_cacheroute_follows_kv_events_of_the_modelled_engines() -> None:

@@ -6,10 +6,13 @@ to what ``select`` would compute) and the simulator's exact in-flight counts, on
 a policy whose clock is simulated time. The engines' KV events reach the policy
 through ``on_kv_events`` as the same ``KVEventBatch`` structs a live subscriber
 decodes, so ownership follows the modelled caches' evictions as it follows real
-ones. As in the Ray adapter (``serving/ray_router.py``), the decision's ``ranked``
-list is Serve's tier order: a chosen replica at ``max_ongoing_requests`` falls
-through to the next one on the ring with room; a request is held only when all
-are full.
+ones. As in the Ray adapter (``serving/ray_router.py``), the decision's
+``send_order`` is Serve's tier order: a request with a cache key waits (is held)
+for its chosen replica while that is at ``max_ongoing_requests``; one without
+falls through to the next replica on the ring with room, and is held only when
+all are full. A held request goes to the chosen replica when it frees a slot;
+live, Serve instead asks the router again after a back-off, which may then
+spill it by the load bound with the loads of that moment.
 
 Outcome labels: the ``router.Outcome`` values; a fall-through is counted under
 ``fallthrough`` in addition.
@@ -56,11 +59,14 @@ class CacheRouteRouter:
         chosen = decision.replica_id
         if max_ongoing is None or in_flight.get(chosen, 0) < max_ongoing:
             return Placement(chosen, outcome)
-        for replica in decision.ranked:  # Serve's tiers: [[chosen], [next], ...]
+        order = decision.send_order  # Serve's tiers: [[chosen]] or [[chosen], [next], ...]
+        for replica in order:
             if in_flight.get(replica, 0) < max_ongoing:
                 self.outcomes["fallthrough"] += 1
                 return Placement(replica, outcome)
-        return Placement(None, outcome)
+        # Held for the chosen replica alone, or (a whole ranked list) for any.
+        return Placement(None, outcome,
+                         candidates=frozenset(order) if len(order) == 1 else None)
 
     def on_placed(self, request: SimRequest, replica: str, now_s: float) -> None:
         return None

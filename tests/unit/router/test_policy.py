@@ -81,6 +81,81 @@ def test_full_home_spills_along_the_ring_then_both_owners_serve() -> None:
     assert (tie.replica_id, tie.outcome) == (order[0], Outcome.OWNER_HIT)
 
 
+def test_new_prefix_walks_past_a_home_above_the_mean() -> None:
+    policy = make_policy(["a", "b", "c", "d"])
+    order = tuple(ring_of("a", "b", "c", "d").walk(policy.block_hashes(make_request(16))[0]))
+    # Mean capacity = ceil((0 + 2 + 0 + 1 + 1) / 4) = 1: the home (2) and the next (1)
+    # are above it; the bounded-load capacity (ceil(1.25 * 4 / 4) = 2) would take the next.
+    loads = {order[0]: 2, order[1]: 1, order[2]: 0, order[3]: 0}
+    decision = policy.select(make_request(16), loads)
+    assert decision == Decision(
+        replica_id=order[2],
+        outcome=Outcome.RING_BALANCE,
+        matched_blocks=0,
+        total_blocks=4,
+        ranked=(order[2], order[0], order[1], order[3]),
+    )
+    # Learned there: the next request is an owner hit on it, not on the ring home.
+    again = policy.select(make_request(16), {})
+    assert (again.replica_id, again.outcome) == (order[2], Outcome.OWNER_HIT)
+
+
+def test_new_prefix_stays_home_at_the_mean() -> None:
+    policy = make_policy(["a", "b", "c", "d"])
+    home = ring_of("a", "b", "c", "d").owner(policy.block_hashes(make_request(16))[0])
+    # Mean capacity = ceil((4 + 1) / 4) = 2; every replica holds 1.
+    decision = policy.select(make_request(16), dict.fromkeys("abcd", 1))
+    assert (decision.replica_id, decision.outcome) == (home, Outcome.RING_HOME)
+
+
+def test_owned_prefix_is_not_balanced_away_from_its_owner() -> None:
+    policy = make_policy(["a", "b", "c", "d"])
+    home = policy.select(make_request(16), {}).replica_id
+    others = sorted({"a", "b", "c", "d"} - {home})
+    # 7 in flight: the owner (2) is above the mean (capacity ceil(8 / 4) = 2) but within
+    # the load bound (capacity ceil(1.25 * 8 / 4) = 3).
+    decision = policy.select(make_request(16), {home: 2, others[0]: 2, others[1]: 2,
+                                                 others[2]: 1})
+    assert (decision.replica_id, decision.outcome) == (home, Outcome.OWNER_HIT)
+
+
+def test_a_session_is_not_balanced_away_from_its_home() -> None:
+    policy = make_policy(["a", "b", "c", "d"])
+    home = ring_of("a", "b", "c", "d").owner(stable_key("conv-7"))
+    others = sorted({"a", "b", "c", "d"} - {home})
+    decision = policy.select(make_request(16, session_id="conv-7"),
+                             {home: 2, others[0]: 2, others[1]: 2, others[2]: 1})
+    assert (decision.replica_id, decision.outcome) == (home, Outcome.SESSION)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(loads=st.lists(st.integers(0, 20), min_size=5, max_size=5),
+       start=st.integers(0, 10_000))
+def test_new_prefix_lands_at_or_below_the_mean(loads: list[int], start: int) -> None:
+    replicas = make_replica_ids(5)
+    policy = make_policy(replicas)
+    in_flight = dict(zip(replicas, loads))
+    request = make_request(16, start=start)
+    decision = policy.select(request, in_flight)
+    chosen_load = in_flight[decision.replica_id]
+    # Taking it leaves the chosen replica at most at ceil(mean), counting this request.
+    assert chosen_load + 1 <= -(-(sum(loads) + 1) // len(replicas))
+    walk = list(ring_of(*replicas).walk(policy.block_hashes(request)[0]))
+    passed = walk[:walk.index(decision.replica_id)]
+    assert all(in_flight[r] + 1 > -(-(sum(loads) + 1) // len(replicas)) for r in passed)
+    assert decision.outcome is (Outcome.RING_BALANCE if passed else Outcome.RING_HOME)
+
+
+def test_send_order_is_the_choice_alone_unless_nothing_is_cached() -> None:
+    policy = make_policy(["a", "b", "c"])
+    cached = policy.select(make_request(16), {})
+    assert cached.send_order == (cached.replica_id,)
+    keyless = policy.select(RouteRequest(), {})
+    assert keyless.outcome is Outcome.NO_KEY and keyless.send_order == keyless.ranked
+    failover = cached.failover({cached.replica_id})
+    assert failover.send_order == failover.ranked == cached.ranked[1:]
+
+
 def test_ceiling_also_binds_owner_hits() -> None:
     policy = make_policy(["a", "b"], load_epsilon=0.0)
     home = policy.select(make_request(16), {}).replica_id
@@ -212,6 +287,7 @@ def test_outcome_labels_are_lowercase_strings() -> None:
     assert [str(o) for o in Outcome] == [
         "owner_hit",
         "ring_home",
+        "ring_balance",
         "spill",
         "session",
         "failover",

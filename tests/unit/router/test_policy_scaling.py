@@ -42,6 +42,12 @@ def _reference_decide(policy: CacheAwarePolicy, request: RouteRequest,
             chosen = min(with_room, key=lambda r: in_flight.get(r, 0))
             return chosen, Outcome.OWNER_HIT, match.matched_blocks, (
                 chosen, *(r for r in order if r != chosen))
+    if match.matched_blocks == 0 and session_key is None:
+        # A prefix nobody holds: the first replica along the ring at or below the mean.
+        at_mean = load_capacity(total, len(replicas), 0.0)
+        chosen = next(r for r in order if in_flight.get(r, 0) < at_mean)
+        return chosen, (Outcome.RING_HOME if chosen == order[0] else Outcome.RING_BALANCE), 0, (
+            chosen, *(r for r in order if r != chosen))
     choice = choose_bounded(order, in_flight, capacity)
     assert choice is not None
     outcome = (Outcome.SPILL if choice.spilled
