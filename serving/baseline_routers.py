@@ -15,9 +15,10 @@ request; Serve's base class then takes the first ranked replica with room under
 from __future__ import annotations
 
 import random
-from typing import List, Optional
 
-from ray.serve._private.request_router.pow_2_router import PowerOfTwoChoicesRequestRouter
+from ray.serve._private.request_router.pow_2_router import (
+    PowerOfTwoChoicesRequestRouter,
+)
 from ray.serve.llm.request_router import PrefixCacheAffinityRouter
 from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
 
@@ -27,7 +28,7 @@ from serving.telemetry import ReplicaView, register_source, views_from
 class _ReplicaTelemetry:
     """Mixin for a RequestRouter: exposes its replicas to the app's /metrics."""
 
-    def update_replicas(self, replicas: List[RunningReplica]) -> None:
+    def update_replicas(self, replicas: list[RunningReplica]) -> None:
         super().update_replicas(replicas)  # type: ignore[misc]
         register_source(self)  # idempotent (a set); the first update is the earliest hook
 
@@ -55,12 +56,12 @@ class RandomRouter(_ReplicaTelemetry, RequestRouter):
 
     async def choose_replicas(
         self,
-        candidate_replicas: List[RunningReplica],
-        pending_request: Optional[PendingRequest] = None,
-    ) -> List[List[RunningReplica]]:
+        candidate_replicas: list[RunningReplica],
+        pending_request: PendingRequest | None = None,
+    ) -> list[list[RunningReplica]]:
         return random_ranks(candidate_replicas, self._rng)
 
 
-def random_ranks(candidates: List[RunningReplica], rng: random.Random) -> List[List[RunningReplica]]:
+def random_ranks(candidates: list[RunningReplica], rng: random.Random) -> list[list[RunningReplica]]:
     """Each candidate as its own rank, in a uniformly random order."""
     return [[r] for r in rng.sample(candidates, len(candidates))]

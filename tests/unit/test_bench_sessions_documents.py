@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from itertools import pairwise
 
 import pytest
 
@@ -53,7 +54,7 @@ def test_every_turn_of_every_session_in_arrival_order() -> None:
 
 def test_a_turns_prompt_and_reply_are_a_prefix_of_the_next_turn() -> None:
     for turns in by_session(chat_sessions.generate(make_sessions())).values():
-        for turn, (this, following) in enumerate(zip(turns, turns[1:])):
+        for turn, (this, following) in enumerate(pairwise(turns)):
             assert this.messages is not None and following.messages is not None
             assert following.messages[:len(this.messages)] == this.messages
             # Exactly one synthetic assistant reply and one new user message added.
