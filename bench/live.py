@@ -1,25 +1,37 @@
-"""Live policy comparison: the same multi-tenant trace through each routing policy.
+"""Live policy comparison: the same requests through each routing policy's service.
 
-    python -m bench.live --policies pow2,ray-prefix,cacheroute --tenants 8 \\
-        --requests 200 --rate 2 --zipf 1.1 --seed 0 --json out/bench-live/live.json
+    cacheroute bench --workload tenants --tenants 8 --requests 120 --rate 0.5
+    cacheroute bench --workload sessions --sessions 12 --turns 6 --rate 0.5
+    cacheroute bench --workload documents --documents 6 --requests 80 --rate 0.4
+    cacheroute bench --workload trace --trace out/trace.jsonl --concurrency 2
+    cacheroute bench --workload vllm-prefix-repetition --requests 60 --concurrency 2
 
-For each policy in turn: start a fresh ``cacheroute serve --policy P`` (cold
-caches, empty router state; ``service.py``), wait for its ready line (every
-replica warm), replay the trace (``replay.py``: open-loop Poisson arrivals at
-``--rate``, or ``--concurrency`` workers), stop the service completely, then the
-next policy. All policies see byte-identical requests in the same order and at
-the same offsets; the trace is saved as ``trace.jsonl`` in ``--out-dir`` and can
-be replayed with ``--trace``.
+Workloads (all seeded; ``--dry-run`` writes the trace and its oracles and stops):
+``tenants`` (``workloads.py``: Zipf-popular tenants with long system prompts),
+``sessions`` (``chat_sessions.py``: multi-turn chats resending their history),
+``documents`` (``documents_qa.py``: few long documents, many questions each),
+``trace`` (a JSONL file, ``trace.py``), and ``vllm-prefix-repetition``: vLLM's
+own benchmark client with its ``prefix_repetition`` dataset (``vllm_client.py``),
+a load nobody here designed.
 
-The oracle hit rate (``oracle.py``) is computed from the trace's prompt token
-ids, tokenised the way vLLM's frontend does (``serving.prompt_tokens``), with
-the engine's block size. The run also counts requests whose ``prompt_tokens`` as
-reported by the server differ from that tokenisation, a check that the oracle
-counts the same tokens the engines saw.
+For each policy in turn (``policy_run.py``): a fresh ``cacheroute serve --policy P``
+(cold caches, empty router state; every replica warm before it is used), the
+same requests at the same offsets (``replay.py``: open-loop Poisson arrivals at
+``--rate``, or ``--concurrency`` workers), ``/metrics`` read before and after and
+sampled each second, then a complete stop before the next policy.
 
-Outputs in ``--out-dir``: ``trace.jsonl``, ``<policy>/requests.jsonl`` (one line
-per request), ``<policy>/serve.log``, ``live.png`` (TTFT CDF and hit rates) and
-``live.json`` (or ``--json PATH``); the Markdown table goes to stdout.
+The oracles (``oracle.py``) come from the trace's prompt token ids, tokenised the
+way vLLM's frontend does (``serving.prompt_tokens``) with the engine's block
+size: an infinite shared cache, and one bounded by the fleet's KV capacity
+(replicas x blocks per replica, from ``--kv-cache-gib`` and the model's
+``config.json`` as ``bench/sim/engine.py`` computes it). The run also counts
+requests whose server-reported ``prompt_tokens`` differ from that tokenisation.
+
+Outputs in ``--out-dir``: ``trace.jsonl``, per policy ``<policy>/requests.jsonl``,
+``service_metrics.json`` and ``serve.log``; ``live.png`` (TTFT CDF, hit rates),
+``replica_load.png`` (in-flight per replica over time) and ``live.json`` (or
+``--json PATH``: ``{"results": [{"policy": ..., "hit_rate": ...}, ...]}``); the
+Markdown table goes to stdout.
 """
 
 from __future__ import annotations
@@ -35,23 +47,25 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from bench import chat_sessions, documents_qa
 from bench.machine import describe, machine_info
-from bench.oracle import DEFAULT_ORACLE_BLOCK_SIZE, oracle_hits
-from bench.replay import RequestResult, replay
-from bench.replica_load import load_skew, settled
+from bench.oracle import DEFAULT_ORACLE_BLOCK_SIZE, capacity_oracle_hits, oracle_hits
+from bench.policy_run import MODEL_ID, ServiceSettings, run_measured
+from bench.replay import replay
 from bench.report import (
     PolicySummary,
     markdown_table,
     summarise,
     summary_json,
     write_chart,
+    write_load_chart,
 )
-from bench.service import ServiceError, ServiceProcess, free_port, write_config
+from bench.service import ServiceError
 from bench.trace import TraceFormatError, TraceRequest, load_trace, save_trace
 from bench.workloads import WorkloadSpec, generate
 
-POLICIES = ("pow2", "ray-prefix", "cacheroute")
-MODEL_ID = "smollm2-135m-instruct"
+POLICIES = ("pow2", "ray-prefix", "cacheroute", "random")
+WORKLOADS = ("tenants", "sessions", "documents", "trace", "vllm-prefix-repetition")
 
 
 def _policies(text: str) -> list[str]:
@@ -64,31 +78,95 @@ def _policies(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench.live",
-                                description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="cacheroute bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--workload", choices=WORKLOADS,
+                   help="default: trace with --trace, else tenants")
     p.add_argument("--policies", type=_policies, default=list(POLICIES),
-                   help="comma-separated, run in this order (default pow2,ray-prefix,cacheroute)")
-    p.add_argument("--tenants", type=int, default=8)
-    p.add_argument("--requests", type=int, default=200)
+                   help=f"comma-separated, run in this order (default {','.join(POLICIES)})")
+    p.add_argument("--requests", type=int, default=200,
+                   help="requests (tenants, documents) or prompts (vllm-prefix-repetition)")
     load = p.add_mutually_exclusive_group()
     load.add_argument("--rate", type=float, help="open-loop Poisson arrivals, requests/s")
     load.add_argument("--concurrency", type=int,
                       help="fixed number of requests in flight (default 4 without --rate)")
-    p.add_argument("--zipf", type=float, default=1.1, help="tenant popularity exponent s")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-tokens", type=int, default=8)
-    p.add_argument("--trace", type=Path, help="replay this JSONL trace instead of generating one")
-    p.add_argument("--replicas", type=int, default=2)
-    p.add_argument("--port", type=int, help="service port (default: a free port per policy)")
-    p.add_argument("--max-num-seqs", type=int, default=8)
-    p.add_argument("--kv-cache-gib", type=int, default=1)
-    p.add_argument("--max-model-len", type=int, default=4096)
-    p.add_argument("--load-epsilon", type=float,
-                   help="cacheroute's bounded-load slack (default: the config default, 0.25)")
-    p.add_argument("--start-timeout-s", type=float, default=900.0)
+    p.add_argument("--max-tokens", type=int, default=8, help="generated tokens per request")
+    tenants = p.add_argument_group("tenants")
+    tenants.add_argument("--tenants", type=int, default=8)
+    tenants.add_argument("--zipf", type=float, default=None,
+                         help="popularity exponent s of tenants (1.1) or documents (0.8)")
+    sessions = p.add_argument_group("sessions (requests = sessions x turns)")
+    sessions.add_argument("--sessions", type=int, default=16)
+    sessions.add_argument("--turns", type=int, default=6)
+    sessions.add_argument("--think-s", type=float, default=10.0,
+                          help="mean gap between a session's turns")
+    documents = p.add_argument_group("documents")
+    documents.add_argument("--documents", type=int, default=6)
+    documents.add_argument("--document-words", type=int,
+                           default=documents_qa.DEFAULT_DOCUMENT_WORDS)
+    p.add_argument("--trace", type=Path, help="the JSONL trace of --workload trace")
+    vllm = p.add_argument_group("vllm-prefix-repetition (vLLM's dataset flags)")
+    vllm.add_argument("--prefix-len", type=int, default=1024)
+    vllm.add_argument("--suffix-len", type=int, default=64)
+    vllm.add_argument("--num-prefixes", type=int, default=6)
+    svc = p.add_argument_group("service")
+    svc.add_argument("--replicas", type=int, default=2)
+    svc.add_argument("--port", type=int, help="service port (default: a free port per policy)")
+    svc.add_argument("--max-num-seqs", type=int, default=8)
+    svc.add_argument("--kv-cache-gib", type=int, default=1)
+    svc.add_argument("--max-model-len", type=int, default=4096)
+    svc.add_argument("--load-epsilon", type=float,
+                     help="cacheroute's bounded-load slack (default: the config default, 0.25)")
+    svc.add_argument("--start-timeout-s", type=float, default=900.0)
     p.add_argument("--out-dir", type=Path, default=Path("out/bench-live"))
     p.add_argument("--json", type=Path, help="summary JSON (default OUT_DIR/live.json)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="write the trace and print its oracles; start no service")
     return p
+
+
+def resolve_workload(args: argparse.Namespace) -> str:
+    workload = args.workload or ("trace" if args.trace is not None else "tenants")
+    if (workload == "trace") != (args.trace is not None):
+        raise ValueError("--trace FILE goes with --workload trace (and only with it)")
+    return workload
+
+
+def build_trace(workload: str, args: argparse.Namespace) -> list[TraceRequest]:
+    """The requests of a trace workload (raises ValueError, TraceFormatError, OSError)."""
+    if workload == "trace":
+        return load_trace(args.trace)
+    if workload == "sessions":
+        return chat_sessions.generate(chat_sessions.SessionSpec(
+            sessions=args.sessions, turns=args.turns, seed=args.seed, rate_rps=args.rate,
+            think_s=args.think_s, max_tokens=args.max_tokens))
+    if workload == "documents":
+        return documents_qa.generate(documents_qa.DocumentSpec(
+            documents=args.documents, requests=args.requests,
+            zipf_s=0.8 if args.zipf is None else args.zipf, seed=args.seed,
+            rate_rps=args.rate, document_words=args.document_words,
+            max_tokens=args.max_tokens))
+    return generate(WorkloadSpec(tenants=args.tenants, requests=args.requests,
+                                 zipf_s=1.1 if args.zipf is None else args.zipf,
+                                 seed=args.seed, rate_rps=args.rate,
+                                 max_tokens=args.max_tokens))
+
+
+def workload_description(workload: str, args: argparse.Namespace, requests: int) -> dict[str, Any]:
+    """The workload's own parameters, for the JSON and the chart titles."""
+    own: dict[str, Any] = {
+        "tenants": {"tenants": args.tenants, "zipf_s": 1.1 if args.zipf is None else args.zipf},
+        "sessions": {"sessions": args.sessions, "turns": args.turns, "think_s": args.think_s},
+        "documents": {"documents": args.documents, "document_words": args.document_words,
+                      "zipf_s": 0.8 if args.zipf is None else args.zipf},
+        "trace": {"trace": str(args.trace)},
+        "vllm-prefix-repetition": {"prefix_len": args.prefix_len, "suffix_len": args.suffix_len,
+                                   "num_prefixes": args.num_prefixes},
+    }[workload]
+    return {"workload": workload, "requests": requests, **own, "seed": args.seed,
+            "max_tokens": args.max_tokens, "rate_rps": args.rate,
+            "concurrency": args.concurrency, "replicas": args.replicas,
+            "kv_cache_gib": args.kv_cache_gib, "oracle_block_size": DEFAULT_ORACLE_BLOCK_SIZE}
 
 
 def prompt_token_ids(trace: Sequence[TraceRequest]) -> list[tuple[int, ...]]:
@@ -105,126 +183,150 @@ def prompt_token_ids(trace: Sequence[TraceRequest]) -> list[tuple[int, ...]]:
     return out
 
 
-def run_policy(policy: str, trace: Sequence[TraceRequest], args: argparse.Namespace,
-               ) -> tuple[list[RequestResult], float | None, list[int]]:
-    from tqdm import tqdm
+def fleet_capacity_blocks(replicas: int, kv_cache_gib: int, *,
+                          block_size: int = DEFAULT_ORACLE_BLOCK_SIZE,
+                          model_config: Path | None = None) -> int:
+    """KV blocks of the whole fleet: replicas x what ``kv_cache_gib`` holds for the model
+    (the default model's ``config.json``, else SmolLM2-135M's geometry)."""
+    from bench.sim.engine import SMOLLM2_135M_GEOMETRY, kv_capacity_blocks
 
-    folder = args.out_dir / policy
-    folder.mkdir(parents=True, exist_ok=True)
-    port, metrics_port = args.port or free_port(), free_port()
-    metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
-    config = write_config(folder / "config.yaml", model_id=MODEL_ID, policy=policy,
-                          replicas=args.replicas, port=port, metrics_port=metrics_port,
-                          ready_timeout_s=args.start_timeout_s,
-                          max_model_len=args.max_model_len, kv_cache_gib=args.kv_cache_gib,
-                          max_num_seqs=args.max_num_seqs, load_epsilon=args.load_epsilon)
-    service = ServiceProcess(config_path=config, policy=policy, port=port,
-                             log_path=folder / "serve.log",
-                             start_timeout_s=args.start_timeout_s + 60)
-    print(f"[{policy}] starting the service (cold; this takes minutes on CPU)...",
-          file=sys.stderr, flush=True)
-    with service:
-        print(f"[{policy}] ready after {service.startup_s:.0f} s at {service.base_url}; "
-              f"replaying {len(trace)} requests", file=sys.stderr, flush=True)
-        before = settled(metrics_url)
-        with tqdm(total=len(trace), unit="req", desc=policy, file=sys.stderr) as bar:
-            results = asyncio.run(replay(
-                trace, base_url=service.base_url, model=MODEL_ID, policy=policy,
-                concurrency=args.concurrency, on_done=lambda _: bar.update(1)))
-        after = settled(metrics_url)
-        per_replica = {r: after[r] - before.get(r, 0.0) for r in after}
-        skew = load_skew(before, after, args.replicas)
-        (folder / "replica_load.json").write_text(json.dumps(
-            {"requests_by_replica": per_replica, "load_skew": skew}, indent=2) + "\n")
-        print(f"[{policy}] stopping the service", file=sys.stderr, flush=True)
-    if service.stragglers_killed:
-        print(f"[{policy}] ended leftover processes of this run: {service.stragglers_killed}",
-              file=sys.stderr)
-    with (folder / "requests.jsonl").open("w", encoding="utf-8") as out:
-        for r in results:
-            out.write(json.dumps(asdict(r)) + "\n")
-    return results, service.startup_s, service.stragglers_killed, skew, per_replica
+    geometry: Path | dict[str, object] = SMOLLM2_135M_GEOMETRY
+    if model_config is not None and model_config.is_file():
+        geometry = model_config
+    return replicas * kv_capacity_blocks(kv_cache_gib * 2**30, geometry, block_size=block_size)
+
+
+def default_model_config() -> Path | None:
+    from serving.models import default_model_path
+
+    path = default_model_path() / "config.json"
+    return path if path.is_file() else None
+
+
+def settings_from(args: argparse.Namespace) -> ServiceSettings:
+    return ServiceSettings(replicas=args.replicas, port=args.port,
+                           max_num_seqs=args.max_num_seqs, kv_cache_gib=args.kv_cache_gib,
+                           max_model_len=args.max_model_len, load_epsilon=args.load_epsilon,
+                           start_timeout_s=args.start_timeout_s)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.rate is None and args.concurrency is None:
         args.concurrency = 4
+    try:
+        workload = resolve_workload(args)
+    except ValueError as err:
+        print(f"cacheroute bench: {err}", file=sys.stderr)
+        return 2
+    if workload == "vllm-prefix-repetition":
+        from bench.vllm_client import run_comparison
+
+        return run_comparison(args, argv)
     machine = machine_info()
-    command = shlex.join(["python", "-m", "bench.live",
-                          *(sys.argv[1:] if argv is None else argv)])
+    command = shlex.join(["cacheroute", "bench", *(sys.argv[1:] if argv is None else argv)])
     args.out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        if args.trace is not None:
-            trace = load_trace(args.trace)
-        else:
-            trace = generate(WorkloadSpec(tenants=args.tenants, requests=args.requests,
-                                          zipf_s=args.zipf, seed=args.seed,
-                                          rate_rps=args.rate, max_tokens=args.max_tokens))
+        trace = build_trace(workload, args)
     except (TraceFormatError, ValueError, OSError) as err:
-        print(f"bench.live: {err}", file=sys.stderr)
+        print(f"cacheroute bench: {err}", file=sys.stderr)
         return 2
     if not trace:
-        print("bench.live: the trace is empty", file=sys.stderr)
+        print("cacheroute bench: the trace is empty", file=sys.stderr)
         return 2
     save_trace(args.out_dir / "trace.jsonl", trace)
 
     token_ids = prompt_token_ids(trace)
     oracle = oracle_hits(token_ids, block_size=DEFAULT_ORACLE_BLOCK_SIZE)
-    print(f"machine: {describe(machine)}\ntrace: {len(trace)} requests, "
-          f"{oracle.prompt_tokens:,} prompt tokens, oracle hit rate {oracle.hit_rate:.1%}",
-          file=sys.stderr)
+    capacity = fleet_capacity_blocks(args.replicas, args.kv_cache_gib,
+                                     model_config=default_model_config())
+    bounded = capacity_oracle_hits(token_ids, capacity_blocks=capacity,
+                                   block_size=DEFAULT_ORACLE_BLOCK_SIZE)
+    print(f"machine: {describe(machine)}\ntrace ({workload}): {len(trace)} requests, "
+          f"{oracle.prompt_tokens:,} prompt tokens, longest {max(map(len, token_ids)):,}; "
+          f"oracle hit rate {oracle.hit_rate:.1%}, capacity-bound ({capacity:,} blocks) "
+          f"{bounded.hit_rate:.1%}", file=sys.stderr)
+    if args.dry_run:
+        print(f"dry run: trace in {args.out_dir / 'trace.jsonl'}; no service started",
+              file=sys.stderr)
+        return 0
 
     summaries: list[PolicySummary] = []
-    results_by_policy: dict[str, list[RequestResult]] = {}
+    ttfts: dict[str, list[float]] = {}
+    load: dict[str, list[tuple[float, dict[str, float]]]] = {}
     extra: dict[str, dict[str, Any]] = {}
+    settings = settings_from(args)
     for policy in args.policies:
-        try:
-            results, startup_s, stragglers, skew, per_replica = run_policy(policy, trace, args)
-        except ServiceError as err:
-            print(f"bench.live: {err}", file=sys.stderr)
-            return 1
-        results_by_policy[policy] = results
-        summaries.append(summarise(policy, results, oracle_hit_rate=oracle.hit_rate,
-                                   startup_s=startup_s))
-        mismatched = sum(1 for r in results
-                         if r.prompt_tokens is not None
-                         and r.prompt_tokens != len(token_ids[r.index]))
-        extra[policy] = {"prompt_tokens_mismatch": mismatched,
-                         "stragglers_killed": len(stragglers),
-                         "load_skew": skew, "requests_by_replica": per_replica}
+        from tqdm import tqdm
 
-    load = (f"Poisson {args.rate} req/s" if args.rate is not None
-            else f"concurrency {args.concurrency}")
-    title = (f"{len(trace)} requests, {args.tenants} tenants, zipf {args.zipf}, {load}, "
-             f"{args.replicas} replicas -- {describe(machine)}")
+        def drive(base_url: str, policy: str = policy) -> list[Any]:
+            with tqdm(total=len(trace), unit="req", desc=policy, file=sys.stderr) as bar:
+                return asyncio.run(replay(
+                    trace, base_url=base_url, model=MODEL_ID, policy=policy,
+                    concurrency=args.concurrency, on_done=lambda _: bar.update(1)))
+
+        try:
+            run = run_measured(policy, settings, args.out_dir / policy, drive)
+        except ServiceError as err:
+            print(f"cacheroute bench: {err}", file=sys.stderr)
+            return 1
+        results = run.outcome
+        with (args.out_dir / policy / "requests.jsonl").open("w", encoding="utf-8") as out:
+            for r in results:
+                out.write(json.dumps(asdict(r)) + "\n")
+        summaries.append(summarise(policy, results, oracle_hit_rate=oracle.hit_rate,
+                                   capacity_oracle_hit_rate=bounded.hit_rate,
+                                   **run.service_fields()))
+        ttfts[policy] = [r.ttft_s for r in results if r.error is None and r.ttft_s is not None]
+        load[policy] = [(s.t_s, dict(s.in_flight)) for s in run.load]
+        extra[policy] = {
+            "prompt_tokens_mismatch": sum(1 for r in results if r.prompt_tokens is not None
+                                          and r.prompt_tokens != len(token_ids[r.index])),
+            "stragglers_killed": run.stragglers_killed,
+            "requests_by_replica": run.counters.requests_by_replica,
+            "decisions": run.counters.decisions,
+        }
+
+    description = workload_description(workload, args, len(trace))
+    write_outputs(args, machine, command, description, summaries, ttfts, load, extra,
+                  capacity_blocks=capacity)
+    return 0
+
+
+
+def title_of(description: dict[str, Any], machine: dict[str, Any]) -> str:
+    load = (f"Poisson {description['rate_rps']} req/s" if description["rate_rps"] is not None
+            else f"concurrency {description['concurrency']}")
+    return (f"{description['workload']}: {description['requests']} requests, {load}, "
+            f"{description['replicas']} replicas -- {describe(machine)}")
+
+
+def write_outputs(args: argparse.Namespace, machine: dict[str, Any], command: str,
+                  description: dict[str, Any], summaries: Sequence[PolicySummary],
+                  ttfts: dict[str, list[float]],
+                  load: dict[str, list[tuple[float, dict[str, float]]]],
+                  extra: dict[str, dict[str, Any]], *, capacity_blocks: int | None) -> None:
+    """``live.json``, the table on stdout, and the two charts (when matplotlib is there)."""
+    title = title_of(description, machine)
     json_path = args.json or args.out_dir / "live.json"
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps({
         "machine": machine,
         "command": command,
-        "workload": {"requests": len(trace), "tenants": args.tenants, "zipf_s": args.zipf,
-                     "seed": args.seed, "rate_rps": args.rate, "concurrency": args.concurrency,
-                     "replicas": args.replicas, "trace": str(args.trace or "generated"),
-                     "oracle_block_size": DEFAULT_ORACLE_BLOCK_SIZE},
-        "results": [{**summary_json(s), **extra[s.policy]} for s in summaries],
+        "workload": {**description, "capacity_oracle_blocks": capacity_blocks},
+        "results": [{**summary_json(s), **extra.get(s.policy, {})} for s in summaries],
     }, indent=2) + "\n")
     print(f"Machine: {describe(machine)}\nWorkload: {title.split(' -- ')[0]}\n")
     print(markdown_table(summaries))
-    print("\nLoad skew (max/mean requests per replica): " + ", ".join(
-        f"{p} {extra[p]['load_skew']:.2f}" if extra[p]["load_skew"] is not None else f"{p} n/a"
-        for p in args.policies))
-    chart = args.out_dir / "live.png"
+    charts = [args.out_dir / "live.png", args.out_dir / "replica_load.png"]
     try:
-        write_chart(chart, summaries, results_by_policy, title=title)
+        write_chart(charts[0], summaries, ttfts, title=title)
+        write_load_chart(charts[1], load, title=f"in-flight requests per replica -- {title}")
     except ImportError:  # matplotlib is optional; the numbers are already written
-        print("bench.live: no chart (pip install matplotlib)", file=sys.stderr)
-        chart_note = "no chart"
-    else:
-        chart_note = str(chart)
-    print(f"\nwrote {json_path}, {chart_note}, per-request data in {args.out_dir}/<policy>/",
-          file=sys.stderr)
-    return 0
+        print("cacheroute bench: no charts (pip install matplotlib)", file=sys.stderr)
+        charts = []
+    print(f"\nwrote {json_path}{''.join(', ' + str(c) for c in charts)}; per-request data "
+          f"in {args.out_dir}/<policy>/", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -15,10 +15,20 @@ engine does once it has prefilled them.
 Blocks are identified by the engine's own chained digests (``router.PrefixHasher``),
 so "same chained prefix" means what it means for vLLM's prefix cache.
 Cost: one SHA-256 per full block of every prompt.
+
+``CapacityOracleCache`` bounds the same model by memory: one LRU cache holding the
+fleet's total KV capacity (replicas x blocks per replica), still with perfect
+placement (any request may use any cached block). After a request's lookup its
+blocks are touched tail first, so its head block is the most recently used and is
+evicted last -- vLLM frees a request's blocks in that order for the same reason: a
+cached prefix stays prefix-closed. No request's blocks are pinned (no concurrency
+is modelled), so this is an upper bound for a fleet of that size, not a simulation
+(``bench/sim`` is the simulation).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -83,3 +93,49 @@ class OracleCache:
         self.cached_tokens += hits * self._block_size
         self.prompt_tokens += num_tokens
         return hits * self._block_size
+
+
+class CapacityOracleCache:
+    """The capacity-bound oracle: one LRU cache of ``capacity_blocks`` blocks."""
+
+    def __init__(self, block_size: int, capacity_blocks: int) -> None:
+        if capacity_blocks < 1:
+            raise ValueError(f"capacity_blocks must be >= 1, got {capacity_blocks}")
+        self._block_size = block_size
+        self._capacity = capacity_blocks
+        # Least recently used first.
+        self._lru: OrderedDict[Hashable, None] = OrderedDict()
+        self.cached_tokens = 0
+        self.prompt_tokens = 0
+
+    def observe(self, num_tokens: int, blocks: Sequence[Hashable]) -> int:
+        lru = self._lru
+        eligible = max(num_tokens - 1, 0) // self._block_size
+        hits = 0
+        while hits < eligible and blocks[hits] in lru:
+            hits += 1
+        for block in reversed(blocks):  # tail first: the head ends most recent
+            lru[block] = None
+            lru.move_to_end(block)
+        while len(lru) > self._capacity:
+            lru.popitem(last=False)
+        self.cached_tokens += hits * self._block_size
+        self.prompt_tokens += num_tokens
+        return hits * self._block_size
+
+
+def capacity_oracle_hits(prompts: Iterable[Sequence[int]], *, capacity_blocks: int,
+                         block_size: int = DEFAULT_ORACLE_BLOCK_SIZE) -> OracleResult:
+    """``oracle_hits`` bounded by ``capacity_blocks`` of KV cache in all (LRU)."""
+    hasher = PrefixHasher(block_size)
+    return capacity_oracle_from_blocks(
+        ((len(tokens), hasher.digests(tokens)) for tokens in prompts),
+        block_size=block_size, capacity_blocks=capacity_blocks)
+
+
+def capacity_oracle_from_blocks(prompts: Iterable[tuple[int, Sequence[Hashable]]], *,
+                                block_size: int, capacity_blocks: int) -> OracleResult:
+    cache = CapacityOracleCache(block_size, capacity_blocks)
+    per_request = [cache.observe(num_tokens, blocks) for num_tokens, blocks in prompts]
+    return OracleResult(cached_tokens=cache.cached_tokens, prompt_tokens=cache.prompt_tokens,
+                        per_request=tuple(per_request))

@@ -12,7 +12,8 @@ Each request is streamed with ``stream_options={"include_usage": True}``:
 TTFT is the time to the first chunk carrying generated text (the first chunk
 with a choice if none carries text), end-to-end the time to the end of the
 stream, and the final usage chunk gives ``prompt_tokens`` and
-``prompt_tokens_details.cached_tokens``. A failure is recorded as the request's
+``prompt_tokens_details.cached_tokens``. A trace request's ``session`` goes out as
+the body's ``user`` and the ``x-session-id`` header. A failure is recorded as the request's
 ``error`` (exception type and message); no request is retried.
 """
 
@@ -25,6 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.trace import TraceRequest
+
+SESSION_HEADER = "x-session-id"
 
 # A request slower than this is recorded as an error rather than waited for.
 REQUEST_TIMEOUT_S = 600.0
@@ -56,7 +59,10 @@ async def _send(client: Any, model: str, request: TraceRequest) -> dict[str, Any
         "stream_options": {"include_usage": True},
     }
     if request.session is not None:
-        common["user"] = request.session  # cacheroute's session key
+        # cacheroute's session key: Serve's request metadata takes the header, the
+        # router falls back to the body's `user`; send both as a client would.
+        common["user"] = request.session
+        common["extra_headers"] = {SESSION_HEADER: request.session}
     start = time.perf_counter()
     if request.messages is not None:
         stream = await client.chat.completions.create(

@@ -1,11 +1,25 @@
-"""Per-policy summaries of a live run: numbers, a Markdown table and a PNG chart.
+"""Per-policy summaries of a live run: numbers, a Markdown table and PNG charts.
 
-``hit_rate`` is ``sum(cached_tokens) / sum(prompt_tokens)`` over the requests that
-finished with usage; ``oracle_hit_rate`` (``oracle.py``) is the same ratio for an
-ideal infinite shared cache on the same trace, so ``hit_rate / oracle_hit_rate``
-is how much of the reachable reuse a policy got. Latencies are over successful
-requests; ``throughput_rps`` is successful requests over the span from the first
-send to the last completion.
+Hit rates, all ``cached / prompt`` tokens:
+
+* ``hit_rate``: from the responses, ``sum(usage.prompt_tokens_details.cached_tokens)
+  / sum(usage.prompt_tokens)`` over the requests that finished with usage; for a
+  client that does not record usage (vLLM's own benchmark client) it is the
+  engine hit rate below, and ``hit_rate_source`` says which;
+* ``engine_hit_rate``: the engines' own ``vllm:prefix_cache_hits_total /
+  vllm:prefix_cache_queries_total`` over the run, summed over replicas
+  (``service_metrics.py``); ``engine_prompt_hit_rate`` the same from
+  ``vllm:prompt_tokens_cached_total / vllm:prompt_tokens_total`` where exported;
+* ``oracle_hit_rate``: an ideal infinite cache shared by every replica on the same
+  trace (``oracle.py``), so ``hit_rate / oracle_hit_rate`` is how much of the
+  reachable reuse a policy got; ``capacity_oracle_hit_rate``: the same cache
+  bounded by the fleet's total KV blocks (LRU).
+
+Latencies are over successful requests; ``throughput_rps`` and
+``output_tokens_per_s`` are over the span from the first send to the last
+completion. ``load_skew`` is max / mean over replicas of the time-averaged
+in-flight count (1 s samples); ``request_skew`` the same of requests served;
+``spills`` cacheroute's bounded-load spills (None for policies without them).
 """
 
 from __future__ import annotations
@@ -26,7 +40,7 @@ class PolicySummary:
     requests: int
     errors: int
     hit_rate: float
-    oracle_hit_rate: float
+    oracle_hit_rate: float | None
     prompt_tokens: int
     cached_tokens: int
     ttft_p50_s: float
@@ -38,10 +52,23 @@ class PolicySummary:
     # Successful requests whose stream carried no usage (hit rate cannot count them).
     missing_usage: int
     startup_s: float | None = None
+    e2e_p90_s: float = math.nan
+    e2e_p99_s: float = math.nan
+    output_tokens_per_s: float = 0.0
+    hit_rate_source: str = "cached_tokens"
+    engine_hit_rate: float | None = None
+    engine_prompt_hit_rate: float | None = None
+    capacity_oracle_hit_rate: float | None = None
+    load_skew: float | None = None
+    request_skew: float | None = None
+    spills: int | None = None
 
 
-def summarise(policy: str, results: Sequence[RequestResult], *, oracle_hit_rate: float,
-              startup_s: float | None = None) -> PolicySummary:
+def summarise(policy: str, results: Sequence[RequestResult], *,
+              oracle_hit_rate: float | None, startup_s: float | None = None,
+              **service: Any) -> PolicySummary:
+    """The requests' numbers; ``service`` adds the fields measured on the service
+    (``engine_hit_rate``, ``load_skew``, ...)."""
     ok = [r for r in results if r.error is None]
     with_usage = [r for r in ok if r.prompt_tokens is not None]
     prompt = sum(r.prompt_tokens or 0 for r in with_usage)
@@ -61,63 +88,125 @@ def summarise(policy: str, results: Sequence[RequestResult], *, oracle_hit_rate:
         ttft_p90_s=percentile(ttfts, 90),
         ttft_p99_s=percentile(ttfts, 99),
         e2e_p50_s=percentile(e2es, 50),
+        e2e_p90_s=percentile(e2es, 90),
+        e2e_p99_s=percentile(e2es, 99),
         throughput_rps=len(ok) / span if span > 0 else 0.0,
+        output_tokens_per_s=(sum(r.completion_tokens or 0 for r in ok) / span
+                             if span > 0 else 0.0),
         duration_s=span,
         missing_usage=len(ok) - len(with_usage),
         startup_s=startup_s,
+        **service,
     )
 
 
-def markdown_table(summaries: Sequence[PolicySummary]) -> str:
-    def sec(value: float) -> str:
-        return "-" if math.isnan(value) else f"{value:.3f}"
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
 
-    out = [("| policy | hit rate | oracle | TTFT p50 s | TTFT p90 s | TTFT p99 s | e2e p50 s "
-            "| req/s | errors | requests |"),
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+
+def _sec(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.3f}"
+
+
+def _num(value: float | None, fmt: str = "{:.2f}") -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def markdown_table(summaries: Sequence[PolicySummary]) -> str:
+    out = [("| policy | hit rate | engine hit rate | oracle | capacity oracle | TTFT p50 s "
+            "| TTFT p90 s | TTFT p99 s | e2e p50 s | e2e p99 s | req/s | out tok/s "
+            "| load skew | spills | errors | requests |"),
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in summaries:
-        out.append(f"| {s.policy} | {s.hit_rate:.1%} | {s.oracle_hit_rate:.1%} | "
-                   f"{sec(s.ttft_p50_s)} | {sec(s.ttft_p90_s)} | {sec(s.ttft_p99_s)} | "
-                   f"{sec(s.e2e_p50_s)} | {s.throughput_rps:.2f} | {s.errors} | {s.requests} |")
+        out.append(f"| {s.policy} | {s.hit_rate:.1%} | {_pct(s.engine_hit_rate)} | "
+                   f"{_pct(s.oracle_hit_rate)} | {_pct(s.capacity_oracle_hit_rate)} | "
+                   f"{_sec(s.ttft_p50_s)} | {_sec(s.ttft_p90_s)} | {_sec(s.ttft_p99_s)} | "
+                   f"{_sec(s.e2e_p50_s)} | {_sec(s.e2e_p99_s)} | {s.throughput_rps:.2f} | "
+                   f"{s.output_tokens_per_s:.1f} | {_num(s.load_skew)} | "
+                   f"{_num(s.spills, '{}')} | {s.errors} | {s.requests} |")
     return "\n".join(out)
 
 
-def write_chart(path: Path, summaries: Sequence[PolicySummary],
-                results: Mapping[str, Sequence[RequestResult]], *, title: str) -> None:
-    """TTFT CDF per policy (left) and hit rate per policy against the oracle (right)."""
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display on servers
     import matplotlib.pyplot as plt
 
-    fig, (cdf, bars) = plt.subplots(1, 2, figsize=(11, 4.2),
+    return plt
+
+
+def write_chart(path: Path, summaries: Sequence[PolicySummary],
+                ttfts: Mapping[str, Sequence[float]], *, title: str) -> None:
+    """TTFT CDF per policy (left) and hit rates per policy against the oracles (right)."""
+    plt = _pyplot()
+    fig, (cdf, bars) = plt.subplots(1, 2, figsize=(12, 4.4),
                                     gridspec_kw={"width_ratios": [3, 2]})
     for s in summaries:
-        ttfts = sorted(r.ttft_s for r in results.get(s.policy, ())
-                       if r.error is None and r.ttft_s is not None)
-        if ttfts:
+        values = sorted(ttfts.get(s.policy, ()))
+        if values:
             # Starts at (fastest, 0) so the curve shows the first request's step too.
-            ys = [0.0] + [(k + 1) / len(ttfts) for k in range(len(ttfts))]
-            cdf.step([ttfts[0], *ttfts], ys, where="post", label=s.policy)
+            ys = [0.0] + [(k + 1) / len(values) for k in range(len(values))]
+            cdf.step([values[0], *values], ys, where="post", label=s.policy)
     cdf.set_xscale("log")
     cdf.set_xlabel("TTFT (s, log scale)")
     cdf.set_ylabel("fraction of requests")
     cdf.set_ylim(0, 1.02)
     cdf.grid(True, which="both", alpha=0.3)
-    cdf.legend(loc="lower right")
+    if summaries:
+        cdf.legend(loc="lower right")
     cdf.set_title("TTFT CDF")
 
     names = [s.policy for s in summaries]
-    rates = [s.hit_rate * 100 for s in summaries]
-    drawn = bars.bar(names, rates, color="tab:blue")
-    bars.bar_label(drawn, labels=[f"{r:.1f}%" for r in rates])
+    width = 0.4
+    xs = range(len(names))
+    client = [s.hit_rate * 100 for s in summaries]
+    engine = [(s.engine_hit_rate or 0.0) * 100 for s in summaries]
+    drawn = bars.bar([x - width / 2 for x in xs], client, width, label="responses",
+                     color="tab:blue")
+    bars.bar_label(drawn, labels=[f"{r:.0f}" for r in client], fontsize=8)
+    drawn = bars.bar([x + width / 2 for x in xs], engine, width, label="engine counters",
+                     color="tab:cyan")
+    bars.bar_label(drawn, labels=[f"{r:.0f}" for r in engine], fontsize=8)
+    bars.set_xticks(list(xs), names)
     if summaries:
-        oracle = summaries[0].oracle_hit_rate * 100
-        bars.axhline(oracle, color="tab:red", linestyle="--", label=f"oracle {oracle:.1f}%")
-        bars.legend(loc="upper right")
+        first = summaries[0]
+        for value, style, label in ((first.oracle_hit_rate, "--", "oracle"),
+                                    (first.capacity_oracle_hit_rate, ":", "capacity oracle")):
+            if value is not None:
+                bars.axhline(value * 100, color="tab:red", linestyle=style,
+                             label=f"{label} {value:.1%}")
+        bars.legend(loc="lower right", fontsize=8)
     bars.set_ylim(0, 100)
     bars.set_ylabel("prompt tokens served from cache (%)")
     bars.set_title("Prefix-cache hit rate")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_load_chart(path: Path, load: Mapping[str, Sequence[tuple[float, Mapping[str, float]]]],
+                     *, title: str) -> None:
+    """Per-replica in-flight requests over time, one panel per policy; ``load`` maps a
+    policy to ``(seconds, {replica: in_flight})`` samples."""
+    plt = _pyplot()
+    policies = list(load) or ["(none)"]
+    fig, axes = plt.subplots(len(policies), 1, figsize=(10, 2.2 * len(policies) + 0.6),
+                             sharex=True, squeeze=False)
+    for ax, policy in zip(axes[:, 0], policies):
+        samples = load.get(policy, ())
+        replicas = sorted({r for _, values in samples for r in values})
+        for k, replica in enumerate(replicas):
+            ax.plot([t for t, _ in samples], [values.get(replica, 0.0) for _, values in samples],
+                    label=f"replica {k} ({replica[:8]})", linewidth=1)
+        ax.set_ylabel("in flight")
+        ax.set_title(policy, fontsize=9, loc="left")
+        ax.grid(True, alpha=0.3)
+        if replicas:
+            ax.legend(loc="upper right", fontsize=7)
+    axes[-1, 0].set_xlabel("seconds since the replay started")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

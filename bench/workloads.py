@@ -123,16 +123,22 @@ def company_name(rng: random.Random) -> str:
 
 def policy_text(rng: random.Random, words: int) -> str:
     """``words`` words of numbered rules drawn from ``WORDS`` (plus connectors)."""
+    return numbered_text(rng, words, label="Rule")
+
+
+def numbered_text(rng: random.Random, words: int, *, label: str) -> str:
+    """``words`` words of sentences ``"{label} N: ..."`` drawn from ``WORDS`` (plus
+    connectors); the other workloads' documents and replies use it too."""
     sentences = []
     remaining = words
-    rule = 1
+    number = 1
     while remaining > 0:
         length = min(remaining, rng.randint(8, 18))
         body = [rng.choice(WORDS) if i % 6 != 5 else rng.choice(_CONNECTORS)
                 for i in range(length)]
-        sentences.append(f"Rule {rule}: {' '.join(body).capitalize()}.")
+        sentences.append(f"{label} {number}: {' '.join(body).capitalize()}.")
         remaining -= length
-        rule += 1
+        number += 1
     return " ".join(sentences)
 
 

@@ -30,11 +30,13 @@ APP_NAME = "cacheroute"
 
 # Request routers by policy name. `pow2` (Serve's default) and `ray-prefix`
 # (ray.serve.llm's PrefixCacheAffinityRouter) are the upstream classes plus
-# telemetry; `cacheroute` is this project's router (router/ core + serving adapter).
+# telemetry; `cacheroute` is this project's router (router/ core + serving adapter);
+# `random` is the baseline (a uniformly random order of replicas).
 _ROUTER_CLASSES: dict[str, str] = {
     "pow2": "serving.baseline_routers:Pow2Router",
     "ray-prefix": "serving.baseline_routers:RayPrefixRouter",
     "cacheroute": "serving.ray_router:CacheRouteRequestRouter",
+    "random": "serving.baseline_routers:RandomRouter",
 }
 
 # How often Serve pulls each replica's routing stats (KV-event endpoint, engine

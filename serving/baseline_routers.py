@@ -5,15 +5,22 @@
 `/metrics` reads replicas' engine telemetry through the router that holds them,
 serving/telemetry.py), so a benchmark compares the routing of the upstream classes
 while every policy reports the same per-replica series.
+
+`random` is the floor every policy must beat: neither cache- nor load-aware. It
+ranks all candidates in a uniformly random order, one replica per rank, O(n) per
+request; Serve's base class then takes the first ranked replica with room under
+`max_ongoing_requests`, so a full replica is skipped rather than queued on.
 """
 
 from __future__ import annotations
 
-from typing import List
+import random
 
-from ray.serve._private.request_router.pow_2_router import PowerOfTwoChoicesRequestRouter
+from ray.serve._private.request_router.pow_2_router import (
+    PowerOfTwoChoicesRequestRouter,
+)
 from ray.serve.llm.request_router import PrefixCacheAffinityRouter
-from ray.serve.request_router import RunningReplica
+from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
 
 from serving.telemetry import ReplicaView, register_source, views_from
 
@@ -21,7 +28,7 @@ from serving.telemetry import ReplicaView, register_source, views_from
 class _ReplicaTelemetry:
     """Mixin for a RequestRouter: exposes its replicas to the app's /metrics."""
 
-    def update_replicas(self, replicas: List[RunningReplica]) -> None:
+    def update_replicas(self, replicas: list[RunningReplica]) -> None:
         super().update_replicas(replicas)  # type: ignore[misc]
         register_source(self)  # idempotent (a set); the first update is the earliest hook
 
@@ -36,3 +43,25 @@ class Pow2Router(_ReplicaTelemetry, PowerOfTwoChoicesRequestRouter):
 
 class RayPrefixRouter(_ReplicaTelemetry, PrefixCacheAffinityRouter):
     pass
+
+
+class RandomRouter(_ReplicaTelemetry, RequestRouter):
+    """Every candidate once, in a uniformly random order."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        # Unseeded: each router process draws its own stream. The benchmark compares
+        # policies over many requests, so it needs uniformity, not a repeatable order.
+        self._rng = random.Random()
+
+    async def choose_replicas(
+        self,
+        candidate_replicas: list[RunningReplica],
+        pending_request: PendingRequest | None = None,
+    ) -> list[list[RunningReplica]]:
+        return random_ranks(candidate_replicas, self._rng)
+
+
+def random_ranks(candidates: list[RunningReplica], rng: random.Random) -> list[list[RunningReplica]]:
+    """Each candidate as its own rank, in a uniformly random order."""
+    return [[r] for r in rng.sample(candidates, len(candidates))]

@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-POLICIES = ("pow2", "ray-prefix", "cacheroute")
-Policy = Literal["pow2", "ray-prefix", "cacheroute"]
+POLICIES = ("pow2", "ray-prefix", "cacheroute", "random")
+Policy = Literal["pow2", "ray-prefix", "cacheroute", "random"]
 
 # The model source that means "the embedded default model, built offline on set-up".
 DEFAULT_MODEL_SOURCE = "default"
@@ -84,7 +84,8 @@ class EngineConfig(_Strict):
 class RoutingConfig(_Strict):
     policy: Policy = "cacheroute"
     """`cacheroute` (this project's cache-aware router), `pow2` (Ray Serve's default
-    power-of-two choices) or `ray-prefix` (Ray's PrefixCacheAffinityRouter)."""
+    power-of-two choices), `ray-prefix` (Ray's PrefixCacheAffinityRouter) or `random`
+    (a uniformly random replica: the baseline for benchmarks)."""
     load_epsilon: float = Field(0.25, gt=0, le=10)
     """Bounded-load slack: no replica above ceil((1+eps) x mean) in-flight requests."""
     virtual_nodes: int = Field(160, ge=1, le=10_000)

@@ -84,7 +84,7 @@ class Prewarmed:
 class PrefixBackend(Protocol):
     """What the registry needs from the serving stack (``prefix_backend.py``)."""
 
-    # False when the routing policy keeps no ownership index (pow2, ray-prefix):
+    # False when the routing policy keeps no ownership index (pow2, ray-prefix, random):
     # then nothing is known of homes and nothing is rewarmed.
     tracks_placement: bool
 

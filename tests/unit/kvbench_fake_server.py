@@ -67,7 +67,7 @@ class FakeChatService:
         if self.fail_on_request == len(self.bodies):
             return JSONResponse({"error": {"message": "engine died", "type": "server_error"}},
                                 500)
-        words = [w for m in body["messages"] for w in f"{m['role']}: {m['content']}".split()]
+        words = [w for m in body["messages"] for w in f"{m['role']}: {_text(m['content'])}".split()]
         common = 0
         for a, b in zip(words, self._previous, strict=False):
             if a != b:
@@ -78,7 +78,9 @@ class FakeChatService:
             cached = min(common, len(words) - 1) // self.block_size * self.block_size
         self._previous = words
         turn = len(self.bodies)
-        reply = [f"w{turn}.{k}" for k in range(int(body["max_tokens"]))]
+        # vLLM's benchmark client sends max_completion_tokens, the openai client max_tokens.
+        limit = body.get("max_tokens", body.get("max_completion_tokens"))
+        reply = [f"w{turn}.{k}" for k in range(int(limit))]
         return StreamingResponse(self._stream(reply, len(words), cached),
                                  media_type="text/event-stream")
 
@@ -100,6 +102,14 @@ class FakeChatService:
                 "total_tokens": prompt + len(reply),
                 "prompt_tokens_details": {"cached_tokens": cached}}})
         yield b"data: [DONE]\n\n"
+
+
+def _text(content: str | list[dict[str, Any]]) -> str:
+    """A message's text: a string, or the text parts of a content list joined by newlines
+    (as vLLM's frontend joins them for a string chat template)."""
+    if isinstance(content, str):
+        return content
+    return "\n".join(part.get("text", "") for part in content if part.get("type") == "text")
 
 
 @contextmanager

@@ -54,6 +54,7 @@ def test_engines_share_the_configured_hash_seed() -> None:
     ("pow2", "ray.serve._private.request_router.pow_2_router:PowerOfTwoChoicesRequestRouter"),
     ("ray-prefix", "ray.serve.llm.request_router:PrefixCacheAffinityRouter"),
     ("cacheroute", "ray.serve.request_router:RequestRouter"),
+    ("random", "ray.serve.request_router:RequestRouter"),
 ])
 def test_policy_selects_the_request_router(policy: str, upstream: str) -> None:
     import importlib

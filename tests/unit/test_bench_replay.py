@@ -61,11 +61,13 @@ class FakeServer:
 
     def __init__(self) -> None:
         self.bodies: list[dict[str, Any]] = []
+        self.session_headers: list[str | None] = []
         self.sent_at: list[float] = []
 
     def __call__(self, request: Any) -> Any:
         body = json.loads(request.content)
         self.bodies.append(body)
+        self.session_headers.append(request.headers.get("x-session-id"))
         self.sent_at.append(time.perf_counter())
         if body.get("user") == "fail":
             return httpx_mod.Response(500, json={"error": {"message": "engine died",
@@ -112,7 +114,8 @@ def test_completion_prompt_and_missing_cache_details() -> None:
     assert server.bodies[0]["prompt"] == "Once upon"
 
 
-def test_a_failed_request_is_recorded_not_raised_and_session_is_sent_as_user() -> None:
+def test_a_failed_request_is_recorded_not_raised_and_session_is_sent_as_user_and_header(
+        ) -> None:
     server = FakeServer()
     results = run([make_chat(0.0, "ok", session="s1"), make_chat(0.0, "x", session="fail")],
                   server, concurrency=2)
@@ -121,6 +124,7 @@ def test_a_failed_request_is_recorded_not_raised_and_session_is_sent_as_user() -
     assert results[1].error is not None and "engine died" in results[1].error
     assert results[1].ttft_s is None and results[1].prompt_tokens is None
     assert sorted(b["user"] for b in server.bodies) == ["fail", "s1"]
+    assert sorted(server.session_headers) == ["fail", "s1"]  # type: ignore[type-var]
 
 
 def test_open_loop_sends_at_the_trace_offsets() -> None:

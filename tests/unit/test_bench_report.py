@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from bench.replay import RequestResult
-from bench.report import markdown_table, summarise, summary_json, write_chart
+from bench.report import (
+    markdown_table,
+    summarise,
+    summary_json,
+    write_chart,
+    write_load_chart,
+)
 from bench.stats import percentile
 
 
@@ -48,7 +54,8 @@ def test_summary_counts_hit_rate_over_successful_requests_only() -> None:
     assert s.throughput_rps == pytest.approx(2 / 4.0)
     assert s.missing_usage == 0
     table = markdown_table([s])
-    assert "| cacheroute | 64.0% | 70.0% |" in table
+    assert "| cacheroute | 64.0% | - | 70.0% | - |" in table
+    assert s.output_tokens_per_s == pytest.approx(16 / 4.0)
 
 
 def test_summary_of_only_errors_has_no_latencies_and_json_nulls() -> None:
@@ -56,7 +63,21 @@ def test_summary_of_only_errors_has_no_latencies_and_json_nulls() -> None:
     assert s.errors == 1 and s.hit_rate == 0.0
     data = summary_json(s)
     assert data["ttft_p50_s"] is None and data["e2e_p50_s"] is None
-    assert "| pow2 | 0.0% | 50.0% | - |" in markdown_table([s])
+    assert "| pow2 | 0.0% | - | 50.0% | - | - |" in markdown_table([s])
+
+
+def test_service_measurements_are_carried_into_the_table_and_json() -> None:
+    s = summarise("cacheroute", [make_result(0, prompt=256, cached=128)], oracle_hit_rate=0.6,
+                  engine_hit_rate=0.45, capacity_oracle_hit_rate=0.55, load_skew=1.25,
+                  spills=3)
+    assert "| cacheroute | 50.0% | 45.0% | 60.0% | 55.0% |" in markdown_table([s])
+    assert "| 1.25 | 3 | 0 | 1 |" in markdown_table([s])
+    data = summary_json(s)
+    for key in ("policy", "hit_rate", "oracle_hit_rate", "ttft_p50_s", "ttft_p99_s",
+                "load_skew", "errors", "engine_hit_rate", "capacity_oracle_hit_rate",
+                "spills", "e2e_p50_s", "output_tokens_per_s"):
+        assert key in data
+    assert data["load_skew"] == 1.25 and data["spills"] == 3
 
 
 def test_chart_is_written(tmp_path: Path) -> None:
@@ -64,5 +85,10 @@ def test_chart_is_written(tmp_path: Path) -> None:
     results = {"a": [make_result(0), make_result(1, ttft_s=0.3)], "b": [make_result(0)]}
     summaries = [summarise(name, rs, oracle_hit_rate=0.5) for name, rs in results.items()]
     path = tmp_path / "chart.png"
-    write_chart(path, summaries, results, title="test")
+    ttfts = {name: [r.ttft_s for r in rs if r.ttft_s is not None] for name, rs in results.items()}
+    write_chart(path, summaries, ttfts, title="test")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    load = tmp_path / "load.png"
+    write_load_chart(load, {"a": [(0.0, {"r1": 1.0, "r2": 0.0}), (1.0, {"r1": 2.0})],
+                            "b": []}, title="test")
+    assert load.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,113 @@
+"""One policy's turn in a live comparison: a cold service, a measured load, a clean stop.
+
+``run_measured(policy, settings, drive)`` writes the service config, starts a
+fresh ``cacheroute serve --policy P`` (``service.py``: cold KV caches, empty router
+state, every replica warm before the ready line), scrapes ``/metrics`` until it is
+settled, calls ``drive(base_url)`` -- the replay, or vLLM's benchmark client --
+while a thread samples per-replica in-flight counts every second, scrapes again,
+and stops the service and everything it started. Both runners (``live.py`` and
+``vllm_client.py``) go through here, so every workload is measured the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from bench.service import ServiceProcess, free_port, write_config
+from bench.service_metrics import (
+    LoadSample,
+    LoadSampler,
+    RunCounters,
+    diff,
+    load_skew,
+    settled,
+)
+from bench.service_metrics import skew as max_over_mean
+
+T = TypeVar("T")
+
+MODEL_ID = "smollm2-135m-instruct"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceSettings:
+    replicas: int = 2
+    port: int | None = None  # None: a free port per policy
+    max_num_seqs: int = 8
+    kv_cache_gib: int = 1
+    max_model_len: int = 4096
+    load_epsilon: float | None = None
+    start_timeout_s: float = 900.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class PolicyRun(Generic[T]):
+    policy: str
+    outcome: T  # what ``drive`` returned
+    counters: RunCounters
+    load: list[LoadSample]
+    load_skew: float | None
+    request_skew: float | None
+    startup_s: float | None
+    stragglers_killed: int
+
+    def service_fields(self) -> dict[str, Any]:
+        """The ``PolicySummary`` fields measured on the service."""
+        return {"engine_hit_rate": self.counters.engine_hit_rate,
+                "engine_prompt_hit_rate": self.counters.engine_prompt_hit_rate,
+                "load_skew": self.load_skew, "request_skew": self.request_skew,
+                "spills": self.counters.spills, "startup_s": self.startup_s}
+
+
+def run_measured(policy: str, settings: ServiceSettings, folder: Path,
+                 drive: Callable[[str], T]) -> PolicyRun[T]:
+    """Start ``policy``'s service, run ``drive(base_url)`` under measurement, stop it.
+    Raises ``service.ServiceError`` when the service does not come up."""
+    folder.mkdir(parents=True, exist_ok=True)
+    port = settings.port or free_port()
+    config = write_config(folder / "config.yaml", model_id=MODEL_ID, policy=policy,
+                          replicas=settings.replicas, port=port, metrics_port=free_port(),
+                          ready_timeout_s=settings.start_timeout_s,
+                          max_model_len=settings.max_model_len,
+                          kv_cache_gib=settings.kv_cache_gib,
+                          max_num_seqs=settings.max_num_seqs,
+                          load_epsilon=settings.load_epsilon)
+    service = ServiceProcess(config_path=config, policy=policy, port=port,
+                             log_path=folder / "serve.log",
+                             start_timeout_s=settings.start_timeout_s + 60)
+    print(f"[{policy}] starting the service (cold; this takes minutes on CPU)...",
+          file=sys.stderr, flush=True)
+    with service:
+        metrics_url = f"{service.base_url}/metrics"
+        print(f"[{policy}] ready after {service.startup_s:.0f} s at {service.base_url}",
+              file=sys.stderr, flush=True)
+        before = settled(metrics_url)
+        with LoadSampler(metrics_url=metrics_url) as sampler:
+            outcome = drive(service.base_url)
+        after = settled(metrics_url)
+        print(f"[{policy}] stopping the service", file=sys.stderr, flush=True)
+    if service.stragglers_killed:
+        print(f"[{policy}] ended leftover processes of this run: {service.stragglers_killed}",
+              file=sys.stderr)
+    counters = diff(before, after)
+    requests = list(counters.requests_by_replica.values())
+    requests += [0.0] * max(0, settings.replicas - len(requests))
+    run = PolicyRun(policy=policy, outcome=outcome, counters=counters, load=sampler.samples,
+                    load_skew=load_skew(sampler.samples, settings.replicas),
+                    request_skew=max_over_mean(requests), startup_s=service.startup_s,
+                    stragglers_killed=len(service.stragglers_killed))
+    (folder / "service_metrics.json").write_text(json.dumps({
+        "requests_by_replica": counters.requests_by_replica,
+        "decisions": counters.decisions,
+        "engine_hit_rate": counters.engine_hit_rate,
+        "engine_prompt_hit_rate": counters.engine_prompt_hit_rate,
+        "load_skew": run.load_skew, "request_skew": run.request_skew,
+        "load_samples": [{"t_s": s.t_s, "in_flight": dict(s.in_flight)} for s in run.load],
+        "load_sample_errors": sampler.errors,
+    }, indent=2) + "\n")
+    return run
