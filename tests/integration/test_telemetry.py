@@ -93,8 +93,21 @@ def test_app_metrics_endpoint_is_public_and_names_replicas(stack: Stack) -> None
     assert 'cacheroute_replicas_wanted 2.0' in text
 
 
+def by_replica(prom: str, promql: str) -> dict[str, float]:
+    return {s["metric"]["replica"]: float(s["value"][1]) for s in query(prom, promql)}
+
+
 def test_prometheus_shows_per_replica_hit_rate_and_router_outcomes(
         stack: Stack, prometheus: str) -> None:
+    # Scraped at all, and both replicas' engine counters are in (the stack has served
+    # earlier tests, so the counters start wherever those left them).
+    up = wait_for(prometheus, 'up{job="cacheroute"}', lambda r: r and r[0]["value"][1] == "1")
+    assert up and up[0]["value"][1] == "1", up
+    hits_q, queries_q = ("sum by (replica) (vllm:prefix_cache_hits_total)",
+                         "sum by (replica) (vllm:prefix_cache_queries_total)")
+    wait_for(prometheus, queries_q, lambda r: len(r) == 2)
+    hits0, queries0 = by_replica(prometheus, hits_q), by_replica(prometheus, queries_q)
+
     client = stack.client()
     for i in range(4):
         client.chat.completions.create(
@@ -102,19 +115,23 @@ def test_prometheus_shows_per_replica_hit_rate_and_router_outcomes(
             messages=[{"role": "system", "content": SYSTEM},
                       {"role": "user", "content": f"Telemetry question {i}?"}])
 
-    # Scraped at all: the target is up.
-    up = wait_for(prometheus, 'up{job="cacheroute"}', lambda r: r and r[0]["value"][1] == "1")
-    assert up and up[0]["value"][1] == "1", up
+    # The per-replica hit rate as an operator queries it: one series per replica.
+    hit_rate = wait_for(prometheus, f"{hits_q} / {queries_q}", lambda r: len(r) == 2)
+    assert {s["metric"]["replica"] for s in hit_rate} == set(queries0), hit_rate
+    assert all(0 <= float(s["value"][1]) <= 1 for s in hit_rate), hit_rate
 
-    # Each replica reports its engine's prefix cache; the one that took the repeated
-    # system prompt hits. Routing stats reach /metrics every couple of seconds.
-    hit_rate = ("sum by (replica) (vllm:prefix_cache_hits_total)"
-                " / sum by (replica) (vllm:prefix_cache_queries_total)")
-    result = wait_for(prometheus, hit_rate,
-                      lambda r: len(r) == 2 and max(float(s["value"][1]) for s in r) > 0.5)
-    assert len(result) == 2, result
-    assert len({s["metric"]["replica"] for s in result}) == 2
-    assert max(float(s["value"][1]) for s in result) > 0.5, result
+    # Over these 4 requests alone, the replica that took the repeated system prompt
+    # served most of its prompt tokens from cache (routing stats reach /metrics every
+    # couple of seconds, hence the wait).
+    def window_rates() -> dict[str, float]:
+        hits, queries = by_replica(prometheus, hits_q), by_replica(prometheus, queries_q)
+        return {r: (hits[r] - hits0.get(r, 0)) / (queries[r] - queries0.get(r, 0))
+                for r in queries if queries[r] > queries0.get(r, 0)}
+
+    deadline = time.monotonic() + 60
+    while max(window_rates().values(), default=0) <= 0.5 and time.monotonic() < deadline:
+        time.sleep(1)
+    assert max(window_rates().values(), default=0) > 0.5, (window_rates(), hits0, queries0)
 
     outcomes = wait_for(prometheus, "sum by (outcome) (cacheroute_router_decisions_total)",
                         lambda r: any(s["metric"]["outcome"] == "owner_hit"
