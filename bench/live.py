@@ -48,6 +48,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from bench import chat_sessions, documents_qa
+from bench.cli_args import policy_list
 from bench.machine import describe, machine_info
 from bench.oracle import DEFAULT_ORACLE_BLOCK_SIZE, capacity_oracle_hits, oracle_hits
 from bench.policy_run import MODEL_ID, ServiceSettings, run_measured
@@ -68,13 +69,7 @@ POLICIES = ("pow2", "ray-prefix", "cacheroute", "random")
 WORKLOADS = ("tenants", "sessions", "documents", "trace", "vllm-prefix-repetition")
 
 
-def _policies(text: str) -> list[str]:
-    names = [p.strip() for p in text.split(",") if p.strip()]
-    bad = [p for p in names if p not in POLICIES]
-    if bad or not names:
-        raise argparse.ArgumentTypeError(
-            f"unknown policy {', '.join(bad) or '(none)'}; choose from {', '.join(POLICIES)}")
-    return names
+_policies = policy_list(POLICIES)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,12 +25,17 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Mapping, Protocol
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
-                                    HistogramMetricFamily, Metric)
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 # Key of the engine snapshot in routing stats; must equal
@@ -57,7 +62,7 @@ class ReplicaSource(Protocol):
     def replica_views(self) -> list[ReplicaView]: ...
 
 
-_sources: "weakref.WeakSet[Any]" = weakref.WeakSet()
+_sources: weakref.WeakSet[Any] = weakref.WeakSet()
 _sources_lock = threading.Lock()
 
 
@@ -117,18 +122,14 @@ class ReplicaCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         views = current_views()
         label = ["replica"]
-        for name, key, doc in _ENGINE_COUNTERS:
-            fam = CounterMetricFamily(name, doc, labels=label)
-            for v in views:
-                if key in v.engine:
-                    fam.add_metric([v.replica], float(v.engine[key]))
-            yield fam
-        for name, key, doc in _ENGINE_GAUGES:
-            fam = GaugeMetricFamily(name, doc, labels=label)
-            for v in views:
-                if key in v.engine:
-                    fam.add_metric([v.replica], float(v.engine[key]))
-            yield fam
+        for family, specs in ((CounterMetricFamily, _ENGINE_COUNTERS),
+                              (GaugeMetricFamily, _ENGINE_GAUGES)):
+            for name, key, doc in specs:
+                fam = family(name, doc, labels=label)
+                for v in views:
+                    if key in v.engine:
+                        fam.add_metric([v.replica], float(v.engine[key]))
+                yield fam
         for name, key, doc in _ENGINE_HISTOGRAMS:
             fam = HistogramMetricFamily(name, doc, labels=label)
             for v in views:

@@ -27,6 +27,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from bench.cli_args import policy_list
 from bench.sim.engine import SMOLLM2_135M_GEOMETRY, EngineParams, kv_capacity_blocks
 from bench.sim.loop import FleetParams, RunResult, simulate
 from bench.sim.prompts import PromptHasher, SimRequest, sim_requests
@@ -40,13 +41,7 @@ from router import PolicyConfig
 _DEFAULT_ENGINE = EngineParams()
 
 
-def _policies(text: str) -> list[str]:
-    names = [p.strip() for p in text.split(",") if p.strip()]
-    bad = [p for p in names if p not in POLICIES]
-    if bad or not names:
-        raise argparse.ArgumentTypeError(
-            f"unknown policy {', '.join(bad) or '(none)'}; choose from {', '.join(POLICIES)}")
-    return names
+_policies = policy_list(POLICIES)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -26,19 +26,9 @@ from serving.prefix_store import (
     prefix_key,
 )
 from tests.redis_server import redis_server_binary, running_redis
+from tests.unit.prefix_fakes import Clock
 
 LIMITS = StoreLimits(max_prefixes=4, max_total_tokens=1000)
-
-
-class Clock:
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 StoreFactory = Callable[[StoreLimits, Clock], PrefixStore]
