@@ -10,15 +10,18 @@ core's Decision back into Serve's tiers, one replica each, from ``Decision.send_
 
 Serve takes the first tier whose replica has a free slot (below
 ``max_ongoing_requests``), probing queue lengths as usual. A cacheable request whose
-chosen replica is full waits and Serve asks again, so the core's load bound, not
-Serve's cap, decides when it spills: a fall-through to a replica without the prefix
-would be a full prefill, which on slow engines turns queueing into misses
-(docs/simulator.md, "Routing under overload").
+chosen replica is full waits, so the core's load bound, not Serve's cap, decides when
+it spills: a fall-through to a replica without the prefix would be a full prefill,
+which on slow engines turns queueing into misses (docs/simulator.md, "Routing under
+overload"). It waits inside ``choose_replicas`` on that replica's FIFO queue
+(serving/slot_waiters.py), woken by the completion of a request there, instead of in
+Serve's polling backoff, and its tokens are kept for the re-decision.
 
-Hooks used (contract-tested in tests/unit/test_ray_router_contract.py):
-`initialize_state`, `choose_replicas`, `update_replicas`, `on_replica_actor_died`. Each process that holds a handle (every ingress replica) has its
-own instance; instances agree because the core is deterministic and converge through
-the engines' KV events.
+Hooks used (contract-tested in tests/unit/test_ray_router.py): `initialize_state`,
+`choose_replicas`, `update_replicas`, `on_replica_actor_died`,
+`on_request_completed`, `on_new_queue_len_info`. Each process that holds a handle
+(every ingress replica) has its own instance; instances agree because the core is
+deterministic and converge through the engines' KV events.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections import OrderedDict
 from typing import Any, List, Optional
 
 from ray.serve._private.common import ReplicaID
@@ -41,6 +45,7 @@ from serving.config import ServiceConfig
 from serving.prompt_tokens import PromptTokenizer
 from serving.router_metrics import RouterMetrics
 from serving.router_registry import register_router
+from serving.slot_waiters import SlotWaiters
 from serving.telemetry import ReplicaView, register_source, views_from
 from serving.tracing import RouteLog, process_route_log
 
@@ -53,6 +58,15 @@ KV_EVENTS_STATS_KEY = "cacheroute_kv_events_endpoint"
 # Prompts longer than this are tokenised in a worker thread, keeping the event loop
 # free; shorter ones cost less than the thread hop.
 _THREAD_TOKENIZE_MIN_CHARS = 4096
+
+# Longest single park of a request waiting for its replica's next free slot. Only a
+# missed wake-up (a cancelled request, a queue length the replica corrected) waits
+# this long; then Serve probes the replica and asks again.
+_SLOT_WAIT_TIMEOUT_S = 2.0
+
+# Tokenised requests kept while they wait to be routed (re-decisions reuse them);
+# entries leave when the request completes, this bounds the ones that never do.
+_MAX_ROUTE_CACHE = 4096
 
 
 def policy_config(config: ServiceConfig) -> PolicyConfig:
@@ -99,15 +113,20 @@ class CacheRouteRequestRouter(RequestRouter):
         # Decisions for the ingress's trace spans (serving/tracing.py); None when off.
         self._route_log: Optional[RouteLog] = (
             process_route_log() if config.tracing.enabled else None)
+        self._slot_waiters = SlotWaiters()
+        self._routes: OrderedDict[str, RouteRequest] = OrderedDict()
         register_source(self)
         register_router(self._deployment_id.name, self)
 
     # --- membership -------------------------------------------------------------
 
     def update_replicas(self, replicas: List[RunningReplica]) -> None:
+        gone = set(self._policy.replicas) - {r.replica_id.unique_id for r in replicas}
         super().update_replicas(replicas)
         ids = [r.replica_id.unique_id for r in replicas]
         self._policy.set_replicas(ids)
+        for rid in gone:  # their waiters re-decide among the replicas left
+            self._slot_waiters.wake_all(rid)
         self._metrics.on_replicas(self._policy.replicas)
         self._sync_subscribers(replicas)
 
@@ -116,6 +135,29 @@ class CacheRouteRequestRouter(RequestRouter):
         self._policy.on_replica_removed(replica_id.unique_id)
         self._metrics.on_replicas(self._policy.replicas)
         self._stop_subscriber(replica_id.unique_id)
+        self._slot_waiters.wake_all(replica_id.unique_id)
+
+    # --- slots --------------------------------------------------------------------
+
+    def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
+        super().on_request_completed(replica_id, internal_request_id)
+        self._routes.pop(internal_request_id, None)
+        # Serve decrements the queue-length cache in a callback queued after this
+        # one, so the woken request re-decides with the slot already counted free.
+        self._slot_waiters.wake_one(replica_id.unique_id)
+
+    def on_new_queue_len_info(self, replica_id: ReplicaID, num_ongoing_requests: int) -> None:
+        super().on_new_queue_len_info(replica_id, num_ongoing_requests)
+        replica = self.curr_replicas.get(replica_id)
+        if replica is None:
+            return
+        for _ in range(max(0, replica.max_ongoing_requests - num_ongoing_requests)):
+            if not self._slot_waiters.wake_one(replica_id.unique_id):
+                break
+
+    def _is_full(self, replica: RunningReplica) -> bool:
+        queue_len = self._replica_queue_len_cache.get(replica.replica_id)
+        return queue_len is not None and queue_len >= replica.max_ongoing_requests
 
     def _sync_subscribers(self, replicas: List[RunningReplica]) -> None:
         live = {r.replica_id.unique_id for r in replicas}
@@ -167,6 +209,17 @@ class CacheRouteRequestRouter(RequestRouter):
     async def route_request(self, pending_request: Optional[PendingRequest]) -> RouteRequest:
         if pending_request is None or not pending_request.args:
             return RouteRequest()
+        key = pending_request.metadata.internal_request_id
+        cached = self._routes.get(key)
+        if cached is not None:
+            return cached
+        request = await self._tokenize(pending_request)
+        self._routes[key] = request
+        if len(self._routes) > _MAX_ROUTE_CACHE:
+            self._routes.popitem(last=False)
+        return request
+
+    async def _tokenize(self, pending_request: PendingRequest) -> RouteRequest:
         body = pending_request.args[0]
         if _prompt_chars(body) >= _THREAD_TOKENIZE_MIN_CHARS:
             token_ids = await asyncio.to_thread(self._tokenizer.token_ids, body)
@@ -200,15 +253,27 @@ class CacheRouteRequestRouter(RequestRouter):
             request = RouteRequest()
         tokenized = time.perf_counter()
         decision = self._policy.select(request, self._in_flight(candidate_replicas))
+        decide_s = time.perf_counter() - tokenized
+        by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
+        # A keyed request whose replica is full parks until a slot there frees, then
+        # re-decides with the new loads (the bound may now allow a spill). Metrics and
+        # traces record the decision that is finally offered.
+        while (len(decision.send_order) == 1 and decision.replica_id in by_id
+               and self._is_full(by_id[decision.replica_id])):
+            if not await self._slot_waiters.wait(decision.replica_id,
+                                                 timeout_s=_SLOT_WAIT_TIMEOUT_S):
+                break
+            by_id = {rid: r for rid, r in by_id.items() if r.replica_id in self.curr_replicas}
+            if not by_id:
+                return []
+            decision = self._policy.select(request, self._in_flight(list(by_id.values())))
         self._metrics.on_decision(decision, len(request.token_ids or ()),
-                                  tokenize_s=tokenized - started,
-                                  decide_s=time.perf_counter() - tokenized)
+                                  tokenize_s=tokenized - started, decide_s=decide_s)
         self.last_decision = decision
         if self._route_log is not None and pending_request is not None:
             self._route_log.record(pending_request.metadata.internal_request_id, decision,
                                    prompt_tokens=len(request.token_ids or ()),
                                    elapsed_s=time.perf_counter() - started)
-        by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
         tiers = [[by_id[rid]] for rid in decision.send_order if rid in by_id]
         # The chosen id always comes from these candidates; ranked is the safe fallback.
         return tiers or [[by_id[rid]] for rid in decision.ranked if rid in by_id]

@@ -188,6 +188,9 @@ def test_policy_config_follows_service_config() -> None:
     (RequestRouter, "on_replica_actor_died", ["self", "replica_id"]),
     (RequestRouter, "on_request_routed", ["self", "pending_request", "replica_id", "result"]),
     (RequestRouter, "initialize_state", ["self", "kwargs"]),
+    (RequestRouter, "on_request_completed", ["self", "replica_id", "internal_request_id"]),
+    (RequestRouter, "on_new_queue_len_info", ["self", "replica_id", "num_ongoing_requests"]),
+    (RequestRouter, "decrement_queue_len_cache", ["self", "replica_id"]),
     (LLMServer, "start", ["self"]),
     (LLMServer, "record_routing_stats", ["self"]),
     (LLMServer, "reset_prefix_cache", ["self"]),
@@ -213,3 +216,55 @@ def test_serve_can_ship_the_router_class(path: str) -> None:
 
     config = RequestRouterConfig(request_router_class=path)
     assert config.get_request_router_class().__name__ == path.rpartition(":")[2]
+
+
+# --- waiting for a slot on the chosen replica ------------------------------------
+
+def test_a_request_for_a_full_replica_waits_for_its_next_free_slot(tiny_model: Path) -> None:
+    replicas = [FakeRunningReplica(f"replica-{i}", max_ongoing_requests=1) for i in range(2)]
+    router = make_router(tiny_model, replicas)
+    home = choose(router, make_pending(SYSTEM, "warm"))[0][0]
+    full = next(r for r in replicas if r.replica_id.unique_id == home)
+    on_loop(router.on_send_request, full.replica_id)  # its one slot is taken
+    parked = make_pending(SYSTEM, "parked")
+
+    async def scenario() -> list[list[str]]:
+        task = asyncio.ensure_future(router.choose_replicas(
+            list(router.curr_replicas.values()), parked))
+        await asyncio.sleep(0.05)
+        assert not task.done(), "offered a full replica instead of waiting"
+        router.on_request_completed(full.replica_id, "i-warm")
+        router.decrement_queue_len_cache(full.replica_id)
+        tiers = await asyncio.wait_for(task, 5)
+        return [[r.replica_id.unique_id for r in tier] for tier in tiers]
+
+    assert LOOP.run_until_complete(scenario()) == [[home]]
+
+
+def test_a_missed_wake_up_falls_back_to_serve_after_the_timeout(
+        tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import serving.ray_router as ray_router
+
+    monkeypatch.setattr(ray_router, "_SLOT_WAIT_TIMEOUT_S", 0.05)
+    replicas = [FakeRunningReplica(f"replica-{i}", max_ongoing_requests=1) for i in range(2)]
+    router = make_router(tiny_model, replicas)
+    home = choose(router, make_pending(SYSTEM, "warm"))[0][0]
+    full = next(r for r in replicas if r.replica_id.unique_id == home)
+    on_loop(router.on_send_request, full.replica_id)
+    # Still offered its own replica: Serve probes it and asks again later.
+    assert choose(router, make_pending(SYSTEM, "parked")) == [[home]]
+
+
+def test_a_waiting_request_is_tokenized_once(tiny_model: Path) -> None:
+    router = make_router(tiny_model, make_replicas(2))
+    calls: list[object] = []
+    real = router._tokenizer.token_ids
+    router._tokenizer.token_ids = lambda body: calls.append(body) or real(body)
+    pending = make_pending(SYSTEM, "asked twice")
+    first = choose(router, pending)
+    assert choose(router, pending) == first
+    assert len(calls) == 1
+    # Completion releases the kept tokens.
+    on_loop(router.on_request_completed, make_replicas(1)[0].replica_id, "i-asked twice")
+    choose(router, pending)
+    assert len(calls) == 2
