@@ -15,6 +15,12 @@ Serve's cap, decides when it spills: a fall-through to a replica without the pre
 would be a full prefill, which on slow engines turns queueing into misses
 (docs/simulator.md, "Routing under overload").
 
+Failover (docs/failover.md): each decision is recorded under the request's Serve id
+(serving/attempt_log.py); a retry of that request is routed past the replicas that
+failed it (``Decision.failover``: outcome FAILOVER). A replica whose routing stats
+report its engine stalled past ``failover.progress_timeout_s`` is ejected from the
+ring until it reports progress again (serving/engine_progress.py).
+
 Hooks used (contract-tested in tests/unit/test_ray_router_contract.py):
 `initialize_state`, `choose_replicas`, `update_replicas`, `on_replica_actor_died`. Each process that holds a handle (every ingress replica) has its
 own instance; instances agree because the core is deterministic and converge through
@@ -35,9 +41,12 @@ from ray.serve._private.request_router.common import PendingRequest
 from ray.serve._private.request_router.replica_wrapper import RunningReplica
 from ray.serve.request_router import RequestRouter
 
-from router import CacheAwarePolicy, Decision, PolicyConfig, RouteRequest
+from router import CacheAwarePolicy, Decision, EmptyRingError, PolicyConfig, RouteRequest
 from router.kv_events import KVEventBatch, KVEventSubscriber
+from serving.attempt_log import AttemptLog, process_attempt_log
 from serving.config import ServiceConfig
+from serving.engine_progress import ENGINE_PROGRESS_KEY, is_hung
+from serving.failover_metrics import FailoverMetrics
 from serving.prompt_tokens import PromptTokenizer
 from serving.router_metrics import RouterMetrics
 from serving.router_registry import register_router
@@ -99,6 +108,12 @@ class CacheRouteRequestRouter(RequestRouter):
         # Decisions for the ingress's trace spans (serving/tracing.py); None when off.
         self._route_log: Optional[RouteLog] = (
             process_route_log() if config.tracing.enabled else None)
+        # Failover (serving/failover.py): where each request went, what its retry
+        # must avoid, and which replicas are out of the ring for lack of progress.
+        self._attempts: AttemptLog = process_attempt_log()
+        self._progress_timeout_s = config.failover.progress_timeout_s
+        self._eject_hung = config.failover.enabled
+        self._failover_metrics = FailoverMetrics()
         register_source(self)
         register_router(self._deployment_id.name, self)
 
@@ -108,12 +123,35 @@ class CacheRouteRequestRouter(RequestRouter):
         super().update_replicas(replicas)
         ids = [r.replica_id.unique_id for r in replicas]
         self._policy.set_replicas(ids)
+        if self._eject_hung:
+            self._follow_progress(replicas)
         self._metrics.on_replicas(self._policy.replicas)
         self._sync_subscribers(replicas)
+
+    def _follow_progress(self, replicas: List[RunningReplica]) -> None:
+        """Eject a replica whose engine reports no progress (serving/engine_progress.py)
+        and readmit it once it progresses again; Serve re-sends the replica list
+        whenever a replica's routing stats change."""
+        for replica in replicas:
+            rid = replica.replica_id.unique_id
+            try:
+                report = (replica.routing_stats or {}).get(ENGINE_PROGRESS_KEY)
+            except AttributeError:  # a replica wrapper without routing info yet
+                report = None
+            if is_hung(report, self._progress_timeout_s):
+                if self._policy.eject(rid):
+                    logger.warning("cacheroute: replica %s made no progress for %.1f s; "
+                                   "out of the ring", rid, report["stalled_s"])
+                    self._failover_metrics.on_ejection("ejected", len(self._policy.ejected))
+            elif rid in self._policy.ejected and self._policy.readmit(rid):
+                logger.info("cacheroute: replica %s progresses again; back on the ring", rid)
+                self._failover_metrics.on_ejection("readmitted", len(self._policy.ejected))
+        self._attempts.set_ejected(self._policy.ejected)
 
     def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
         super().on_replica_actor_died(replica_id)
         self._policy.on_replica_removed(replica_id.unique_id)
+        self._attempts.set_ejected(self._policy.ejected)
         self._metrics.on_replicas(self._policy.replicas)
         self._stop_subscriber(replica_id.unique_id)
 
@@ -200,10 +238,20 @@ class CacheRouteRequestRouter(RequestRouter):
             request = RouteRequest()
         tokenized = time.perf_counter()
         decision = self._policy.select(request, self._in_flight(candidate_replicas))
+        request_key = pending_request.metadata.internal_request_id if pending_request else ""
+        avoided = self._attempts.avoided(request_key) if request_key else frozenset()
+        if avoided:
+            # A retry (serving/failover.py): the next replica along the ring that has
+            # not failed this request; every replica failed it -> the usual choice.
+            try:
+                decision = decision.failover(avoided)
+            except EmptyRingError:
+                pass
         self._metrics.on_decision(decision, len(request.token_ids or ()),
                                   tokenize_s=tokenized - started,
                                   decide_s=time.perf_counter() - tokenized)
         self.last_decision = decision
+        self._attempts.record(request_key, decision.replica_id)
         if self._route_log is not None and pending_request is not None:
             self._route_log.record(pending_request.metadata.internal_request_id, decision,
                                    prompt_tokens=len(request.token_ids or ()),
