@@ -170,6 +170,8 @@ class Failover:
                     try:
                         events = state.consume(item)
                     except StreamBroken as broken:
+                        if broken.events:
+                            yield broken.events
                         raise AttemptFailed(FailureReason.ENGINE_ERROR, broken.message) \
                             from broken
                     if events:

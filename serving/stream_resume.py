@@ -39,11 +39,13 @@ DONE_EVENT = "data: [DONE]\n\n"
 
 
 class StreamBroken(Exception):
-    """The upstream stream carried a server-side error chunk instead of its rest."""
+    """The upstream stream carried a server-side error chunk instead of its rest.
+    `events`: what the same item held before the error, to be sent on."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, events: list[str] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.events = events or []
 
 
 def sse_events(item: Any) -> Iterable[str]:
@@ -126,10 +128,12 @@ class StreamResume:
         self._prompt_usage: dict[str, Any] | None = None
         # Completion tokens of earlier attempts (the current one's come in its usage).
         self._base_tokens = 0
+        self._continued = False
 
     @property
     def resumed(self) -> bool:
-        return self.attempt > 0 and self.started
+        """Some attempt continued output an earlier one had started."""
+        return self._continued
 
     def upstream_body(self) -> Any:
         """The request of the first attempt: the client's, asking for per-chunk usage."""
@@ -143,6 +147,7 @@ class StreamResume:
         body = self.upstream_body()
         if not self.started:
             return body
+        self._continued = True
         update: dict[str, Any] = {}
         for field in ("max_tokens", "max_completion_tokens"):
             limit = getattr(body, field, None)
@@ -165,7 +170,7 @@ class StreamResume:
 
     def consume(self, item: Any) -> list[str]:
         """Rewrite one upstream item into the events to send on; raises StreamBroken
-        on a server error chunk (nothing of that item after it is sent)."""
+        on a server error chunk, carrying the item's events before it."""
         out = []
         for payload in sse_events(item):
             if payload == "[DONE]":
@@ -177,7 +182,7 @@ class StreamResume:
                 error = obj["error"] or {}
                 code = error.get("code")
                 if not isinstance(code, int) or code >= 500:
-                    raise StreamBroken(str(error.get("message") or "engine error"))
+                    raise StreamBroken(str(error.get("message") or "engine error"), out)
                 out.append(_dump(obj))
                 continue
             event = self._chunk(obj)
@@ -196,7 +201,7 @@ class StreamResume:
         events.append(self._with_identity({"object": self._object(), "choices": [choice]}))
         if self._client_usage:
             events.append(self._with_identity({"object": self._object(), "choices": [],
-                                               "usage": self._usage(0)}))
+                                               "usage": self._usage(self.sent_tokens)}))
         return [*events, DONE_EVENT]
 
     # --- internals -----------------------------------------------------------------
@@ -210,10 +215,9 @@ class StreamResume:
         obj.setdefault("model", getattr(self._body, "model", None))
         return _dump(obj)
 
-    def _usage(self, attempt_tokens: int) -> dict[str, Any]:
+    def _usage(self, completion: int) -> dict[str, Any]:
         usage = dict(self._prompt_usage or {})
         prompt = int(usage.get("prompt_tokens") or 0)
-        completion = self._base_tokens + attempt_tokens
         usage.update(prompt_tokens=prompt, completion_tokens=completion,
                      total_tokens=prompt + completion)
         return usage
@@ -226,12 +230,12 @@ class StreamResume:
         if self._prompt_usage is None and usage:
             self._prompt_usage = {k: v for k, v in usage.items()
                                   if k not in ("completion_tokens", "total_tokens")}
-        if self.attempt:
+        if self._continued:
             obj["id"], obj["created"] = self._id, self._created
         choices = obj.get("choices") or []
         keep = []
         for choice in choices:
-            if self.attempt and self._kind == "chat":
+            if self._continued and self._kind == "chat":
                 delta = choice.get("delta") or {}
                 delta.pop("role", None)
                 if not any(v not in (None, "", []) for v in delta.values()) and \
@@ -245,7 +249,7 @@ class StreamResume:
         if attempt_tokens is not None:
             self.sent_tokens = self._base_tokens + attempt_tokens
         if usage is not None:
-            obj["usage"] = self._usage(attempt_tokens or 0)
+            obj["usage"] = self._usage(self._base_tokens + (attempt_tokens or 0))
         if choices and not keep:
             return None
         obj["choices"] = keep
