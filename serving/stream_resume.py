@@ -125,7 +125,9 @@ class StreamResume:
         self.attempt = 0
         self._id: str | None = None
         self._created: int | None = None
-        self._prompt_usage: dict[str, Any] | None = None
+        # The first attempt's prompt accounting, which every later usage reports.
+        self._prompt_tokens: int | None = None
+        self._prompt_details: Any = None
         # Completion tokens of earlier attempts (the current one's come in its usage).
         self._base_tokens = 0
         self._continued = False
@@ -148,6 +150,9 @@ class StreamResume:
         if not self.started:
             return body
         self._continued = True
+        if not self.text:
+            # Only the role chunk went out: the request itself, rewritten into the stream.
+            return body
         update: dict[str, Any] = {}
         for field in ("max_tokens", "max_completion_tokens"):
             limit = getattr(body, field, None)
@@ -201,7 +206,7 @@ class StreamResume:
         events.append(self._with_identity({"object": self._object(), "choices": [choice]}))
         if self._client_usage:
             events.append(self._with_identity({"object": self._object(), "choices": [],
-                                               "usage": self._usage(self.sent_tokens)}))
+                                               "usage": self._closing_usage()}))
         return [*events, DONE_EVENT]
 
     # --- internals -----------------------------------------------------------------
@@ -215,11 +220,24 @@ class StreamResume:
         obj.setdefault("model", getattr(self._body, "model", None))
         return _dump(obj)
 
-    def _usage(self, completion: int) -> dict[str, Any]:
-        usage = dict(self._prompt_usage or {})
-        prompt = int(usage.get("prompt_tokens") or 0)
+    def _closing_usage(self) -> dict[str, Any]:
+        prompt = self._prompt_tokens or 0
+        usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": self.sent_tokens,
+                                 "total_tokens": prompt + self.sent_tokens}
+        if self._prompt_details is not None:
+            usage["prompt_tokens_details"] = self._prompt_details
+        return usage
+
+    def _usage(self, upstream: dict[str, Any], completion: int) -> dict[str, Any]:
+        """An upstream usage object as the client's stream reports it."""
+        if not self._continued:
+            return upstream
+        usage = dict(upstream)
+        prompt = self._prompt_tokens or 0
         usage.update(prompt_tokens=prompt, completion_tokens=completion,
                      total_tokens=prompt + completion)
+        if self._prompt_details is not None:
+            usage["prompt_tokens_details"] = self._prompt_details
         return usage
 
     def _chunk(self, obj: dict[str, Any]) -> str | None:
@@ -227,9 +245,11 @@ class StreamResume:
         attempt_tokens = int(usage.get("completion_tokens") or 0) if usage else None
         if self._id is None:
             self._id, self._created = obj.get("id"), obj.get("created")
-        if self._prompt_usage is None and usage:
-            self._prompt_usage = {k: v for k, v in usage.items()
-                                  if k not in ("completion_tokens", "total_tokens")}
+        if usage and not self._continued:
+            if self._prompt_tokens is None:
+                self._prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            if usage.get("prompt_tokens_details") is not None:
+                self._prompt_details = usage["prompt_tokens_details"]
         if self._continued:
             obj["id"], obj["created"] = self._id, self._created
         choices = obj.get("choices") or []
@@ -249,7 +269,7 @@ class StreamResume:
         if attempt_tokens is not None:
             self.sent_tokens = self._base_tokens + attempt_tokens
         if usage is not None:
-            obj["usage"] = self._usage(self._base_tokens + (attempt_tokens or 0))
+            obj["usage"] = self._usage(usage, self._base_tokens + (attempt_tokens or 0))
         if choices and not keep:
             return None
         obj["choices"] = keep

@@ -187,3 +187,33 @@ def test_a_chat_retried_before_any_output_keeps_its_role_chunk() -> None:
                                   chat_chunk("Hi", tokens=1, id_="c9")]))
     assert out[0]["choices"][0]["delta"]["role"] == "assistant"
     assert {c["id"] for c in out} == {"c9"}
+
+
+def test_usage_keeps_the_engines_prompt_details() -> None:
+    details = {"cached_tokens": 4}
+    final = json.loads(usage_chunk(tokens=2, id_="c1", prompt_tokens=5,
+                                   obj="chat.completion.chunk")[6:])
+    final["usage"]["prompt_tokens_details"] = details
+    state = StreamResume(make_chat(stream_options={"include_usage": True}), "chat")
+    out = payloads(state.consume([chat_chunk("Hi", tokens=1), sse(final)]))
+    assert out[-1]["usage"]["prompt_tokens_details"] == details
+    # A continuation reports the first attempt's prompt, details included.
+    state = StreamResume(make_chat(stream_options={"include_usage": True}), "chat")
+    state.consume([chat_chunk("Hi", tokens=1), sse(final)])
+    state.next_attempt()
+    final["usage"]["prompt_tokens_details"] = {"cached_tokens": 0}
+    final["usage"]["prompt_tokens"] = 7
+    out = payloads(state.consume([sse(final)]))
+    assert out[-1]["usage"]["prompt_tokens_details"] == details
+    assert out[-1]["usage"]["prompt_tokens"] == 5
+
+
+def test_a_chat_broken_after_its_role_chunk_only_is_sent_again_unchanged() -> None:
+    state = StreamResume(make_chat(), "chat")
+    state.consume([chat_chunk("", role="assistant", tokens=0)])
+    body = state.next_attempt()
+    assert body.messages == [{"role": "user", "content": "hi"}]
+    assert not body.continue_final_message
+    out = payloads(state.consume([chat_chunk("", role="assistant", tokens=0, id_="c2"),
+                                  chat_chunk("Hi", tokens=1, id_="c2")]))
+    assert len(out) == 1 and out[0]["id"] == "c1" and "role" not in out[0]["choices"][0]["delta"]
