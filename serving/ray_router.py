@@ -240,7 +240,7 @@ class CacheRouteRequestRouter(RequestRouter):
         decision = self._policy.select(request, self._in_flight(candidate_replicas))
         request_key = pending_request.metadata.internal_request_id if pending_request else ""
         avoided = self._attempts.avoided(request_key) if request_key else frozenset()
-        if avoided:
+        if decision.replica_id in avoided:
             # A retry (serving/failover.py): the next replica along the ring that has
             # not failed this request; every replica failed it -> the usual choice.
             try:

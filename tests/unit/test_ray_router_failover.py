@@ -80,3 +80,19 @@ def test_a_replica_reporting_no_progress_leaves_the_ring_until_it_progresses(
     # Back with its arcs and its cache: the prefix goes home again.
     assert choose(router, make_pending(SYSTEM, "q"))[0][0] == home
     assert counter("cacheroute_router_ejected_replicas") == 0
+
+
+def test_a_retry_whose_choice_already_moved_keeps_it(tiny_model: Path) -> None:
+    replicas = make_stats_replicas(3)
+    router = make_router(tiny_model, replicas)
+    pending = make_pending(SYSTEM, "moved question")
+    key = pending.metadata.internal_request_id
+    log = process_attempt_log()
+    first = choose(router, pending)[0][0]
+    log.avoid(key, first)
+    on_loop(router.on_replica_actor_died,
+            next(r for r in replicas if r.replica_id.unique_id == first).replica_id)
+    choose(router, pending)
+    assert router.last_decision.outcome is not Outcome.FAILOVER
+    assert router.last_decision.replica_id != first
+    log.forget(key)
