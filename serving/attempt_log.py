@@ -8,6 +8,7 @@ for every attempt of one HTTP request). So the router writes here, per decision:
 
     record(key, replica)      the replica the latest attempt of `key` went to
     avoid(key, replica)       the failover loop: a retry of `key` must skip it
+    next_attempt(key)         the failover loop: the retry is not routed yet
     avoided(key)              the router, on the retry: replicas to route around
     set_ejected(ids)          the router: replicas out of the ring (hung)
     is_ejected(id)            the failover loop, while an attempt waits for output
@@ -60,6 +61,14 @@ class AttemptLog:
             return
         with self._lock:
             self._entry(key).replica = replica
+
+    def next_attempt(self, key: str) -> None:
+        """The request is about to be sent again: until the router decides, it is on
+        no replica (an ejection of the previous one must not end the new attempt)."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                entry.replica = None
 
     def replica_of(self, key: str) -> str | None:
         with self._lock:

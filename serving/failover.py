@@ -219,6 +219,7 @@ class Failover:
             return False
         self._metrics.on_retry(failure.reason, phase)
         await self._sleep(self._backoff_s(attempt))
+        self._attempts.next_attempt(key)
         return True
 
     async def _attempt(self, items: AsyncIterator[Any], key: str) -> AsyncIterator[Any]:

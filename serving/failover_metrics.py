@@ -76,6 +76,10 @@ class FailoverMetrics:
     def on_failed(self, reason: str) -> None:
         FAILED.labels(reason=reason).inc()
 
-    def on_ejection(self, change: str, ejected_now: int) -> None:
+    def on_ejection(self, change: str) -> None:
         EJECTIONS.labels(change=change).inc()
+
+    def on_ejected(self, ejected_now: int) -> None:
+        # Also after membership changes: a replica that leaves while out of the ring
+        # (Serve replaced it) is no longer out.
         EJECTED.set(ejected_now)

@@ -142,16 +142,18 @@ class CacheRouteRequestRouter(RequestRouter):
                 if self._policy.eject(rid):
                     logger.warning("cacheroute: replica %s made no progress for %.1f s; "
                                    "out of the ring", rid, report["stalled_s"])
-                    self._failover_metrics.on_ejection("ejected", len(self._policy.ejected))
+                    self._failover_metrics.on_ejection("ejected")
             elif rid in self._policy.ejected and self._policy.readmit(rid):
                 logger.info("cacheroute: replica %s progresses again; back on the ring", rid)
-                self._failover_metrics.on_ejection("readmitted", len(self._policy.ejected))
+                self._failover_metrics.on_ejection("readmitted")
         self._attempts.set_ejected(self._policy.ejected)
+        self._failover_metrics.on_ejected(len(self._policy.ejected))
 
     def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
         super().on_replica_actor_died(replica_id)
         self._policy.on_replica_removed(replica_id.unique_id)
         self._attempts.set_ejected(self._policy.ejected)
+        self._failover_metrics.on_ejected(len(self._policy.ejected))
         self._metrics.on_replicas(self._policy.replicas)
         self._stop_subscriber(replica_id.unique_id)
 

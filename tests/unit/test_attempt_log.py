@@ -35,3 +35,11 @@ def test_ejected_set() -> None:
     log = AttemptLog()
     log.set_ejected(frozenset({"a"}))
     assert log.is_ejected("a") and not log.is_ejected("b")
+
+
+def test_next_attempt_clears_the_replica_but_keeps_what_to_avoid() -> None:
+    log = AttemptLog()
+    log.record("r1", "a")
+    log.avoid("r1", "a")
+    log.next_attempt("r1")
+    assert log.replica_of("r1") is None and log.avoided("r1") == {"a"}

@@ -209,3 +209,27 @@ def test_a_stream_that_cannot_be_resumed_ends_with_an_error_chunk() -> None:
     _, events = texts(out)
     assert '"error"' in events[-2] and events[-1] == "data: [DONE]\n\n"
     assert recorder.failed == ["not_resumable"] and len(replicas.bodies) == 1
+
+
+def test_a_retry_is_not_taken_for_hung_before_the_router_placed_it() -> None:
+    attempts, recorder = AttemptLog(), Recorder()
+
+    class SlowRouter(FakeReplicas):
+        """The retry's routing decision comes late (a busy router)."""
+
+        def send(self, body: Any) -> AsyncIterator[Any]:
+            if not self.bodies:
+                return super().send(body)
+            self.bodies.append(body)
+
+            async def late() -> AsyncIterator[Any]:
+                await asyncio.sleep(0.05)  # several hang-watch polls
+                attempts.record(KEY, "r1")
+                for item in [chunk(" a time", 2, id_="t2", finish="length"), DONE]:
+                    yield item
+            return late()
+
+    replicas = SlowRouter(attempts, [chunk(" upon", 1), HANG])
+    out = run(make_failover(attempts, recorder), stream_request(), "completions", replicas)
+    assert texts(out)[0] == " upon a time"
+    assert recorder.retries == [("hung", "mid_stream")]
