@@ -13,6 +13,11 @@ carry the engine's cache telemetry (serving/engine_stats.py) for every policy.
 
 With `tracing.enabled`, chat and completions run in an `llm.generate` span, child of
 the ingress's span (serving/tracing.py).
+
+Every chat and completion also counts as work the engine must progress on; the
+routing stats report how long the engine has had work without a step, the signal on
+which the router ejects a hung replica, and a stalled engine with nothing left in
+flight gets a one-token probe whose completion clears it (serving/engine_progress.py).
 """
 
 from __future__ import annotations
