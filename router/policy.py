@@ -187,6 +187,11 @@ class CacheAwarePolicy:
         self._hasher = PrefixHasher(config.block_size, config.hash_seed)
         self._ring = HashRing(replicas, virtual_nodes=config.virtual_nodes)
         self._replicas = self._ring.replicas
+        # Replicas that exist but are out of the ring (hung, ``eject``); always a
+        # subset of ``_members``. Their ownership is kept: a replica that recovers
+        # comes back with its cache, and the ring hands its arcs straight back.
+        self._members = self._replicas
+        self._ejected: frozenset[str] = frozenset()
         self._index = OwnershipIndex(
             max_entries=config.max_index_blocks, ttl_s=config.ownership_ttl_s, clock=clock
         )
@@ -200,20 +205,61 @@ class CacheAwarePolicy:
     def replicas(self) -> frozenset[str]:
         return self._replicas
 
+    @property
+    def ejected(self) -> frozenset[str]:
+        """Replicas that exist but are out of the ring until ``readmit``."""
+        return self._ejected
+
     def set_replicas(self, replica_ids: Iterable[str]) -> None:
-        """Replace the replica set; departed replicas' ownership is cleared."""
+        """Replace the replica set; departed replicas' ownership is cleared. An
+        ejected replica stays out of the ring while it remains a member."""
         wanted = frozenset(replica_ids)
         with self._lock:
-            for gone in self._replicas - wanted:
+            for gone in self._members - wanted:
                 self._index.clear(gone)
-            self._ring.set_replicas(wanted)
-            self._replicas = wanted
+            self._members = wanted
+            self._ejected &= wanted
+            self._apply_membership()
 
     def on_replica_removed(self, replica_id: str) -> None:
         with self._lock:
             self._index.clear(replica_id)
-            self._ring.remove(replica_id)
-            self._replicas = self._ring.replicas
+            self._members -= {replica_id}
+            self._ejected -= {replica_id}
+            self._apply_membership()
+
+    def eject(self, replica_id: str) -> bool:
+        """Take a member out of the ring (it is hung) without forgetting what it
+        caches: its arcs go to the next replicas along the ring, exactly as on a
+        removal, until ``readmit``. Refused (False) for a non-member, a replica
+        already out, or the last replica on the ring: an empty ring would fail every
+        request at once, while a hung last replica may still recover."""
+        with self._lock:
+            if replica_id not in self._replicas or len(self._replicas) == 1:
+                return False
+            self._ejected |= {replica_id}
+            self._apply_membership()
+            return True
+
+    def readmit(self, replica_id: str) -> bool:
+        """Put an ejected replica back on the ring; it gets back exactly the arcs it
+        had (the ring is a function of its members). False if it was not out."""
+        with self._lock:
+            if replica_id not in self._ejected:
+                return False
+            self._ejected -= {replica_id}
+            self._apply_membership()
+            return True
+
+    def _apply_membership(self) -> None:
+        on_ring = self._members - self._ejected
+        if not on_ring and self._members:
+            # Every member ejected (they hung one after another): route to all of
+            # them rather than to none; ejection is advice, not a failure.
+            self._ejected = frozenset()
+            on_ring = self._members
+        self._ring.set_replicas(on_ring)
+        self._replicas = on_ring
 
     def on_kv_events(self, replica_id: str, batch: KVEventBatch) -> AppliedEvents:
         """Apply one engine's KV-event batch (safe from a subscriber thread)."""

@@ -157,6 +157,35 @@ class TracingConfig(_Strict):
         return value
 
 
+class FailoverConfig(_Strict):
+    enabled: bool = True
+    """Retry a request whose replica fails and resume a stream that breaks mid-way on
+    another replica (docs/failover.md). Off: a replica failure reaches the client."""
+    max_attempts: int = Field(3, ge=1, le=10)
+    """Tries per request, the first included; each retry avoids every replica that
+    already failed it. 3 rides out one failure plus one more during the recovery."""
+    backoff_s: float = Field(0.2, ge=0, le=60, allow_inf_nan=False)
+    """Wait before the first retry, doubled per retry: a burst of failures from one
+    death does not turn into a burst of retries on the survivors."""
+    max_backoff_s: float = Field(2.0, ge=0, le=600, allow_inf_nan=False)
+    """Cap of the doubled wait between retries."""
+    progress_timeout_s: float = Field(30.0, gt=0, le=3600, allow_inf_nan=False)
+    """A replica whose engine has work but completes no step for this long is hung:
+    it leaves the ring and its requests move on. Measured on the engine (a step, not
+    a token of one request), so a merely busy replica never trips it; well above
+    the longest single step (a 4k-token CPU prefill takes a few seconds)."""
+    drain_timeout_s: float = Field(120.0, ge=0, le=3600, allow_inf_nan=False)
+    """A replica leaving (scale-down, redeploy) takes no new requests and gets this
+    long to finish the ones it has (Serve's graceful_shutdown_timeout_s): long enough
+    for a full-length CPU generation."""
+
+    @model_validator(mode="after")
+    def _backoff_bounds(self) -> "FailoverConfig":
+        if self.backoff_s > self.max_backoff_s:
+            raise ValueError("backoff_s must not exceed max_backoff_s")
+        return self
+
+
 REDIS_URL_ENV = "CACHEROUTE_REDIS_URL"
 
 
@@ -211,6 +240,7 @@ class ServiceConfig(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     tracing: TracingConfig = Field(default_factory=TracingConfig)
     prefixes: PrefixConfig = Field(default_factory=PrefixConfig)
+    failover: FailoverConfig = Field(default_factory=FailoverConfig)
 
     @model_validator(mode="after")
     def _consistent(self) -> "ServiceConfig":

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from vllm.config import VllmConfig
+
+from serving import engine_progress
 from vllm.v1.metrics.buckets import histogram_buckets
 from vllm.v1.metrics.loggers import StatLoggerBase
 from vllm.v1.metrics.stats import IterationStats, SchedulerStats
@@ -126,6 +128,10 @@ class EngineStatsLogger(StatLoggerBase):
                mm_cache_stats: Any = None, engine_idx: int = 0) -> None:
         with _lock:
             _totals.record(scheduler_stats, iteration_stats)
+        if scheduler_stats is not None or iteration_stats is not None:
+            # The engine core stepped (a partial prefill chunk has scheduler stats
+            # only): the replica's hang signal (engine_progress.py).
+            engine_progress.process_watch().on_step()
 
     def log_engine_initialized(self) -> None:
         pass

@@ -36,7 +36,9 @@ from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
 from ray.serve.schema import ApplicationStatus
 
 from serving import telemetry
-from serving.config import ServiceConfig
+from serving.attempt_log import process_attempt_log
+from serving.config import FailoverConfig, ServiceConfig
+from serving.failover import Failover
 from serving.prefix_api import PREFIX_ENDPOINTS, PrefixRoutes, observe_response
 from serving.prefix_backend import build_registry, ingress_args
 from serving.prefix_registry import PrefixError, PrefixMetrics
@@ -165,8 +167,11 @@ def build_fastapi_app(config: ServiceConfig) -> FastAPI:
 class CacheRouteIngress(PrefixRoutes, OpenAiIngress):
     def __init__(self, llm_deployments: dict, model_cards: dict, *, lora_paths=None,
                  app_name: str, llm_deployment: str, num_replicas: int,
-                 prefixes: dict[str, Any]) -> None:
+                 prefixes: dict[str, Any], failover: dict[str, Any] | None = None) -> None:
         super().__init__(llm_deployments, model_cards, lora_paths=lora_paths)
+        failover_config = FailoverConfig.model_validate(failover or {})
+        self._failover = (Failover(failover_config, attempts=process_attempt_log())
+                          if failover_config.enabled else None)
         self._app_name = app_name
         self._llm_deployment = llm_deployment
         self._num_replicas = num_replicas
@@ -175,6 +180,25 @@ class CacheRouteIngress(PrefixRoutes, OpenAiIngress):
             prefixes, models=frozenset(model_cards), deployment=llm_deployment,
             send_chat=lambda body: self._get_response(body=body, call_method="chat"),
             metrics=PrefixMetrics.for_registry(telemetry.REGISTRY))
+
+    async def _get_response(self, *, body: Any, call_method: str,
+                            raw_request: Request | None = None):
+        # Every chat and completion call to the engines, the prefix registry's
+        # included, goes through failover (serving/failover.py).
+        def send(attempt_body: Any):
+            return super(CacheRouteIngress, self)._get_response(
+                body=attempt_body, call_method=call_method, raw_request=raw_request)
+
+        if self._failover is None or call_method not in ("chat", "completions"):
+            stream = send(body)
+        else:
+            from ray.serve.context import _get_serve_request_context
+
+            stream = self._failover.run(
+                body, call_method, send,
+                request_key=_get_serve_request_context()._internal_request_id)
+        async for item in stream:
+            yield item
 
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
         # Which registered prefix the request starts with, and (from the engine's
@@ -248,5 +272,6 @@ def make_ingress_deployment(*, config: ServiceConfig, llm_config: LLMConfig,
         num_replicas=config.replicas,
         prefixes=ingress_args(
             config, config.model.tokenizer or llm_config.model_loading_config.model_source),
+        failover=config.failover.model_dump(),
     )
 

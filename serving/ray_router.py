@@ -17,6 +17,12 @@ overload"). It waits inside ``choose_replicas`` on that replica's FIFO queue
 (serving/slot_waiters.py), woken by the completion of a request there, instead of in
 Serve's polling backoff, and its tokens are kept for the re-decision.
 
+Failover (docs/failover.md): each decision is recorded under the request's Serve id
+(serving/attempt_log.py); a retry of that request is routed past the replicas that
+failed it (``Decision.failover``: outcome FAILOVER). A replica whose routing stats
+report its engine stalled past ``failover.progress_timeout_s`` is ejected from the
+ring until it reports progress again (serving/engine_progress.py).
+
 Hooks used (contract-tested in tests/unit/test_ray_router.py): `initialize_state`,
 `choose_replicas`, `update_replicas`, `on_replica_actor_died`,
 `on_request_completed`, `on_new_queue_len_info`. Each process that holds a handle
@@ -39,9 +45,12 @@ from ray.serve._private.request_router.common import PendingRequest
 from ray.serve._private.request_router.replica_wrapper import RunningReplica
 from ray.serve.request_router import RequestRouter
 
-from router import CacheAwarePolicy, Decision, PolicyConfig, RouteRequest
+from router import CacheAwarePolicy, Decision, EmptyRingError, PolicyConfig, RouteRequest
 from router.kv_events import KVEventBatch, KVEventSubscriber
+from serving.attempt_log import AttemptLog, process_attempt_log
 from serving.config import ServiceConfig
+from serving.engine_progress import ENGINE_PROGRESS_KEY, is_hung
+from serving.failover_metrics import FailoverMetrics
 from serving.prompt_tokens import PromptTokenizer
 from serving.router_metrics import RouterMetrics
 from serving.router_registry import register_router
@@ -115,6 +124,12 @@ class CacheRouteRequestRouter(RequestRouter):
             process_route_log() if config.tracing.enabled else None)
         self._slot_waiters = SlotWaiters()
         self._routes: OrderedDict[str, RouteRequest] = OrderedDict()
+        # Failover (serving/failover.py): where each request went, what its retry
+        # must avoid, and which replicas are out of the ring for lack of progress.
+        self._attempts: AttemptLog = process_attempt_log()
+        self._progress_timeout_s = config.failover.progress_timeout_s
+        self._eject_hung = config.failover.enabled
+        self._failover_metrics = FailoverMetrics()
         register_source(self)
         register_router(self._deployment_id.name, self)
 
@@ -127,12 +142,38 @@ class CacheRouteRequestRouter(RequestRouter):
         self._policy.set_replicas(ids)
         for rid in gone:  # their waiters re-decide among the replicas left
             self._slot_waiters.wake_all(rid)
+        if self._eject_hung:
+            self._follow_progress(replicas)
         self._metrics.on_replicas(self._policy.replicas)
         self._sync_subscribers(replicas)
+
+    def _follow_progress(self, replicas: List[RunningReplica]) -> None:
+        """Eject a replica whose engine reports no progress (serving/engine_progress.py)
+        and readmit it once it progresses again; Serve re-sends the replica list
+        whenever a replica's routing stats change."""
+        for replica in replicas:
+            rid = replica.replica_id.unique_id
+            try:
+                report = (replica.routing_stats or {}).get(ENGINE_PROGRESS_KEY)
+            except AttributeError:  # a replica wrapper without routing info yet
+                report = None
+            if is_hung(report, self._progress_timeout_s):
+                if self._policy.eject(rid):
+                    logger.warning("cacheroute: replica %s made no progress for %.1f s; "
+                                   "out of the ring", rid, report["stalled_s"])
+                    self._failover_metrics.on_ejection("ejected")
+                self._slot_waiters.wake_all(rid)  # no completion will free a slot there
+            elif rid in self._policy.ejected and self._policy.readmit(rid):
+                logger.info("cacheroute: replica %s progresses again; back on the ring", rid)
+                self._failover_metrics.on_ejection("readmitted")
+        self._attempts.set_ejected(self._policy.ejected)
+        self._failover_metrics.on_ejected(len(self._policy.ejected))
 
     def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
         super().on_replica_actor_died(replica_id)
         self._policy.on_replica_removed(replica_id.unique_id)
+        self._attempts.set_ejected(self._policy.ejected)
+        self._failover_metrics.on_ejected(len(self._policy.ejected))
         self._metrics.on_replicas(self._policy.replicas)
         self._stop_subscriber(replica_id.unique_id)
         self._slot_waiters.wake_all(replica_id.unique_id)
@@ -232,6 +273,17 @@ class CacheRouteRequestRouter(RequestRouter):
             session_id=session,
         )
 
+    def _avoid_failed(self, decision: Decision, request_key: str) -> Decision:
+        """A retry (serving/failover.py) goes to the next replica along the ring that has
+        not failed this request; if every replica failed it, the usual choice."""
+        avoided = self._attempts.avoided(request_key) if request_key else frozenset()
+        if decision.replica_id not in avoided:
+            return decision
+        try:
+            return decision.failover(avoided)
+        except EmptyRingError:
+            return decision
+
     def _in_flight(self, candidates: List[RunningReplica]) -> dict[str, int]:
         cache = self._replica_queue_len_cache
         return {r.replica_id.unique_id: (cache.get(r.replica_id) or 0) for r in candidates}
@@ -252,7 +304,9 @@ class CacheRouteRequestRouter(RequestRouter):
             logger.exception("cacheroute: could not tokenize; routing without a prefix key")
             request = RouteRequest()
         tokenized = time.perf_counter()
-        decision = self._policy.select(request, self._in_flight(candidate_replicas))
+        request_key = pending_request.metadata.internal_request_id if pending_request else ""
+        decision = self._avoid_failed(
+            self._policy.select(request, self._in_flight(candidate_replicas)), request_key)
         decide_s = time.perf_counter() - tokenized
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
         # A keyed request whose replica is full parks until a slot there frees, then
@@ -266,10 +320,13 @@ class CacheRouteRequestRouter(RequestRouter):
             by_id = {rid: r for rid, r in by_id.items() if r.replica_id in self.curr_replicas}
             if not by_id:
                 return []
-            decision = self._policy.select(request, self._in_flight(list(by_id.values())))
+            decision = self._avoid_failed(
+                self._policy.select(request, self._in_flight(list(by_id.values()))),
+                request_key)
         self._metrics.on_decision(decision, len(request.token_ids or ()),
                                   tokenize_s=tokenized - started, decide_s=decide_s)
         self.last_decision = decision
+        self._attempts.record(request_key, decision.replica_id)
         if self._route_log is not None and pending_request is not None:
             self._route_log.record(pending_request.metadata.internal_request_id, decision,
                                    prompt_tokens=len(request.token_ids or ()),

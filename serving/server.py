@@ -13,10 +13,16 @@ carry the engine's cache telemetry (serving/engine_stats.py) for every policy.
 
 With `tracing.enabled`, chat and completions run in an `llm.generate` span, child of
 the ingress's span (serving/tracing.py).
+
+Every chat and completion also counts as work the engine must progress on; the
+routing stats report how long the engine has had work without a step, the signal on
+which the router ejects a hung replica, and a stalled engine with nothing left in
+flight gets a one-token probe whose completion clears it (serving/engine_progress.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import time
@@ -27,7 +33,7 @@ from ray import serve
 from ray.serve.llm.deployment import LLMServer
 from ray.serve.llm.openai_api_models import CompletionRequest
 
-from serving import engine_stats
+from serving import engine_progress, engine_stats
 from serving.config import TracingConfig
 from serving.tracing import GenerationTracer, process_tracer_provider
 
@@ -36,6 +42,9 @@ logger = logging.getLogger("ray.serve")
 # A prompt long enough to cross one KV block at the default block size, so the warm-up
 # also exercises the prefix-cache write path; its blocks are then dropped again.
 WARMUP_PROMPT = "Warm-up. " * 40
+
+# A probe of a stalled engine: one token of a short prompt (serving/engine_progress.py).
+PROBE_PROMPT = "Probe."
 
 # Must match serving.ray_router.KV_EVENTS_STATS_KEY (kept literal: the replica does not
 # import the router).
@@ -46,6 +55,19 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("", 0))
         return s.getsockname()[1]
+
+
+async def _watched(stream: Any) -> Any:
+    """The replica's output stream, counted as pending engine work while it runs."""
+    watch = engine_progress.process_watch()
+    watch.begin()
+    completed = False
+    try:
+        async for item in stream:
+            yield item
+        completed = True
+    finally:
+        watch.end(completed=completed)
 
 
 def _generation_tracer(llm_config: Any) -> GenerationTracer | None:
@@ -80,38 +102,74 @@ class CacheRouteServer(LLMServer):
         })
         self._kv_events_endpoint = f"tcp://{ray.util.get_node_ip_address()}:{port}"
 
-    # chat/completions: upstream's, in an `llm.generate` span when tracing is on.
+    # chat/completions: upstream's, in an `llm.generate` span when tracing is on, and
+    # counted as work the engine must progress on (serving/engine_progress.py).
     async def chat(self, request: Any, raw_request_info: Any = None) -> Any:
         if self._generation_tracer is None:
-            return await super().chat(request, raw_request_info)
-        return await self._generation_tracer.traced(super().chat, request, raw_request_info,
-                                                    operation="chat")
+            stream = await super().chat(request, raw_request_info)
+        else:
+            stream = await self._generation_tracer.traced(super().chat, request,
+                                                          raw_request_info, operation="chat")
+        return _watched(stream)
 
     async def completions(self, request: Any, raw_request_info: Any = None) -> Any:
         if self._generation_tracer is None:
-            return await super().completions(request, raw_request_info)
-        return await self._generation_tracer.traced(super().completions, request,
-                                                    raw_request_info, operation="text_completion")
+            stream = await super().completions(request, raw_request_info)
+        else:
+            stream = await self._generation_tracer.traced(
+                super().completions, request, raw_request_info, operation="text_completion")
+        return _watched(stream)
 
     async def record_routing_stats(self) -> dict[str, Any]:
         stats = dict(await super().record_routing_stats())
         stats[engine_stats.ENGINE_STATS_KEY] = engine_stats.snapshot()
+        watch = engine_progress.process_watch()
+        if watch.needs_probe():
+            self._start_probe()
+        stats[engine_progress.ENGINE_PROGRESS_KEY] = watch.report()
         if self._kv_events_endpoint:
             stats[KV_EVENTS_STATS_KEY] = self._kv_events_endpoint
         return stats
 
-    async def _warm_up(self) -> None:
-        started = time.monotonic()
+    def _start_probe(self) -> None:
+        """One short generation at a time on a stalled engine with nothing else to
+        run: the step it makes is what readmits the replica to the ring."""
+        probe = getattr(self, "_probe", None)
+        if probe is not None and not probe.done():
+            return
+        self._probe = asyncio.ensure_future(self._probe_engine())
+
+    async def _probe_engine(self) -> None:
+        try:
+            await self._generate_once(PROBE_PROMPT, max_tokens=1)
+        except Exception as err:  # a dead engine: Serve's health check replaces us
+            logger.warning("cacheroute: engine probe failed: %s", err)
+
+    async def _generate_once(self, prompt: str, *, max_tokens: int) -> None:
         request = CompletionRequest(
             model=self._llm_config.model_id,
-            prompt=WARMUP_PROMPT,
-            max_tokens=2,
+            prompt=prompt,
+            max_tokens=max_tokens,
             temperature=0.0,
         )
-        async for item in self.engine.completions(request, None):
-            error = getattr(item, "error", None)
-            if error is not None:
-                raise RuntimeError(f"warm-up generation failed: {error.message}")
+        watch = engine_progress.process_watch()
+        watch.begin()
+        completed = False
+        try:
+            async for item in self.engine.completions(request, None):
+                error = getattr(item, "error", None)
+                if error is not None:
+                    raise RuntimeError(f"generation failed: {error.message}")
+            completed = True
+        finally:
+            watch.end(completed=completed)
+
+    async def _warm_up(self) -> None:
+        started = time.monotonic()
+        try:
+            await self._generate_once(WARMUP_PROMPT, max_tokens=2)
+        except RuntimeError as err:
+            raise RuntimeError(f"warm-up {err}") from None
         # Leave no warm-up blocks behind: they would count as cache hits for nobody
         # and skew the first hit-rate readings.
         await self.engine.reset_prefix_cache()

@@ -81,3 +81,20 @@ def test_llm_config_for_cpu_replicas() -> None:
     assert llm.accelerator_config.kind == "cpu"
     assert llm.runtime_env["env_vars"]["PYTHONHASHSEED"] == "0"
     assert llm_deployment_name(config) == "LLMServer:org--m_v1"
+
+
+def test_a_leaving_replica_drains_for_the_configured_time() -> None:
+    default = build_llm_config(make_config(), "/m").deployment_config
+    assert default["graceful_shutdown_timeout_s"] == 120.0
+    config = make_config(failover={"drain_timeout_s": 300})
+    assert build_llm_config(config, "/m").deployment_config[
+        "graceful_shutdown_timeout_s"] == 300
+
+
+def test_failover_config_is_validated() -> None:
+    from serving.config import ConfigError
+
+    with pytest.raises(ConfigError, match="backoff_s"):
+        make_config(failover={"backoff_s": 5, "max_backoff_s": 1})
+    with pytest.raises(ConfigError, match="max_attempts"):
+        make_config(failover={"max_attempts": 0})
