@@ -109,6 +109,11 @@ class ServiceProcess:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def pid(self) -> int | None:
+        """The ``cacheroute serve`` process (parent of the Ray head it starts)."""
+        return self._proc.pid if self._proc is not None else None
+
     def __enter__(self) -> ServiceProcess:  # noqa: PYI034 -- typing.Self needs 3.11
         self.start()
         return self
