@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--replicas", type=int, default=2, help="own stack: LLM replicas")
     target.add_argument("--start-timeout-s", type=float, default=900.0)
     fault = p.add_argument_group("fault")
-    fault.add_argument("--fault-at-s", type=float, default=25.0,
+    fault.add_argument("--fault-at-s", type=float, default=40.0,
                        help="seconds of load before the fault")
     fault.add_argument("--recovery-timeout-s", type=float, default=240.0)
     fault.add_argument("--target", choices=KILL_TARGETS, default="engine",
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="scale drills: leave the new replica count in place")
     load = p.add_argument_group("load (seeded and bounded)")
     load.add_argument("--seed", type=int, default=0)
-    load.add_argument("--max-requests", type=int, default=600)
+    load.add_argument("--max-requests", type=int, default=1000)
     load.add_argument("--max-duration-s", type=float, default=360.0)
     load.add_argument("--concurrency", type=int, default=3)
     load.add_argument("--tenants", type=int, default=4)

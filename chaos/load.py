@@ -8,7 +8,8 @@ with that tenant's system prompt, so the engines' prefix caches have something t
 hit and the hit rate before and after a fault is comparable.
 
 Run: ``LoadRunner`` has ``concurrency`` worker threads (closed loop: each sends its
-next planned request when the previous one finished) that stop at the first of
+next planned request when the previous one finished, or ``pause_after_failure_s``
+after a failure, so fast failures cannot exhaust the plan) that stop at the first of
 ``max_requests`` sent, ``max_duration_s`` elapsed, or ``stop()``. Every request
 goes to loopback over httpx with no retries, so what the client sees is what the
 service did. A request is ``ok`` only on HTTP 200 with a whole body (a stream
@@ -40,7 +41,7 @@ REQUEST_TIMEOUT_S = 120.0
 @dataclass(frozen=True, kw_only=True)
 class LoadSpec:
     seed: int = 0
-    max_requests: int = 600
+    max_requests: int = 1000
     max_duration_s: float = 300.0
     concurrency: int = 3
     tenants: int = 4
@@ -55,6 +56,10 @@ class LoadSpec:
     # uses them so the fault meets streams halfway.
     long_stream_fraction: float = 0.0
     long_stream_tokens: int = 160
+    # A worker whose request failed waits this long before its next one: without it a
+    # dead replica that fails requests in milliseconds would use up the whole request
+    # budget in seconds (the load would end before recovery could be measured).
+    pause_after_failure_s: float = 1.0
 
     def __post_init__(self) -> None:
         if self.max_requests < 1:
@@ -69,6 +74,9 @@ class LoadSpec:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if self.pause_after_failure_s < 0:
+            raise ValueError(f"pause_after_failure_s must be >= 0, got "
+                             f"{self.pause_after_failure_s}")
         if self.max_tokens < 1 or self.long_stream_tokens < 1:
             raise ValueError("max_tokens and long_stream_tokens must be >= 1")
 
@@ -278,6 +286,8 @@ class LoadRunner:
                     if planned.stream:
                         self._shared.in_flight_streams -= 1
                 self._on_record(record)
+                if not record.ok and self._spec.pause_after_failure_s:
+                    self._stop.wait(self._spec.pause_after_failure_s)
 
 
 def http_client_factory(base_url: str, api_key: str | None) -> Callable[[], httpx.Client]:

@@ -24,6 +24,7 @@ Cost: O(R log R + W R) for R requests and W windows, trivial at drill sizes.
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -93,9 +94,20 @@ def timeline(records: Sequence[RequestRecord], *, bucket_s: float = 1.0) -> list
             for b in range(buckets)]
 
 
+# Request ids, uuids and other long hex or digit runs: two failures of one kind differ
+# only in these, so they are masked before counting.
+_IDS = re.compile(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}|\b[0-9a-fA-F]{12,}\b|\d+")
+
+
+def error_kind(text: str) -> str:
+    return _IDS.sub("#", text)
+
+
 def error_summary(records: Sequence[RequestRecord], *, top: int = 5) -> list[dict[str, Any]]:
-    """The most common failure texts (first 80 characters), with counts."""
-    counts = Counter((r.error or f"status {r.status}")[:80] for r in records if not r.ok)
+    """The most common failure texts, ids and numbers masked (first 120 characters),
+    with counts."""
+    counts = Counter(error_kind(r.error or f"status {r.status}")[:120]
+                     for r in records if not r.ok)
     return [{"error": text, "count": n} for text, n in counts.most_common(top)]
 
 
@@ -124,8 +136,8 @@ def build_report(*, drill: str, replicas: int, records: Sequence[RequestRecord],
                   else round(recovered_at_s - fault_at_s, 3))
     bound = 1.1 / replicas if replicas else math.nan
     hit_goal: bool | None
-    if before is None or recovered_at_s is None:
-        hit_goal = None
+    if before is None or after is None:
+        hit_goal = None  # no fault window or no request after recovery to judge
     elif before == 0:
         hit_goal = True  # nothing to get back to
     else:

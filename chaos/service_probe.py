@@ -21,7 +21,8 @@ FAILOVER_COUNTERS: Mapping[str, str] = {
     "cacheroute_failover_resumed_streams_total": "resumed_streams",
     "cacheroute_failover_failed_total": "failover_failed",
 }
-PROBE_TIMEOUT_S = 5.0
+# Short: a probe that hangs delays the sample, and so the recovery time's resolution.
+PROBE_TIMEOUT_S = 3.0
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -20,6 +20,21 @@ from chaos.runner import StackTarget
 MODEL_ID = "smollm2-135m-instruct"
 
 
+def code_root() -> Path:
+    """The folder holding the ``serving`` package this process imported."""
+    import serving
+
+    return Path(serving.__file__).resolve().parents[1]
+
+
+def serve_module_command(config: Path, policy: str) -> list[str]:
+    """``python -m serving.cli serve`` run from ``code_root()``: the stack (and its Ray
+    workers, which inherit the driver's path) runs the same code as the drill, even in
+    a checkout whose console script points at another copy."""
+    return [sys.executable, "-m", "serving.cli", "serve", "--config", str(config.resolve()),
+            "--policy", policy]
+
+
 @contextmanager
 def local_stack(folder: Path, *, replicas: int, policy: str = "cacheroute",
                 start_timeout_s: float = 900.0) -> Iterator[StackTarget]:
@@ -30,7 +45,8 @@ def local_stack(folder: Path, *, replicas: int, policy: str = "cacheroute",
                           replicas=replicas, port=port, metrics_port=free_port(),
                           ready_timeout_s=start_timeout_s)
     service = ServiceProcess(config_path=config, policy=policy, port=port,
-                             log_path=folder / "serve.log", start_timeout_s=start_timeout_s + 60)
+                             log_path=folder / "serve.log", start_timeout_s=start_timeout_s + 60,
+                             command=serve_module_command(config, policy), cwd=code_root())
     print(f"cacheroute drill: starting {replicas} replica(s) (cold; minutes on CPU), "
           f"log {folder / 'serve.log'}", file=sys.stderr, flush=True)
     with service:

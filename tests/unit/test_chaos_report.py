@@ -120,3 +120,18 @@ def test_markdown_shows_numbers_and_goals() -> None:
     assert "kill-replica" in text and "FAIL: no failed request" in text
     assert "no failover counters" in text
     assert f"| {r['sent']} | {r['succeeded']} | 1 |" in text
+
+
+def test_errors_differing_only_in_ids_count_as_one_kind() -> None:
+    records = [make_record(i, started_s=i, ok=False,
+                           error=f'Internal Server Error (Request ID: {i:08d}-4ea4-4aaa-8bbb-'
+                                 f'0123456789ab) on replica {i}')
+               for i in range(4)]
+    summary = report_of(records)["errors"]
+    assert len(summary) == 1 and summary[0]["count"] == 4
+
+
+def test_no_request_after_recovery_leaves_the_hit_rate_goal_unmeasured() -> None:
+    r = report_of(steady(0, 30, cached=80))  # load ended before the recovery at 40 s
+    assert r["hit_rate_after"] is None
+    assert r["goals"]["hit_rate_back_in_time"] is None
