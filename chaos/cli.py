@@ -114,21 +114,35 @@ def check_target(args: argparse.Namespace) -> None:
                          f"processes), got {url.hostname}")
 
 
-def _progress(args: argparse.Namespace) -> tuple[Any, Any, Any]:
-    from tqdm import tqdm
+class _Progress:
+    """A tqdm bar on stderr, opened at the drill's first phase (after a stack of its
+    own has started, so the start-up lines do not cut through it)."""
 
-    bar = tqdm(total=args.max_requests, unit="req", desc=args.drill, file=sys.stderr)
-    failed = [0]
+    def __init__(self, drill: str, total: int) -> None:
+        self._drill = drill
+        self._total = total
+        self._bar: Any = None
+        self._failed = 0
 
-    def on_record(record: Any) -> None:
-        failed[0] += 0 if record.ok else 1
-        bar.set_postfix_str(f"failed {failed[0]}", refresh=False)
+    def _open(self) -> Any:
+        if self._bar is None:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=self._total, unit="req", desc=self._drill, file=sys.stderr)
+        return self._bar
+
+    def on_record(self, record: Any) -> None:
+        bar = self._open()
+        self._failed += 0 if record.ok else 1
+        bar.set_postfix_str(f"failed {self._failed}", refresh=False)
         bar.update(1)
 
-    def on_phase(phase: str) -> None:
-        bar.set_description_str(f"{args.drill}: {phase}")
+    def on_phase(self, phase: str) -> None:
+        self._open().set_description_str(f"{self._drill}: {phase}")
 
-    return bar, on_record, on_phase
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -138,7 +152,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     options = options_from(args)
     json_path = args.json or Path("out/drills") / f"{args.drill}.json"
-    bar, on_record, on_phase = _progress(args)
+    progress = _Progress(args.drill, args.max_requests)
+    on_record, on_phase = progress.on_record, progress.on_phase
     try:
         if args.url is not None:
             base = args.url.rstrip("/")
@@ -153,10 +168,10 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
                              start_timeout_s=args.start_timeout_s) as target:
                 report = run_drill(target, options, on_record=on_record, on_phase=on_phase)
     except (DrillError, ClusterError, ServiceError) as err:
-        bar.close()
+        progress.close()
         print(f"cacheroute drill: {err}", file=sys.stderr)
         return 1
-    bar.close()
+    progress.close()
     report["command"] = shlex.join(["cacheroute", "drill", *argv])
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

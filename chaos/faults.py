@@ -1,15 +1,17 @@
 """The faults, one class per drill, and when each counts as recovered.
 
-| drill            | injects                                                  | recovered when (on a sample)                              |
-|------------------|----------------------------------------------------------|-----------------------------------------------------------|
-| kill-replica     | SIGKILL to a replica's vLLM engine core (``--target       | the victim is no longer a running replica, N replicas run, |
-|                  | engine``) or to the replica actor's worker (``actor``)   | ``/ready`` is 200                                          |
-| hang-replica     | SIGSTOP to an engine core, SIGCONT ``hang_s`` later      | resumed, N replicas run, ``/ready`` is 200                 |
-| crash-mid-stream | SIGKILL to the engine core of the replica with the most  | as kill-replica                                            |
-|                  | requests in flight, once long streams are running        |                                                            |
-| restart-ingress  | SIGKILL to the ingress replica's worker (Serve restarts) | a new ingress replica runs, ``/ready`` is 200              |
-| scale-down       | the LLM deployment's replica count to N-1                | N-1 replicas run                                           |
-| scale-up         | the LLM deployment's replica count to N+1                | N+1 replicas run                                           |
+- kill-replica: SIGKILL to a replica's vLLM engine core (``target="engine"``) or to
+  the replica actor's worker (``"actor"``). Recovered when the victim is no longer a
+  running replica, N replicas run and ``/ready`` is 200.
+- hang-replica: SIGSTOP to an engine core, SIGCONT ``hang_s`` later. Recovered once
+  resumed, with N replicas running and ``/ready`` 200.
+- crash-mid-stream: once ``min_streams`` long streams are in flight, SIGKILL to the
+  engine core of the replica with the most requests in flight (the router's count).
+  Recovered as kill-replica.
+- restart-ingress: SIGKILL to the ingress replica's worker; recovered when a new
+  ingress replica runs and ``/ready`` is 200.
+- scale-down / scale-up: the LLM deployment's count to N-1 / N+1; recovered when
+  that many run (``/ready`` compares with the configured count, so it is not asked).
 
 The victim among equals is a seeded choice over sorted replica ids, so a rerun with
 the same seed picks the same position. Scale drills put the count back to N after

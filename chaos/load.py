@@ -290,10 +290,15 @@ class LoadRunner:
                     self._stop.wait(self._spec.pause_after_failure_s)
 
 
-def http_client_factory(base_url: str, api_key: str | None) -> Callable[[], httpx.Client]:
+def http_client_factory(base_url: str, api_key: str | None, *,
+                        transport: httpx.BaseTransport | None = None,
+                        timeout_s: float = REQUEST_TIMEOUT_S) -> Callable[[], httpx.Client]:
+    """Clients with the service's key (a dummy one when it needs none); ``transport``
+    replaces the network (tests)."""
     headers = {"Authorization": f"Bearer {api_key or 'drill'}"}
 
     def make() -> httpx.Client:
-        return httpx.Client(base_url=base_url, headers=headers, timeout=REQUEST_TIMEOUT_S)
+        return httpx.Client(base_url=base_url, headers=headers, timeout=timeout_s,
+                            transport=transport)
 
     return make

@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from contextlib import nullcontext
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
-from chaos.cluster import INGRESS_DEPLOYMENT, ServeCluster
+from chaos.cluster import INGRESS_DEPLOYMENT, ReplicaInfo, ServeCluster
 from chaos.faults import DRILLS, KILL_TARGETS, Fault, FaultContext, make_fault, wait_until
 from chaos.load import (
     REQUEST_TIMEOUT_S,
@@ -110,10 +111,25 @@ def _compact(samples: list[Sample], deployment: str) -> list[dict[str, Any]]:
             for s in samples]
 
 
+class Cluster(Protocol):
+    """What the drill needs of the service's cluster (``cluster.ServeCluster``)."""
+
+    def replicas(self) -> list[ReplicaInfo]: ...
+
+    def llm_deployment(self) -> str: ...
+
+    def set_replicas(self, deployment: str, count: int) -> None: ...
+
+
 def run_drill(target: StackTarget, options: DrillOptions, *,
               on_record: Callable[[RequestRecord], None] = lambda r: None,
-              on_phase: Callable[[str], None] = lambda p: None) -> dict[str, Any]:
-    """Run one drill and return its report (``report.build_report``); raises DrillError."""
+              on_phase: Callable[[str], None] = lambda p: None,
+              cluster: Cluster | None = None,
+              transport: httpx.BaseTransport | None = None) -> dict[str, Any]:
+    """Run one drill and return its report (``report.build_report``); raises DrillError.
+
+    ``cluster`` (default: a driver on ``target.ray_address``) and ``transport``
+    (default: the network) are for tests with a fake service."""
     fault = make_fault(options.drill, target=options.target, hang_s=options.hang_s,
                        restore=options.restore)
     t0 = time.monotonic()
@@ -121,9 +137,12 @@ def run_drill(target: StackTarget, options: DrillOptions, *,
     def clock() -> float:
         return time.monotonic() - t0
 
-    headers = {"Authorization": f"Bearer {target.api_key or 'drill'}"}
-    with httpx.Client(base_url=target.base_url, headers=headers, timeout=30) as http, \
-            ServeCluster(target.ray_address) as cluster:
+    clients = http_client_factory(target.base_url, target.api_key, transport=transport)
+    probes = http_client_factory(target.base_url, target.api_key, transport=transport,
+                                 timeout_s=30.0)
+    connection = nullcontext(cluster) if cluster is not None \
+        else ServeCluster(target.ray_address)
+    with probes() as http, connection as cluster:
         on_phase("waiting for /ready")
         if not wait_until(lambda: read_ready(http).ready, timeout_s=options.ready_timeout_s,
                           poll_s=1.0):
@@ -144,7 +163,7 @@ def run_drill(target: StackTarget, options: DrillOptions, *,
         sampler = Sampler(read_ready=lambda: read_ready(http), source=cluster, clock=clock,
                           period_s=options.sample_period_s)
         load = LoadRunner(plan_requests(options.load, model), options.load,
-                          client_factory=http_client_factory(target.base_url, target.api_key),
+                          client_factory=clients,
                           on_record=on_record, clock=clock)
         try:
             outcome = _drive(fault, ctx, options, sampler, load, clock, on_phase)
