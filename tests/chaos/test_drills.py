@@ -42,9 +42,9 @@ def failover_available(stack: Any) -> bool:
 def kill_report(chaos_stack: Any) -> dict[str, Any]:
     options = DrillOptions(
         drill="kill-replica",
-        load=LoadSpec(seed=1, max_requests=300, max_duration_s=400, concurrency=2),
+        load=LoadSpec(seed=1, max_requests=1000, max_duration_s=480, concurrency=2),
         windows=Windows(window_s=10.0, after_window_s=15.0),
-        fault_at_s=15.0, recovery_timeout_s=300.0)
+        fault_at_s=15.0, recovery_timeout_s=420.0)
     return run_drill(drill_target(chaos_stack), options)
 
 
