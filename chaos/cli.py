@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     fault = p.add_argument_group("fault")
     fault.add_argument("--fault-at-s", type=float, default=40.0,
                        help="seconds of load before the fault")
-    fault.add_argument("--recovery-timeout-s", type=float, default=240.0)
+    fault.add_argument("--recovery-timeout-s", type=float, default=480.0,
+                       help="a CPU engine on 2 cores took 2-7 min to start")
     fault.add_argument("--target", choices=KILL_TARGETS, default="engine",
                        help="kill-replica: the vLLM engine core or the replica actor")
     fault.add_argument("--hang-s", type=float, default=20.0, help="hang-replica: stop time")
@@ -65,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="scale drills: leave the new replica count in place")
     load = p.add_argument_group("load (seeded and bounded)")
     load.add_argument("--seed", type=int, default=0)
-    load.add_argument("--max-requests", type=int, default=1000)
-    load.add_argument("--max-duration-s", type=float, default=360.0)
+    load.add_argument("--max-requests", type=int, default=2000)
+    load.add_argument("--max-duration-s", type=float, default=600.0)
     load.add_argument("--concurrency", type=int, default=3)
     load.add_argument("--tenants", type=int, default=4)
     load.add_argument("--max-tokens", type=int, default=24)

@@ -41,8 +41,9 @@ REQUEST_TIMEOUT_S = 120.0
 @dataclass(frozen=True, kw_only=True)
 class LoadSpec:
     seed: int = 0
-    max_requests: int = 1000
-    max_duration_s: float = 300.0
+    max_requests: int = 2000
+    # Fault at 40 s + recovery (up to 480 s) + the 30 s after-window.
+    max_duration_s: float = 600.0
     concurrency: int = 3
     tenants: int = 4
     # ~450 SmolLM2 tokens: 3 full 128-token cache blocks per tenant, short enough that

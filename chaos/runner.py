@@ -70,7 +70,8 @@ class DrillOptions:
     # Long enough for every tenant's first miss on each replica to fall before the
     # 15 s pre-fault hit-rate window (on a cold stack those misses take ~20 s).
     fault_at_s: float = 40.0
-    recovery_timeout_s: float = 240.0
+    # A replacement CPU engine took 2-7 min to start on a loaded 2-core machine.
+    recovery_timeout_s: float = 480.0
     target: str = "engine"  # kill-replica: "engine" or "actor"
     hang_s: float = 20.0
     restore: bool = True  # scale drills: put the count back afterwards
