@@ -75,7 +75,7 @@ def timeline(records: Sequence[RequestRecord], *, bucket_s: float = 1.0) -> list
     hit rate (None in a bucket without usage)."""
     if not records:
         return []
-    buckets = int(math.floor(max(r.ended_s for r in records) / bucket_s)) + 1
+    buckets = math.floor(max(r.ended_s for r in records) / bucket_s) + 1
     ok = [0] * buckets
     failed = [0] * buckets
     prompt = [0] * buckets
@@ -203,13 +203,13 @@ def markdown(report: Mapping[str, Any]) -> str:
     lines = [
         f"### Drill `{r['drill']}` ({r['replicas']} replicas before the fault)",
         "",
-        "| sent | succeeded | failed | retried | resumed streams | broken streams "
-        "| recovery s | keys moved (1/N) | hit rate before | after |",
+        ("| sent | succeeded | failed | retried | resumed streams | broken streams "
+         "| recovery s | keys moved (1/N) | hit rate before | after |"),
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-        f"| {r['sent']} | {r['succeeded']} | {r['failed']} | {r['retried']} "
-        f"| {r['resumed_streams']} | {r['broken_streams']} | {_fmt(r['recovery_s'])} "
-        f"| {_pct(r['keys_moved_fraction'])} ({_pct(r['one_over_n'])}) "
-        f"| {_pct(r['hit_rate_before'])} | {_pct(r['hit_rate_after'])} |",
+        (f"| {r['sent']} | {r['succeeded']} | {r['failed']} | {r['retried']} "
+         f"| {r['resumed_streams']} | {r['broken_streams']} | {_fmt(r['recovery_s'])} "
+         f"| {_pct(r['keys_moved_fraction'])} ({_pct(r['one_over_n'])}) "
+         f"| {_pct(r['hit_rate_before'])} | {_pct(r['hit_rate_after'])} |"),
         "",
     ]
     labels = {"failed_zero": "no failed request",

@@ -27,15 +27,22 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from contextlib import nullcontext
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import httpx
 
 from chaos.cluster import INGRESS_DEPLOYMENT, ReplicaInfo, ServeCluster
-from chaos.faults import DRILLS, KILL_TARGETS, Fault, FaultContext, make_fault, wait_until
+from chaos.faults import (
+    DRILLS,
+    KILL_TARGETS,
+    Fault,
+    FaultContext,
+    make_fault,
+    wait_until,
+)
 from chaos.load import (
     REQUEST_TIMEOUT_S,
     LoadRunner,
@@ -47,7 +54,12 @@ from chaos.load import (
 from chaos.report import Windows, build_report
 from chaos.ring_churn import keys_moved_fraction
 from chaos.sampler import Sample, Sampler
-from chaos.service_probe import counter_deltas, read_failover_counters, read_in_flight, read_ready
+from chaos.service_probe import (
+    counter_deltas,
+    read_failover_counters,
+    read_in_flight,
+    read_ready,
+)
 
 
 class DrillError(RuntimeError):
@@ -143,7 +155,8 @@ def run_drill(target: StackTarget, options: DrillOptions, *,
                                  timeout_s=30.0)
     connection = nullcontext(cluster) if cluster is not None \
         else ServeCluster(target.ray_address)
-    with probes() as http, connection as cluster:
+    with probes() as http, connection as joined:
+        cluster = joined
         on_phase("waiting for /ready")
         if not wait_until(lambda: read_ready(http).ready, timeout_s=options.ready_timeout_s,
                           poll_s=1.0):

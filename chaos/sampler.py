@@ -54,7 +54,7 @@ class Sampler:
         ready = self._read_ready()
         try:
             replicas: tuple[ReplicaInfo, ...] | None = tuple(self._source.replicas())
-        except Exception:  # a controller restart or timeout: a gap, not a crash
+        except Exception:  # noqa: BLE001 -- a controller restart or timeout: a gap, not a crash
             replicas = None
         sample = Sample(t_s=self._clock(), ready=ready, replicas=replicas)
         with self._lock:

@@ -77,7 +77,7 @@ def counter_deltas(before: Mapping[str, float] | None,
     for key in FAILOVER_COUNTERS.values():
         b = (before or {}).get(key, 0.0)
         a = (after or {}).get(key, 0.0)
-        out[key] = int(round(a - b if a >= b else a))
+        out[key] = round(a - b if a >= b else a)
     return out
 
 

@@ -46,9 +46,9 @@ def test_long_streams_ask_for_exact_lengths() -> None:
     assert all(p.body["max_tokens"] == 99 and p.body["ignore_eos"] for p in plan)
 
 
-@pytest.mark.parametrize("bad", [dict(max_requests=0), dict(concurrency=0),
-                                 dict(max_duration_s=0), dict(stream_fraction=1.5),
-                                 dict(tenants=0)])
+@pytest.mark.parametrize("bad", [{"max_requests": 0}, {"concurrency": 0},
+                                 {"max_duration_s": 0}, {"stream_fraction": 1.5},
+                                 {"tenants": 0}])
 def test_spec_rejects_bad_values(bad: dict) -> None:
     with pytest.raises(ValueError):
         LoadSpec(**bad)

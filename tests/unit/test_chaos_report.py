@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from chaos.report import Windows, build_report, hit_rate, hit_rate_recovery_s, markdown, timeline
+from chaos.report import (
+    Windows,
+    build_report,
+    hit_rate,
+    hit_rate_recovery_s,
+    markdown,
+    timeline,
+)
 from tests.unit.chaos_fakes import make_record
 
 WINDOWS = Windows(window_s=10.0, after_window_s=30.0, step_s=2.5)
@@ -21,11 +28,11 @@ def steady(start: float, end: float, *, cached: int, step: float = 1.0, first: i
 
 
 def report_of(records, **kw):
-    args = dict(drill="kill-replica", replicas=2, records=records, fault_at_s=20.0,
-                recovered_at_s=40.0, fault={"victim": "a"},
-                counters={"retried": 3, "resumed_streams": 1}, counters_present=True,
-                keys_moved_fraction=0.5, replica_ids_before=["a", "b"],
-                replica_ids_after=["b", "c"], windows=WINDOWS)
+    args = {"drill": "kill-replica", "replicas": 2, "records": records, "fault_at_s": 20.0,
+                "recovered_at_s": 40.0, "fault": {"victim": "a"},
+                "counters": {"retried": 3, "resumed_streams": 1}, "counters_present": True,
+                "keys_moved_fraction": 0.5, "replica_ids_before": ["a", "b"],
+                "replica_ids_after": ["b", "c"], "windows": WINDOWS}
     args.update(kw)
     return build_report(**args)
 
