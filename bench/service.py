@@ -92,8 +92,12 @@ class ServiceProcess:
     """``with ServiceProcess(...) as svc: svc.base_url`` -- started and stopped around a block."""
 
     def __init__(self, *, config_path: Path, policy: str, port: int, log_path: Path,
-                 start_timeout_s: float, stop_timeout_s: float = 90.0) -> None:
+                 start_timeout_s: float, stop_timeout_s: float = 90.0,
+                 command: list[str] | None = None, cwd: Path | None = None) -> None:
         self.config_path = config_path
+        # Default: the `cacheroute` console script (the installed package).
+        self.command = command or serve_command(config_path, policy)
+        self.cwd = cwd
         self.policy = policy
         self.port = port
         self.log_path = log_path
@@ -109,6 +113,11 @@ class ServiceProcess:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def pid(self) -> int | None:
+        """The ``cacheroute serve`` process (parent of the Ray head it starts)."""
+        return self._proc.pid if self._proc is not None else None
+
     def __enter__(self) -> ServiceProcess:  # noqa: PYI034 -- typing.Self needs 3.11
         self.start()
         return self
@@ -122,7 +131,7 @@ class ServiceProcess:
         log = self.log_path.open("w", encoding="utf-8")
         started = time.monotonic()
         self._proc = subprocess.Popen(
-            serve_command(self.config_path, self.policy), env=env, text=True,
+            self.command, cwd=self.cwd, env=env, text=True,
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             start_new_session=True)
         threading.Thread(target=_pump, args=(self._proc.stdout, self._lines, log),

@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     # Listed for --help; main() hands `sim ...` to bench.sim.cli before parsing.
     sub.add_parser("sim", help="compare routing policies on simulated engines, up to "
                                "thousands of replicas (`cacheroute sim --help`)")
+    # Listed for --help; main() hands `drill ...` to chaos.cli before parsing.
+    sub.add_parser("drill", help="a fault (kill, hang, crash, restart, scale) under a "
+                                 "bounded load, measured (`cacheroute drill --help`)")
     # Listed for --help; main() hands `kvbench ...` to bench.kvbench before parsing.
     sub.add_parser("kvbench", help="what the KV cache costs and saves, per turn, with "
                                    "transformers and the service (`cacheroute kvbench --help`)")
@@ -118,6 +121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench.kvbench import main as kvbench_main
 
         return kvbench_main(argv[1:])
+    if argv[:1] == ["drill"]:
+        from chaos.cli import main as drill_main
+
+        return drill_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

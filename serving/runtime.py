@@ -113,7 +113,11 @@ def run_service(config: ServiceConfig, *, on_ready: Callable[[dict], None],
         app = build_app(config, model_path)
         progress(f"deploying {config.replicas} replica(s) of {config.model.id} "
                  f"(policy {config.routing.policy}); each warms up before it counts as ready")
-        serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
+        # external_scaler_enabled: the replica count can be changed in place through
+        # Serve's external scaling API (`cacheroute drill scale-down`); a redeploy from
+        # here would give every deployment a new code version and restart all replicas.
+        serve.run(app, name=APP_NAME, route_prefix="/", blocking=False,
+                  external_scaler_enabled=True)
         info = wait_ready(base_url(config), config.server.ready_timeout_s)
         info["metrics_url"] = f"http://127.0.0.1:{_metrics_port()}/metrics"
         on_ready(info)

@@ -1,15 +1,19 @@
-"""The chaos tier: one dedicated 2-replica stack per module, faults injected into it.
+"""The chaos tier: one dedicated 2-replica stack for the whole tier, faults injected into it.
 
 The stack is the integration tier's (`start_stack`: `cacheroute serve` as a user runs
-it) with a short hang deadline, so a stopped engine is ejected within seconds. Module
-scoped, and its fixture is not named `stack`, so tests/integration/conftest.py's
-ordering runs these tests before the shared stack starts: never two stacks at once.
+it) with a short hang deadline, so a stopped engine is ejected within seconds. It is
+separate from the integration tier's shared ``stack`` because these tests kill, stop
+and replace replicas. Package scoped, and its fixture is not named `stack`, so the
+ordering below (and tests/integration/conftest.py's) runs this tier before the shared
+stack starts: never two stacks at once. ``chaos_stack`` carries the `cacheroute serve`
+process (to find engine processes) and the Ray address of its cluster (for the drills).
 """
 
 from __future__ import annotations
 
 import subprocess
-from typing import Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 
@@ -25,11 +29,33 @@ CHAOS_YAML = (
 )
 
 
-@pytest.fixture(scope="module")
-def chaos_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[subprocess.Popen, Stack]]:
+@dataclass
+class ChaosStack:
+    proc: subprocess.Popen
+    stack: Stack
+    ray_address: str
+
+    @property
+    def base_url(self) -> str:
+        return self.stack.base_url
+
+    @property
+    def api_key(self) -> str:
+        return self.stack.api_key
+
+    @property
+    def model(self) -> str:
+        return self.stack.model
+
+
+@pytest.fixture(scope="package")
+def chaos_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChaosStack]:
+    from chaos.cluster import discover_ray_address
+
     proc, info = start_stack(tmp_path_factory.mktemp("chaos"), replicas=2, extra_yaml=CHAOS_YAML)
     try:
-        yield proc, info
+        yield ChaosStack(proc, info, discover_ray_address(base_url=info.base_url,
+                                                          root_pid=proc.pid))
     finally:
         stop_stack(proc)
 

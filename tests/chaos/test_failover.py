@@ -189,7 +189,7 @@ def one_engine(proc: subprocess.Popen) -> EngineProcess:
 
 
 def test_hung_engine_is_ejected_and_its_requests_finish_elsewhere(chaos_stack) -> None:
-    proc, stack = chaos_stack
+    proc, stack = chaos_stack.proc, chaos_stack.stack
     tokens = expected_prompt_tokens(stack, 4)
     before = metrics(stack)
     victim = one_engine(proc)
@@ -224,7 +224,7 @@ def test_hung_engine_is_ejected_and_its_requests_finish_elsewhere(chaos_stack) -
 
 
 def test_crashed_engine_streams_resume_and_requests_retry(chaos_stack) -> None:
-    proc, stack = chaos_stack
+    proc, stack = chaos_stack.proc, chaos_stack.stack
     tokens = expected_prompt_tokens(stack, 6)
     before = metrics(stack)
     victim = one_engine(proc)
@@ -254,7 +254,7 @@ def test_crashed_engine_streams_resume_and_requests_retry(chaos_stack) -> None:
 
 
 def test_service_recovers_after_the_crash(chaos_stack) -> None:
-    proc, stack = chaos_stack
+    proc, stack = chaos_stack.proc, chaos_stack.stack
     # Serve's health check finds the dead engine and replaces its replica.
     def ready() -> bool:
         with stack.http() as http:
