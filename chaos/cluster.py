@@ -49,10 +49,20 @@ class ReplicaInfo:
     state: str
     pid: int | None
     actor_name: str | None
+    # Serve's deployment rank: the replica's seat on the router's ring
+    # (router.ring.rank_seat); None where the controller does not report it.
+    rank: int | None = None
 
     @property
     def running(self) -> bool:
         return self.state == "RUNNING"
+
+    @property
+    def seat(self) -> str:
+        """Where the router's ring places this replica: its rank's seat, else its id."""
+        from router.ring import rank_seat
+
+        return rank_seat(self.rank) if self.rank is not None else self.replica_id
 
 
 def _gcs_address_of(proc: psutil.Process) -> str | None:
@@ -174,12 +184,32 @@ class ServeCluster:
             raise ClusterError(f"no Serve application named {self.app_name!r}")
         out = []
         for name, deployment in (app.get("deployments") or {}).items():
+            ranks = self._ranks(name)
             for r in deployment.get("replicas") or ():
                 state = r.get("state")
-                out.append(ReplicaInfo(deployment=name, replica_id=str(r.get("replica_id")),
+                rid = str(r.get("replica_id"))
+                out.append(ReplicaInfo(deployment=name, replica_id=rid,
                                        state=str(getattr(state, "value", state)),
-                                       pid=r.get("pid"), actor_name=r.get("actor_name")))
+                                       pid=r.get("pid"), actor_name=r.get("actor_name"),
+                                       rank=ranks.get(rid)))
         return out
+
+    def _ranks(self, deployment: str) -> dict[str, int]:
+        """Replica id -> deployment rank, from the controller (the ranks replicas
+        report to the router); empty if this Ray version does not expose them."""
+        from ray.serve._private.common import DeploymentID
+
+        try:
+            mapping = self._ray.get(self._controller._get_replica_ranks_mapping.remote(
+                DeploymentID(name=deployment, app_name=self.app_name)), timeout=30)
+        except Exception:  # an older controller, or one busy restarting
+            return {}
+        ranks = {}
+        for rid, rank in (mapping or {}).items():
+            value = getattr(rank, "rank", rank)
+            if isinstance(value, int):
+                ranks[str(rid)] = value
+        return ranks
 
     def llm_deployment(self) -> str:
         names = {r.deployment for r in self.replicas()} - {INGRESS_DEPLOYMENT}

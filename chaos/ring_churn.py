@@ -7,15 +7,17 @@ differs is ``keys_moved_fraction``. Keys are ``stable_key("drill-key:i")``,
 64-bit positions spread over the ring like the policy's block hashes.
 
 What to expect: removing one of N replicas moves exactly its share (~1/N);
-adding one moves ~1/(N+1); *replacing* a replica by one with a new id (what a
-restart does, since Serve gives it a new replica id) moves both, about
-1/N + (N-1)/N**2, unless the service keeps ids stable. Cost: O(K log(V*N)) for K
+adding one moves ~1/(N+1). A restart gives the replica a new Serve id, which on a
+ring of ids would move both, about 1/N + (N-1)/N**2; the router places replicas by
+their deployment *rank* instead (``router.ring.rank_seat``), which the replacement
+inherits, so the drill compares seats and reports the peak over the drill
+(``peak_keys_moved``): the dead replica's share while it is gone. Cost: O(K log(V*N)) for K
 sample keys (20,000 by default: a standard error of 0.35 points at 1/N = 0.5).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from router.policy import PolicyConfig
 from router.ring import HashRing, stable_key
@@ -43,6 +45,27 @@ def keys_moved_fraction(before: Iterable[str], after: Iterable[str], *,
         return None
     moved = sum(1 for k in keys if ring_before.owner(k) != ring_after.owner(k))
     return moved / len(keys)
+
+
+def peak_keys_moved(before: Sequence[str], memberships: Iterable[Sequence[str]], *,
+                    keys: list[int] | None = None) -> float | None:
+    """The most keys any membership seen during the drill had moved away from
+    ``before``: during an outage the dead replica's keys sit on its neighbours, and
+    once a replacement takes its seat they come back (so comparing only the ends
+    would report 0). Memberships are ring seats (``ReplicaInfo.seat``); empty ones
+    (nothing running) and repeats are skipped. None when nothing was compared."""
+    keys = sample_keys() if keys is None else keys
+    seen: set[tuple[str, ...]] = set()
+    peak: float | None = None
+    for members in memberships:
+        key = tuple(sorted(members))
+        if not key or key in seen:
+            continue
+        seen.add(key)
+        moved = keys_moved_fraction(before, key, keys=keys)
+        if moved is not None and (peak is None or moved > peak):
+            peak = moved
+    return peak
 
 
 def moved_bound(replicas: int) -> float:

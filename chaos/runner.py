@@ -52,7 +52,7 @@ from chaos.load import (
     plan_requests,
 )
 from chaos.report import Windows, build_report
-from chaos.ring_churn import keys_moved_fraction
+from chaos.ring_churn import peak_keys_moved
 from chaos.sampler import Sample, Sampler
 from chaos.service_probe import (
     counter_deltas,
@@ -199,8 +199,8 @@ def run_drill(target: StackTarget, options: DrillOptions, *,
         fault={**details, **ctx.details}, counters=counter_deltas(counters_before,
                                                                    counters_after),
         counters_present=counters_before is not None or counters_after is not None,
-        keys_moved_fraction=keys_moved_fraction([r.replica_id for r in before], after_ids)
-        if after_ids else None,
+        keys_moved_fraction=peak_keys_moved([r.seat for r in before],
+                                            [s.seats(llm) for s in samples]),
         replica_ids_before=sorted(r.replica_id for r in before), replica_ids_after=after_ids,
         windows=options.windows,
         extra={"model": model, "base_url": target.base_url, "llm_deployment": llm,

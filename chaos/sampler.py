@@ -35,6 +35,11 @@ class Sample:
         return sorted(r.replica_id for r in self.replicas or () if r.deployment == deployment
                       and r.running)
 
+    def seats(self, deployment: str) -> list[str]:
+        """Ring seats of the running replicas (``ReplicaInfo.seat``)."""
+        return sorted(r.seat for r in self.replicas or () if r.deployment == deployment
+                      and r.running)
+
 
 class Sampler:
     def __init__(self, *, read_ready: Callable[[], ReadyState], source: ReplicaSource,

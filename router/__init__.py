@@ -20,7 +20,7 @@ from router.policy import (
     RouteRequest,
     RoutingPolicy,
 )
-from router.ring import EmptyRingError, HashRing
+from router.ring import EmptyRingError, HashRing, rank_seat
 
 __all__ = [
     "DEFAULT_HASH_SEED",
@@ -30,6 +30,7 @@ __all__ = [
     "Decision",
     "EmptyRingError",
     "HashRing",
+    "rank_seat",
     "KVEventBatch",
     "KVEventSubscriber",
     "Outcome",

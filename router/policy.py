@@ -192,6 +192,9 @@ class CacheAwarePolicy:
         # comes back with its cache, and the ring hands its arcs straight back.
         self._members = self._replicas
         self._ejected: frozenset[str] = frozenset()
+        # Member -> stable ring seat (``ring.rank_seat``); members without one sit at
+        # their own id.
+        self._seats: dict[str, str] = {}
         self._index = OwnershipIndex(
             max_entries=config.max_index_blocks, ttl_s=config.ownership_ttl_s, clock=clock
         )
@@ -210,14 +213,18 @@ class CacheAwarePolicy:
         """Replicas that exist but are out of the ring until ``readmit``."""
         return self._ejected
 
-    def set_replicas(self, replica_ids: Iterable[str]) -> None:
+    def set_replicas(self, replica_ids: Iterable[str],
+                     seats: Mapping[str, str] | None = None) -> None:
         """Replace the replica set; departed replicas' ownership is cleared. An
-        ejected replica stays out of the ring while it remains a member."""
+        ejected replica stays out of the ring while it remains a member. ``seats``
+        names stable ring positions (``ring.rank_seat``) for some replicas."""
         wanted = frozenset(replica_ids)
         with self._lock:
             for gone in self._members - wanted:
                 self._index.clear(gone)
             self._members = wanted
+            if seats is not None:
+                self._seats = {r: s for r, s in seats.items() if r in wanted}
             self._ejected &= wanted
             self._apply_membership()
 
@@ -258,7 +265,7 @@ class CacheAwarePolicy:
             # them rather than to none; ejection is advice, not a failure.
             self._ejected = frozenset()
             on_ring = self._members
-        self._ring.set_replicas(on_ring)
+        self._ring.set_replicas(on_ring, self._seats)
         self._replicas = on_ring
 
     def on_kv_events(self, replica_id: str, batch: KVEventBatch) -> AppliedEvents:

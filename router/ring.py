@@ -1,7 +1,9 @@
 """Consistent-hash ring with virtual nodes over plain replica id strings.
 
-Algorithm: each replica owns ``virtual_nodes`` points ``blake2b(f"{replica}#{i}")``
-(64-bit) on a circle of 2**64 positions. A key belongs to the replica of the first
+Algorithm: each replica owns ``virtual_nodes`` points ``blake2b(f"{seat}#{i}")``
+(64-bit) on a circle of 2**64 positions, where the seat is the replica's id or, when
+the caller names one, a stable position that outlives the replica (``rank_seat``: a
+restarted replica takes back its predecessor's arcs). A key belongs to the replica of the first
 point clockwise from it (``bisect``). Removing a replica hands only its arcs to the
 replicas that follow them; adding one takes about 1/N of the keys, from everyone.
 
@@ -26,13 +28,22 @@ from __future__ import annotations
 
 import hashlib
 from bisect import bisect_left, bisect_right
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from itertools import chain
 from typing import overload
 
 
 class EmptyRingError(LookupError):
     """A lookup on a ring that has no replicas."""
+
+
+def rank_seat(rank: int) -> str:
+    """The ring seat of the replica with this deployment rank. Serve gives a replica
+    that replaces a dead one the lowest free rank, the dead one's, so on this seat the
+    replacement takes back exactly the arcs its predecessor had: a restart moves only
+    that replica's keys, and every router instance agrees (the rank is the
+    controller's, not a local choice)."""
+    return f"rank-{rank}"
 
 
 def stable_key(text: str) -> int:
@@ -47,13 +58,16 @@ def stable_key(text: str) -> int:
 class HashRing:
     """A consistent-hash ring; not thread-safe (the policy serialises access)."""
 
-    __slots__ = ("_indices", "_owners", "_points", "_replicas", "_virtual_nodes")
+    __slots__ = ("_indices", "_owners", "_points", "_replicas", "_seats", "_virtual_nodes")
 
     def __init__(self, replicas: Iterable[str] = (), *, virtual_nodes: int = 160) -> None:
         if virtual_nodes < 1:
             raise ValueError(f"virtual_nodes must be >= 1, got {virtual_nodes}")
         self._virtual_nodes = virtual_nodes
         self._replicas: set[str] = set(replicas)
+        # Replica -> the name its ring points are hashed from (itself by default). A
+        # replacement that takes a departed replica's seat takes exactly its arcs.
+        self._seats: dict[str, str] = {}
         # Parallel sorted arrays: _points[i] is owned by _owners[i].
         self._points: list[int] = []
         self._owners: list[str] = []
@@ -85,12 +99,19 @@ class HashRing:
             self._replicas.discard(replica)
             self._rebuild()
 
-    def set_replicas(self, replicas: Iterable[str]) -> None:
-        """Replace the membership with ``replicas`` in one rebuild."""
+    def set_replicas(self, replicas: Iterable[str],
+                     seats: Mapping[str, str] | None = None) -> None:
+        """Replace the membership with ``replicas`` in one rebuild. ``seats`` names the
+        position of some of them (see ``rank_seat``); the others sit at their own id."""
         wanted = set(replicas)
-        if wanted != self._replicas:
+        wanted_seats = {r: s for r, s in (seats or {}).items() if r in wanted and s != r}
+        if wanted != self._replicas or wanted_seats != self._seats:
             self._replicas = wanted
+            self._seats = wanted_seats
             self._rebuild()
+
+    def seat(self, replica: str) -> str:
+        return self._seats.get(replica, replica)
 
     def owner(self, key: int) -> str:
         """The replica whose point is the first at or after ``key`` (wrapping)."""
@@ -153,7 +174,7 @@ class HashRing:
         # Sorting (point, replica) pairs breaks the (astronomically rare) tie of
         # two equal points by replica id, so every instance orders them alike.
         pairs = sorted(
-            (stable_key(f"{replica}#{i}"), replica)
+            (stable_key(f"{self._seats.get(replica, replica)}#{i}"), replica)
             for replica in self._replicas
             for i in range(self._virtual_nodes)
         )

@@ -45,7 +45,8 @@ from ray.serve._private.request_router.common import PendingRequest
 from ray.serve._private.request_router.replica_wrapper import RunningReplica
 from ray.serve.request_router import RequestRouter
 
-from router import CacheAwarePolicy, Decision, EmptyRingError, PolicyConfig, RouteRequest
+from router import (CacheAwarePolicy, Decision, EmptyRingError, PolicyConfig, RouteRequest,
+                    rank_seat)
 from router.kv_events import KVEventBatch, KVEventSubscriber
 from serving.attempt_log import AttemptLog, process_attempt_log
 from serving.config import ServiceConfig
@@ -63,6 +64,9 @@ logger = logging.getLogger(SERVE_LOGGER_NAME)
 # Key under which CacheRouteServer advertises its engine's KV-event endpoint in
 # Serve's routing stats (see serving/server.py).
 KV_EVENTS_STATS_KEY = "cacheroute_kv_events_endpoint"
+# Key of the replica's deployment rank (serving/server.py): its seat on the ring, so a
+# replacement replica, which Serve gives its predecessor's rank, takes back the same arcs.
+RANK_STATS_KEY = "cacheroute_replica_rank"
 
 # Prompts longer than this are tokenised in a worker thread, keeping the event loop
 # free; shorter ones cost less than the thread hop.
@@ -89,6 +93,20 @@ def policy_config(config: ServiceConfig) -> PolicyConfig:
         hash_seed=str(config.engine.hash_seed),
         session_affinity=r.session_affinity,
     )
+
+
+def _rank_seats(replicas: List[RunningReplica]) -> dict[str, str]:
+    """Ring seats from the ranks replicas report in their routing stats; a replica
+    that has not reported yet (its first stats arrive within seconds) sits at its id."""
+    seats: dict[str, str] = {}
+    for r in replicas:
+        try:
+            rank = (r.routing_stats or {}).get(RANK_STATS_KEY)
+        except AttributeError:  # a replica wrapper without routing info yet
+            rank = None
+        if isinstance(rank, int):
+            seats[r.replica_id.unique_id] = rank_seat(rank)
+    return seats
 
 
 def _prompt_chars(request: Any) -> int:
@@ -139,7 +157,7 @@ class CacheRouteRequestRouter(RequestRouter):
         gone = set(self._policy.replicas) - {r.replica_id.unique_id for r in replicas}
         super().update_replicas(replicas)
         ids = [r.replica_id.unique_id for r in replicas]
-        self._policy.set_replicas(ids)
+        self._policy.set_replicas(ids, seats=_rank_seats(replicas))
         for rid in gone:  # their waiters re-decide among the replicas left
             self._slot_waiters.wake_all(rid)
         if self._eject_hung:

@@ -49,6 +49,18 @@ PROBE_PROMPT = "Probe."
 # Must match serving.ray_router.KV_EVENTS_STATS_KEY (kept literal: the replica does not
 # import the router).
 KV_EVENTS_STATS_KEY = "cacheroute_kv_events_endpoint"
+# Must match serving.ray_router.RANK_STATS_KEY: this replica's deployment rank, its
+# stable seat on the router's ring (router.ring.rank_seat).
+RANK_STATS_KEY = "cacheroute_replica_rank"
+
+
+def _replica_rank() -> int | None:
+    try:
+        rank = serve.get_replica_context().rank
+    except Exception:  # outside a Serve replica (tests)
+        return None
+    value = getattr(rank, "rank", rank)
+    return value if isinstance(value, int) else None
 
 
 def _free_port() -> int:
@@ -129,6 +141,9 @@ class CacheRouteServer(LLMServer):
         stats[engine_progress.ENGINE_PROGRESS_KEY] = watch.report()
         if self._kv_events_endpoint:
             stats[KV_EVENTS_STATS_KEY] = self._kv_events_endpoint
+        rank = _replica_rank()
+        if rank is not None:
+            stats[RANK_STATS_KEY] = rank
         return stats
 
     def _start_probe(self) -> None:

@@ -45,3 +45,17 @@ def test_empty_side_gives_none() -> None:
 def test_bound_is_eleven_tenths_over_n() -> None:
     assert moved_bound(2) == pytest.approx(0.55)
     assert moved_bound(4) == pytest.approx(0.275)
+
+
+def test_peak_keys_moved_sees_the_outage_not_just_the_ends() -> None:
+    from chaos.ring_churn import peak_keys_moved
+
+    before = ["rank-0", "rank-1", "rank-2"]
+    outage = ["rank-0", "rank-2"]
+    keys = sample_keys(4000)
+    # Replaced on the same seat: the ends agree, the outage moved one share.
+    peak = peak_keys_moved(before, [before, outage, [], before], keys=keys)
+    assert peak == keys_moved_fraction(before, outage, keys=keys)
+    assert 0.2 < peak < 0.45
+    assert peak_keys_moved(before, [before], keys=keys) == 0.0
+    assert peak_keys_moved(before, [[]], keys=keys) is None

@@ -96,3 +96,24 @@ def test_a_retry_whose_choice_already_moved_keeps_it(tiny_model: Path) -> None:
     assert router.last_decision.outcome is not Outcome.FAILOVER
     assert router.last_decision.replica_id != first
     log.forget(key)
+
+
+def test_ring_seats_follow_the_ranks_replicas_report(tiny_model: Path) -> None:
+    """A replica replacing a dead one reports its predecessor's rank (Serve reuses the
+    lowest free rank) and so takes back its predecessor's ring arcs."""
+    from serving.ray_router import RANK_STATS_KEY
+
+    replicas = make_stats_replicas(3)
+    for rank, r in enumerate(replicas):
+        r.stats[RANK_STATS_KEY] = rank
+    router = make_router(tiny_model, replicas)
+    prompts = [f"Tenant {i} " * 40 for i in range(24)]
+    homes = [choose(router, make_pending(p, f"q{i}"))[0][0] for i, p in enumerate(prompts)]
+    victim = replicas[1]
+    on_loop(router.on_replica_actor_died, victim.replica_id)
+    replacement = StatsReplica("replica-new")
+    replacement.stats[RANK_STATS_KEY] = 1
+    fresh = make_router(tiny_model, [replicas[0], replicas[2], replacement])
+    again = [choose(fresh, make_pending(p, f"q{i}"))[0][0] for i, p in enumerate(prompts)]
+    expected = ["replica-new" if h == "replica-1" else h for h in homes]
+    assert again == expected

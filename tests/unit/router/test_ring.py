@@ -135,3 +135,41 @@ def test_first_in_ring_order_steps_along_the_points_for_many_replicas() -> None:
     for key in make_keys(100):
         assert ring.first_in_ring_order(many, key) == next(
             r for r in ring.walk(key) if r in set(many))
+
+
+# --- stable seats ---------------------------------------------------------------
+
+def test_a_replacement_on_its_predecessors_seat_takes_exactly_its_arcs() -> None:
+    from router.ring import rank_seat, stable_key
+
+    keys = [stable_key(f"key-{i}") for i in range(5000)]
+    before = HashRing(["a", "b", "c"], virtual_nodes=64)
+    before.set_replicas(["a", "b", "c"], {"a": rank_seat(0), "b": rank_seat(1), "c": rank_seat(2)})
+    after = HashRing(virtual_nodes=64)
+    after.set_replicas(["a", "b2", "c"], {"a": rank_seat(0), "b2": rank_seat(1), "c": rank_seat(2)})
+    renamed = {"b": "b2"}
+    assert all(renamed.get(before.owner(k), before.owner(k)) == after.owner(k) for k in keys)
+    assert after.seat("b2") == "rank-1" and after.seat("a") == "rank-0"
+
+
+def test_without_a_seat_a_replacement_moves_keys_of_every_replica() -> None:
+    # The reason for seats: a new id lands on new arcs, taking keys from survivors too.
+    from router.ring import stable_key
+
+    keys = [stable_key(f"key-{i}") for i in range(5000)]
+    before = HashRing(["a", "b", "c"], virtual_nodes=64)
+    after = HashRing(["a", "b2", "c"], virtual_nodes=64)
+    survivors_moved = sum(1 for k in keys if before.owner(k) in ("a", "c")
+                          and before.owner(k) != after.owner(k))
+    assert survivors_moved > 0
+
+
+def test_seats_of_departed_replicas_are_dropped_and_unseated_ids_sit_at_their_id() -> None:
+    from router.ring import rank_seat
+
+    plain = HashRing(["x", "y"], virtual_nodes=16)
+    seated = HashRing(virtual_nodes=16)
+    seated.set_replicas(["x", "y"], {"x": "x", "gone": rank_seat(3)})
+    assert seated.seat("gone") == "gone"
+    assert [seated.owner(k) for k in range(0, 2**64, 2**58)] == \
+        [plain.owner(k) for k in range(0, 2**64, 2**58)]
