@@ -223,11 +223,16 @@ def test_hung_engine_is_ejected_and_its_requests_finish_elsewhere(chaos_stack) -
     assert total(metrics(stack), "cacheroute_router_replicas") == 2
 
 
+# The replica whose engine the crash test killed, for the recovery test after it.
+CRASHED: dict[str, int] = {}
+
+
 def test_crashed_engine_streams_resume_and_requests_retry(chaos_stack) -> None:
     proc, stack = chaos_stack.proc, chaos_stack.stack
     tokens = expected_prompt_tokens(stack, 6)
     before = metrics(stack)
     victim = one_engine(proc)
+    CRASHED["replica_pid"] = victim.replica_pid
     with ThreadPoolExecutor(max_workers=10) as pool:
         streams = start_streams(pool, stack, 4)
         os.kill(victim.engine_pid, signal.SIGKILL)
@@ -255,14 +260,24 @@ def test_crashed_engine_streams_resume_and_requests_retry(chaos_stack) -> None:
 
 def test_service_recovers_after_the_crash(chaos_stack) -> None:
     proc, stack = chaos_stack.proc, chaos_stack.stack
-    # Serve's health check finds the dead engine and replaces its replica.
+    crashed = CRASHED.get("replica_pid")
+    assert crashed is not None, "runs after the crash test"
+
+    # Serve's health check finds the dead engine and stops its replica (until then the
+    # replica still counts as RUNNING, so /ready alone proves nothing), then starts and
+    # warms a replacement.
+    def replaced() -> bool:
+        engines = engine_processes(proc.pid)
+        return len(engines) == 2 and crashed not in {e.replica_pid for e in engines}
+
     def ready() -> bool:
         with stack.http() as http:
             return http.get("/ready").status_code == 200
+
+    wait_until(replaced, "the crashed replica to be replaced", timeout_s=600, period_s=2.0)
     wait_until(ready, "/ready after the crash", timeout_s=600, period_s=2.0)
-    wait_until(lambda: len(engine_processes(proc.pid)) == 2, "a new engine process",
-               timeout_s=120)
-    wait_until(lambda: total(metrics(stack), "cacheroute_router_replicas") == 2,
-               "both replicas on the ring", timeout_s=60)
+    wait_until(lambda: total(metrics(stack), "cacheroute_router_replicas") == 2
+               and total(metrics(stack), "cacheroute_router_ejected_replicas") == 0,
+               "both replicas on the ring", timeout_s=120)
     resp = unary(stack, "completions", PROMPTS[0])
     assert_whole_response(resp)
