@@ -75,14 +75,16 @@ def make_doc_settings(**overrides: Any) -> DocumentSettings:
 
 
 def make_service(*, clock: Clock | None = None, backend: FakeBackend | None = None,
-                 **overrides: Any) -> tuple[DocumentService, FakeBackend, Clock]:
+                 metrics: CollectorRegistry | None = None, **overrides: Any) -> tuple[DocumentService, FakeBackend, Clock]:
     clock = clock or Clock()
     backend = backend or FakeBackend()
     registry = make_registry(make_store(clock, max_prefixes=64, max_total_tokens=10**7),
                              backend, max_prefix_tokens=10**6, max_ttl_s=10**6)
     service = DocumentService(settings=make_doc_settings(**overrides), registry=registry,
                               tokenizer=WordTokenizer(), embedder=BagOfWordsEmbedder(),
-                              metrics=DocumentMetrics(CollectorRegistry()), clock=clock)
+                              metrics=DocumentMetrics(metrics if metrics is not None
+                                                      else CollectorRegistry()),
+                              clock=clock)
     return service, backend, clock
 
 

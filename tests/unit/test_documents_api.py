@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry
 from starlette.responses import JSONResponse
 
 from serving.config import ServiceConfig
@@ -39,8 +40,13 @@ class Host(DocumentRoutes):
 
 
 @pytest.fixture
-def host() -> Host:
-    return Host(make_service()[0])
+def metrics() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+@pytest.fixture
+def host(metrics: CollectorRegistry) -> Host:
+    return Host(make_service(metrics=metrics)[0])
 
 
 @pytest.fixture
@@ -55,7 +61,8 @@ def client(host: Host) -> Iterator[TestClient]:
         yield c
 
 
-def test_upload_ask_list_delete(client: TestClient, host: Host) -> None:
+def test_upload_ask_list_delete(client: TestClient, host: Host,
+                                metrics: CollectorRegistry) -> None:
     resp = client.post("/v1/documents", json={"model": MODEL, "text": long_document(3),
                                               "name": "memo"})
     assert resp.status_code == 201, resp.text
@@ -73,6 +80,13 @@ def test_upload_ask_list_delete(client: TestClient, host: Host) -> None:
     sent = host.sent[-1]
     assert (sent.model, sent.max_tokens, sent.stream) == (MODEL, 16, False)
 
+    labels = {"order": "document"}
+    assert metrics.get_sample_value("cacheroute_document_cached_tokens_total", labels) == 256
+    assert metrics.get_sample_value("cacheroute_document_prompt_tokens_total", labels) == 300
+    assert metrics.get_sample_value("cacheroute_document_assembly_seconds_count", labels) == 1
+    assert metrics.get_sample_value("cacheroute_document_ask_seconds_count", labels) == 1
+    assert metrics.get_sample_value("cacheroute_documents") == 1
+
     listed = client.get("/v1/documents").json()["data"]
     assert [(d["id"], d["asks"], d["cached_tokens"]) for d in listed] == [(doc["id"], 1, 256)]
     assert client.get(f"/v1/documents/{doc['id']}").json()["prompt_tokens"] == 300
@@ -81,6 +95,8 @@ def test_upload_ask_list_delete(client: TestClient, host: Host) -> None:
     assert deleted["holders_before"] == doc["anchor"]["holders"]
     assert deleted["holders_after"] == []
     assert client.get("/v1/documents").json()["data"] == []
+    assert metrics.get_sample_value("cacheroute_document_evictions_total",
+                                    {"reason": "deleted"}) == 1
 
 
 @pytest.mark.parametrize(("payload", "status", "code"), [
