@@ -397,7 +397,14 @@ class DocumentService:
         return len(dropped)
 
     async def _drop(self, doc: Document, reason: Reason) -> None:
-        """Delete the anchor's prefix and the router's ownership of its blocks."""
+        """Delete the anchor's prefix and the router's ownership of its blocks -- unless
+        a document still held shares the anchor (same name and opening chunks)."""
+        if any(d.prefix_key == doc.prefix_key and d.anchor_token_ids == doc.anchor_token_ids
+               for d in self._documents.values()):
+            self._metrics.evictions.labels(reason=reason.value).inc()
+            logger.info("cacheroute: document %s dropped (%s); its anchor stays, shared",
+                        doc.id, reason.value)
+            return
         if doc.prefix_key is not None:
             try:
                 await self._registry.delete(doc.prefix_key)

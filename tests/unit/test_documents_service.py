@@ -190,3 +190,19 @@ def test_observe_counts_and_renews_an_aging_registration() -> None:
         assert len(backend.prewarms) == 2
 
     run(body)
+
+
+def test_a_shared_anchor_stays_until_its_last_document_goes() -> None:
+    service, _, _ = make_service()
+
+    async def body() -> None:
+        # Same name and opening: one anchor (the lead), two documents.
+        first, _ = await service.upload(model=MODEL, text=LONG, name="manual")
+        second, _ = await service.upload(model=MODEL, text=LONG + "\n\nAppendix.", name="manual")
+        assert first.id != second.id and first.prefix_key == second.prefix_key
+        await service.delete(first.id)
+        assert service.holders(second) and len(await service._registry.records()) == 1
+        await service.delete(second.id)
+        assert service.holders(second) == [] and await service._registry.records() == []
+
+    run(body)
