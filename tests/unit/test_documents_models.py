@@ -51,3 +51,63 @@ def test_serving_tokenizer_counts_as_the_engine_does(path: Path) -> None:
     messages = [{"role": "system", "content": "Doc."}, {"role": "user", "content": "Why?"}]
     rendered = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
     assert tok.chat_tokens(messages) == len(hf.encode(rendered, add_special_tokens=False))
+
+
+def _shared_blocks(prompts: list[tuple[int, ...]], block: int = 128) -> int:
+    """Tokens each prompt could find cached from the prompts before it (longest common
+    prefix, whole blocks, the last token never cached): an engine with room for all."""
+    total = 0
+    for n, ids in enumerate(prompts):
+        best = 0
+        for earlier in prompts[:n]:
+            common = 0
+            for a, b in zip(ids[:-1], earlier):
+                if a != b:
+                    break
+                common += 1
+            best = max(best, common)
+        total += best // block * block
+    return total
+
+
+@pytest.mark.parametrize("path", _default_tokenizer(), ids=lambda p: p.name)
+def test_document_order_shares_more_cached_prefix_than_similarity_order(path: Path) -> None:
+    import asyncio
+
+    from prometheus_client import CollectorRegistry
+
+    from bench.documents_qa import DocumentSpec, make_documents
+    from serving.config import ServiceConfig
+    from serving.documents.api import _Chat, document_settings
+    from serving.documents.assembly import Order
+    from serving.documents.metrics import DocumentMetrics
+    from serving.documents.service import DocumentService
+    from serving.prompt_tokens import PromptTokenizer
+    from tests.unit.prefix_fakes import FakeBackend, make_registry, make_store
+
+    settings = document_settings(ServiceConfig.model_validate(
+        {"engine": {"max_model_len": 2048}}), frozenset({"m"}))
+    registry = make_registry(make_store(max_prefixes=8, max_total_tokens=10**7), FakeBackend(),
+                             max_prefix_tokens=10**6)
+    service = DocumentService(settings=settings, registry=registry,
+                              tokenizer=ServingTokenizer(str(path)), embedder=MiniLMEmbedder(),
+                              metrics=DocumentMetrics(CollectorRegistry()))
+    prompt = PromptTokenizer(str(path))
+    text = make_documents(DocumentSpec(documents=1))[0].text  # ~2.4k tokens: excerpts
+    questions = [f"What does section {n} say about the {topic}?"
+                 for n, topic in [(3, "refund policy"), (4, "refund deadline"),
+                                  (3, "refund fees"), (12, "audit log"), (13, "audit owner")]]
+
+    async def prompts(order: Order) -> list[tuple[int, ...]]:
+        doc, _ = await service.upload(model="m", text=text, name="guide")
+        plans = [await service.plan(doc.id, question=q, max_tokens=8, order=order)
+                 for q in questions]
+        return [prompt.token_ids(_Chat(p.messages, add_generation_prompt=True))
+                for p in plans]
+
+    document = asyncio.run(prompts(Order.DOCUMENT))
+    naive = asyncio.run(prompts(Order.SIMILARITY))
+    shared = (_shared_blocks(document), _shared_blocks(naive))
+    print(f"shared prefix tokens: document order {shared[0]}, similarity order {shared[1]}; "
+          f"prompt tokens {sum(map(len, document))} and {sum(map(len, naive))}")
+    assert shared[0] > shared[1]
