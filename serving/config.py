@@ -231,6 +231,47 @@ class PrefixConfig(_Strict):
         return self.redis_url or os.environ.get(REDIS_URL_ENV) or None
 
 
+class DocumentConfig(_Strict):
+    max_document_bytes: int = Field(1_048_576, ge=1, le=64 * 1_048_576)
+    """Largest uploaded text in UTF-8 bytes (413 above it): bounds the ingress's work per
+    upload (tokenising and embedding every chunk), about 250k tokens of English."""
+    chunk_tokens: int = Field(200, ge=16, le=8192)
+    """Target chunk length in the served model's tokens. 200 keeps a chunk within the
+    embedding model's 256-wordpiece input, so all of it is embedded."""
+    chunk_overlap_tokens: int = Field(32, ge=0, le=4096)
+    """Tokens (whole sentences or paragraphs) a chunk repeats from the one before, so a
+    fact split by a boundary is whole in at least one chunk."""
+    lead_tokens: int = Field(256, ge=1)
+    """A document too long for the context window always opens with its first chunks up
+    to this many tokens: the fixed, prewarmed head every question about it shares."""
+    top_k: int = Field(6, ge=1, le=256)
+    """Most chunks picked by similarity for one question (the window may hold fewer)."""
+    answer_reserve_tokens: int = Field(320, ge=1)
+    """Question plus answer tokens a whole document leaves free: a document that fits
+    the window with this reserve is prewarmed whole, a longer one by its lead."""
+    default_max_tokens: int = Field(64, ge=1)
+    """Answer length of an `ask` that does not set `max_tokens`."""
+    max_question_chars: int = Field(4096, ge=1)
+    """Longest question in characters (400 above it)."""
+    max_documents: int = Field(64, ge=1, le=100_000)
+    """Documents kept per ingress; beyond it the lowest relevance x recency score goes."""
+    max_total_tokens: int = Field(1_048_576, ge=1)
+    """Tokens of all kept documents together (their text and vectors live in the
+    ingress); beyond it the lowest-scoring documents are evicted."""
+    recency_half_life_s: float = Field(600.0, gt=0, allow_inf_nan=False)
+    """A document's eviction score, (1 + questions asked), halves per this many idle
+    seconds: a busy document outlives an idle one, a long-idle one goes first."""
+    idle_ttl_s: float = Field(3600.0, gt=0, allow_inf_nan=False)
+    """A document not asked about for this long is dropped, with its prewarmed prefix
+    and the router's ownership of its blocks."""
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "DocumentConfig":
+        if self.chunk_overlap_tokens >= self.chunk_tokens:
+            raise ValueError("chunk_overlap_tokens must be below chunk_tokens")
+        return self
+
+
 class ServiceConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     replicas: int = Field(2, ge=1, le=1024)
@@ -241,6 +282,7 @@ class ServiceConfig(_Strict):
     tracing: TracingConfig = Field(default_factory=TracingConfig)
     prefixes: PrefixConfig = Field(default_factory=PrefixConfig)
     failover: FailoverConfig = Field(default_factory=FailoverConfig)
+    documents: DocumentConfig = Field(default_factory=DocumentConfig)
 
     @model_validator(mode="after")
     def _consistent(self) -> "ServiceConfig":

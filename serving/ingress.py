@@ -9,6 +9,10 @@ Endpoints beyond upstream's OpenAI set:
                 telemetry (serving/telemetry.py).
 - `POST/GET /v1/prefixes`, `DELETE /v1/prefixes/{key}`: the prefix registry
                 (serving/prefix_api.py); chat requests are matched against it.
+- `POST/GET /v1/documents`, `GET/DELETE /v1/documents/{id}`,
+  `POST /v1/documents/{id}/ask`: document analysis (serving/documents/api.py); a
+                document's head is registered as a prefix, its questions are chat
+                requests through `chat` below.
 
 Every error leaves as OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`,
 with a 4xx status for anything the client can fix.
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -38,12 +43,16 @@ from ray.serve.schema import ApplicationStatus
 from serving import telemetry
 from serving.attempt_log import process_attempt_log
 from serving.config import FailoverConfig, ServiceConfig
+from serving.documents.api import DOCUMENT_ENDPOINTS, DocumentRoutes, build_documents
+from serving.documents.metrics import DocumentMetrics
 from serving.failover import Failover
 from serving.prefix_api import PREFIX_ENDPOINTS, PrefixRoutes, observe_response
 from serving.prefix_backend import build_registry, ingress_args
 from serving.prefix_registry import PrefixError, PrefixMetrics
 from serving.router_metrics import REPLICAS_WANTED
 from serving.tracing import TracingMiddleware
+
+logger = logging.getLogger("ray.serve")
 
 # Paths a probe or scraper must reach without a key.
 PUBLIC_PATHS = frozenset({"/ready", "/health", "/metrics"})
@@ -164,7 +173,7 @@ def build_fastapi_app(config: ServiceConfig) -> FastAPI:
     return app
 
 
-class CacheRouteIngress(PrefixRoutes, OpenAiIngress):
+class CacheRouteIngress(DocumentRoutes, PrefixRoutes, OpenAiIngress):
     def __init__(self, llm_deployments: dict, model_cards: dict, *, lora_paths=None,
                  app_name: str, llm_deployment: str, num_replicas: int,
                  prefixes: dict[str, Any], failover: dict[str, Any] | None = None) -> None:
@@ -180,6 +189,9 @@ class CacheRouteIngress(PrefixRoutes, OpenAiIngress):
             prefixes, models=frozenset(model_cards), deployment=llm_deployment,
             send_chat=lambda body: self._get_response(body=body, call_method="chat"),
             metrics=PrefixMetrics.for_registry(telemetry.REGISTRY))
+        self._documents = build_documents(
+            prefixes, models=frozenset(model_cards), registry=self._prefix_registry,
+            metrics=DocumentMetrics.for_registry(telemetry.REGISTRY))
 
     async def _get_response(self, *, body: Any, call_method: str,
                             raw_request: Request | None = None):
@@ -211,6 +223,10 @@ class CacheRouteIngress(PrefixRoutes, OpenAiIngress):
         # Serve calls this every few seconds on the request loop: it (re)starts the
         # registry's sweep, so a restarted ingress rewarms without waiting for traffic.
         self._prefix_registry.ensure_sweeping()
+        try:  # stale documents leave, and the router forgets their blocks
+            await self._documents.sweep()
+        except Exception:  # a failed sweep must not mark the ingress unhealthy
+            logger.exception("cacheroute: document sweep failed")
         await super().check_health()
 
     async def readiness(self) -> dict[str, Any]:
@@ -246,6 +262,7 @@ def _endpoint_map() -> dict:
         "health": lambda app: app.get("/health"),
         "metrics": lambda app: app.get("/metrics"),
         **PREFIX_ENDPOINTS,
+        **DOCUMENT_ENDPOINTS,
     }
 
 

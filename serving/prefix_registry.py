@@ -192,6 +192,11 @@ class PrefixRegistry:
     def settings(self) -> RegistrySettings:
         return self._settings
 
+    @property
+    def backend(self) -> PrefixBackend:
+        """The stack it prewarms through (the document service asks it for placements)."""
+        return self._backend
+
     # --- API --------------------------------------------------------------------
 
     async def register(self, *, model: str, messages: Sequence[Any], ttl_s: float | None,

@@ -1,0 +1,199 @@
+"""Document analysis against a running service: the document path versus the naive one.
+
+Both modes upload the same documents once (``POST /v1/documents``) and ask the same
+questions (``POST /v1/documents/{id}/ask``); only ``context_order`` differs:
+- ``document``: the anchor (the document's prewarmed head) first, then excerpts picked
+  by similarity placed in document order. Questions about one document share the
+  anchor and usually their first excerpts, and the router sends them to the replica
+  holding the anchor.
+- ``naive`` (``context_order: "similarity"``): the usual retrieval prompt, excerpts
+  best first after a generic instruction, no anchor: each question's prompt starts
+  with its own best chunk, so the router places it by that chunk (no document
+  routing) and the engine rarely finds a long cached prefix.
+
+Load: ``sessions`` concurrent sessions, one per document, each asking its
+``questions`` questions one after the other (questions of the live bench's
+``documents`` workload, ``bench/documents_qa.py``). The naive mode runs first, so
+the document mode cannot profit from anything the naive one cached. Documents are
+longer than the service's context window by default (``--document-words``), so both
+modes assemble excerpts.
+
+Reported per mode: chunk cache hit rate (engine ``cached_tokens`` / prompt tokens),
+context assembly latency (the ingress's own ``document.assembly_ms``), end-to-end
+latency, all over the same questions. ``python -m bench.documents --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.documents_qa import DocumentSpec, make_documents, question
+from bench.machine import describe, machine_info
+from bench.stats import percentile
+
+MODES = {"naive": "similarity", "document": "document"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Answer:
+    mode: str
+    document: int
+    number: int
+    prompt_tokens: int
+    cached_tokens: int
+    assembly_ms: float
+    latency_s: float
+    chunks: tuple[int, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModeSummary:
+    mode: str
+    questions: int
+    hit_rate: float
+    prompt_tokens: int
+    cached_tokens: int
+    assembly_p50_ms: float
+    assembly_p95_ms: float
+    latency_p50_s: float
+    latency_p95_s: float
+    latency_mean_s: float
+    wall_s: float
+
+
+def summarise(mode: str, answers: Sequence[Answer], wall_s: float) -> ModeSummary:
+    prompt = sum(a.prompt_tokens for a in answers)
+    cached = sum(a.cached_tokens for a in answers)
+    assembly = [a.assembly_ms for a in answers]
+    latency = [a.latency_s for a in answers]
+    return ModeSummary(
+        mode=mode, questions=len(answers), hit_rate=round(cached / prompt, 3) if prompt else 0.0,
+        prompt_tokens=prompt, cached_tokens=cached,
+        assembly_p50_ms=round(percentile(assembly, 50), 1),
+        assembly_p95_ms=round(percentile(assembly, 95), 1),
+        latency_p50_s=round(percentile(latency, 50), 3),
+        latency_p95_s=round(percentile(latency, 95), 3),
+        latency_mean_s=round(sum(latency) / len(latency), 3) if latency else 0.0,
+        wall_s=round(wall_s, 1))
+
+
+def questions_for(documents: int, per_document: int, seed: int) -> list[list[str]]:
+    rng = random.Random(f"documents-bench:{seed}")
+    return [[question(rng, n) for n in range(per_document)] for _ in range(documents)]
+
+
+def markdown(summaries: Sequence[ModeSummary]) -> str:
+    rows = ["| mode | questions | chunk cache hit rate | cached / prompt tokens | "
+            "assembly p50 ms | assembly p95 ms | e2e p50 s | e2e p95 s | e2e mean s | wall s |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for s in summaries:
+        rows.append(f"| {s.mode} | {s.questions} | {s.hit_rate:.3f} | "
+                    f"{s.cached_tokens:,} / {s.prompt_tokens:,} | {s.assembly_p50_ms} | "
+                    f"{s.assembly_p95_ms} | {s.latency_p50_s} | {s.latency_p95_s} | "
+                    f"{s.latency_mean_s} | {s.wall_s} |")
+    return "\n".join(rows)
+
+
+def _ask(http: httpx.Client, doc_id: str, text: str, order: str, max_tokens: int) -> dict:
+    resp = http.post(f"/v1/documents/{doc_id}/ask", json={
+        "question": text, "max_tokens": max_tokens, "temperature": 0, "context_order": order})
+    resp.raise_for_status()
+    return resp.json()
+
+
+def run_mode(http: httpx.Client, mode: str, doc_ids: Sequence[str],
+             questions: Sequence[Sequence[str]], max_tokens: int) -> tuple[list[Answer], float]:
+    order = MODES[mode]
+
+    def session(d: int) -> list[Answer]:
+        out = []
+        for number, text in enumerate(questions[d]):
+            started = time.perf_counter()
+            reply = _ask(http, doc_ids[d], text, order, max_tokens)
+            usage = reply["usage"]
+            out.append(Answer(
+                mode=mode, document=d, number=number, prompt_tokens=usage["prompt_tokens"],
+                cached_tokens=(usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+                or 0, assembly_ms=reply["document"]["assembly_ms"],
+                latency_s=time.perf_counter() - started,
+                chunks=tuple(reply["document"]["chunks"])))
+        return out
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=len(doc_ids)) as pool:
+        answers = [a for part in pool.map(session, range(len(doc_ids))) for a in part]
+    return answers, time.perf_counter() - started
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.documents",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="the running service")
+    p.add_argument("--api-key", default=None, help="bearer key, when the service needs one")
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--sessions", type=int, default=3,
+                   help="concurrent sessions, one document each")
+    p.add_argument("--questions", type=int, default=6, help="questions per document")
+    p.add_argument("--document-words", type=int, default=1600,
+                   help="words per document (1600: about 2.4k tokens, beyond a 2k window)")
+    p.add_argument("--max-tokens", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    machine = machine_info()
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    run_id = uuid.uuid4().hex[:8]  # fresh documents: nothing cached from an earlier run
+    docs = make_documents(DocumentSpec(documents=args.sessions,
+                                       document_words=args.document_words, seed=args.seed))
+    questions = questions_for(args.sessions, args.questions, args.seed)
+    with httpx.Client(base_url=args.url, headers=headers, timeout=600) as http:
+        doc_ids, uploads = [], []
+        for doc in docs:
+            started = time.perf_counter()
+            resp = http.post("/v1/documents", json={"model": args.model, "text": doc.text,
+                                                    "name": f"{doc.title} {run_id}"})
+            resp.raise_for_status()
+            uploads.append(time.perf_counter() - started)
+            doc_ids.append(resp.json()["id"])
+            info = resp.json()
+            print(f"uploaded {info['id']}: {info['tokens']} tokens, {info['chunks']} chunks, "
+                  f"anchor {info['anchor']['mode']} {info['anchor']['tokens']} tokens "
+                  f"({time.perf_counter() - started:.1f} s)", file=sys.stderr)
+        summaries, all_answers = [], []
+        for mode in MODES:  # naive first: see the module docstring
+            answers, wall = run_mode(http, mode, doc_ids, questions, args.max_tokens)
+            summaries.append(summarise(mode, answers, wall))
+            all_answers += answers
+        for doc_id in doc_ids:
+            http.delete(f"/v1/documents/{doc_id}")
+    print(f"Machine: {describe(machine)}")
+    print(f"{args.sessions} sessions x {args.questions} questions, documents of "
+          f"{args.document_words} words; uploads {', '.join(f'{u:.1f}' for u in uploads)} s")
+    print(markdown(summaries))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({
+            "machine": machine, "args": {k: str(v) for k, v in vars(args).items()},
+            "summaries": [asdict(s) for s in summaries],
+            "answers": [asdict(a) for a in all_answers]}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

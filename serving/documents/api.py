@@ -1,0 +1,222 @@
+"""HTTP face of the document service (``service.py``), mounted on the ingress.
+
+    POST   /v1/documents           {"model", "text", "name"?}
+                                   201 {"object": "document", "id", ...} (200 when the
+                                   identical document is already held)
+    GET    /v1/documents           {"object": "list", "data": [document, ...]}, most
+                                   recently used first
+    GET    /v1/documents/{id}      the document, with where the router places its anchor
+    DELETE /v1/documents/{id}      {"object": "document.deleted", "id", "deleted": true,
+                                    "holders_before", "holders_after"}
+    POST   /v1/documents/{id}/ask  {"question", "max_tokens"?, "temperature"?,
+                                    "context_order"?} -> a chat completion, plus a
+                                   "document" object saying which chunks it used
+
+``holders`` are the replicas the router's ownership index believes hold every full
+block of the document's anchor (its prewarmed head); a DELETE reports them before
+and after forgetting, so a client (and the tests) can see ownership dropped.
+``context_order: "similarity"`` is the naive baseline for benchmarks: excerpts best
+first with no anchor, so neither the engine's prefix cache nor the router's document
+placement helps.
+
+Routes are methods of ``DocumentRoutes``, which the ingress class inherits (Serve
+binds an ingress's routes to its methods); the host sets ``self._documents`` and
+provides ``chat``. Errors are ``DocumentError``s (a ``PrefixError``), shaped by the
+ingress's handler like every other error.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import JSONResponse, Response
+
+from ray.llm._internal.serve.core.configs.openai_api_models import ChatCompletionRequest
+
+from serving.config import ServiceConfig
+from serving.documents.assembly import Order
+from serving.documents.embedding import MiniLMEmbedder
+from serving.documents.eviction import EvictionPolicy
+from serving.documents.metrics import DocumentMetrics
+from serving.documents.service import Document, DocumentService, DocumentSettings
+from serving.prefix_api import cached_tokens
+from serving.prefix_registry import PrefixRegistry
+from serving.prompt_tokens import PromptTokenizer
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DocumentCreateRequest(_Body):
+    model: str = Field(min_length=1, max_length=256)
+    text: str
+    """The document; its size limit is `documents.max_document_bytes` (413 above it)."""
+    name: str | None = Field(None, min_length=1, max_length=256)
+
+
+class AskRequest(_Body):
+    question: str = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
+    context_order: Literal["document", "similarity"] = "document"
+
+
+def document_json(service: DocumentService, doc: Document) -> dict[str, Any]:
+    placement = None
+    backend = service.registry_backend
+    if doc.anchor_token_ids and backend.tracks_placement:
+        placement = backend.placement(doc.anchor_token_ids, None)
+    return {
+        "object": "document",
+        "id": doc.id,
+        "name": doc.name,
+        "model": doc.model,
+        "bytes": len(doc.text.encode("utf-8", errors="surrogatepass")),
+        "tokens": doc.tokens,
+        "chunks": len(doc.chunks),
+        "anchor": {
+            "mode": doc.anchor_mode.value,
+            "lead_chunks": doc.lead_count,
+            "tokens": doc.anchor_tokens,
+            "cacheable_tokens": doc.cacheable_tokens,
+            "prefix_key": doc.prefix_key,
+            "home_replica": placement.home if placement is not None else None,
+            "holders": sorted(placement.holders) if placement is not None else [],
+        },
+        "asks": doc.asks,
+        "prompt_tokens": doc.prompt_tokens,
+        "cached_tokens": doc.cached_tokens,
+        "created_at": doc.created_at,
+        "last_used_at": doc.last_used_at,
+    }
+
+
+class DocumentRoutes:
+    """The document routes, as methods of the ingress class."""
+
+    _documents: DocumentService
+    chat: Callable[..., Any]
+
+    async def create_document(self, body: DocumentCreateRequest) -> JSONResponse:
+        doc, created = await self._documents.upload(model=body.model, text=body.text,
+                                                     name=body.name)
+        return JSONResponse(document_json(self._documents, doc),
+                            status_code=201 if created else 200)
+
+    async def list_documents(self) -> JSONResponse:
+        await self._documents.sweep()
+        return JSONResponse({"object": "list", "data": [
+            document_json(self._documents, d) for d in self._documents.documents()]})
+
+    async def get_document(self, id: str) -> JSONResponse:
+        return JSONResponse(document_json(self._documents, self._documents.get(id)))
+
+    async def delete_document(self, id: str) -> JSONResponse:
+        before = self._documents.holders(self._documents.get(id))
+        doc = await self._documents.delete(id)
+        return JSONResponse({"object": "document.deleted", "id": id, "deleted": True,
+                             "holders_before": before,
+                             "holders_after": self._documents.holders(doc)})
+
+    async def ask_document(self, id: str, body: AskRequest, request: Request) -> Response:
+        started = time.perf_counter()
+        plan = await self._documents.plan(id, question=body.question,
+                                          max_tokens=body.max_tokens,
+                                          order=Order(body.context_order))
+        chat = ChatCompletionRequest(model=plan.document.model, messages=plan.messages,
+                                     max_tokens=plan.max_tokens, stream=False,
+                                     temperature=body.temperature)
+        response = await self.chat(chat, request)
+        if response.status_code != 200 or not hasattr(response, "body"):
+            return response
+        try:
+            payload = json.loads(bytes(response.body))
+        except (TypeError, ValueError):
+            return response
+        usage = payload.get("usage") if isinstance(payload, dict) else None
+        prompt = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+        self._documents.observe(plan, prompt_tokens=prompt if isinstance(prompt, int) else None,
+                                cached_tokens=cached_tokens(payload),
+                                elapsed_s=time.perf_counter() - started)
+        payload["document"] = {
+            "id": plan.document.id,
+            "mode": plan.selection.mode.value,
+            "context_order": plan.selection.order.value,
+            "lead_chunks": plan.document.lead_count if body.context_order == "document" else 0,
+            "chunks": list(plan.selection.excerpts),
+            "anchor_cacheable_tokens": plan.document.cacheable_tokens,
+            "assembly_ms": round(plan.assembly_s * 1000, 3),
+        }
+        return JSONResponse(payload)
+
+
+# Method name -> route, in the shape `make_fastapi_ingress` takes.
+DOCUMENT_ENDPOINTS: dict[str, Callable[[FastAPI], Callable]] = {
+    "create_document": lambda app: app.post("/v1/documents", status_code=201),
+    "list_documents": lambda app: app.get("/v1/documents"),
+    "get_document": lambda app: app.get("/v1/documents/{id}"),
+    "delete_document": lambda app: app.delete("/v1/documents/{id}"),
+    "ask_document": lambda app: app.post("/v1/documents/{id}/ask"),
+}
+
+
+@dataclass(frozen=True)
+class _Chat:
+    """The attributes of a chat request that ``PromptTokenizer`` reads."""
+
+    messages: Sequence[Mapping[str, Any]]
+    add_generation_prompt: bool = False
+    cache_salt: str | None = None
+
+
+class ServingTokenizer:
+    """The served model's tokenizer (the router's; the same cached instance)."""
+
+    def __init__(self, path: str) -> None:
+        self._prompt = PromptTokenizer(path)
+
+    def count(self, texts: Sequence[str]) -> list[int]:
+        if not texts:
+            return []
+        encoded = self._prompt.tokenizer(list(texts), add_special_tokens=False)
+        return [len(ids) for ids in encoded["input_ids"]]
+
+    def chat_tokens(self, messages: Sequence[Mapping[str, Any]]) -> int:
+        return len(self._prompt.token_ids(_Chat(messages)) or ())
+
+
+def document_settings(config: ServiceConfig, models: frozenset[str]) -> DocumentSettings:
+    d = config.documents
+    max_model_len = config.engine.max_model_len
+    return DocumentSettings(
+        models=models,
+        max_model_len=max_model_len,
+        max_document_bytes=d.max_document_bytes,
+        chunk_tokens=d.chunk_tokens,
+        chunk_overlap_tokens=d.chunk_overlap_tokens,
+        # The lead must leave most of a small window to excerpts and the answer.
+        lead_tokens=min(d.lead_tokens, max_model_len // 4),
+        top_k=d.top_k,
+        answer_reserve_tokens=d.answer_reserve_tokens,
+        default_max_tokens=d.default_max_tokens,
+        max_question_chars=d.max_question_chars,
+        eviction=EvictionPolicy(max_documents=d.max_documents,
+                                max_total_tokens=d.max_total_tokens,
+                                half_life_s=d.recency_half_life_s, idle_ttl_s=d.idle_ttl_s),
+    )
+
+
+def build_documents(args: Mapping[str, Any], *, models: frozenset[str],
+                    registry: PrefixRegistry, metrics: DocumentMetrics) -> DocumentService:
+    """The document service of one ingress replica (``args``: ``ingress_args``)."""
+    config = ServiceConfig.model_validate_json(args["config_json"])
+    return DocumentService(settings=document_settings(config, models), registry=registry,
+                           tokenizer=ServingTokenizer(args["tokenizer_path"]),
+                           embedder=MiniLMEmbedder(), metrics=metrics)

@@ -1,0 +1,433 @@
+"""The document service of one ingress: upload, plan a question's context, forget.
+
+- ``upload``: check the limits, chunk the text (``chunking``), embed every chunk
+  (``embedding``, in a worker thread), decide the document's *anchor* -- the whole
+  text when it fits the window with ``answer_reserve_tokens`` to spare, else its lead
+  (``assembly``) -- and register the anchor's system message with the prefix
+  registry. The registry prewarms it through the router (so the replica its block
+  hashes go to computes the document's KV once), rewarms it when a replica loses it,
+  and counts every question that starts with it as a hit or a miss. Then admit the
+  document under the eviction bounds (``eviction``).
+- ``plan``: embed the question, rank the chunks (``index``), select and render the
+  context (``assembly``) under the budget left by the question and ``max_tokens``,
+  and check the rendered prompt's exact token count, dropping the lowest-ranked
+  excerpt while it is over. The ingress then sends it as an ordinary chat request:
+  its prompt starts with the anchor, so the cache-aware router sends it to the
+  anchor's owner (bounded loads still apply) and the engine serves the anchor's
+  blocks from cache.
+- ``observe``: the engine's ``cached_tokens`` for the answer (chunk cache hit rate).
+- ``delete`` / eviction: drop the document, delete its registered prefix and make
+  the router forget the anchor's blocks, whether or not the registry still held it.
+
+State is per ingress process (a dict); the anchor's prefix record lives in the
+prefix registry's store (Redis when configured). Costs: an upload tokenises its
+text about twice and embeds every chunk once; a question embeds one sentence, ranks
+in O(chunks x 384), and tokenises its rendered prompt once or a few times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from serving.documents import assembly
+from serving.documents.assembly import Mode, Order, Selection
+from serving.documents.chunking import Chunk, TokenCounter, chunk_document
+from serving.documents.embedding import Embedder, EmbedderUnavailable
+from serving.documents.eviction import EvictionPolicy, Reason, Usage, victims
+from serving.documents.index import VectorIndex
+from serving.documents.metrics import DocumentMetrics
+from serving.prefix_registry import PrefixError, PrefixRegistry
+from serving.prefix_store import PrefixKey
+
+logger = logging.getLogger("ray.serve")
+
+# Tokens the chat template adds after the last message for the answer
+# (`<|im_start|>assistant\n` is 3 for SmolLM2); counted generously because the exact
+# check below measures the messages without the generation prompt.
+_GENERATION_PROMPT_TOKENS = 16
+
+_ID_RE = re.compile(r"doc-[0-9a-f]{32}")
+
+
+class DocumentError(PrefixError):
+    """A request the document service refuses; an OpenAI-shaped error body."""
+
+
+class DocumentTokenizer(Protocol):
+    """The served model's tokenizer, as the engine uses it."""
+
+    def count(self, texts: Sequence[str]) -> list[int]:
+        """Tokens of each plain text (no special tokens)."""
+
+    def chat_tokens(self, messages: Sequence[Mapping[str, Any]]) -> int:
+        """Prompt tokens of chat messages, rendered without a generation prompt."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DocumentSettings:
+    models: frozenset[str]
+    max_model_len: int
+    max_document_bytes: int
+    chunk_tokens: int
+    chunk_overlap_tokens: int
+    lead_tokens: int
+    top_k: int
+    answer_reserve_tokens: int
+    default_max_tokens: int
+    max_question_chars: int
+    eviction: EvictionPolicy
+
+
+@dataclass(kw_only=True)
+class Document:
+    id: str
+    name: str
+    model: str
+    text: str
+    chunks: tuple[Chunk, ...]
+    index: VectorIndex
+    tokens: int  # the whole text's
+    lead_count: int
+    lead_tokens: int
+    anchor_mode: Mode  # whole text or lead in the system message
+    overhead_tokens: int  # template + instruction + name, without any text
+    anchor_tokens: int  # chat tokens of the anchor's system message
+    prefix_key: PrefixKey | None  # None: the anchor is shorter than one KV block
+    cacheable_tokens: int
+    anchor_token_ids: tuple[int, ...]
+    created_at: float
+    last_used_at: float
+    registered_at: float
+    asks: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    chunk_hits: dict[int, int] = field(default_factory=dict)
+
+    def usage(self) -> Usage:
+        return Usage(id=self.id, tokens=self.tokens, hits=self.asks,
+                     last_used_s=self.last_used_at)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan:
+    """A question's context, ready to send as a chat request."""
+
+    document: Document
+    messages: list[dict[str, str]]
+    selection: Selection
+    max_tokens: int
+    assembly_s: float
+
+
+def document_id(model: str, name: str, text: str) -> str:
+    """Derived from the content (like a prefix key): the same upload is the same
+    document, and no client can point an id at other content."""
+    digest = hashlib.sha256("\0".join(("cacheroute-document-v1", model, name, text))
+                            .encode()).hexdigest()
+    return f"doc-{digest[:32]}"
+
+
+class DocumentService:
+    def __init__(self, *, settings: DocumentSettings, registry: PrefixRegistry,
+                 tokenizer: DocumentTokenizer, embedder: Embedder, metrics: DocumentMetrics,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._settings = settings
+        self._registry = registry
+        self._tokenizer = tokenizer
+        self._embedder = embedder
+        self._metrics = metrics
+        self._clock = clock
+        self._documents: dict[str, Document] = {}
+        self._lock = asyncio.Lock()
+        self._pending: set[asyncio.Task[Any]] = set()
+
+    @property
+    def settings(self) -> DocumentSettings:
+        return self._settings
+
+    @property
+    def registry_backend(self) -> Any:
+        """The prefix registry's view of the stack (placement of an anchor)."""
+        return self._registry.backend
+
+    # --- upload -----------------------------------------------------------------
+
+    async def upload(self, *, model: str, text: str, name: str | None) -> tuple[Document, bool]:
+        """Add a document (or find the identical one); returns it and whether it is new."""
+        s = self._settings
+        if model not in s.models:
+            raise DocumentError(404, f'Could not find model "{model}".', code="model_not_found",
+                                param="model")
+        size = len(text.encode("utf-8", errors="surrogatepass"))
+        if size > s.max_document_bytes:
+            raise DocumentError(413, f"The document is {size} bytes; the limit is "
+                                f"{s.max_document_bytes} bytes.", code="request_too_large",
+                                param="text")
+        if not text.strip():
+            raise DocumentError(400, "text must hold some non-blank text.",
+                                code="invalid_request", param="text")
+        name = (name or "").strip() or "untitled"
+        doc_id = document_id(model, name, text)
+        await self.sweep()
+        existing = self._documents.get(doc_id)
+        if existing is not None:
+            existing.last_used_at = self._clock()
+            return existing, False
+
+        started = time.perf_counter()
+        chunks, tokens = await asyncio.to_thread(self._chunk, text)
+        if tokens > s.eviction.max_total_tokens:
+            raise DocumentError(413, f"The document is {tokens} tokens; the limit is "
+                                f"{s.eviction.max_total_tokens} tokens.",
+                                code="request_too_large", param="text")
+        vectors = await self._embed([text[c.start:c.end] for c in chunks])
+        lead_count = assembly.lead_chunks(chunks, s.lead_tokens)
+        lead_text = assembly.anchor_text(text, chunks, lead_count, Mode.EXCERPTS)
+        overhead = await asyncio.to_thread(self._tokenizer.chat_tokens, [
+            assembly.system_message(name, ""),
+            {"role": "user", "content": f"{assembly.EXCERPTS_HEADING}\n\n\n\nQuestion: "}])
+        lead_tokens = (await asyncio.to_thread(self._tokenizer.count, [lead_text]))[0]
+        if lead_tokens + overhead + s.answer_reserve_tokens > s.max_model_len:
+            raise DocumentError(400, f"The document's first chunk ({lead_tokens} tokens) "
+                                "leaves no room for a question in the context window.",
+                                code="invalid_request", param="text")
+        whole = (len(chunks) == lead_count
+                 or tokens + overhead + s.answer_reserve_tokens <= s.max_model_len)
+        mode = Mode.WHOLE if whole else Mode.EXCERPTS
+        system = assembly.system_message(name, assembly.anchor_text(text, chunks, lead_count,
+                                                                    mode))
+        now = self._clock()
+        doc = Document(id=doc_id, name=name, model=model, text=text, chunks=tuple(chunks),
+                       index=VectorIndex(vectors), tokens=tokens, lead_count=lead_count,
+                       lead_tokens=lead_tokens, anchor_mode=mode, overhead_tokens=overhead,
+                       anchor_tokens=0, prefix_key=None, cacheable_tokens=0,
+                       anchor_token_ids=(), created_at=now, last_used_at=now,
+                       registered_at=now)
+        await self._register(doc, system)
+        async with self._lock:
+            if doc_id in self._documents:  # the same upload raced this one
+                return self._documents[doc_id], False
+            self._documents[doc_id] = doc
+            gone = victims((d.usage() for d in self._documents.values()), now, s.eviction,
+                           keep=doc_id)
+            dropped = [(self._documents.pop(i), reason) for i, reason in gone]
+        for victim, reason in dropped:
+            await self._drop(victim, reason)
+        self._metrics.documents.set(len(self._documents))
+        self._metrics.upload_seconds.observe(time.perf_counter() - started)
+        logger.info("cacheroute: document %s (%s) added: %d tokens, %d chunks, anchor %s "
+                    "(%d tokens)", doc_id, name, tokens, len(chunks), mode.value,
+                    doc.anchor_tokens)
+        return doc, True
+
+    async def _embed(self, texts: list[str]) -> Any:
+        try:
+            return await asyncio.to_thread(self._embedder.embed, texts)
+        except EmbedderUnavailable as err:
+            raise DocumentError(503, f"Document analysis is not available: {err}",
+                                code="service_unavailable") from err
+
+    def _chunk(self, text: str) -> tuple[list[Chunk], int]:
+        s = self._settings
+        chunks = chunk_document(text, chunk_tokens=s.chunk_tokens,
+                                overlap_tokens=s.chunk_overlap_tokens,
+                                count=self._tokenizer.count)
+        return chunks, self._tokenizer.count([text.strip()])[0]
+
+    async def _register(self, doc: Document, system: dict[str, str]) -> None:
+        """Register the anchor as a prefix: the registry prewarms it on the replica the
+        router picks, rewarms it if lost, and counts hits."""
+        doc.anchor_token_ids = await self._registry.backend.token_ids([system], None)
+        doc.anchor_tokens = len(doc.anchor_token_ids)
+        # The registry refuses to outlive its own limit; re-registered on use (below).
+        ttl = min(self._settings.eviction.idle_ttl_s, self._registry.settings.max_ttl_s)
+        try:
+            record, _ = await self._registry.register(model=doc.model, messages=[system],
+                                                      ttl_s=ttl, tenant=None)
+        except PrefixError as err:
+            if err.status == 400 and err.param == "messages":  # shorter than one block
+                return
+            raise
+        doc.prefix_key = record.key
+        doc.cacheable_tokens = record.cacheable_tokens
+        doc.registered_at = self._clock()
+
+    # --- questions --------------------------------------------------------------
+
+    async def plan(self, doc_id: str, *, question: str, max_tokens: int | None,
+                   order: Order = Order.DOCUMENT) -> Plan:
+        s = self._settings
+        doc = self.get(doc_id)
+        if not question.strip():
+            raise DocumentError(400, "question must hold some non-blank text.",
+                                code="invalid_request", param="question")
+        if len(question) > s.max_question_chars:
+            raise DocumentError(400, f"question is {len(question)} characters; the limit is "
+                                f"{s.max_question_chars}.", code="invalid_request",
+                                param="question")
+        answer = s.default_max_tokens if max_tokens is None else max_tokens
+        started = time.perf_counter()
+        vector = await self._embed([question])
+        ranked = doc.index.ranked(vector[0])
+        question_tokens = (await asyncio.to_thread(self._tokenizer.count, [question]))[0]
+        budget = (s.max_model_len - answer - question_tokens - doc.overhead_tokens
+                  - _GENERATION_PROMPT_TOKENS)
+        if (order is Order.DOCUMENT and budget < doc.lead_tokens) or budget < 1:
+            raise DocumentError(400, f"The question and max_tokens ({answer}) leave no room "
+                                f"for the document in the {s.max_model_len}-token context "
+                                "window.", code="invalid_request", param="max_tokens")
+        whole_ok = order is Order.DOCUMENT and doc.anchor_mode is Mode.WHOLE
+        selection = self._select(doc, ranked, budget, order, whole_ok=whole_ok)
+        messages = self._render(doc, selection, question)
+        # Exact check: chunk counts are summed estimates (boundaries merge tokens).
+        while await self._prompt_tokens(messages) + answer > s.max_model_len:
+            if selection.mode is Mode.WHOLE:
+                selection = self._select(doc, ranked, budget, order, whole_ok=False)
+            elif selection.excerpts:
+                selection = _without_last_ranked(selection, ranked, doc)
+            else:
+                raise DocumentError(400, f"The question and max_tokens ({answer}) leave no "
+                                    f"room for the document in the {s.max_model_len}-token "
+                                    "context window.", code="invalid_request",
+                                    param="max_tokens")
+            messages = self._render(doc, selection, question)
+        elapsed = time.perf_counter() - started
+        self._metrics.assembly_seconds.labels(order=order.value).observe(elapsed)
+        return Plan(document=doc, messages=messages, selection=selection, max_tokens=answer,
+                    assembly_s=elapsed)
+
+    def _select(self, doc: Document, ranked: Sequence[int], budget: int, order: Order, *,
+                whole_ok: bool) -> Selection:
+        # A document anchored by its lead is never sent whole: its cached prefix is the lead.
+        return assembly.select(chunks=doc.chunks, ranked=ranked,
+                               document_tokens=doc.tokens if whole_ok else math.inf,
+                               lead_count=doc.lead_count, lead_tokens=doc.lead_tokens,
+                               budget_tokens=budget, top_k=self._settings.top_k, order=order)
+
+    async def _prompt_tokens(self, messages: list[dict[str, str]]) -> int:
+        tokens = await asyncio.to_thread(self._tokenizer.chat_tokens, messages)
+        return tokens + _GENERATION_PROMPT_TOKENS
+
+    @staticmethod
+    def _render(doc: Document, selection: Selection, question: str) -> list[dict[str, str]]:
+        return assembly.messages(name=doc.name, text=doc.text, chunks=doc.chunks,
+                                 lead_count=doc.lead_count, selection=selection,
+                                 question=question)
+
+    def observe(self, plan: Plan, *, prompt_tokens: int | None, cached_tokens: int | None,
+                elapsed_s: float) -> None:
+        """Count one answered question (usage from the engine's response)."""
+        doc = plan.document
+        doc.asks += 1
+        doc.last_used_at = self._clock()
+        for index in plan.selection.excerpts:
+            doc.chunk_hits[index] = doc.chunk_hits.get(index, 0) + 1
+        order = plan.selection.order.value
+        self._metrics.ask_seconds.labels(order=order).observe(elapsed_s)
+        if prompt_tokens is not None and cached_tokens is not None:
+            doc.prompt_tokens += prompt_tokens
+            doc.cached_tokens += cached_tokens
+            self._metrics.prompt_tokens.labels(order=order).inc(prompt_tokens)
+            self._metrics.cached_tokens.labels(order=order).inc(cached_tokens)
+        ttl = min(self._settings.eviction.idle_ttl_s, self._registry.settings.max_ttl_s)
+        if doc.prefix_key is not None and doc.last_used_at - doc.registered_at > ttl / 2:
+            # Still in use: renew the anchor's registration before it expires.
+            doc.registered_at = doc.last_used_at
+            self._background(self._renew(doc))
+
+    async def _renew(self, doc: Document) -> None:
+        system = assembly.system_message(doc.name, assembly.anchor_text(
+            doc.text, doc.chunks, doc.lead_count, doc.anchor_mode))
+        try:
+            await self._register(doc, system)
+        except PrefixError as err:
+            logger.warning("cacheroute: document %s: anchor not renewed: %s", doc.id,
+                           err.message)
+
+    # --- listing, deleting, eviction --------------------------------------------
+
+    def get(self, doc_id: str) -> Document:
+        doc = self._documents.get(doc_id) if _ID_RE.fullmatch(doc_id) else None
+        if doc is None:
+            raise DocumentError(404, f"No document has id '{doc_id[:80]}'.", code="not_found",
+                                param="id")
+        return doc
+
+    def documents(self) -> list[Document]:
+        """Most recently used first."""
+        return sorted(self._documents.values(), key=lambda d: (-d.last_used_at, d.id))
+
+    def holders(self, doc: Document) -> list[str]:
+        """Replicas the router believes hold every full block of the anchor."""
+        backend = self._registry.backend
+        if not doc.anchor_token_ids or not backend.tracks_placement:
+            return []
+        placement = backend.placement(doc.anchor_token_ids, None)
+        return sorted(placement.holders) if placement is not None else []
+
+    async def delete(self, doc_id: str) -> Document:
+        self.get(doc_id)  # 404 for an unknown id
+        async with self._lock:
+            doc = self._documents.pop(doc_id, None)
+        if doc is None:
+            raise DocumentError(404, f"No document has id '{doc_id[:80]}'.", code="not_found",
+                                param="id")
+        await self._drop(doc, Reason.DELETED)
+        self._metrics.documents.set(len(self._documents))
+        return doc
+
+    async def sweep(self) -> int:
+        """Drop stale documents and enforce the bounds; returns how many went."""
+        async with self._lock:
+            gone = victims((d.usage() for d in self._documents.values()), self._clock(),
+                           self._settings.eviction)
+            dropped = [(self._documents.pop(i), reason) for i, reason in gone]
+        for doc, reason in dropped:
+            await self._drop(doc, reason)
+        if dropped:
+            self._metrics.documents.set(len(self._documents))
+        return len(dropped)
+
+    async def _drop(self, doc: Document, reason: Reason) -> None:
+        """Delete the anchor's prefix and the router's ownership of its blocks -- unless
+        a document still held shares the anchor (same name and opening chunks)."""
+        if any(d.prefix_key == doc.prefix_key and d.anchor_token_ids == doc.anchor_token_ids
+               for d in self._documents.values()):
+            self._metrics.evictions.labels(reason=reason.value).inc()
+            logger.info("cacheroute: document %s dropped (%s); its anchor stays, shared",
+                        doc.id, reason.value)
+            return
+        if doc.prefix_key is not None:
+            try:
+                await self._registry.delete(doc.prefix_key)
+            except PrefixError as err:
+                if err.status != 404:  # gone already (expired or evicted) is fine
+                    logger.warning("cacheroute: document %s: prefix not deleted: %s", doc.id,
+                                   err.message)
+        # The registry forgets only prefixes it still held: forget here too.
+        if doc.anchor_token_ids:
+            self._registry.backend.forget(doc.anchor_token_ids, None)
+        self._metrics.evictions.labels(reason=reason.value).inc()
+        logger.info("cacheroute: document %s dropped (%s)", doc.id, reason.value)
+
+    def _background(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+
+def _without_last_ranked(selection: Selection, ranked: Sequence[int], doc: Document) -> Selection:
+    """The selection minus its lowest-ranked excerpt (order kept)."""
+    position = {index: rank for rank, index in enumerate(ranked)}
+    worst = max(selection.excerpts, key=lambda i: position[i])
+    kept = tuple(i for i in selection.excerpts if i != worst)
+    return Selection(mode=selection.mode, order=selection.order, excerpts=kept,
+                     tokens=selection.tokens - doc.chunks[worst].tokens)

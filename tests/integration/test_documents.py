@@ -1,0 +1,188 @@
+"""End-to-end: document analysis on the live stack (tests/integration/conftest.py).
+
+Each test uploads its own document, made unique by a uuid in its name (part of the
+anchor's first block), so no other test's traffic has cached it already. Documents
+are scaled to the stack's 2,048-token window: one fits whole (about 1.2k tokens),
+one is about three windows long, so questions about it pick chunks.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.integration.conftest import Stack
+
+pytestmark = pytest.mark.integration
+
+BLOCK_SIZE = 128  # the engines' (engine.block_size default)
+
+TOPICS = [
+    ("lighthouse", "The lighthouse keeper climbs the tower at dusk, trims the wick, polishes "
+     "the great lens and logs every passing ship in a leather book."),
+    ("orchard", "The orchard holds four hundred apple trees; pickers start in September and "
+     "the cider press runs until the first frost."),
+    ("salary", "Keepers are paid monthly: a base salary of 900 crowns, a hazard bonus in "
+     "winter storms, and free lodging in the cottage beside the tower."),
+    ("storms", "During storms the keeper must stay awake all night, sound the foghorn every "
+     "minute and radio the harbour master when a vessel is in distress."),
+    ("garden", "Behind the cottage a small garden grows potatoes, leeks and herbs, watered "
+     "from a rain barrel that the keeper refills by hand."),
+    ("history", "The first tower was built of timber in 1821, burned down in 1850 and was "
+     "rebuilt in granite quarried from the cliffs nearby."),
+]
+
+
+def document(paragraphs_per_topic: int) -> str:
+    parts = []
+    for round_ in range(paragraphs_per_topic):
+        for topic, text in TOPICS:
+            parts.append(f"{topic.title()}, part {round_ + 1}. {text} "
+                         f"This note on the {topic} was revised in year {1900 + round_}.")
+    return "\n\n".join(parts)
+
+
+def upload(http: httpx.Client, stack: Stack, text: str, **fields: Any) -> httpx.Response:
+    return http.post("/v1/documents", json={"model": stack.model, "text": text,
+                                            "name": f"Keeper's handbook {uuid.uuid4()}",
+                                            **fields})
+
+
+def ask(http: httpx.Client, doc_id: str, question: str, **fields: Any) -> dict[str, Any]:
+    resp = http.post(f"/v1/documents/{doc_id}/ask",
+                     json={"question": question, "max_tokens": 8, "temperature": 0, **fields})
+    assert resp.status_code == 200, resp.text
+    out = resp.json()
+    assert out["object"] == "chat.completion" and out["choices"][0]["message"]["content"]
+    return out
+
+
+def cached(answer: dict[str, Any]) -> int:
+    return answer["usage"]["prompt_tokens_details"]["cached_tokens"]
+
+
+def test_a_document_is_cached_once_and_reused_by_every_question(stack: Stack) -> None:
+    with stack.http() as http:
+        resp = upload(http, stack, document(4))
+        assert resp.status_code == 201, resp.text
+        doc = resp.json()
+        anchor = doc["anchor"]
+        assert doc["id"].startswith("doc-") and doc["chunks"] > 1
+        assert anchor["mode"] == "whole" and 1000 < doc["tokens"] < 1700
+        assert anchor["cacheable_tokens"] == anchor["tokens"] // BLOCK_SIZE * BLOCK_SIZE
+        # Prewarmed through the router: its home holds every block of the document.
+        assert anchor["holders"] == [anchor["home_replica"]]
+
+        questions = ["What is the keeper's salary?", "What bonus do keepers get in winter?",
+                     "Where do keepers live, and is the lodging free?"]
+        answers = [ask(http, doc["id"], q) for q in questions]
+        for answer in answers:
+            assert answer["document"]["mode"] == "whole"
+            # The whole document context, rounded down to blocks, came from cache --
+            # from the first question on, since the upload prewarmed it.
+            assert cached(answer) >= anchor["cacheable_tokens"]
+            assert answer["usage"]["prompt_tokens"] > anchor["tokens"]
+
+        listed = http.get("/v1/documents").json()
+        assert listed["object"] == "list"
+        entry = next(d for d in listed["data"] if d["id"] == doc["id"])
+        assert entry["asks"] == 3
+        assert entry["cached_tokens"] == sum(cached(a) for a in answers)
+
+        # The registered anchor counted each question as a hit.
+        prefixes = http.get("/v1/prefixes").json()["data"]
+        prefix = next(p for p in prefixes if p["key"] == anchor["prefix_key"])
+        assert prefix["hits"] + prefix["misses"] >= 1 and prefix["misses"] == 0
+
+        deleted = http.delete(f"/v1/documents/{doc['id']}")
+        assert deleted.status_code == 200, deleted.text
+        body = deleted.json()
+        assert (body["object"], body["id"], body["deleted"]) == (
+            "document.deleted", doc["id"], True)
+        assert body["holders_before"] == anchor["holders"]
+        assert body["holders_after"] == []  # the router's ownership of its blocks is gone
+        assert http.get(f"/v1/documents/{doc['id']}").status_code == 404
+        assert doc["id"] not in {d["id"] for d in http.get("/v1/documents").json()["data"]}
+        keys = {p["key"] for p in http.get("/v1/prefixes").json()["data"]}
+        assert anchor["prefix_key"] not in keys
+        again = http.delete(f"/v1/documents/{doc['id']}")
+        assert again.status_code == 404 and again.json()["error"]["code"] == "not_found"
+
+
+def test_a_long_document_is_asked_through_chunks_in_document_order(stack: Stack) -> None:
+    with stack.http() as http:
+        resp = upload(http, stack, document(14))
+        assert resp.status_code == 201, resp.text
+        doc = resp.json()
+        anchor = doc["anchor"]
+        assert doc["tokens"] > 4000 and anchor["mode"] == "excerpts"
+        assert anchor["cacheable_tokens"] >= BLOCK_SIZE and anchor["holders"]
+
+        first = ask(http, doc["id"], "How much is the keeper's salary?")
+        related = ask(http, doc["id"], "Is the keeper paid extra during winter storms?")
+        repeat = ask(http, doc["id"], "How much is the keeper's salary?")
+        for answer in (first, related, repeat):
+            meta = answer["document"]
+            assert meta["mode"] == "excerpts" and meta["chunks"]
+            assert meta["chunks"] == sorted(meta["chunks"])  # canonical: document order
+            assert min(meta["chunks"]) >= meta["lead_chunks"]
+            # Routed to the anchor's holder: the prewarmed head is always cached.
+            assert cached(answer) >= anchor["cacheable_tokens"]
+            assert answer["usage"]["prompt_tokens"] + 8 <= 2048
+        # The same question assembles the same context, and all of it is cached.
+        assert repeat["document"]["chunks"] == first["document"]["chunks"]
+        prompt = repeat["usage"]["prompt_tokens"]
+        assert cached(repeat) == (prompt - 1) // BLOCK_SIZE * BLOCK_SIZE
+
+        naive = ask(http, doc["id"], "How much is the keeper's salary?",
+                    context_order="similarity")
+        assert naive["document"]["context_order"] == "similarity"
+        assert http.delete(f"/v1/documents/{doc['id']}").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("fields", "status", "code"),
+    [
+        ({"text": ""}, 400, "invalid_request"),
+        ({"text": "  \n\n  "}, 400, "invalid_request"),
+        ({"text": 12345}, 400, "invalid_request"),
+        ({"text": None}, 400, "invalid_request"),
+        ({"name": 7}, 400, "invalid_request"),
+        ({"id": "doc-1"}, 400, "invalid_request"),
+        ({"model": "no-such-model"}, 404, "model_not_found"),
+        ({"text": "All work and no play. " * 50_000}, 413, "request_too_large"),
+    ],
+)
+def test_bad_uploads_get_openai_shaped_4xx(stack: Stack, fields: dict, status: int,
+                                           code: str) -> None:
+    body = {"model": stack.model, "text": document(1), **fields}
+    with stack.http() as http:
+        resp = http.post("/v1/documents", json=body)
+    assert resp.status_code == status, resp.text
+    error = resp.json()["error"]
+    assert (error["type"], error["code"]) == ("invalid_request_error", code)
+    assert error["message"]
+
+
+def test_bad_questions_get_openai_shaped_4xx(stack: Stack) -> None:
+    with stack.http() as http:
+        doc_id = upload(http, stack, document(1)).json()["id"]
+        cases = [
+            ("doc-" + "0" * 32, {"question": "Why?"}, 404, "not_found"),
+            ("nonsense", {"question": "Why?"}, 404, "not_found"),
+            (doc_id, {"question": ""}, 400, "invalid_request"),
+            (doc_id, {"question": "   "}, 400, "invalid_request"),
+            (doc_id, {"question": "Why?", "max_tokens": 0}, 400, "invalid_request"),
+            (doc_id, {"question": "Why?", "max_tokens": 5000}, 400, "invalid_request"),
+            (doc_id, {"question": "Why?", "stream": True}, 400, "invalid_request"),
+            (doc_id, {"question": "Why?", "context_order": "random"}, 400, "invalid_request"),
+        ]
+        for doc, body, status, code in cases:
+            resp = http.post(f"/v1/documents/{doc}/ask", json=body)
+            assert resp.status_code == status, (body, resp.text)
+            assert resp.json()["error"]["code"] == code
+        assert http.delete(f"/v1/documents/{doc_id}").status_code == 200
+    assert httpx.get(f"{stack.base_url}/v1/documents", timeout=30).status_code == 401

@@ -1,0 +1,164 @@
+"""The /v1/documents routes on the ingress's real FastAPI app (auth, error shaping),
+driven with a TestClient; behind them the document service with fake tokenizer,
+embedder and engine (tests/unit/document_fakes.py), and a chat that answers with a
+usage report. Also: the ingress's wiring and the settings from the service config."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry
+from starlette.responses import JSONResponse
+
+from serving.config import ServiceConfig
+from serving.documents.api import DOCUMENT_ENDPOINTS, DocumentRoutes, document_settings
+from serving.documents.service import DocumentService
+from tests.unit.document_fakes import long_document, make_service
+from tests.unit.prefix_fakes import MODEL
+
+API_KEY = "k-0123"
+
+
+class Host(DocumentRoutes):
+    """Stands in for the ingress class, which inherits the same routes."""
+
+    def __init__(self, service: DocumentService) -> None:
+        self._documents = service
+        self.sent: list[Any] = []
+
+    async def chat(self, body: Any, request: Any) -> JSONResponse:
+        self.sent.append(body)
+        return JSONResponse({"object": "chat.completion", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "Yes."}}],
+            "usage": {"prompt_tokens": 300, "completion_tokens": 1,
+                      "prompt_tokens_details": {"cached_tokens": 256}}})
+
+
+@pytest.fixture
+def metrics() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+@pytest.fixture
+def host(metrics: CollectorRegistry) -> Host:
+    return Host(make_service(metrics=metrics)[0])
+
+
+@pytest.fixture
+def client(host: Host) -> Iterator[TestClient]:
+    from serving.ingress import build_fastapi_app
+
+    app = build_fastapi_app(ServiceConfig.model_validate(
+        {"server": {"api_keys": [API_KEY], "api_keys_env": None}}))
+    for name, route in DOCUMENT_ENDPOINTS.items():
+        route(app)(getattr(host, name))
+    with TestClient(app, headers={"Authorization": f"Bearer {API_KEY}"}) as c:
+        yield c
+
+
+def test_upload_ask_list_delete(client: TestClient, host: Host,
+                                metrics: CollectorRegistry) -> None:
+    resp = client.post("/v1/documents", json={"model": MODEL, "text": long_document(3),
+                                              "name": "memo"})
+    assert resp.status_code == 201, resp.text
+    doc = resp.json()
+    assert (doc["object"], doc["name"], doc["anchor"]["mode"]) == ("document", "memo", "whole")
+    assert len(doc["anchor"]["holders"]) == 1
+    assert client.post("/v1/documents", json={"model": MODEL, "text": long_document(3),
+                                              "name": "memo"}).status_code == 200
+
+    answer = client.post(f"/v1/documents/{doc['id']}/ask", json={"question": "Why?"})
+    assert answer.status_code == 200, answer.text
+    out = answer.json()
+    assert out["choices"][0]["message"]["content"] == "Yes."
+    assert out["document"]["id"] == doc["id"] and out["document"]["mode"] == "whole"
+    sent = host.sent[-1]
+    assert (sent.model, sent.max_tokens, sent.stream) == (MODEL, 16, False)
+
+    labels = {"order": "document"}
+    assert metrics.get_sample_value("cacheroute_document_cached_tokens_total", labels) == 256
+    assert metrics.get_sample_value("cacheroute_document_prompt_tokens_total", labels) == 300
+    assert metrics.get_sample_value("cacheroute_document_assembly_seconds_count", labels) == 1
+    assert metrics.get_sample_value("cacheroute_document_ask_seconds_count", labels) == 1
+    assert metrics.get_sample_value("cacheroute_documents") == 1
+
+    listed = client.get("/v1/documents").json()["data"]
+    assert [(d["id"], d["asks"], d["cached_tokens"]) for d in listed] == [(doc["id"], 1, 256)]
+    assert client.get(f"/v1/documents/{doc['id']}").json()["prompt_tokens"] == 300
+
+    deleted = client.delete(f"/v1/documents/{doc['id']}").json()
+    assert deleted["holders_before"] == doc["anchor"]["holders"]
+    assert deleted["holders_after"] == []
+    assert client.get("/v1/documents").json()["data"] == []
+    assert metrics.get_sample_value("cacheroute_document_evictions_total",
+                                    {"reason": "deleted"}) == 1
+
+
+@pytest.mark.parametrize(("payload", "status", "code"), [
+    ({"model": MODEL, "text": 5}, 400, "invalid_request"),
+    ({"model": MODEL}, 400, "invalid_request"),
+    ({"model": MODEL, "text": "a", "extra": 1}, 400, "invalid_request"),
+    ({"model": MODEL, "text": "a", "name": ""}, 400, "invalid_request"),
+    ({"model": MODEL, "text": ""}, 400, "invalid_request"),
+    ({"model": "nope", "text": "a"}, 404, "model_not_found"),
+    ({"model": MODEL, "text": "x" * 200_001}, 413, "request_too_large"),
+])
+def test_bad_uploads_get_an_openai_shaped_4xx(client: TestClient, payload: dict, status: int,
+                                              code: str) -> None:
+    resp = client.post("/v1/documents", json=payload)
+    assert resp.status_code == status, resp.text
+    error = resp.json()["error"]
+    assert (error["type"], error["code"]) == ("invalid_request_error", code)
+
+
+def test_bad_questions_and_unknown_ids(client: TestClient) -> None:
+    doc_id = client.post("/v1/documents", json={"model": MODEL,
+                                                "text": long_document(3)}).json()["id"]
+    for body, status in [({"question": ""}, 400), ({"question": "Why?", "max_tokens": 0}, 400),
+                         ({"question": "Why?", "temperature": "hot"}, 400),
+                         ({"question": "Why?", "stream": True}, 400)]:
+        resp = client.post(f"/v1/documents/{doc_id}/ask", content=json.dumps(body))
+        assert resp.status_code == status, resp.text
+    for path in ["/v1/documents/doc-x", "/v1/documents/" + "doc-" + "1" * 32]:
+        assert client.get(path).json()["error"]["code"] == "not_found"
+        assert client.delete(path).status_code == 404
+    assert TestClient(client.app).get("/v1/documents").status_code == 401
+
+
+def test_serve_binds_the_document_routes_to_the_ingress() -> None:
+    from ray.serve.llm.ingress import make_fastapi_ingress
+
+    from serving.ingress import CacheRouteIngress, _endpoint_map, build_fastapi_app
+
+    for name in DOCUMENT_ENDPOINTS:
+        assert name in _endpoint_map()
+        assert inspect.iscoroutinefunction(getattr(CacheRouteIngress, name))
+    app = build_fastapi_app(ServiceConfig())
+    make_fastapi_ingress(CacheRouteIngress, endpoint_map=_endpoint_map(), app=app)
+    routes = {(r.path, m): r for r in app.routes if "documents" in getattr(r, "path", "")
+              for m in r.methods}
+    params = {k: sorted(p.name for p in r.dependant.query_params + r.dependant.path_params
+                        + r.dependant.body_params) for k, r in routes.items()}
+    assert params == {("/v1/documents", "POST"): ["body"], ("/v1/documents", "GET"): [],
+                      ("/v1/documents/{id}", "GET"): ["id"],
+                      ("/v1/documents/{id}", "DELETE"): ["id"],
+                      ("/v1/documents/{id}/ask", "POST"): ["body", "id"]}
+
+
+def test_settings_follow_the_service_config() -> None:
+    config = ServiceConfig.model_validate({
+        "engine": {"max_model_len": 800},
+        "documents": {"lead_tokens": 1000, "chunk_tokens": 100, "chunk_overlap_tokens": 10,
+                      "max_documents": 3}})
+    s = document_settings(config, frozenset({"m"}))
+    assert s.lead_tokens == 200  # capped at a quarter of the window
+    assert (s.chunk_tokens, s.chunk_overlap_tokens, s.max_model_len) == (100, 10, 800)
+    assert s.eviction.max_documents == 3
+    with pytest.raises(ValueError):
+        ServiceConfig.model_validate({"documents": {"chunk_tokens": 50,
+                                                    "chunk_overlap_tokens": 50}})
