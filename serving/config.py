@@ -114,6 +114,10 @@ class ServerConfig(_Strict):
     it when a Prometheus scrapes this host."""
     ready_timeout_s: float = Field(1200.0, gt=0)
     """How long `serve` waits for every replica's warm-up before giving up."""
+    max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024, le=1024 ** 3)
+    """Largest request body accepted (413 above it), checked before the body is parsed.
+    2 MiB holds a 128k-token prompt as text or as token ids with room to spare; raise it
+    for longer contexts."""
     ray_num_cpus: int | None = Field(None, ge=1)
     """Logical CPUs for a local Ray head; None: max(8, 2 + replicas x 2) so small
     machines still place every replica plus the ingress."""
