@@ -70,6 +70,9 @@ class EngineConfig(_Strict):
     """GPU only: fraction of device memory vLLM may take (weights + KV cache)."""
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
     """Weight and activation dtype of the engine."""
+    max_n: int = Field(128, ge=1, le=16_384)
+    """Largest `n` (sequences per request) accepted; more is a 400. OpenAI's own cap:
+    vLLM's default of 16,384 lets one request occupy an engine for hours."""
     hash_seed: int = Field(0, ge=0, le=4_294_967_295)
     """PYTHONHASHSEED of every engine. vLLM seeds its prefix-cache block hashes with it;
     the router recomputes those hashes, so both must use this one value."""
