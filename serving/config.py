@@ -121,6 +121,10 @@ class ServerConfig(_Strict):
     """Largest request body accepted (413 above it), checked before the body is parsed.
     2 MiB holds a 128k-token prompt as text or as token ids with room to spare; raise it
     for longer contexts."""
+    max_json_depth: int = Field(64, ge=8, le=256)
+    """Deepest nesting of arrays and objects in a JSON body (400 above it). Real requests
+    nest about 10 levels (a JSON schema in `response_format` a few more); a few hundred
+    levels overflow the recursion of the code that forwards a request to a replica."""
     ray_num_cpus: int | None = Field(None, ge=1)
     """Logical CPUs for a local Ray head; None: max(8, 2 + replicas x 2) so small
     machines still place every replica plus the ingress."""

@@ -27,10 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ray import serve
-from ray.llm._internal.serve.core.configs.openai_api_models import (
-    ChatCompletionRequest,
-    OpenAIHTTPException,
-)
+from ray.llm._internal.serve.core.configs.openai_api_models import OpenAIHTTPException
 from ray.serve.llm import LLMConfig
 from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
 from ray.serve.schema import ApplicationStatus
@@ -41,6 +38,8 @@ from serving.limits import BodyLimitMiddleware
 from serving.prefix_api import PREFIX_ENDPOINTS, PrefixRoutes, observe_response
 from serving.prefix_backend import build_registry, ingress_args
 from serving.prefix_registry import PrefixError, PrefixMetrics
+# Upstream's request bodies, with validation that cannot crash (serving/request_models.py).
+from serving.request_models import ChatCompletionRequest, CompletionRequest
 from serving.router_metrics import REPLICAS_WANTED
 from serving.tracing import TracingMiddleware
 
@@ -159,7 +158,8 @@ def build_fastapi_app(config: ServiceConfig) -> FastAPI:
         app.add_exception_handler(exc_type, _on_engine_client_error)
     keys = config.server.resolved_api_keys()
     # Input limits and the API description (serving/limits.py, serving/api_schema.py).
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=config.server.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=config.server.max_body_bytes,
+                       max_json_depth=config.server.max_json_depth)
     api_schema.install(app, public_paths=PUBLIC_PATHS, authenticated=bool(keys),
                        max_body_bytes=config.server.max_body_bytes)
     if keys:
@@ -192,6 +192,10 @@ class CacheRouteIngress(PrefixRoutes, OpenAiIngress):
         use = self._prefix_registry.match(body.model, body.messages, body.cache_salt)
         response = await super().chat(body, request)
         return observe_response(self._prefix_registry, use, response) if use else response
+
+    async def completions(self, body: CompletionRequest, request: Request) -> Response:
+        # Only the body's type differs from upstream's route (serving/request_models.py).
+        return await super().completions(body, request)
 
     async def check_health(self) -> None:
         # Serve calls this every few seconds on the request loop: it (re)starts the

@@ -13,17 +13,25 @@ from fastapi import Request
 from fastapi.testclient import TestClient
 
 from serving.config import ServiceConfig
-from serving.limits import BodyLimitMiddleware, declared_length
+from serving.limits import (
+    BodyLimitMiddleware,
+    declared_length,
+    has_lone_surrogate_escape,
+    json_body_problem,
+    json_depth_exceeds,
+)
 
 API_KEY = "k-0123"
 LIMIT = 4096
+DEPTH = 16
 
 
 def make_app(**server: Any):
     from serving.ingress import build_fastapi_app
 
     config = ServiceConfig.model_validate({"server": {
-        "api_keys": [API_KEY], "api_keys_env": None, "max_body_bytes": LIMIT, **server}})
+        "api_keys": [API_KEY], "api_keys_env": None, "max_body_bytes": LIMIT,
+        "max_json_depth": DEPTH, **server}})
     app = build_fastapi_app(config)
     seen: list[int] = []
 
@@ -96,15 +104,97 @@ def test_limit_follows_the_config() -> None:
     b'{"p": ' + b"[" * 3000 + b"]" * 3000 + b"}",
     b'{"p": ' + b'{"a": ' * 3000 + b"1" + b"}" * 3000 + b"}",
 ])
-def test_json_nested_past_the_parser_limit_is_400_saying_so(body: bytes) -> None:
-    # Small enough for the size limit, deep enough for the JSON parser's recursion
-    # limit: FastAPI reports it as an unparsable body, which must not read as bad UTF-8.
+def test_deep_json_is_400_before_parsing(body: bytes) -> None:
     app, seen = make_app(max_body_bytes=len(body))
     resp = client(app).post("/echo", content=body, headers={"content-type": "application/json"})
     assert resp.status_code == 400, resp.text
     error = resp.json()["error"]
-    assert "nested too deeply" in error["message"] and error["code"] == "invalid_request"
+    assert f"deeper than {DEPTH} levels" in error["message"]
+    assert error["code"] == "invalid_request"
     assert seen == []
+
+
+def test_json_past_the_parsers_own_limit_says_nested_not_utf8() -> None:
+    # Without the depth check (a path it does not cover), FastAPI reports the
+    # parser's RecursionError as an unparsable body; the message must not blame UTF-8.
+    from fastapi import FastAPI
+
+    from serving.ingress import _on_http_exception
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    app = FastAPI()
+    app.add_exception_handler(StarletteHTTPException, _on_http_exception)
+
+    @app.post("/echo")
+    async def echo(body: dict[str, Any]) -> dict[str, Any]:
+        return body
+
+    body = b'{"p": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    resp = TestClient(app).post("/echo", content=body,
+                                headers={"content-type": "application/json"})
+    assert resp.status_code == 400, resp.text
+    assert "nested too deeply" in resp.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(("body", "needle"), [
+    (b'{"p": "a\xed\xa0\x80b"}', "UTF-8"),       # a surrogate, UTF-8 encoded
+    (b'{"p": "a\xc0\xafb"}', "UTF-8"),           # an overlong encoding
+    (b'{"p": "a\\ud800b"}', "surrogate"),         # an escaped high surrogate alone
+    (b'{"p": "a\\udc00\\ud800"}', "surrogate"),   # a pair in the wrong order
+])
+def test_json_that_is_not_text_is_400(body: bytes, needle: str) -> None:
+    app, seen = make_app()
+    resp = client(app).post("/raw", content=body, headers={"content-type": "application/json"})
+    assert resp.status_code == 400, resp.text
+    assert needle in resp.json()["error"]["message"]
+    assert seen == []
+
+
+@pytest.mark.parametrize("body", [
+    json.dumps({"p": "emoji \U0001F600 and [brackets] {in} strings"}).encode(),  # ASCII escapes
+    json.dumps({"p": "emoji \U0001F600"}, ensure_ascii=False).encode(),
+    b'{"p": "a literal backslash-u: \\\\ud800"}',
+    json.dumps({"p": [[[[1]]]]}).encode(),
+])
+def test_ordinary_json_passes_unchanged(body: bytes) -> None:
+    app, seen = make_app()
+    resp = client(app).post("/raw", content=body, headers={"content-type": "application/json"})
+    assert resp.status_code == 200, resp.text
+    assert seen == [len(body)]
+
+
+def test_non_json_bodies_are_not_inspected() -> None:
+    app, seen = make_app()
+    resp = client(app).post("/raw", content=b"\xff" + b"[" * 100,
+                            headers={"content-type": "application/octet-stream"})
+    assert resp.status_code == 200, resp.text
+
+
+@pytest.mark.parametrize(("body", "limit", "expected"), [
+    (b'{"a": "[[[[[[", "b": [[1]]}', 3, False),   # brackets inside strings do not count
+    (b'{"a": "[[[[[[", "b": [[1]]}', 2, True),
+    (b'{"a": "\\"[[[", "b": [1]}', 2, False),     # an escaped quote does not end the string
+    (b"[" * 100_000, 64, True),
+    (b"[]" * 1000, 1, False),                      # wide is not deep
+])
+def test_json_depth(body: bytes, limit: int, expected: bool) -> None:
+    assert json_depth_exceeds(body, limit) is expected
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    (rb'"\ud83d\ude00"', False), (rb'"\uD83D\uDE00"', False), (rb'"\\ud800"', False),
+    (rb'"\ud800"', True), (rb'"\udc00"', True), (rb'"\ud83d\u0041"', True),
+    (rb'"\ud83d"', True), (rb'"plain"', False),
+])
+def test_lone_surrogate_escapes(text: bytes, expected: bool) -> None:
+    assert has_lone_surrogate_escape(text) is expected
+
+
+def test_problems_are_reported_in_order() -> None:
+    assert json_body_problem(b'{"a": 1}', 4) is None
+    assert "UTF-8" in json_body_problem(b'["\xff", "\\ud800"]', 4)
+    assert "surrogate" in json_body_problem(b'[[[[["\\ud800"]]]]]', 4)
+    assert "deeper than 4" in json_body_problem(b"[[[[[1]]]]]", 4)
 
 
 def test_undecodable_body_still_says_utf8() -> None:
@@ -160,7 +250,7 @@ def run(app, headers: list, chunks: list[bytes]) -> list[dict]:
     async def send(message: dict) -> None:
         sent.append(message)
 
-    asyncio.run(BodyLimitMiddleware(app, max_body_bytes=LIMIT)(scope, receive, send))
+    asyncio.run(BodyLimitMiddleware(app, max_body_bytes=LIMIT, max_json_depth=DEPTH)(scope, receive, send))
     return sent
 
 
@@ -191,7 +281,7 @@ def test_a_client_that_leaves_mid_body_is_reported_to_the_app() -> None:
     async def send(message: dict) -> None:
         raise AssertionError("nothing is sent to a client that left")
 
-    asyncio.run(BodyLimitMiddleware(inner, max_body_bytes=LIMIT)(scope, receive, send))
+    asyncio.run(BodyLimitMiddleware(inner, max_body_bytes=LIMIT, max_json_depth=DEPTH)(scope, receive, send))
     assert (inner.body, inner.extra) == (b"a", [{"type": "http.disconnect"}])
 
 
@@ -201,5 +291,5 @@ def test_other_scopes_pass_through() -> None:
     async def app(scope, receive, send) -> None:
         calls.append(scope["type"])
 
-    asyncio.run(BodyLimitMiddleware(app, max_body_bytes=1)({"type": "lifespan"}, None, None))
+    asyncio.run(BodyLimitMiddleware(app, max_body_bytes=1, max_json_depth=DEPTH)({"type": "lifespan"}, None, None))
     assert calls == ["lifespan"]
