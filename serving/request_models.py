@@ -63,3 +63,15 @@ class ChatCompletionRequest(upstream.ChatCompletionRequest):
     @classmethod
     def _total(cls, data: Any, handler: ModelWrapValidatorHandler[Any]) -> Any:
         return _validate_totally(data, handler)
+
+    @model_validator(mode="after")
+    def _every_message_has_a_role(self) -> "ChatCompletionRequest":
+        # Upstream's message union admits any object (its custom-message arm has no
+        # required keys); one without `role` passed validation and failed in the
+        # replica's chat template (KeyError: 'role', a 500). Found by fuzzing.
+        for i, message in enumerate(self.messages):
+            role = (message.get("role") if isinstance(message, dict)
+                    else getattr(message, "role", None))
+            if not isinstance(role, str) or not role:
+                raise ValueError(f"messages[{i}] needs a 'role' (a non-empty string)")
+        return self

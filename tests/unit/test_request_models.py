@@ -47,6 +47,14 @@ def test_ordinary_errors_and_valid_bodies_are_untouched(model, base) -> None:
     assert type(again) is model and again.model_dump() == body.model_dump()
 
 
+@pytest.mark.parametrize("message", [{"content": "hi"}, {"x": [], "t": [{"a": False}]},
+                                     {"role": "", "content": "hi"}, {"role": 5}])
+def test_a_chat_message_without_a_role_is_invalid(message: dict) -> None:
+    with pytest.raises(ValidationError) as info:
+        ChatCompletionRequest.model_validate({**CHAT, "messages": [CHAT["messages"][0], message]})
+    assert "messages[1] needs a 'role'" in str(info.value) or "role" in str(info.value)
+
+
 def test_the_models_subclass_what_upstream_routes_take() -> None:
     assert issubclass(ChatCompletionRequest, upstream.ChatCompletionRequest)
     assert issubclass(CompletionRequest, upstream.CompletionRequest)
