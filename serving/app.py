@@ -58,6 +58,8 @@ def engine_env(config: ServiceConfig) -> dict[str, str]:
         "RAY_USAGE_STATS_ENABLED": "0",
         "VLLM_NO_USAGE_STATS": "1",
         "HF_HUB_DISABLE_TELEMETRY": "1",
+        # vLLM's request validation refuses `n` above this (sampling_params.py).
+        "VLLM_MAX_N_SEQUENCES": str(config.engine.max_n),
     }
     if config.engine.device == "cpu":
         # KV cache size of a CPU engine, in GiB.

@@ -70,6 +70,9 @@ class EngineConfig(_Strict):
     """GPU only: fraction of device memory vLLM may take (weights + KV cache)."""
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
     """Weight and activation dtype of the engine."""
+    max_n: int = Field(128, ge=1, le=16_384)
+    """Largest `n` (sequences per request) accepted; more is a 400. OpenAI's own cap:
+    vLLM's default of 16,384 lets one request occupy an engine for hours."""
     hash_seed: int = Field(0, ge=0, le=4_294_967_295)
     """PYTHONHASHSEED of every engine. vLLM seeds its prefix-cache block hashes with it;
     the router recomputes those hashes, so both must use this one value."""
@@ -114,6 +117,14 @@ class ServerConfig(_Strict):
     it when a Prometheus scrapes this host."""
     ready_timeout_s: float = Field(1200.0, gt=0)
     """How long `serve` waits for every replica's warm-up before giving up."""
+    max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024, le=1024 ** 3)
+    """Largest request body accepted (413 above it), checked before the body is parsed.
+    2 MiB holds a 128k-token prompt as text or as token ids with room to spare; raise it
+    for longer contexts."""
+    max_json_depth: int = Field(64, ge=8, le=256)
+    """Deepest nesting of arrays and objects in a JSON body (400 above it). Real requests
+    nest about 10 levels (a JSON schema in `response_format` a few more); a few hundred
+    levels overflow the recursion of the code that forwards a request to a replica."""
     ray_num_cpus: int | None = Field(None, ge=1)
     """Logical CPUs for a local Ray head; None: max(8, 2 + replicas x 2) so small
     machines still place every replica plus the ingress."""

@@ -32,30 +32,31 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ray import serve
-from ray.llm._internal.serve.core.configs.openai_api_models import (
-    ChatCompletionRequest,
-    OpenAIHTTPException,
-)
+from ray.llm._internal.serve.core.configs.openai_api_models import OpenAIHTTPException
 from ray.serve.llm import LLMConfig
 from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
 from ray.serve.schema import ApplicationStatus
 
-from serving import telemetry
+from serving import api_schema, telemetry
 from serving.attempt_log import process_attempt_log
 from serving.config import FailoverConfig, ServiceConfig
 from serving.documents.api import DOCUMENT_ENDPOINTS, DocumentRoutes, build_documents
 from serving.documents.metrics import DocumentMetrics
 from serving.failover import Failover
+from serving.limits import BodyLimitMiddleware
 from serving.prefix_api import PREFIX_ENDPOINTS, PrefixRoutes, observe_response
 from serving.prefix_backend import build_registry, ingress_args
 from serving.prefix_registry import PrefixError, PrefixMetrics
+# Upstream's request bodies, with validation that cannot crash (serving/request_models.py).
+from serving.request_models import ChatCompletionRequest, CompletionRequest
 from serving.router_metrics import REPLICAS_WANTED
 from serving.tracing import TracingMiddleware
 
 logger = logging.getLogger("ray.serve")
 
-# Paths a probe or scraper must reach without a key.
-PUBLIC_PATHS = frozenset({"/ready", "/health", "/metrics"})
+# Paths a probe or scraper must reach without a key; the API description is public
+# so tools can read it (serving/api_schema.py says why).
+PUBLIC_PATHS = frozenset({"/ready", "/health", "/metrics", api_schema.OPENAPI_PATH})
 
 
 def openai_error(status: int, message: str, *, type_: str = "invalid_request_error",
@@ -123,8 +124,11 @@ async def _on_http_exception(request: Request, exc: StarletteHTTPException) -> J
     message = str(exc.detail)
     code = _CODE_BY_STATUS.get(exc.status_code)
     if exc.status_code == 400 and "parsing the body" in message:
-        # FastAPI's wording for a body that is not UTF-8 (or not decodable at all).
-        message = "Request body could not be decoded: send UTF-8 encoded JSON."
+        # FastAPI's wording for a body that is not UTF-8 (or not decodable at all),
+        # and for JSON nested past the parser's recursion limit.
+        message = ("Request body is nested too deeply to parse as JSON."
+                   if isinstance(exc.__cause__, RecursionError) else
+                   "Request body could not be decoded: send UTF-8 encoded JSON.")
     if exc.status_code == 404 and "model" in message.lower():
         code = "model_not_found"
     type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
@@ -164,7 +168,13 @@ def build_fastapi_app(config: ServiceConfig) -> FastAPI:
     for exc_type in VLLM_CLIENT_ERRORS:
         app.add_exception_handler(exc_type, _on_engine_client_error)
     keys = config.server.resolved_api_keys()
+    # Input limits and the API description (serving/limits.py, serving/api_schema.py).
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=config.server.max_body_bytes,
+                       max_json_depth=config.server.max_json_depth)
+    api_schema.install(app, public_paths=PUBLIC_PATHS, authenticated=bool(keys),
+                       max_body_bytes=config.server.max_body_bytes)
     if keys:
+        # Outside the body limit: a caller without a key learns nothing, not even the limit.
         app.add_middleware(ApiKeyMiddleware, api_keys=keys)
     if config.tracing.enabled:
         # Added last, so outermost: rejected (401) requests are traced too. Absent
@@ -218,6 +228,10 @@ class CacheRouteIngress(DocumentRoutes, PrefixRoutes, OpenAiIngress):
         use = self._prefix_registry.match(body.model, body.messages, body.cache_salt)
         response = await super().chat(body, request)
         return observe_response(self._prefix_registry, use, response) if use else response
+
+    async def completions(self, body: CompletionRequest, request: Request) -> Response:
+        # Only the body's type differs from upstream's route (serving/request_models.py).
+        return await super().completions(body, request)
 
     async def check_health(self) -> None:
         # Serve calls this every few seconds on the request loop: it (re)starts the

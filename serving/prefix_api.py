@@ -98,7 +98,9 @@ class PrefixRoutes:
 
 # Method name -> route, in the shape `make_fastapi_ingress` takes.
 PREFIX_ENDPOINTS: dict[str, Callable[[FastAPI], Callable]] = {
-    "create_prefix": lambda app: app.post("/v1/prefixes", status_code=201),
+    "create_prefix": lambda app: app.post(
+        "/v1/prefixes", status_code=201,
+        responses={200: {"description": "Already registered: its TTL was refreshed."}}),
     "list_prefixes": lambda app: app.get("/v1/prefixes"),
     "delete_prefix": lambda app: app.delete("/v1/prefixes/{key}"),
 }

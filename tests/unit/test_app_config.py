@@ -50,6 +50,16 @@ def test_engines_share_the_configured_hash_seed() -> None:
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "2"
 
 
+def test_max_n_reaches_vllms_request_validation() -> None:
+    from vllm import envs
+
+    assert engine_env(make_config())["VLLM_MAX_N_SEQUENCES"] == "128"
+    env = engine_env(make_config(engine={"max_n": 4}))
+    assert env["VLLM_MAX_N_SEQUENCES"] == "4"
+    # The variable vLLM reads: a rename upstream would silently restore its 16,384.
+    assert "VLLM_MAX_N_SEQUENCES" in envs.environment_variables
+
+
 @pytest.mark.parametrize(("policy", "upstream"), [
     ("pow2", "ray.serve._private.request_router.pow_2_router:PowerOfTwoChoicesRequestRouter"),
     ("ray-prefix", "ray.serve.llm.request_router:PrefixCacheAffinityRouter"),
