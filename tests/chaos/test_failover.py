@@ -28,8 +28,10 @@ from tests.integration.conftest import Stack
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 
-# Long enough that every stream is still running when the fault hits (ignore_eos).
-MAX_TOKENS = 160
+# Long enough that every stream is still running when the fault hits (ignore_eos),
+# even on a loaded 2-core machine where the per-replica running counts that
+# start_streams waits for reach /metrics seconds late.
+MAX_TOKENS = 480
 # Chunks a stream must have received before the fault is injected.
 STARTED_CHUNKS = 3
 WAIT_S = 300.0
@@ -174,6 +176,8 @@ def start_streams(pool: ThreadPoolExecutor, stack: Stack, n: int, *, offset: int
     wait_until(lambda: len(running_by_replica(stack)) == 2
                and all(v >= 1 for v in running_by_replica(stack).values()),
                "a stream running on every replica", timeout_s=60)
+    # The fault must hit streams under way, or the test proves nothing about resuming.
+    assert not [f for f in futures if f.done()], "a stream finished before the fault"
     return futures
 
 
