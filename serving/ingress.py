@@ -43,6 +43,7 @@ from serving.config import FailoverConfig, ServiceConfig
 from serving.documents.api import DOCUMENT_ENDPOINTS, DocumentRoutes, build_documents
 from serving.documents.metrics import DocumentMetrics
 from serving.failover import Failover
+from serving.forwarding import refuse_unforwardable
 from serving.limits import BodyLimitMiddleware
 from serving.prefix_api import PREFIX_ENDPOINTS, PrefixRoutes, observe_response
 from serving.prefix_backend import build_registry, ingress_args
@@ -219,7 +220,7 @@ class CacheRouteIngress(DocumentRoutes, PrefixRoutes, OpenAiIngress):
             stream = self._failover.run(
                 body, call_method, send,
                 request_key=_get_serve_request_context()._internal_request_id)
-        async for item in stream:
+        async for item in refuse_unforwardable(stream):
             yield item
 
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
