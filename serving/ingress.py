@@ -121,7 +121,14 @@ _CODE_BY_STATUS = {400: "invalid_request", 401: "invalid_api_key", 404: "not_fou
                    408: "timeout", 413: "request_too_large", 429: "rate_limit_exceeded"}
 
 
+def _client_status(status: int) -> int:
+    """422 (FastAPI's and upstream's "unprocessable") is 400 here, as for every other
+    invalid request: OpenAI's API answers 400, and the OpenAPI document says so."""
+    return 400 if status == 422 else status
+
+
 async def _on_http_exception(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    exc.status_code = _client_status(exc.status_code)
     message = str(exc.detail)
     code = _CODE_BY_STATUS.get(exc.status_code)
     if exc.status_code == 400 and "parsing the body" in message:
@@ -137,7 +144,7 @@ async def _on_http_exception(request: Request, exc: StarletteHTTPException) -> J
 
 
 async def _on_openai_exception(request: Request, exc: OpenAIHTTPException) -> JSONResponse:
-    status = int(exc.status_code)
+    status = _client_status(int(exc.status_code))
     type_ = "invalid_request_error" if status < 500 else "server_error"
     return openai_error(status, exc.message, type_=type_, code=_CODE_BY_STATUS.get(status))
 
