@@ -73,6 +73,11 @@ def _body_schema(document: dict[str, Any], operation: dict[str, Any]) -> dict[st
     return schema
 
 
+METRICS_PATH = "/metrics"
+# What prometheus_client's exposition serves (serving/telemetry.py CONTENT_TYPE).
+METRICS_CONTENT_TYPE = "text/plain"
+
+
 def correct_document(document: dict[str, Any], *, public_paths: frozenset[str],
                      authenticated: bool) -> dict[str, Any]:
     """`document` (FastAPI's) with the error responses the service really gives."""
@@ -102,6 +107,12 @@ def correct_document(document: dict[str, Any], *, public_paths: frozenset[str],
                 # `"stream": true` answers 200 with server-sent events instead of JSON.
                 ok = responses.setdefault("200", {"description": "Successful Response"})
                 ok.setdefault("content", {})["text/event-stream"] = {"schema": {"type": "string"}}
+        if path == METRICS_PATH and "get" in operations:
+            # Prometheus's text exposition format, not JSON.
+            operations["get"].setdefault("responses", {})["200"] = {
+                "description": "Prometheus metrics",
+                "content": {METRICS_CONTENT_TYPE: {"schema": {"type": "string"}}},
+            }
     return document
 
 

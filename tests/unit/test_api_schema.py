@@ -109,3 +109,8 @@ def test_html_doc_pages_are_gone_and_the_document_is_the_only_public_extra() -> 
 
 def test_the_description_states_the_body_limit(document: dict[str, Any]) -> None:
     assert str(ServiceConfig().server.max_body_bytes) in document["info"]["description"]
+
+
+def test_metrics_is_documented_as_prometheus_text(document: dict[str, Any]) -> None:
+    content = document["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    assert list(content) == ["text/plain"]
