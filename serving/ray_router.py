@@ -95,15 +95,20 @@ def policy_config(config: ServiceConfig) -> PolicyConfig:
     )
 
 
+def _routing_stat(replica: RunningReplica, key: str) -> Any:
+    """One value a replica published in Serve's routing stats; None until it has."""
+    try:
+        return (replica.routing_stats or {}).get(key)
+    except AttributeError:  # a replica wrapper without routing info yet
+        return None
+
+
 def _rank_seats(replicas: List[RunningReplica]) -> dict[str, str]:
     """Ring seats from the ranks replicas report in their routing stats; a replica
     that has not reported yet (its first stats arrive within seconds) sits at its id."""
     seats: dict[str, str] = {}
     for r in replicas:
-        try:
-            rank = (r.routing_stats or {}).get(RANK_STATS_KEY)
-        except AttributeError:  # a replica wrapper without routing info yet
-            rank = None
+        rank = _routing_stat(r, RANK_STATS_KEY)
         if isinstance(rank, int):
             seats[r.replica_id.unique_id] = rank_seat(rank)
     return seats
@@ -171,10 +176,7 @@ class CacheRouteRequestRouter(RequestRouter):
         whenever a replica's routing stats change."""
         for replica in replicas:
             rid = replica.replica_id.unique_id
-            try:
-                report = (replica.routing_stats or {}).get(ENGINE_PROGRESS_KEY)
-            except AttributeError:  # a replica wrapper without routing info yet
-                report = None
+            report = _routing_stat(replica, ENGINE_PROGRESS_KEY)
             if is_hung(report, self._progress_timeout_s):
                 if self._policy.eject(rid):
                     logger.warning("cacheroute: replica %s made no progress for %.1f s; "
@@ -184,14 +186,17 @@ class CacheRouteRequestRouter(RequestRouter):
             elif rid in self._policy.ejected and self._policy.readmit(rid):
                 logger.info("cacheroute: replica %s progresses again; back on the ring", rid)
                 self._failover_metrics.on_ejection("readmitted")
+        self._publish_ejected()
+
+    def _publish_ejected(self) -> None:
+        """The replicas out of the ring, to the failover's attempt log and metrics."""
         self._attempts.set_ejected(self._policy.ejected)
         self._failover_metrics.on_ejected(len(self._policy.ejected))
 
     def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
         super().on_replica_actor_died(replica_id)
         self._policy.on_replica_removed(replica_id.unique_id)
-        self._attempts.set_ejected(self._policy.ejected)
-        self._failover_metrics.on_ejected(len(self._policy.ejected))
+        self._publish_ejected()
         self._metrics.on_replicas(self._policy.replicas)
         self._stop_subscriber(replica_id.unique_id)
         self._slot_waiters.wake_all(replica_id.unique_id)
@@ -230,11 +235,7 @@ class CacheRouteRequestRouter(RequestRouter):
         rid = replica.replica_id.unique_id
         if rid in self._subscribers:
             return
-        try:
-            stats = replica.routing_stats or {}
-        except AttributeError:  # a replica wrapper without routing info yet
-            stats = {}
-        endpoint = stats.get(KV_EVENTS_STATS_KEY)
+        endpoint = _routing_stat(replica, KV_EVENTS_STATS_KEY)
         if not endpoint:
             return
         with self._subscribers_lock:
