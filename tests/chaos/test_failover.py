@@ -12,14 +12,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -161,10 +159,19 @@ def wait_until(check, what: str, timeout_s: float = WAIT_S, period_s: float = 1.
 
 
 PROMPTS = [f"Chaos prompt {i}: tell the long story of the lighthouse keeper number {i}."
-           for i in range(8)]
+           for i in range(16)]
 
 
 def start_streams(pool: ThreadPoolExecutor, stack: Stack, n: int, *, offset: int = 0):
+    """`n` streams under way, and the replica running the most of them (the victim).
+
+    The victim is read from the engines' own running counts, not assumed: the router
+    places the prompts (ring, ownership of earlier tests' prefixes), so a fixed pick
+    could be a replica with none of them, and the fault would test nothing."""
+    # Requests of an earlier test (a hung engine finishes them once resumed) must be
+    # gone, or their counts would pass for these streams.
+    wait_until(lambda: not any(running_by_replica(stack).values()),
+               "the engines to be idle before the fault", timeout_s=WAIT_S)
     started = threading.Semaphore(0)
     kinds = ["chat", "completions"]
     futures = [pool.submit(stream, stack, kinds[i % 2], PROMPTS[offset + i], started)
@@ -172,13 +179,13 @@ def start_streams(pool: ThreadPoolExecutor, stack: Stack, n: int, *, offset: int
     for _ in range(n):
         if not started.acquire(timeout=WAIT_S):
             pytest.fail("streams did not start")
-    # Every replica has a stream under way (engine stats reach /metrics every ~2 s).
-    wait_until(lambda: len(running_by_replica(stack)) == 2
-               and all(v >= 1 for v in running_by_replica(stack).values()),
-               "a stream running on every replica", timeout_s=60)
+    # Engine stats reach /metrics every ~2 s: wait until they count every stream.
+    wait_until(lambda: sum(running_by_replica(stack).values()) >= n,
+               "every stream counted as running", timeout_s=60)
+    running = running_by_replica(stack)
     # The fault must hit streams under way, or the test proves nothing about resuming.
     assert not [f for f in futures if f.done()], "a stream finished before the fault"
-    return futures
+    return futures, max(running, key=running.get)
 
 
 def expected_prompt_tokens(stack: Stack, n: int, *, offset: int = 0) -> list[int]:
@@ -186,19 +193,29 @@ def expected_prompt_tokens(stack: Stack, n: int, *, offset: int = 0) -> list[int
     return [prompt_tokens(stack, kinds[i % 2], PROMPTS[offset + i]) for i in range(n)]
 
 
-def one_engine(proc: subprocess.Popen) -> EngineProcess:
-    engines = engine_processes(proc.pid)
+def engines_by_replica(chaos_stack) -> dict[str, EngineProcess]:
+    """Each replica's engine process, by Serve replica id (the `replica` label on
+    /metrics). Read before the streams start: connecting to the cluster takes
+    seconds, which the streams must not spend finishing."""
+    from chaos.cluster import ServeCluster
+
+    with ServeCluster(chaos_stack.ray_address) as cluster:
+        pids = {r.pid: r.replica_id for r in cluster.replicas() if r.running}
+    engines = engine_processes(chaos_stack.proc.pid)
     assert len(engines) == 2, engines
-    return engines[0]
+    by_replica = {pids[e.replica_pid]: e for e in engines if e.replica_pid in pids}
+    assert len(by_replica) == 2, (pids, engines)
+    return by_replica
 
 
 def test_hung_engine_is_ejected_and_its_requests_finish_elsewhere(chaos_stack) -> None:
-    proc, stack = chaos_stack.proc, chaos_stack.stack
+    stack = chaos_stack.stack
     tokens = expected_prompt_tokens(stack, 4)
     before = metrics(stack)
-    victim = one_engine(proc)
+    engines = engines_by_replica(chaos_stack)
     with ThreadPoolExecutor(max_workers=8) as pool:
-        streams = start_streams(pool, stack, 4)
+        streams, busiest = start_streams(pool, stack, 4)
+        victim = engines[busiest]
         unaries = [pool.submit(unary, stack, kind, PROMPTS[6 + i])
                    for i, kind in enumerate(["chat", "completions"])]
         os.kill(victim.engine_pid, signal.SIGSTOP)
@@ -218,7 +235,7 @@ def test_hung_engine_is_ejected_and_its_requests_finish_elsewhere(chaos_stack) -
         total(before, "cacheroute_failover_retries_total", reason="hung")
     assert total(during, "cacheroute_failover_failed_total") == \
         total(before, "cacheroute_failover_failed_total")
-    # Resumed: the hung engine had a stream under way (every replica had one).
+    # Resumed: the hung engine had a stream under way.
     assert total(during, "cacheroute_failover_resumed_streams_total") > \
         total(before, "cacheroute_failover_resumed_streams_total")
     # Going again, the engine probes healthy and its replica rejoins the ring.
@@ -232,20 +249,23 @@ CRASHED: dict[str, int] = {}
 
 
 def test_crashed_engine_streams_resume_and_requests_retry(chaos_stack) -> None:
-    proc, stack = chaos_stack.proc, chaos_stack.stack
-    tokens = expected_prompt_tokens(stack, 6)
+    stack = chaos_stack.stack
+    # Prompts of its own: the hang test's prefixes are owned by the replica that
+    # finished them.
+    tokens = expected_prompt_tokens(stack, 6, offset=8)
     before = metrics(stack)
-    victim = one_engine(proc)
-    CRASHED["replica_pid"] = victim.replica_pid
+    engines = engines_by_replica(chaos_stack)
     with ThreadPoolExecutor(max_workers=10) as pool:
-        streams = start_streams(pool, stack, 4)
+        streams, busiest = start_streams(pool, stack, 4, offset=8)
+        victim = engines[busiest]
+        CRASHED["replica_pid"] = victim.replica_pid
         os.kill(victim.engine_pid, signal.SIGKILL)
         # Sent after the crash, before Serve has replaced the replica: retried
         # before their first token wherever they land on the dead engine.
         late = threading.Semaphore(0)
-        late_streams = [pool.submit(stream, stack, kind, PROMPTS[4 + i], late)
+        late_streams = [pool.submit(stream, stack, kind, PROMPTS[12 + i], late)
                         for i, kind in enumerate(["chat", "completions"])]
-        unaries = [pool.submit(unary, stack, kind, PROMPTS[6 + i])
+        unaries = [pool.submit(unary, stack, kind, PROMPTS[14 + i])
                    for i, kind in enumerate(["chat", "completions"])]
         results = [f.result(timeout=WAIT_S) for f in streams + late_streams]
         responses = [f.result(timeout=WAIT_S) for f in unaries]
