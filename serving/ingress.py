@@ -14,6 +14,9 @@ Endpoints beyond upstream's OpenAI set:
                 document's head is registered as a prefix, its questions are chat
                 requests through `chat` below.
 
+With `failover.prewarm_on_scale_up`, a background task sends each replica that joins
+the hottest prefixes of its ring arc (serving/prewarm.py).
+
 Every error leaves as OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`,
 with a 4xx status for anything the client can fix.
 """

@@ -259,8 +259,10 @@ class CacheRouteRequestRouter(RequestRouter):
                      if rid in self._seated or now - since >= _PREWARM_SEAT_WAIT_S]
             for rid in ready:
                 del self._joined[rid]
+        # A LoRA adapter's prefix would need its adapter named as the model: not replayed.
         return [PrewarmJob(replica_id=rid, prefixes=tuple(
-                    self._policy.hot_prefixes_of(rid, self._prewarm_prefixes)))
+                    p for p in self._policy.hot_prefixes_of(rid, self._prewarm_prefixes)
+                    if p.lora_name is None))
                 for rid in ready if rid in self._policy.replicas]
 
     def issue_prewarm_id(self, replica_id: str) -> str:
