@@ -30,8 +30,10 @@ Bound: at most ``2 x capacity`` entries; when the table reaches that, the
 new keys, so O(log c) amortised per observation. Ranking by decayed score means a
 prefix hot an hour ago loses its place to one hot now.
 
-Cost per ``observe``: a dict probe, a ``pow`` and, for a known key, the binary
-search; a new key is one dict insert. ``arc_of`` is O(entries log(V N)) (a ring
+Cost per ``observe``: a dict probe, a ``pow`` and, for a known key, one hash
+comparison (the binary search only when the shared prefix shrinks); a new key is
+one insert: about 1-2.5 us measured on a 2-core machine (4k-token prompts), beside
+the decision's tens of microseconds. ``arc_of`` is O(entries log(V N)) (a ring
 lookup per entry) and runs once per joining replica, off the routing path.
 Deterministic: no randomness; the clock is the caller's ``now``.
 Not thread-safe; the policy serialises access.
@@ -137,7 +139,9 @@ class HotPrefixTracker:
         if entry is not None:
             entry.score += weight
             if entry.blocks:
-                if entry.hashes is not hashes:
+                last = entry.blocks - 1
+                # Usually the request extends the whole shared prefix: one comparison.
+                if len(hashes) <= last or hashes[last] != entry.hashes[last]:
                     entry.blocks = _common_blocks(entry.hashes, hashes, entry.blocks)
             elif blocks:
                 # A session's first turn may be shorter than a block; its later turns
