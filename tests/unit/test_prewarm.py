@@ -30,6 +30,7 @@ from serving.prewarm import (
 )
 from serving.ray_router import RANK_STATS_KEY, CacheRouteRequestRouter, policy_config
 from serving.request_models import CompletionRequest
+from serving.router_registry import router_of
 from tests.unit.test_ray_router import LOOP, choose, on_loop, tiny_model  # noqa: F401
 from tests.unit.test_ray_router_failover import StatsReplica
 
@@ -240,6 +241,8 @@ def test_the_prewarmer_sends_each_hot_prefix_to_the_joiner_then_it_owns_them(
     router = make_prewarm_router(tiny_model, replicas)
     warm_up(router)
     scale_up(router, replicas, ranked_replica(2))
+    # The ingress finds this process's router of its deployment by name.
+    assert router_of("LLMServer:m") is router
     deployment = FakeDeployment(router)
     registry = CollectorRegistry()
     prewarmer = make_prewarmer(router, deployment, registry, concurrency=2)
