@@ -182,7 +182,7 @@ class CacheRouteRequestRouter(RequestRouter):
                                   if config.failover.prewarm_on_scale_up else 0)
         self._prewarm_lock = threading.Lock()
         # Members at the last replica list; None before the first non-empty one.
-        self._known: Optional[frozenset[str]] = None
+        self._known: frozenset[str] | None = None
         # Joined replica id -> when it joined (monotonic), until the ingress takes it.
         self._joined: dict[str, float] = {}
         self._seated: frozenset[str] = frozenset()
@@ -233,7 +233,7 @@ class CacheRouteRequestRouter(RequestRouter):
 
     # --- scale-up prewarm (serving/prewarm.py) ------------------------------------
 
-    def _note_joined(self, ids: List[str], seated: frozenset[str]) -> None:
+    def _note_joined(self, ids: list[str], seated: frozenset[str]) -> None:
         """Queue every replica new since the last list, after the first non-empty one
         (the deployment's own start is not a scale-up)."""
         current = frozenset(ids)
@@ -248,7 +248,7 @@ class CacheRouteRequestRouter(RequestRouter):
                 del self._joined[rid]  # left before its prewarm began
             self._seated = seated
 
-    def take_prewarm_jobs(self) -> List[PrewarmJob]:
+    def take_prewarm_jobs(self) -> list[PrewarmJob]:
         """The joined replicas ready to prewarm (seated on the ring, or waited long
         enough), each with the hottest prefixes of its arc; handed out once."""
         if not self._joined:
@@ -284,7 +284,7 @@ class CacheRouteRequestRouter(RequestRouter):
                 token_ids=prefix.token_ids, cache_salt=prefix.cache_salt,
                 lora_name=prefix.lora_name, lora_path=prefix.lora_path))
 
-    def _pinned_to(self, pending_request: Optional[PendingRequest]) -> Optional[str]:
+    def _pinned_to(self, pending_request: PendingRequest | None) -> str | None:
         """The replica a prewarm request was issued for; None for any other request
         (an id a client made up is not in the issued set)."""
         if not self._pinned or pending_request is None or not pending_request.args:

@@ -25,7 +25,7 @@ def register_router(deployment: str, router: Any) -> None:
     _ROUTERS[deployment] = router
 
 
-def router_of(deployment: str) -> Optional[Any]:
+def router_of(deployment: str) -> Any | None:
     """This process's router of ``deployment`` (None until Serve has created it); the
     scale-up prewarm (serving/prewarm.py) takes its jobs from it."""
     return _ROUTERS.get(deployment)

@@ -31,8 +31,12 @@ from serving.prewarm import (
 from serving.ray_router import RANK_STATS_KEY, CacheRouteRequestRouter, policy_config
 from serving.request_models import CompletionRequest
 from serving.router_registry import router_of
-from tests.unit.test_ray_router import LOOP, choose, on_loop, tiny_model  # noqa: F401
+from tests.unit import test_ray_router
+from tests.unit.test_ray_router import LOOP, choose, on_loop
 from tests.unit.test_ray_router_failover import StatsReplica
+
+# The tiny model with its real tokenizer, shared with the adapter's own tests.
+tiny_model = test_ray_router.tiny_model
 
 BLOCK = 16
 PREFIXES = 4
