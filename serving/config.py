@@ -195,7 +195,8 @@ class FailoverConfig(_Strict):
     routed their traffic as their owner (docs/failover.md, "Scale-up prewarm"). Then
     the hot prefixes' load splits onto it with cache hits instead of staying on their
     old owners, and the hit rate dips less. Off by default: every request is counted
-    in a hot-prefix table, and the newcomer spends its first seconds on prefills."""
+    in a hot-prefix table, and the newcomer spends its first seconds on prefills.
+    Only the `cacheroute` policy has owners to teach; with another it does nothing."""
     prewarm_prefixes: int = Field(16, ge=1, le=1024)
     """How many of the hottest prefixes of its arc a joining replica is sent. Each is a
     prefill of up to `engine.max_model_len` tokens, two at a time per ingress: 16 of
