@@ -5,11 +5,12 @@ vLLM hashes them (``hashing``); an index of which replica holds which blocks
 (``ownership``), fed by routing decisions and by the engines' KV events
 (``kv_events``), finds the replica with the longest cached prefix; a
 consistent-hash ring (``ring``) with bounded loads (``load``) places prefixes
-nobody holds. ``policy`` combines them into one ``Decision`` whose ``Outcome``
+nobody holds; ``hot_prefixes`` names what a joining replica should prefill first. ``policy`` combines them into one ``Decision`` whose ``Outcome``
 is also a metric label. Adapters (Ray Serve, HTTP) live outside this package.
 """
 
 from router.hashing import DEFAULT_HASH_SEED, BlockHash, PrefixHasher, engine_hash_seed
+from router.hot_prefixes import HotPrefix, HotPrefixTracker
 from router.kv_events import AppliedEvents, KVEventBatch, KVEventSubscriber, decode_batch
 from router.outcome import Outcome
 from router.policy import (
@@ -30,6 +31,8 @@ __all__ = [
     "Decision",
     "EmptyRingError",
     "HashRing",
+    "HotPrefix",
+    "HotPrefixTracker",
     "rank_seat",
     "KVEventBatch",
     "KVEventSubscriber",

@@ -23,7 +23,12 @@ Algorithm, for a request with prompt blocks ``b0..bn`` (``hashing.py``):
    worthless: the least loaded replica, ties broken by ring order from a stable
    hash of the (partial) tokens. Deterministic given the loads.
 
-The chosen replica then ``learn``s the request's blocks. Two instances with the
+The chosen replica then ``learn``s the request's blocks. With
+``hot_prefix_capacity`` set, the request is also counted in a table of the hottest
+prefixes per ring key (``hot_prefixes.py``, O(1) amortised): ``hot_prefixes_of`` names
+those a joining replica should be sent first (a prefill each), and ``learn`` records
+it as their owner once it has them, so their traffic splits onto it with hits.
+Two instances with the
 same replica set, fed the same requests and loads, make the same decisions: no
 randomness and no process-salted hashes; KV events (``kv_events.py``) make
 instances that saw different traffic converge.
@@ -49,6 +54,7 @@ from itertools import compress, repeat
 from typing import Protocol
 
 from router.hashing import DEFAULT_HASH_SEED, BlockHash, PrefixHasher
+from router.hot_prefixes import HotPrefix, HotPrefixTracker
 from router.kv_events import AppliedEvents, KVEventBatch, apply_batch
 from router.load import choose_bounded, load_capacity, total_in_flight
 from router.outcome import Outcome
@@ -74,6 +80,13 @@ class PolicyConfig:
     min_owner_match_blocks: int = 1
     # Send a session's requests to its ring home, so a conversation's turns share one cache.
     session_affinity: bool = True
+    # Ring keys whose hottest prefixes are tracked for prewarming a joining replica
+    # (``hot_prefix_capacity``); 0 tracks nothing and costs nothing per decision.
+    hot_prefix_capacity: int = 0
+    # Longest tracked prefix in blocks: a replayed prefill must fit the engine's context.
+    hot_prefix_max_blocks: int = 256
+    # Half-life of a prefix's heat: 5 min ranks what is hot now above what was an hour ago.
+    hot_prefix_half_life_s: float = 300.0
 
     def __post_init__(self) -> None:
         if self.block_size < 1:
@@ -92,6 +105,15 @@ class PolicyConfig:
             raise ValueError(
                 f"min_owner_match_blocks must be >= 1, got {self.min_owner_match_blocks}"
             )
+        if self.hot_prefix_capacity < 0:
+            raise ValueError(
+                f"hot_prefix_capacity must be >= 0, got {self.hot_prefix_capacity}")
+        if self.hot_prefix_max_blocks < 1:
+            raise ValueError(
+                f"hot_prefix_max_blocks must be >= 1, got {self.hot_prefix_max_blocks}")
+        if not 0.0 < self.hot_prefix_half_life_s < float("inf"):
+            raise ValueError("hot_prefix_half_life_s must be finite and > 0, "
+                             f"got {self.hot_prefix_half_life_s}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -198,6 +220,12 @@ class CacheAwarePolicy:
         self._index = OwnershipIndex(
             max_entries=config.max_index_blocks, ttl_s=config.ownership_ttl_s, clock=clock
         )
+        self._clock = clock
+        self._hot = (HotPrefixTracker(capacity=config.hot_prefix_capacity,
+                                      block_size=config.block_size,
+                                      max_blocks=config.hot_prefix_max_blocks,
+                                      half_life_s=config.hot_prefix_half_life_s)
+                     if config.hot_prefix_capacity else None)
         self._lock = threading.Lock()
 
     @property
@@ -294,6 +322,25 @@ class CacheAwarePolicy:
                         self._ring.owner(hashes[0]))
         return Placement(home=home, holders=holders, total_blocks=len(hashes))
 
+    def hot_prefixes_of(self, replica_id: str, limit: int) -> list[HotPrefix]:
+        """The ``limit`` hottest prefixes whose ring home is now ``replica_id`` (the
+        arc a joining replica took over), hottest first; empty when not tracked."""
+        if self._hot is None:
+            return []
+        with self._lock:
+            return self._hot.arc_of(replica_id, self._ring, limit, now=self._clock())
+
+    def learn(self, replica_id: str, request: RouteRequest) -> int:
+        """Record that ``replica_id`` now holds the request's full blocks (a prefill
+        sent to it outside ``select``, a prewarm, completed); returns the blocks
+        learned, 0 for a replica that is no longer a member."""
+        hashes = self.block_hashes(request)
+        with self._lock:
+            if replica_id not in self._members or not hashes:
+                return 0
+            self._index.learn(replica_id, hashes)
+        return len(hashes)
+
     def forget_prefix(self, request: RouteRequest) -> int:
         """Forget every replica's ownership of the request's blocks (a registered
         prefix was withdrawn); returns how many blocks were known."""
@@ -334,6 +381,12 @@ class CacheAwarePolicy:
             decision = self._decide(request, hashes, session_key, in_flight)
             if hashes:
                 self._index.learn(decision.replica_id, hashes)
+                if self._hot is not None:
+                    self._hot.observe(
+                        session_key if session_key is not None else hashes[0],
+                        request.token_ids or (), hashes, now=self._clock(),
+                        cache_salt=request.cache_salt, lora_name=request.lora_name,
+                        lora_path=request.lora_path)
         return decision
 
     def _decide(

@@ -189,6 +189,18 @@ class FailoverConfig(_Strict):
     """A replica leaving (scale-down, redeploy) takes no new requests and gets this
     long to finish the ones it has (Serve's graceful_shutdown_timeout_s): long enough
     for a full-length CPU generation."""
+    prewarm_on_scale_up: bool = False
+    """Send a replica that joins (a scale-up, or a replacement of a dead one) the
+    hottest prefixes of the ring arc it takes over, one prefill each, before it is
+    routed their traffic as their owner (docs/failover.md, "Scale-up prewarm"). Then
+    the hot prefixes' load splits onto it with cache hits instead of staying on their
+    old owners, and the hit rate dips less. Off by default: every request is counted
+    in a hot-prefix table, and the newcomer spends its first seconds on prefills.
+    Only the `cacheroute` policy has owners to teach; with another it does nothing."""
+    prewarm_prefixes: int = Field(16, ge=1, le=1024)
+    """How many of the hottest prefixes of its arc a joining replica is sent. Each is a
+    prefill of up to `engine.max_model_len` tokens, two at a time per ingress: 16 of
+    4k tokens take a few tens of seconds on a CPU replica, on a GPU well under one."""
 
     @model_validator(mode="after")
     def _backoff_bounds(self) -> "FailoverConfig":

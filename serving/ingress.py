@@ -14,6 +14,9 @@ Endpoints beyond upstream's OpenAI set:
                 document's head is registered as a prefix, its questions are chat
                 requests through `chat` below.
 
+With `failover.prewarm_on_scale_up`, a background task sends each replica that joins
+the hottest prefixes of its ring arc (serving/prewarm.py).
+
 Every error leaves as OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`,
 with a 4xx status for anything the client can fix.
 """
@@ -48,9 +51,11 @@ from serving.limits import BodyLimitMiddleware
 from serving.prefix_api import PREFIX_ENDPOINTS, PrefixRoutes, observe_response
 from serving.prefix_backend import build_registry, ingress_args
 from serving.prefix_registry import PrefixError, PrefixMetrics
+from serving.prewarm import PrewarmMetrics, Prewarmer
 # Upstream's request bodies, with validation that cannot crash (serving/request_models.py).
 from serving.request_models import ChatCompletionRequest, CompletionRequest
 from serving.router_metrics import REPLICAS_WANTED
+from serving.router_registry import router_of
 from serving.tracing import TracingMiddleware
 
 logger = logging.getLogger("ray.serve")
@@ -210,6 +215,18 @@ class CacheRouteIngress(DocumentRoutes, PrefixRoutes, OpenAiIngress):
         self._documents = build_documents(
             prefixes, models=frozenset(model_cards), registry=self._prefix_registry,
             metrics=DocumentMetrics.for_registry(telemetry.REGISTRY))
+        # Scale-up prewarm (serving/prewarm.py): the router of this process's handle
+        # names the joining replicas, this ingress sends them their hot prefixes.
+        self._prewarmer = (
+            Prewarmer(model=next(iter(model_cards)), router=lambda: router_of(llm_deployment),
+                      send=self._send_prewarm,
+                      metrics=PrewarmMetrics.for_registry(telemetry.REGISTRY))
+            if failover_config.prewarm_on_scale_up and model_cards else None)
+
+    def _send_prewarm(self, body: dict[str, Any]):
+        # Straight to the deployment, past failover: a prewarm is pinned to one replica.
+        return super()._get_response(body=CompletionRequest.model_validate(body),
+                                     call_method="completions")
 
     async def _get_response(self, *, body: Any, call_method: str,
                             raw_request: Request | None = None):
@@ -245,6 +262,8 @@ class CacheRouteIngress(DocumentRoutes, PrefixRoutes, OpenAiIngress):
         # Serve calls this every few seconds on the request loop: it (re)starts the
         # registry's sweep, so a restarted ingress rewarms without waiting for traffic.
         self._prefix_registry.ensure_sweeping()
+        if self._prewarmer is not None:
+            self._prewarmer.ensure_running()
         try:  # stale documents leave, and the router forgets their blocks
             await self._documents.sweep()
         except Exception:  # a failed sweep must not mark the ingress unhealthy

@@ -23,6 +23,13 @@ failed it (``Decision.failover``: outcome FAILOVER). A replica whose routing sta
 report its engine stalled past ``failover.progress_timeout_s`` is ejected from the
 ring until it reports progress again (serving/engine_progress.py).
 
+Scale-up prewarm (serving/prewarm.py), with ``failover.prewarm_on_scale_up``: every
+routed request is counted in the policy's hot-prefix table; a replica that joins after
+the first replica list becomes a prewarm job that the ingress of this process takes
+(``take_prewarm_jobs``). Its prefill requests carry ids this router issued
+(``issue_prewarm_id``) and go to that replica alone; it is learned as the prefixes'
+owner only once a prefill completed (``on_prewarmed``).
+
 Hooks used (contract-tested in tests/unit/test_ray_router.py): `initialize_state`,
 `choose_replicas`, `update_replicas`, `on_replica_actor_died`,
 `on_request_completed`, `on_new_queue_len_info`. Each process that holds a handle
@@ -36,6 +43,7 @@ import asyncio
 import logging
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from typing import Any, List, Optional
 
@@ -45,13 +53,14 @@ from ray.serve._private.request_router.common import PendingRequest
 from ray.serve._private.request_router.replica_wrapper import RunningReplica
 from ray.serve.request_router import RequestRouter
 
-from router import (CacheAwarePolicy, Decision, EmptyRingError, PolicyConfig, RouteRequest,
-                    rank_seat)
+from router import (CacheAwarePolicy, Decision, EmptyRingError, HotPrefix, PolicyConfig,
+                    RouteRequest, rank_seat)
 from router.kv_events import KVEventBatch, KVEventSubscriber
 from serving.attempt_log import AttemptLog, process_attempt_log
 from serving.config import ServiceConfig
 from serving.engine_progress import ENGINE_PROGRESS_KEY, is_hung
 from serving.failover_metrics import FailoverMetrics
+from serving.prewarm import REQUEST_ID_PREFIX, PrewarmJob
 from serving.prompt_tokens import PromptTokenizer
 from serving.router_metrics import RouterMetrics
 from serving.router_registry import register_router
@@ -81,9 +90,18 @@ _SLOT_WAIT_TIMEOUT_S = 2.0
 # entries leave when the request completes, this bounds the ones that never do.
 _MAX_ROUTE_CACHE = 4096
 
+# A joining replica's ring seat is its rank, reported in its first routing stats a few
+# seconds after it joins; its prewarm waits this long for it (the arc is the seat's),
+# then goes ahead with the arc of its id.
+_PREWARM_SEAT_WAIT_S = 15.0
+# Prewarm request ids issued and not yet reported finished; the ingress reports each,
+# this bounds the ones a crash mid-prewarm would leave.
+_MAX_PINNED = 4096
+
 
 def policy_config(config: ServiceConfig) -> PolicyConfig:
     r = config.routing
+    f = config.failover
     return PolicyConfig(
         block_size=config.engine.block_size,
         load_epsilon=r.load_epsilon,
@@ -92,6 +110,12 @@ def policy_config(config: ServiceConfig) -> PolicyConfig:
         ownership_ttl_s=r.ownership_ttl_s,
         hash_seed=str(config.engine.hash_seed),
         session_affinity=r.session_affinity,
+        # Enough hot keys that a newcomer's 1/N share still holds prewarm_prefixes of
+        # them at a few dozen replicas; nothing is tracked with prewarm off.
+        hot_prefix_capacity=max(256, 16 * f.prewarm_prefixes) if f.prewarm_on_scale_up else 0,
+        # A replayed prefill plus its one token must fit the engine's context.
+        hot_prefix_max_blocks=max(1, (config.engine.max_model_len - 1)
+                                  // config.engine.block_size),
     )
 
 
@@ -153,6 +177,17 @@ class CacheRouteRequestRouter(RequestRouter):
         self._progress_timeout_s = config.failover.progress_timeout_s
         self._eject_hung = config.failover.enabled
         self._failover_metrics = FailoverMetrics()
+        # Scale-up prewarm (serving/prewarm.py); 0 prefixes: off.
+        self._prewarm_prefixes = (config.failover.prewarm_prefixes
+                                  if config.failover.prewarm_on_scale_up else 0)
+        self._prewarm_lock = threading.Lock()
+        # Members at the last replica list; None before the first non-empty one.
+        self._known: frozenset[str] | None = None
+        # Joined replica id -> when it joined (monotonic), until the ingress takes it.
+        self._joined: dict[str, float] = {}
+        self._seated: frozenset[str] = frozenset()
+        # Issued prewarm request id -> the one replica it may go to.
+        self._pinned: OrderedDict[str, str] = OrderedDict()
         register_source(self)
         register_router(self._deployment_id.name, self)
 
@@ -162,7 +197,10 @@ class CacheRouteRequestRouter(RequestRouter):
         gone = set(self._policy.replicas) - {r.replica_id.unique_id for r in replicas}
         super().update_replicas(replicas)
         ids = [r.replica_id.unique_id for r in replicas]
-        self._policy.set_replicas(ids, seats=_rank_seats(replicas))
+        seats = _rank_seats(replicas)
+        self._policy.set_replicas(ids, seats=seats)
+        if self._prewarm_prefixes:
+            self._note_joined(ids, frozenset(seats))
         for rid in gone:  # their waiters re-decide among the replicas left
             self._slot_waiters.wake_all(rid)
         if self._eject_hung:
@@ -192,6 +230,67 @@ class CacheRouteRequestRouter(RequestRouter):
         """The replicas out of the ring, to the failover's attempt log and metrics."""
         self._attempts.set_ejected(self._policy.ejected)
         self._failover_metrics.on_ejected(len(self._policy.ejected))
+
+    # --- scale-up prewarm (serving/prewarm.py) ------------------------------------
+
+    def _note_joined(self, ids: list[str], seated: frozenset[str]) -> None:
+        """Queue every replica new since the last list, after the first non-empty one
+        (the deployment's own start is not a scale-up)."""
+        current = frozenset(ids)
+        now = time.monotonic()
+        with self._prewarm_lock:
+            if self._known is not None:
+                for rid in current - self._known:
+                    self._joined.setdefault(rid, now)
+            if current:
+                self._known = current
+            for rid in [r for r in self._joined if r not in current]:
+                del self._joined[rid]  # left before its prewarm began
+            self._seated = seated
+
+    def take_prewarm_jobs(self) -> list[PrewarmJob]:
+        """The joined replicas ready to prewarm (seated on the ring, or waited long
+        enough), each with the hottest prefixes of its arc; handed out once."""
+        if not self._joined:
+            return []
+        now = time.monotonic()
+        with self._prewarm_lock:
+            ready = [rid for rid, since in self._joined.items()
+                     if rid in self._seated or now - since >= _PREWARM_SEAT_WAIT_S]
+            for rid in ready:
+                del self._joined[rid]
+        # A LoRA adapter's prefix would need its adapter named as the model: not replayed.
+        return [PrewarmJob(replica_id=rid, prefixes=tuple(
+                    p for p in self._policy.hot_prefixes_of(rid, self._prewarm_prefixes)
+                    if p.lora_name is None))
+                for rid in ready if rid in self._policy.replicas]
+
+    def issue_prewarm_id(self, replica_id: str) -> str:
+        """A request id that ``choose_replicas`` sends to ``replica_id`` alone."""
+        request_id = f"{REQUEST_ID_PREFIX}{replica_id}-{uuid.uuid4().hex}"
+        with self._prewarm_lock:
+            self._pinned[request_id] = replica_id
+            while len(self._pinned) > _MAX_PINNED:
+                self._pinned.popitem(last=False)
+        return request_id
+
+    def on_prewarmed(self, request_id: str, prefix: HotPrefix, ok: bool) -> None:
+        """A prewarm finished: on success its replica now holds ``prefix`` and becomes
+        an owner (never before: until then the prefix is not routed to it as owner)."""
+        with self._prewarm_lock:
+            replica_id = self._pinned.pop(request_id, None)
+        if ok and replica_id is not None:
+            self._policy.learn(replica_id, RouteRequest(
+                token_ids=prefix.token_ids, cache_salt=prefix.cache_salt,
+                lora_name=prefix.lora_name, lora_path=prefix.lora_path))
+
+    def _pinned_to(self, pending_request: PendingRequest | None) -> str | None:
+        """The replica a prewarm request was issued for; None for any other request
+        (an id a client made up is not in the issued set)."""
+        if not self._pinned or pending_request is None or not pending_request.args:
+            return None
+        request_id = getattr(pending_request.args[0], "request_id", None)
+        return self._pinned.get(request_id) if isinstance(request_id, str) else None
 
     def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
         super().on_replica_actor_died(replica_id)
@@ -314,6 +413,11 @@ class CacheRouteRequestRouter(RequestRouter):
     ) -> List[List[RunningReplica]]:
         if not candidate_replicas:
             return []
+        pinned = self._pinned_to(pending_request)
+        if pinned is not None:
+            # A prewarm: that replica or none (Serve asks again until it is a
+            # candidate; the ingress's timeout bounds the wait). Not a routing decision.
+            return [[r] for r in candidate_replicas if r.replica_id.unique_id == pinned]
         for r in candidate_replicas:
             self._maybe_subscribe(r)
         started = time.perf_counter()

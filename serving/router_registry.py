@@ -2,7 +2,8 @@
 
 The prefix registry of the ingress (serving/prefix_backend.py) lives in the same
 process as the router of the ingress's handle and asks it where a prefix lives, or
-tells it to forget one. Serve creates routers and owns their lifetime, so a weak map
+tells it to forget one; the scale-up prewarm (serving/prewarm.py) takes the replicas
+that joined from it. Serve creates routers and owns their lifetime, so a weak map
 is the way to reach one. Reads and writes go through the policy's lock.
 
 Kept out of serving/ray_router.py on purpose: Ray Serve pickles the router's module
@@ -22,6 +23,12 @@ _ROUTERS: "weakref.WeakValueDictionary[str, Any]" = weakref.WeakValueDictionary(
 def register_router(deployment: str, router: Any) -> None:
     """Record ``router`` (a CacheRouteRequestRouter) as ``deployment``'s router here."""
     _ROUTERS[deployment] = router
+
+
+def router_of(deployment: str) -> Any | None:
+    """This process's router of ``deployment`` (None until Serve has created it); the
+    scale-up prewarm (serving/prewarm.py) takes its jobs from it."""
+    return _ROUTERS.get(deployment)
 
 
 def prefix_placement(deployment: str, token_ids: Sequence[int], *,
