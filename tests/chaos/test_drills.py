@@ -75,3 +75,29 @@ def test_kill_replica_hides_the_fault(chaos_stack: Any, kill_report: dict[str, A
     assert failover_available(chaos_stack), "no cacheroute_failover_* counters on /metrics"
     assert kill_report["failed"] == 0, kill_report["errors"]
     assert kill_report["broken_streams"] == 0
+
+
+@pytest.fixture(scope="module")
+def scale_down_report(chaos_stack: Any) -> dict[str, Any]:
+    # Small: a short load before the fault, then N back (the restore waits for the
+    # new replica, so the tests after it find both replicas running).
+    options = DrillOptions(
+        drill="scale-down",
+        load=LoadSpec(seed=2, max_requests=400, max_duration_s=420, concurrency=2),
+        windows=Windows(window_s=10.0, after_window_s=10.0),
+        fault_at_s=15.0, recovery_timeout_s=300.0)
+    return run_drill(drill_target(chaos_stack), options)
+
+
+def test_scale_down_drains_without_losing_a_request(scale_down_report: dict[str, Any]) -> None:
+    r = scale_down_report
+    assert r["drill"] == "scale-down" and r["replicas"] == 2
+    assert r["fault"]["from_replicas"] == 2 and r["fault"]["to_replicas"] == 1
+    assert r["recovery_s"] is not None
+    assert r["fault"]["restored_to"] == 2
+    assert r["sent"] > 0 and r["sent"] == r["succeeded"] + r["failed"]
+    # The replica leaving finished its requests (drain); the survivor took its keys.
+    assert r["failed"] == 0, r["errors"]
+    assert r["broken_streams"] == 0
+    assert r["keys_moved_fraction"] is not None
+    assert r["keys_moved_fraction"] <= r["keys_moved_bound"]
