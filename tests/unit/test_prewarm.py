@@ -12,8 +12,6 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 from ray.serve._private.common import (
-    DeploymentHandleSource,
-    DeploymentID,
     RequestMetadata,
 )
 from ray.serve._private.request_router.common import PendingRequest
@@ -32,7 +30,7 @@ from serving.ray_router import RANK_STATS_KEY, CacheRouteRequestRouter, policy_c
 from serving.request_models import CompletionRequest
 from serving.router_registry import router_of
 from tests.unit import test_ray_router
-from tests.unit.test_ray_router import LOOP, choose, on_loop
+from tests.unit.test_ray_router import LOOP, choose, make_router, on_loop
 from tests.unit.test_ray_router_failover import StatsReplica
 
 # The tiny model with its real tokenizer, shared with the adapter's own tests.
@@ -46,15 +44,17 @@ _REQUEST_IDS = itertools.count()
 
 def make_prewarm_router(model: Path, replicas: list[StatsReplica], *,
                         prewarm: bool = True) -> CacheRouteRequestRouter:
-    config = ServiceConfig.model_validate({
-        "routing": {"policy": "cacheroute"}, "engine": {"block_size": BLOCK},
-        "failover": {"prewarm_on_scale_up": prewarm, "prewarm_prefixes": PREFIXES}})
-    router = CacheRouteRequestRouter(deployment_id=DeploymentID(name="LLMServer:m"),
-                                     handle_source=DeploymentHandleSource.UNKNOWN,
-                                     use_replica_queue_len_cache=True)
-    router.initialize_state(config_json=config.model_dump_json(), tokenizer_path=str(model))
-    on_loop(router.update_replicas, replicas)
-    return router
+    return make_router(model, replicas, failover={"prewarm_on_scale_up": prewarm,
+                                                  "prewarm_prefixes": PREFIXES})
+
+
+def scaled_up_router(model: Path) -> tuple[CacheRouteRequestRouter, list[StatsReplica]]:
+    """A 2-replica router that routed traffic, then saw replica-2 (rank 2) join."""
+    replicas = [ranked_replica(0), ranked_replica(1)]
+    router = make_prewarm_router(model, replicas)
+    warm_up(router)
+    scale_up(router, replicas, ranked_replica(2))
+    return router, replicas
 
 
 def ranked_replica(rank: int) -> StatsReplica:
@@ -131,20 +131,14 @@ def test_a_joiner_waits_for_its_ring_seat_before_its_arc_is_read(tiny_model: Pat
 
 
 def test_a_joiner_that_leaves_before_its_prewarm_is_dropped(tiny_model: Path) -> None:
-    replicas = [ranked_replica(0), ranked_replica(1)]
-    router = make_prewarm_router(tiny_model, replicas)
-    warm_up(router)
-    scale_up(router, replicas, ranked_replica(2))
+    router, replicas = scaled_up_router(tiny_model)
     on_loop(router.update_replicas, replicas[:2])
     assert router.take_prewarm_jobs() == []
 
 
 def test_a_prewarm_goes_to_its_replica_alone_and_teaches_only_once_done(
         tiny_model: Path) -> None:
-    replicas = [ranked_replica(0), ranked_replica(1)]
-    router = make_prewarm_router(tiny_model, replicas)
-    warm_up(router)
-    scale_up(router, replicas, ranked_replica(2))
+    router, _ = scaled_up_router(tiny_model)
     (job,) = router.take_prewarm_jobs()
     prefix = job.prefixes[0]
     old_owner = choose(router, completion(list(prefix.token_ids) + [1]))[0][0]
@@ -173,10 +167,7 @@ def test_a_prewarm_goes_to_its_replica_alone_and_teaches_only_once_done(
 
 
 def test_a_failed_prewarm_teaches_nothing(tiny_model: Path) -> None:
-    replicas = [ranked_replica(0), ranked_replica(1)]
-    router = make_prewarm_router(tiny_model, replicas)
-    warm_up(router)
-    scale_up(router, replicas, ranked_replica(2))
+    router, _ = scaled_up_router(tiny_model)
     (job,) = router.take_prewarm_jobs()
     prefix = job.prefixes[0]
     request_id = router.issue_prewarm_id("replica-2")
@@ -241,10 +232,7 @@ def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
 
 def test_the_prewarmer_sends_each_hot_prefix_to_the_joiner_then_it_owns_them(
         tiny_model: Path) -> None:
-    replicas = [ranked_replica(0), ranked_replica(1)]
-    router = make_prewarm_router(tiny_model, replicas)
-    warm_up(router)
-    scale_up(router, replicas, ranked_replica(2))
+    router, _ = scaled_up_router(tiny_model)
     # The ingress finds this process's router of its deployment by name.
     assert router_of("LLMServer:m") is router
     deployment = FakeDeployment(router)
@@ -265,10 +253,7 @@ def test_the_prewarmer_sends_each_hot_prefix_to_the_joiner_then_it_owns_them(
 
 
 def test_failed_prewarms_are_counted_and_teach_nothing(tiny_model: Path) -> None:
-    replicas = [ranked_replica(0), ranked_replica(1)]
-    router = make_prewarm_router(tiny_model, replicas)
-    warm_up(router)
-    scale_up(router, replicas, ranked_replica(2))
+    router, _ = scaled_up_router(tiny_model)
     deployment = FakeDeployment(router)
     deployment.failing = {"replica-2"}
     registry = CollectorRegistry()

@@ -39,10 +39,11 @@ def on_loop(fn, *args):
     return LOOP.run_until_complete(call())
 
 
-def make_router(model: Path, replicas: list[FakeRunningReplica],
-                **routing) -> CacheRouteRequestRouter:
+def make_router(model: Path, replicas: list[FakeRunningReplica], *,
+                failover: dict | None = None, **routing) -> CacheRouteRequestRouter:
     config = ServiceConfig.model_validate({"routing": {"policy": "cacheroute", **routing},
-                                           "engine": {"block_size": 16}})
+                                           "engine": {"block_size": 16},
+                                           "failover": failover or {}})
     router = CacheRouteRequestRouter(deployment_id=DeploymentID(name="LLMServer:m"),
                                      handle_source=DeploymentHandleSource.UNKNOWN,
                                      use_replica_queue_len_cache=True)
