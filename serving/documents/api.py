@@ -9,13 +9,18 @@
     DELETE /v1/documents/{id}      {"object": "document.deleted", "id", "deleted": true,
                                     "holders_before", "holders_after"}
     POST   /v1/documents/{id}/ask  {"question", "max_tokens"?, "temperature"?,
-                                    "context_order"?} -> a chat completion, plus a
-                                   "document" object saying which chunks it used
+                                    "context_order"?, "stream"?} -> a chat completion,
+                                   plus a "document" object saying which chunks it
+                                   used; with "stream": true, chat completion chunks
+                                   (server-sent events), the first carrying "document"
+                                   and the last the usage
 
 ``holders`` are the replicas the router's ownership index believes hold every full
 block of the document's anchor (its prewarmed head); a DELETE reports them before
 and after forgetting, so a client (and the tests) can see ownership dropped.
-``context_order: "similarity"`` is the naive baseline for benchmarks: excerpts best
+A streamed answer always ends with the usage chunk (as with
+``stream_options.include_usage``): the service counts its ``cached_tokens`` when
+the stream ends, however it ends. ``context_order: "similarity"`` is the naive baseline for benchmarks: excerpts best
 first with no anchor, so neither the engine's prefix cache nor the router's document
 placement helps.
 
@@ -29,13 +34,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ray.llm._internal.serve.core.configs.openai_api_models import ChatCompletionRequest
 
@@ -44,7 +49,7 @@ from serving.documents.assembly import Order
 from serving.documents.embedding import MiniLMEmbedder
 from serving.documents.eviction import EvictionPolicy
 from serving.documents.metrics import DocumentMetrics
-from serving.documents.service import Document, DocumentService, DocumentSettings
+from serving.documents.service import Document, DocumentService, DocumentSettings, Plan
 from serving.prefix_api import cached_tokens
 from serving.prefix_registry import PrefixRegistry
 from serving.prompt_tokens import PromptTokenizer
@@ -66,6 +71,7 @@ class AskRequest(_Body):
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
     context_order: Literal["document", "similarity"] = "document"
+    stream: bool = False
 
 
 def document_json(service: DocumentService, doc: Document) -> dict[str, Any]:
@@ -130,10 +136,20 @@ class DocumentRoutes:
         plan = await self._documents.plan(id, question=body.question,
                                           max_tokens=body.max_tokens,
                                           order=Order(body.context_order))
-        chat = ChatCompletionRequest(model=plan.document.model, messages=plan.messages,
-                                     max_tokens=plan.max_tokens, stream=False,
-                                     temperature=body.temperature)
+        chat = ChatCompletionRequest(
+            model=plan.document.model, messages=plan.messages, max_tokens=plan.max_tokens,
+            stream=body.stream, temperature=body.temperature,
+            stream_options={"include_usage": True} if body.stream else None)
         response = await self.chat(chat, request)
+        meta = _answer_meta(plan, body)
+        if isinstance(response, StreamingResponse):
+            response.body_iterator = _document_stream(
+                response.body_iterator, meta,
+                lambda usage: self._documents.observe(
+                    plan, prompt_tokens=usage.get("prompt_tokens"),
+                    cached_tokens=usage.get("cached_tokens"),
+                    elapsed_s=time.perf_counter() - started))
+            return response
         if response.status_code != 200 or not hasattr(response, "body"):
             return response
         try:
@@ -145,16 +161,60 @@ class DocumentRoutes:
         self._documents.observe(plan, prompt_tokens=prompt if isinstance(prompt, int) else None,
                                 cached_tokens=cached_tokens(payload),
                                 elapsed_s=time.perf_counter() - started)
-        payload["document"] = {
-            "id": plan.document.id,
-            "mode": plan.selection.mode.value,
-            "context_order": plan.selection.order.value,
-            "lead_chunks": plan.document.lead_count if body.context_order == "document" else 0,
-            "chunks": list(plan.selection.excerpts),
-            "anchor_cacheable_tokens": plan.document.cacheable_tokens,
-            "assembly_ms": round(plan.assembly_s * 1000, 3),
-        }
+        payload["document"] = meta
         return JSONResponse(payload)
+
+
+def _answer_meta(plan: Plan, body: AskRequest) -> dict[str, Any]:
+    """The ``document`` object of an answer: which context the question got."""
+    return {
+        "id": plan.document.id,
+        "mode": plan.selection.mode.value,
+        "context_order": plan.selection.order.value,
+        "lead_chunks": plan.document.lead_count if body.context_order == "document" else 0,
+        "chunks": list(plan.selection.excerpts),
+        "anchor_cacheable_tokens": plan.document.cacheable_tokens,
+        "assembly_ms": round(plan.assembly_s * 1000, 3),
+    }
+
+
+async def _document_stream(chunks: AsyncIterable[Any], meta: dict[str, Any],
+                           done: Callable[[dict[str, int | None]], None]) -> AsyncIterator[Any]:
+    """Pass an answer's server-sent events through, adding ``meta`` as ``document`` to
+    the first data event and reading the usage event; ``done`` gets the usage (None
+    values when the stream ended without one) however the stream ends.
+
+    Only the first event is re-serialised; the rest pass as they came (a chunk may
+    hold several events, so lines are inspected, never assumed one per chunk)."""
+    usage: dict[str, int | None] = {"prompt_tokens": None, "cached_tokens": None}
+    tagged = False
+    try:
+        async for chunk in chunks:
+            is_bytes = isinstance(chunk, bytes)
+            text = chunk.decode(errors="replace") if is_bytes else str(chunk)
+            if not tagged or '"usage"' in text:
+                lines = text.split("\n")
+                for i, line in enumerate(lines):
+                    if not line.startswith("data: {"):
+                        continue
+                    try:
+                        event = json.loads(line[len("data: "):])
+                    except ValueError:
+                        continue
+                    found = event.get("usage") if isinstance(event, dict) else None
+                    if isinstance(found, dict):
+                        prompt = found.get("prompt_tokens")
+                        usage["prompt_tokens"] = prompt if isinstance(prompt, int) else None
+                        usage["cached_tokens"] = cached_tokens(event)
+                    if not tagged and isinstance(event, dict) and "choices" in event:
+                        event["document"] = meta
+                        lines[i] = "data: " + json.dumps(event, separators=(",", ":"))
+                        tagged = True
+                        text = "\n".join(lines)
+                        chunk = text.encode() if is_bytes else text
+            yield chunk
+    finally:
+        done(usage)
 
 
 # Method name -> route, in the shape `make_fastapi_ingress` takes.

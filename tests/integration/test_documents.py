@@ -8,6 +8,7 @@ one is about three windows long, so questions about it pick chunks.
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -60,6 +61,18 @@ def ask(http: httpx.Client, doc_id: str, question: str, **fields: Any) -> dict[s
     return out
 
 
+def ask_streamed(http: httpx.Client, doc_id: str, question: str) -> list[dict[str, Any]]:
+    """The data events of a streamed answer, [DONE] checked and dropped."""
+    with http.stream("POST", f"/v1/documents/{doc_id}/ask",
+                     json={"question": question, "max_tokens": 8, "temperature": 0,
+                           "stream": True}) as resp:
+        assert resp.status_code == 200, resp.read()
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in resp.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    return [json.loads(line[len("data: "):]) for line in lines[:-1]]
+
+
 def cached(answer: dict[str, Any]) -> int:
     return answer["usage"]["prompt_tokens_details"]["cached_tokens"]
 
@@ -86,11 +99,22 @@ def test_a_document_is_cached_once_and_reused_by_every_question(stack: Stack) ->
             assert cached(answer) >= anchor["cacheable_tokens"]
             assert answer["usage"]["prompt_tokens"] > anchor["tokens"]
 
+        # Streamed: the first event names the document, the last carries the usage.
+        events = ask_streamed(http, doc["id"], "Who pays for the keeper's cottage?")
+        assert events[0]["document"]["id"] == doc["id"]
+        text = "".join(e["choices"][0]["delta"].get("content") or ""
+                       for e in events if e["choices"])
+        assert text
+        streamed_usage = events[-1]["usage"]
+        assert streamed_usage["prompt_tokens_details"]["cached_tokens"] >= (
+            anchor["cacheable_tokens"])
+
         listed = http.get("/v1/documents").json()
         assert listed["object"] == "list"
         entry = next(d for d in listed["data"] if d["id"] == doc["id"])
-        assert entry["asks"] == 3
-        assert entry["cached_tokens"] == sum(cached(a) for a in answers)
+        assert entry["asks"] == 4
+        assert entry["cached_tokens"] == sum(cached(a) for a in answers) + (
+            streamed_usage["prompt_tokens_details"]["cached_tokens"])
 
         # The registered anchor counted each question as a hit.
         prefixes = http.get("/v1/prefixes").json()["data"]
@@ -177,7 +201,7 @@ def test_bad_questions_get_openai_shaped_4xx(stack: Stack) -> None:
             (doc_id, {"question": "   "}, 400, "invalid_request"),
             (doc_id, {"question": "Why?", "max_tokens": 0}, 400, "invalid_request"),
             (doc_id, {"question": "Why?", "max_tokens": 5000}, 400, "invalid_request"),
-            (doc_id, {"question": "Why?", "stream": True}, 400, "invalid_request"),
+            (doc_id, {"question": "Why?", "stream": [1]}, 400, "invalid_request"),
             (doc_id, {"question": "Why?", "context_order": "random"}, 400, "invalid_request"),
         ]
         for doc, body, status, code in cases:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, StreamingResponse
 
 from serving.config import ServiceConfig
 from serving.documents.api import DOCUMENT_ENDPOINTS, DocumentRoutes, document_settings
@@ -31,12 +31,36 @@ class Host(DocumentRoutes):
         self._documents = service
         self.sent: list[Any] = []
 
-    async def chat(self, body: Any, request: Any) -> JSONResponse:
+    async def chat(self, body: Any, request: Any) -> JSONResponse | StreamingResponse:
         self.sent.append(body)
+        if body.stream:
+            return StreamingResponse(_events(), media_type="text/event-stream")
         return JSONResponse({"object": "chat.completion", "choices": [
             {"index": 0, "message": {"role": "assistant", "content": "Yes."}}],
             "usage": {"prompt_tokens": 300, "completion_tokens": 1,
                       "prompt_tokens_details": {"cached_tokens": 256}}})
+
+
+STREAM_EVENTS = [
+    {"id": "c1", "object": "chat.completion.chunk", "choices": [
+        {"index": 0, "delta": {"role": "assistant", "content": ""}}]},
+    {"id": "c1", "object": "chat.completion.chunk", "choices": [
+        {"index": 0, "delta": {"content": "Yes."}, "finish_reason": "stop"}]},
+    {"id": "c1", "object": "chat.completion.chunk", "choices": [], "usage": {
+        "prompt_tokens": 300, "completion_tokens": 1,
+        "prompt_tokens_details": {"cached_tokens": 256}}},
+]
+
+
+async def _events():
+    # The second and third events arrive in one chunk, as they can from the engine.
+    yield f"data: {json.dumps(STREAM_EVENTS[0])}\n\n"
+    yield "".join(f"data: {json.dumps(e)}\n\n" for e in STREAM_EVENTS[1:]) + "data: [DONE]\n\n"
+
+
+def sse_events(text: str) -> list[Any]:
+    return [line[len("data: "):] if line == "data: [DONE]" else json.loads(line[len("data: "):])
+            for line in text.splitlines() if line.startswith("data: ")]
 
 
 @pytest.fixture
@@ -116,12 +140,34 @@ def test_bad_uploads_get_an_openai_shaped_4xx(client: TestClient, payload: dict,
     assert (error["type"], error["code"]) == ("invalid_request_error", code)
 
 
+def test_a_streamed_answer_carries_the_document_and_counts_its_usage(
+        client: TestClient, host: Host, metrics: CollectorRegistry) -> None:
+    doc_id = client.post("/v1/documents", json={"model": MODEL,
+                                                "text": long_document(3)}).json()["id"]
+    with client.stream("POST", f"/v1/documents/{doc_id}/ask",
+                       json={"question": "Why?", "stream": True}) as resp:
+        assert resp.status_code == 200
+        events = sse_events(resp.read().decode())
+    sent = host.sent[-1]
+    assert sent.stream and sent.stream_options.include_usage
+    assert events[-1] == "[DONE]"
+    first, *rest = events[:-1]
+    assert first["document"]["id"] == doc_id and first["document"]["mode"] == "whole"
+    assert {k: v for k, v in first.items() if k != "document"} == STREAM_EVENTS[0]
+    assert rest == STREAM_EVENTS[1:]  # everything after the first event passes as it came
+    labels = {"order": "document"}
+    assert metrics.get_sample_value("cacheroute_document_cached_tokens_total", labels) == 256
+    assert metrics.get_sample_value("cacheroute_document_prompt_tokens_total", labels) == 300
+    assert metrics.get_sample_value("cacheroute_document_ask_seconds_count", labels) == 1
+    assert client.get(f"/v1/documents/{doc_id}").json()["asks"] == 1
+
+
 def test_bad_questions_and_unknown_ids(client: TestClient) -> None:
     doc_id = client.post("/v1/documents", json={"model": MODEL,
                                                 "text": long_document(3)}).json()["id"]
     for body, status in [({"question": ""}, 400), ({"question": "Why?", "max_tokens": 0}, 400),
                          ({"question": "Why?", "temperature": "hot"}, 400),
-                         ({"question": "Why?", "stream": True}, 400)]:
+                         ({"question": "Why?", "stream": [1]}, 400)]:
         resp = client.post(f"/v1/documents/{doc_id}/ask", content=json.dumps(body))
         assert resp.status_code == status, resp.text
     for path in ["/v1/documents/doc-x", "/v1/documents/" + "doc-" + "1" * 32]:
