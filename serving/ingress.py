@@ -12,7 +12,8 @@ Endpoints beyond upstream's OpenAI set:
 - `POST/GET /v1/documents`, `GET/DELETE /v1/documents/{id}`,
   `POST /v1/documents/{id}/ask`: document analysis (serving/documents/api.py); a
                 document's head is registered as a prefix, its questions are chat
-                requests through `chat` below.
+                requests through `send_chat` below. A chat completion request with
+                an `x-document-id` header is a question about that document.
 
 With `failover.prewarm_on_scale_up`, a background task sends each replica that joins
 the hottest prefixes of its ring arc (serving/prewarm.py).
@@ -43,7 +44,8 @@ from ray.serve.schema import ApplicationStatus
 from serving import api_schema, telemetry
 from serving.attempt_log import process_attempt_log
 from serving.config import FailoverConfig, ServiceConfig
-from serving.documents.api import DOCUMENT_ENDPOINTS, DocumentRoutes, build_documents
+from serving.documents.api import (DOCUMENT_ENDPOINTS, DOCUMENT_HEADER, DocumentRoutes,
+                                   build_documents)
 from serving.documents.metrics import DocumentMetrics
 from serving.failover import Failover
 from serving.forwarding import refuse_unforwardable
@@ -248,6 +250,12 @@ class CacheRouteIngress(DocumentRoutes, PrefixRoutes, OpenAiIngress):
             yield item
 
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
+        document = request.headers.get(DOCUMENT_HEADER)
+        if document is not None:  # a chat about an uploaded document
+            return await self.chat_about_document(document, body, request)
+        return await self.send_chat(body, request)
+
+    async def send_chat(self, body: ChatCompletionRequest, request: Request) -> Response:
         # Which registered prefix the request starts with, and (from the engine's
         # usage report) whether it hit; the response passes through unchanged.
         use = self._prefix_registry.match(body.model, body.messages, body.cache_salt)

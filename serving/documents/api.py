@@ -15,6 +15,16 @@
                                    (server-sent events), the first carrying "document"
                                    and the last the usage
 
+A chat completion request names a document with the header ``x-document-id``
+(``POST /v1/chat/completions``, so the ``openai`` client works through
+``extra_headers``, streaming included): its last message, a user message, is the
+question; earlier user and assistant turns are kept after the document's system
+message (``assembly.rendered_history``); its other fields (``stream``,
+``temperature``, ...) pass through, and ``max_tokens`` defaults to
+``documents.default_max_tokens``. The answer carries the same ``document`` object.
+System, developer and tool messages are refused (the document supplies the system
+message), as is a ``model`` other than the document's.
+
 ``holders`` are the replicas the router's ownership index believes hold every full
 block of the document's anchor (its prewarmed head); a DELETE reports them before
 and after forgetting, so a client (and the tests) can see ownership dropped.
@@ -26,7 +36,8 @@ placement helps.
 
 Routes are methods of ``DocumentRoutes``, which the ingress class inherits (Serve
 binds an ingress's routes to its methods); the host sets ``self._documents`` and
-provides ``chat``. Errors are ``DocumentError``s (a ``PrefixError``), shaped by the
+provides ``send_chat`` (a chat request through the router, the document header not
+consulted). Errors are ``DocumentError``s (a ``PrefixError``), shaped by the
 ingress's handler like every other error.
 """
 
@@ -40,16 +51,21 @@ from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.responses import JSONResponse, Response, StreamingResponse
-
 from ray.llm._internal.serve.core.configs.openai_api_models import ChatCompletionRequest
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from serving.config import ServiceConfig
 from serving.documents.assembly import Order
 from serving.documents.embedding import MiniLMEmbedder
 from serving.documents.eviction import EvictionPolicy
 from serving.documents.metrics import DocumentMetrics
-from serving.documents.service import Document, DocumentService, DocumentSettings, Plan
+from serving.documents.service import (
+    Document,
+    DocumentError,
+    DocumentService,
+    DocumentSettings,
+    Plan,
+)
 from serving.prefix_api import cached_tokens
 from serving.prefix_registry import PrefixRegistry
 from serving.prompt_tokens import PromptTokenizer
@@ -104,11 +120,15 @@ def document_json(service: DocumentService, doc: Document) -> dict[str, Any]:
     }
 
 
+# The header by which a chat completion request names a document.
+DOCUMENT_HEADER = "x-document-id"
+
+
 class DocumentRoutes:
     """The document routes, as methods of the ingress class."""
 
     _documents: DocumentService
-    chat: Callable[..., Any]
+    send_chat: Callable[..., Any]  # a chat request through the router, documents aside
 
     async def create_document(self, body: DocumentCreateRequest) -> JSONResponse:
         doc, created = await self._documents.upload(model=body.model, text=body.text,
@@ -140,8 +160,30 @@ class DocumentRoutes:
             model=plan.document.model, messages=plan.messages, max_tokens=plan.max_tokens,
             stream=body.stream, temperature=body.temperature,
             stream_options={"include_usage": True} if body.stream else None)
-        response = await self.chat(chat, request)
-        meta = _answer_meta(plan, body)
+        response = await self.send_chat(chat, request)
+        return self._answered(plan, _answer_meta(plan, body.context_order), response, started)
+
+    async def chat_about_document(self, doc_id: str, body: Any, request: Request) -> Response:
+        """A chat completion request naming a document (``x-document-id``)."""
+        started = time.perf_counter()
+        doc = self._documents.get(doc_id)
+        if body.model != doc.model:
+            raise DocumentError(400, f"Document '{doc_id}' belongs to model '{doc.model}', "
+                                f"not '{str(body.model)[:80]}'.", code="invalid_request",
+                                param="model")
+        history, question = conversation(body.messages)
+        asked = body.max_completion_tokens or body.max_tokens
+        plan = await self._documents.plan(doc_id, question=question, max_tokens=asked,
+                                          history=history)
+        update: dict[str, Any] = {"messages": plan.messages}
+        if asked is None:
+            update["max_tokens"] = plan.max_tokens
+        response = await self.send_chat(body.model_copy(update=update), request)
+        return self._answered(plan, _answer_meta(plan, "document"), response, started)
+
+    def _answered(self, plan: Plan, meta: dict[str, Any], response: Response,
+                  started: float) -> Response:
+        """The engine's answer with ``meta`` as its ``document``; its usage counted."""
         if isinstance(response, StreamingResponse):
             response.body_iterator = _document_stream(
                 response.body_iterator, meta,
@@ -165,13 +207,53 @@ class DocumentRoutes:
         return JSONResponse(payload)
 
 
-def _answer_meta(plan: Plan, body: AskRequest) -> dict[str, Any]:
+def conversation(messages: Sequence[Any]) -> tuple[list[dict[str, str]], str]:
+    """(earlier turns, question) of a chat naming a document: user and assistant
+    messages with text content, the last one a user message."""
+    turns: list[dict[str, str]] = []
+    for i, message in enumerate(messages):
+        role = _field(message, "role")
+        if role not in ("user", "assistant"):
+            raise DocumentError(400, f"messages[{i}] has role '{str(role)[:40]}': a chat "
+                                "about a document takes user and assistant messages only "
+                                "(the document is its system message).",
+                                code="invalid_request", param="messages")
+        if _field(message, "tool_calls"):
+            raise DocumentError(400, f"messages[{i}]: tool calls are not supported in a chat "
+                                "about a document.", code="invalid_request", param="messages")
+        turns.append({"role": role, "content": _text(_field(message, "content"), i)})
+    if not turns or turns[-1]["role"] != "user":
+        raise DocumentError(400, "A chat about a document must end with a user message (the "
+                            "question).", code="invalid_request", param="messages")
+    return turns[:-1], turns[-1]["content"]
+
+
+def _field(message: Any, name: str) -> Any:
+    return message.get(name) if isinstance(message, dict) else getattr(message, name, None)
+
+
+def _text(content: Any, i: int) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if _field(part, "type") != "text" or not isinstance(_field(part, "text"), str):
+                break
+            parts.append(_field(part, "text"))
+        else:
+            return "\n".join(parts)
+    raise DocumentError(400, f"messages[{i}]: a chat about a document takes text content only.",
+                        code="invalid_request", param="messages")
+
+
+def _answer_meta(plan: Plan, context_order: str) -> dict[str, Any]:
     """The ``document`` object of an answer: which context the question got."""
     return {
         "id": plan.document.id,
         "mode": plan.selection.mode.value,
         "context_order": plan.selection.order.value,
-        "lead_chunks": plan.document.lead_count if body.context_order == "document" else 0,
+        "lead_chunks": plan.document.lead_count if context_order == "document" else 0,
         "chunks": list(plan.selection.excerpts),
         "anchor_cacheable_tokens": plan.document.cacheable_tokens,
         "assembly_ms": round(plan.assembly_s * 1000, 3),

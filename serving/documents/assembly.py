@@ -20,6 +20,9 @@ every excerpt up to the first chunk they differ in; in similarity order they wou
 share only the system message (unless their best chunk is the same). The ``naive``
 order (``Order.SIMILARITY``: no anchor, chunks best first) is kept for the benchmark.
 
+A conversation about the document (a chat request naming it) puts its earlier turns
+between the system message and the last user message (``rendered_history``).
+
 Rendering merges overlapping and adjacent chunk spans back into the original text
 (overlap is not repeated) and clips excerpts to start after the lead. Deterministic:
 the same chunks, ranking and budget give the same messages. Cost: O(chunks).
@@ -28,7 +31,7 @@ the same chunks, ranking and budget give the same messages. Cost: O(chunks).
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from serving.documents.chunking import Chunk
@@ -121,19 +124,30 @@ def system_message(name: str, anchor: str) -> dict[str, str]:
     return {"role": "system", "content": f"{INSTRUCTION}\n\nDocument: {name}\n\n{anchor}"}
 
 
+def rendered_history(history: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
+    """Earlier turns of a conversation about the document, rendered as their questions
+    were: a user turn as ``Question: ...`` (the form a question has without excerpts),
+    an assistant turn as it is. A whole-document conversation thus resends exactly the
+    prompt of its previous turn plus the answer, and that prefix is cached."""
+    return [{"role": "user", "content": f"Question: {m['content']}"} if m["role"] == "user"
+            else {"role": m["role"], "content": m["content"]} for m in history]
+
+
 def messages(*, name: str, text: str, chunks: Sequence[Chunk], lead_count: int,
-             selection: Selection, question: str) -> list[dict[str, str]]:
-    """The chat messages for one question."""
+             selection: Selection, question: str,
+             history: Sequence[Mapping[str, str]] = ()) -> list[dict[str, str]]:
+    """The chat messages for one question (after ``history``, earlier turns)."""
     spans = [(i, chunks[i].start, chunks[i].end) for i in selection.excerpts]
+    turns = rendered_history(history)
     if selection.order is Order.SIMILARITY:
         body = render_spans(text, spans)
-        return [{"role": "system", "content": NAIVE_INSTRUCTION},
+        return [{"role": "system", "content": NAIVE_INSTRUCTION}, *turns,
                 {"role": "user", "content": f"Excerpts:\n\n{body}\n\nQuestion: {question}"}]
     system = system_message(name, anchor_text(text, chunks, lead_count, selection.mode))
     if not spans:
-        return [system, {"role": "user", "content": f"Question: {question}"}]
+        return [system, *turns, {"role": "user", "content": f"Question: {question}"}]
     lead_end = chunks[lead_count - 1].end if lead_count else 0
     clipped = [(i, max(a, lead_end), b) for i, a, b in spans if b > lead_end]
     body = render_spans(text, clipped)
-    return [system, {"role": "user",
-                     "content": f"{EXCERPTS_HEADING}\n\n{body}\n\nQuestion: {question}"}]
+    return [system, *turns, {"role": "user",
+                             "content": f"{EXCERPTS_HEADING}\n\n{body}\n\nQuestion: {question}"}]

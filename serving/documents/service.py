@@ -39,7 +39,7 @@ from typing import Any, Protocol
 
 from serving.documents import assembly
 from serving.documents.assembly import Mode, Order, Selection
-from serving.documents.chunking import Chunk, TokenCounter, chunk_document
+from serving.documents.chunking import Chunk, chunk_document
 from serving.documents.embedding import Embedder, EmbedderUnavailable
 from serving.documents.eviction import EvictionPolicy, Reason, Usage, victims
 from serving.documents.index import VectorIndex
@@ -53,6 +53,9 @@ logger = logging.getLogger("ray.serve")
 # (`<|im_start|>assistant\n` is 3 for SmolLM2); counted generously because the exact
 # check below measures the messages without the generation prompt.
 _GENERATION_PROMPT_TOKENS = 16
+
+# Template tokens around one earlier turn (`<|im_start|>user\nQuestion: ` ... `<|im_end|>\n`).
+_TURN_TOKENS = 8
 
 _ID_RE = re.compile(r"doc-[0-9a-f]{32}")
 
@@ -263,7 +266,12 @@ class DocumentService:
     # --- questions --------------------------------------------------------------
 
     async def plan(self, doc_id: str, *, question: str, max_tokens: int | None,
-                   order: Order = Order.DOCUMENT) -> Plan:
+                   order: Order = Order.DOCUMENT,
+                   history: Sequence[Mapping[str, str]] = ()) -> Plan:
+        """A question's context. ``history``: earlier turns of a conversation about
+        the document (``{"role": "user" | "assistant", "content"}``), kept between
+        the system message and the question; they take their tokens from the budget
+        for excerpts."""
         s = self._settings
         doc = self.get(doc_id)
         if not question.strip():
@@ -277,16 +285,18 @@ class DocumentService:
         started = time.perf_counter()
         vector = await self._embed([question])
         ranked = doc.index.ranked(vector[0])
-        question_tokens = (await asyncio.to_thread(self._tokenizer.count, [question]))[0]
-        budget = (s.max_model_len - answer - question_tokens - doc.overhead_tokens
+        counts = await asyncio.to_thread(self._tokenizer.count,
+                                         [question, *(m["content"] for m in history)])
+        # Each earlier turn also costs its template tokens: an estimate; the exact
+        # check below has the last word.
+        history_tokens = sum(counts[1:]) + _TURN_TOKENS * len(history)
+        budget = (s.max_model_len - answer - counts[0] - history_tokens - doc.overhead_tokens
                   - _GENERATION_PROMPT_TOKENS)
         if (order is Order.DOCUMENT and budget < doc.lead_tokens) or budget < 1:
-            raise DocumentError(400, f"The question and max_tokens ({answer}) leave no room "
-                                f"for the document in the {s.max_model_len}-token context "
-                                "window.", code="invalid_request", param="max_tokens")
+            raise _no_room(answer, s.max_model_len, history)
         whole_ok = order is Order.DOCUMENT and doc.anchor_mode is Mode.WHOLE
         selection = self._select(doc, ranked, budget, order, whole_ok=whole_ok)
-        messages = self._render(doc, selection, question)
+        messages = self._render(doc, selection, question, history)
         # Exact check: chunk counts are summed estimates (boundaries merge tokens).
         while await self._prompt_tokens(messages) + answer > s.max_model_len:
             if selection.mode is Mode.WHOLE:
@@ -294,11 +304,8 @@ class DocumentService:
             elif selection.excerpts:
                 selection = _without_last_ranked(selection, ranked, doc)
             else:
-                raise DocumentError(400, f"The question and max_tokens ({answer}) leave no "
-                                    f"room for the document in the {s.max_model_len}-token "
-                                    "context window.", code="invalid_request",
-                                    param="max_tokens")
-            messages = self._render(doc, selection, question)
+                raise _no_room(answer, s.max_model_len, history)
+            messages = self._render(doc, selection, question, history)
         elapsed = time.perf_counter() - started
         self._metrics.assembly_seconds.labels(order=order.value).observe(elapsed)
         return Plan(document=doc, messages=messages, selection=selection, max_tokens=answer,
@@ -317,10 +324,11 @@ class DocumentService:
         return tokens + _GENERATION_PROMPT_TOKENS
 
     @staticmethod
-    def _render(doc: Document, selection: Selection, question: str) -> list[dict[str, str]]:
+    def _render(doc: Document, selection: Selection, question: str,
+                history: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
         return assembly.messages(name=doc.name, text=doc.text, chunks=doc.chunks,
                                  lead_count=doc.lead_count, selection=selection,
-                                 question=question)
+                                 question=question, history=history)
 
     def observe(self, plan: Plan, *, prompt_tokens: int | None, cached_tokens: int | None,
                 elapsed_s: float) -> None:
@@ -422,6 +430,13 @@ class DocumentService:
         task = asyncio.get_running_loop().create_task(coro)
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+
+
+def _no_room(answer: int, window: int, history: Sequence[Any]) -> DocumentError:
+    turns = ", the earlier turns" if history else ""
+    return DocumentError(400, f"The question{turns} and max_tokens ({answer}) leave no room "
+                         f"for the document in the {window}-token context window.",
+                         code="invalid_request", param="max_tokens")
 
 
 def _without_last_ranked(selection: Selection, ranked: Sequence[int], doc: Document) -> Selection:

@@ -13,6 +13,7 @@ import uuid
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 from tests.integration.conftest import Stack
@@ -164,6 +165,48 @@ def test_a_long_document_is_asked_through_chunks_in_document_order(stack: Stack)
         naive = ask(http, doc["id"], "How much is the keeper's salary?",
                     context_order="similarity")
         assert naive["document"]["context_order"] == "similarity"
+        assert http.delete(f"/v1/documents/{doc['id']}").status_code == 200
+
+
+def test_a_chat_naming_a_document_caches_the_conversation_as_it_grows(stack: Stack) -> None:
+    with stack.http() as http:
+        doc = upload(http, stack, document(4)).json()
+    anchor = doc["anchor"]
+    client = stack.client()
+    header = {"x-document-id": doc["id"]}
+    # A first question long enough to end past the anchor's last full block.
+    first_q = ("Summarise what the handbook says about the keeper's duties at dusk, the "
+               "lens, the logbook, the foghorn, the radio, the garden and the cottage, "
+               "and say which of these duties change during winter storms. ") * 3
+    first = client.chat.completions.create(
+        model=stack.model, messages=[{"role": "user", "content": first_q}], max_tokens=8,
+        temperature=0, extra_headers=header)
+    assert first.model_dump()["document"]["id"] == doc["id"]
+    assert first.usage.prompt_tokens_details.cached_tokens >= anchor["cacheable_tokens"]
+    first_blocks = first.usage.prompt_tokens // BLOCK_SIZE * BLOCK_SIZE
+    assert first_blocks > anchor["cacheable_tokens"]  # the test means something
+
+    # The second turn resends the first (as asked) and its answer: all of the first
+    # turn's full blocks come from cache, not just the document's.
+    turns = [{"role": "user", "content": first_q},
+             {"role": "assistant", "content": first.choices[0].message.content},
+             {"role": "user", "content": "And what is the keeper paid?"}]
+    stream = client.chat.completions.create(
+        model=stack.model, messages=turns, max_tokens=8, temperature=0, stream=True,
+        stream_options={"include_usage": True}, extra_headers=header)
+    chunks = list(stream)
+    assert chunks[0].model_dump()["document"]["id"] == doc["id"]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    usage = chunks[-1].usage
+    assert usage.prompt_tokens_details.cached_tokens >= first_blocks
+
+    with pytest.raises(openai.BadRequestError) as err:  # the document is the system message
+        client.chat.completions.create(
+            model=stack.model, max_tokens=8, extra_headers=header,
+            messages=[{"role": "system", "content": "Be brief."}, turns[-1]])
+    assert err.value.body["param"] == "messages"
+    with stack.http() as http:
+        assert http.get(f"/v1/documents/{doc['id']}").json()["asks"] == 2
         assert http.delete(f"/v1/documents/{doc['id']}").status_code == 200
 
 

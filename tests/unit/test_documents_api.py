@@ -11,13 +11,20 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from fastapi import Request
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 from starlette.responses import JSONResponse, StreamingResponse
 
 from serving.config import ServiceConfig
-from serving.documents.api import DOCUMENT_ENDPOINTS, DocumentRoutes, document_settings
+from serving.documents.api import (
+    DOCUMENT_ENDPOINTS,
+    DOCUMENT_HEADER,
+    DocumentRoutes,
+    document_settings,
+)
 from serving.documents.service import DocumentService
+from serving.request_models import ChatCompletionRequest
 from tests.unit.document_fakes import long_document, make_service
 from tests.unit.prefix_fakes import MODEL
 
@@ -31,7 +38,14 @@ class Host(DocumentRoutes):
         self._documents = service
         self.sent: list[Any] = []
 
-    async def chat(self, body: Any, request: Any) -> JSONResponse | StreamingResponse:
+    async def chat(self, body: ChatCompletionRequest, request: Request) -> Any:
+        # The ingress's `chat` dispatch (serving/ingress.py), without Ray.
+        document = request.headers.get(DOCUMENT_HEADER)
+        if document is not None:
+            return await self.chat_about_document(document, body, request)
+        return await self.send_chat(body, request)
+
+    async def send_chat(self, body: Any, request: Any) -> JSONResponse | StreamingResponse:
         self.sent.append(body)
         if body.stream:
             return StreamingResponse(_events(), media_type="text/event-stream")
@@ -81,6 +95,7 @@ def client(host: Host) -> Iterator[TestClient]:
         {"server": {"api_keys": [API_KEY], "api_keys_env": None}}))
     for name, route in DOCUMENT_ENDPOINTS.items():
         route(app)(getattr(host, name))
+    app.post("/v1/chat/completions")(host.chat)
     with TestClient(app, headers={"Authorization": f"Bearer {API_KEY}"}) as c:
         yield c
 
@@ -208,3 +223,73 @@ def test_settings_follow_the_service_config() -> None:
     with pytest.raises(ValueError):
         ServiceConfig.model_validate({"documents": {"chunk_tokens": 50,
                                                     "chunk_overlap_tokens": 50}})
+
+
+def chat(client: TestClient, doc_id: str | None, messages: list[dict], **fields: Any) -> Any:
+    headers = {DOCUMENT_HEADER: doc_id} if doc_id is not None else {}
+    return client.post("/v1/chat/completions", headers=headers,
+                       json={"model": MODEL, "messages": messages, **fields})
+
+
+def test_a_chat_request_naming_a_document_is_a_question_about_it(
+        client: TestClient, host: Host, metrics: CollectorRegistry) -> None:
+    doc_id = client.post("/v1/documents", json={"model": MODEL,
+                                                "text": long_document(3)}).json()["id"]
+    asked = client.post(f"/v1/documents/{doc_id}/ask", json={"question": "Why?"}).json()
+    system = host.sent[-1].messages[0]
+    turns = [{"role": "user", "content": "Why?"},
+             {"role": "assistant", "content": "Yes."},
+             {"role": "user", "content": [{"type": "text", "text": "And then?"}]}]
+    resp = chat(client, doc_id, turns, temperature=0.5)
+    assert resp.status_code == 200, resp.text
+    out = resp.json()
+    assert out["document"] == {**asked["document"], "assembly_ms": out["document"]["assembly_ms"]}
+    sent = host.sent[-1]
+    # The document's system message, the earlier turns as they were asked, the question.
+    assert sent.messages == [system, {"role": "user", "content": "Question: Why?"},
+                             {"role": "assistant", "content": "Yes."},
+                             {"role": "user", "content": "Question: And then?"}]
+    assert (sent.temperature, sent.max_tokens, sent.stream) == (0.5, 16, False)
+    assert chat(client, doc_id, turns[:1], max_tokens=5).status_code == 200
+    assert host.sent[-1].max_tokens == 5  # the client's max_tokens stays
+    assert client.get(f"/v1/documents/{doc_id}").json()["asks"] == 3
+    assert metrics.get_sample_value("cacheroute_document_cached_tokens_total",
+                                    {"order": "document"}) == 3 * 256
+
+    with client.stream("POST", "/v1/chat/completions", headers={DOCUMENT_HEADER: doc_id},
+                       json={"model": MODEL, "messages": turns[:1], "stream": True,
+                             "stream_options": {"include_usage": True}}) as streamed:
+        events = sse_events(streamed.read().decode())
+    assert events[0]["document"]["id"] == doc_id and events[-1] == "[DONE]"
+    assert client.get(f"/v1/documents/{doc_id}").json()["asks"] == 4
+
+    # Without the header a chat request is an ordinary one.
+    assert chat(client, None, turns[:1]).status_code == 200
+    assert host.sent[-1].messages == [{"role": "user", "content": "Why?"}]
+
+
+@pytest.mark.parametrize(("messages", "fields", "status", "param"), [
+    ([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Why?"}], {},
+     400, "messages"),
+    ([{"role": "user", "content": "Why?"}, {"role": "assistant", "content": "Yes."}], {},
+     400, "messages"),
+    ([{"role": "user", "content": [{"type": "image_url",
+                                    "image_url": {"url": "http://x/y.png"}}]}], {},
+     400, "messages"),
+    ([{"role": "tool", "content": "42", "tool_call_id": "t"}], {}, 400, "messages"),
+    ([{"role": "user", "content": "Why?"}], {"model": "other"}, 400, "model"),
+])
+def test_a_bad_chat_about_a_document_gets_an_openai_shaped_4xx(
+        client: TestClient, host: Host, messages: list, fields: dict, status: int,
+        param: str) -> None:
+    doc_id = client.post("/v1/documents", json={"model": MODEL,
+                                                "text": long_document(3)}).json()["id"]
+    sent = len(host.sent)
+    resp = chat(client, doc_id, messages, **fields)
+    assert resp.status_code == status, resp.text
+    error = resp.json()["error"]
+    assert (error["type"], error["code"], error["param"]) == (
+        "invalid_request_error", "invalid_request", param)
+    assert len(host.sent) == sent  # nothing reached the engines
+    unknown = chat(client, "doc-" + "2" * 32, [{"role": "user", "content": "Why?"}])
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"

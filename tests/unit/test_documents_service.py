@@ -11,7 +11,7 @@ import pytest
 
 from router import RouteRequest
 from serving.documents.assembly import Mode, Order
-from serving.documents.service import DocumentError, DocumentService
+from serving.documents.service import DocumentError
 from tests.unit.document_fakes import TOPICS, long_document, make_service
 from tests.unit.prefix_fakes import MODEL
 
@@ -204,5 +204,38 @@ def test_a_shared_anchor_stays_until_its_last_document_goes() -> None:
         assert service.holders(second) and len(await service._registry.records()) == 1
         await service.delete(second.id)
         assert service.holders(second) == [] and await service._registry.records() == []
+
+    run(body)
+
+
+def test_earlier_turns_sit_between_the_document_and_the_question() -> None:
+    service, _, _ = make_service()
+
+    async def body() -> None:
+        doc, _ = await service.upload(model=MODEL, text=SHORT, name="memo")
+        first = await service.plan(doc.id, question="What about the harbour?", max_tokens=8)
+        history = [{"role": "user", "content": "What about the harbour?"},
+                   {"role": "assistant", "content": "It is closed."}]
+        second = await service.plan(doc.id, question="Since when?", max_tokens=8,
+                                    history=history)
+        assert second.selection.mode is Mode.WHOLE
+        # The second turn resends the first turn's prompt, then the answer: its prefix.
+        assert second.messages[:2] == first.messages
+        assert second.messages[2:] == [{"role": "assistant", "content": "It is closed."},
+                                       {"role": "user", "content": "Question: Since when?"}]
+
+        # Earlier turns take their tokens from the excerpts' budget: a long
+        # conversation about a long document gets fewer excerpts, then no room.
+        long_doc, _ = await service.upload(model=MODEL, text=LONG, name="manual")
+        alone = await service.plan(long_doc.id, question="Tell me about storms.", max_tokens=8)
+        chatty = [{"role": "user", "content": "word " * 100},
+                  {"role": "assistant", "content": "word " * 100}]
+        crowded = await service.plan(long_doc.id, question="Tell me about storms.",
+                                     max_tokens=8, history=chatty)
+        assert len(crowded.selection.excerpts) < len(alone.selection.excerpts)
+        with refuse(400, "invalid_request") as err:
+            await service.plan(long_doc.id, question="Tell me about storms.", max_tokens=8,
+                               history=chatty * 3)
+        assert "earlier turns" in err.value.message
 
     run(body)
