@@ -167,6 +167,25 @@ def _common_blocks(packed: memoryview, end: int, known: bytes, width: int) -> in
     return low
 
 
+def _extra_keys_cbor(cache_salt: str | None, lora_name: str | None,
+                     lora_path: str | None) -> tuple[bytes, bytes]:
+    """CBOR of the extra keys of a chain's first block and of its later blocks."""
+    if lora_name is None and not cache_salt:
+        return _CBOR_NONE, _CBOR_NONE  # the common case, with nothing to encode
+    lora_keys: tuple[tuple[str, str, str], ...] = (
+        (("lora", lora_name, lora_path),)
+        if lora_name is not None and lora_path is not None
+        else ()
+    )
+    salt_keys: tuple[tuple[str, str], ...] = (
+        (("cache_salt", cache_salt),) if cache_salt else ()
+    )
+    first_keys = lora_keys + salt_keys
+    first_tail = cbor2.dumps(first_keys, canonical=True) if first_keys else _CBOR_NONE
+    rest_tail = cbor2.dumps(lora_keys, canonical=True) if lora_keys else _CBOR_NONE
+    return first_tail, rest_tail
+
+
 def _sha256_cbor(obj: object) -> bytes:
     return hashlib.sha256(cbor2.dumps(obj, canonical=True)).digest()
 
@@ -257,17 +276,7 @@ class PrefixHasher:
         # cbor2 cannot encode arbitrary sequence types; lists and tuples both
         # encode as CBOR arrays, as vLLM's tuple(block) does.
         tokens = token_ids if isinstance(token_ids, (list, tuple)) else list(token_ids)
-        lora_keys: tuple[tuple[str, str, str], ...] = (
-            (("lora", lora_name, lora_path),)
-            if lora_name is not None and lora_path is not None
-            else ()
-        )
-        salt_keys: tuple[tuple[str, str], ...] = (
-            (("cache_salt", cache_salt),) if cache_salt else ()
-        )
-        first_keys = lora_keys + salt_keys
-        first_tail = cbor2.dumps(first_keys, canonical=True) if first_keys else _CBOR_NONE
-        rest_tail = cbor2.dumps(lora_keys, canonical=True) if lora_keys else _CBOR_NONE
+        first_tail, rest_tail = _extra_keys_cbor(cache_salt, lora_name, lora_path)
         if parent is not None:
             first_tail = rest_tail
         root = self._root if parent is None else parent
@@ -278,8 +287,11 @@ class PrefixHasher:
         # Ids outside uint32 skip both caches.
         packed = None
         if self._memo.enabled:
+            used = num_blocks * size
+            # The trailing partial block is packed too: slicing it off would cost more.
+            source = tokens if len(tokens) - used < size else tokens[:used]
             try:
-                packed = array("I", tokens).tobytes()
+                packed = array("I", source).tobytes()
             except (OverflowError, TypeError):
                 packed = None
         if packed is None:
