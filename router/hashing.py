@@ -136,8 +136,9 @@ class _Generations(Generic[_K, _V]):
         self._young_weight += weight
 
 
-# One remembered chain: the packed tokens of its full blocks, their digests and
-# their BlockHashes (lists that are never mutated once stored).
+# One remembered chain: its packed tokens (a trailing partial block included: cutting
+# it off would copy the rest), the digests and BlockHashes of its full blocks (lists
+# that are never mutated once stored).
 _Chain = tuple[bytes, list[bytes], list[BlockHash]]
 # A memo key: (parent digest, packed block tokens, extra keys' CBOR).
 _BlockKey = tuple[bytes, bytes, bytes]
@@ -147,14 +148,15 @@ _ChainKey = tuple[bytes, bytes, bytes, bytes]
 
 
 def _common_blocks(packed: memoryview, end: int, known: bytes, width: int) -> int:
-    """How many leading ``width``-byte blocks of ``packed[:end]`` equal ``known``'s.
+    """How many leading ``width``-byte blocks of ``packed[:end]`` equal ``known``'s
+    (a trailing partial block of ``known`` does not count).
 
     The caller guarantees the first block is equal. One C-level comparison when
     the whole overlap matches (a repeated prompt, or one that extends a known
     one); otherwise a binary search whose probes compare only the bytes not yet
     known equal, so about ``end`` bytes are compared in all.
     """
-    limit = min(end, len(known))
+    limit = min(end, len(known) - len(known) % width)
     if known.startswith(packed[:limit]):
         return limit // width
     low, high = 1, limit // width - 1  # invariant: blocks [0, low) equal, high + 1 differs
@@ -322,7 +324,7 @@ class PrefixHasher:
         # The latest chain from this first block replaces the previous one: a
         # conversation's next turn extends it, a shared prefix's next request
         # diverges from it only in its last blocks.
-        chain: _Chain = (packed[:end] if len(packed) > end else packed, digests[:], hashes[:])
+        chain: _Chain = (packed, digests[:], hashes[:])
         chains.put(key, chain, num_blocks)
         return digests, hashes
 
