@@ -11,8 +11,10 @@ from hypothesis import strategies as st
 
 from router.hashing import (
     DEFAULT_HASH_SEED,
+    DEFAULT_MEMO_BLOCKS,
     BlockHash,
     PrefixHasher,
+    _common_blocks,
     engine_hash_seed,
     to_block_hash,
 )
@@ -180,3 +182,102 @@ def test_a_chain_continues_from_a_parent_digest() -> None:
     digests = hasher.digests(head, cache_salt="s")
     assert hasher.digests(head + tail, cache_salt="s") == digests + hasher.digests(
         tail, parent=digests[-1])
+
+
+# Small ids make prompts share and diverge at any block; a few draws are outside
+# uint32 (those prompts bypass the caches) or far inside it.
+_TOKEN = st.one_of(st.integers(min_value=0, max_value=3),
+                   st.integers(min_value=-2, max_value=2**33))
+
+
+@st.composite
+def _related_prompts(draw: st.DrawFn) -> list[tuple[list[int], dict[str, str], int | None]]:
+    """Prompts cut from, extending and diverging from one base, as a service sees them."""
+    base = draw(st.lists(_TOKEN, max_size=48))
+    prompts = []
+    for _ in range(draw(st.integers(min_value=1, max_value=10))):
+        cut = draw(st.integers(min_value=0, max_value=len(base)))
+        tokens = base[:cut] + draw(st.lists(_TOKEN, max_size=12))
+        keys = draw(st.sampled_from([{}, {"cache_salt": "t1"}, {"cache_salt": "t2"},
+                                     {"lora_name": "a", "lora_path": "/a"},
+                                     {"lora_name": "a", "lora_path": "/a", "cache_salt": "t1"}]))
+        max_blocks = draw(st.one_of(st.none(), st.integers(min_value=0, max_value=12)))
+        prompts.append((tokens, keys, max_blocks))
+        if draw(st.booleans()):
+            base = tokens  # the next turn of a conversation extends this one
+    return prompts
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(prompts=_related_prompts(), block_size=st.sampled_from([1, 2, 4]),
+       memo_blocks=st.sampled_from([2, 7, 64, DEFAULT_MEMO_BLOCKS]))
+def test_a_warm_hasher_equals_the_reference_on_related_prompts(
+    prompts: list[tuple[list[int], dict[str, str], int | None]], block_size: int,
+    memo_blocks: int,
+) -> None:
+    # One hasher sees every prompt, so later ones are served from the chain cache
+    # and the block memo (small bounds rotate them mid-sequence); each result must
+    # still be the reference recipe's, and a cold hasher's.
+    warm = PrefixHasher(block_size, memo_blocks=memo_blocks)
+    cold = PrefixHasher(block_size, memo_blocks=0)
+    for tokens, keys, max_blocks in prompts:
+        lora = (keys["lora_name"], keys["lora_path"]) if "lora_name" in keys else None
+        salt = keys.get("cache_salt")
+        want = reference_hashes(tokens, block_size, cache_salt=salt, lora=lora)
+        if max_blocks is not None:
+            want = want[:max_blocks]
+        name, path = lora if lora else (None, None)
+        got = warm.block_hashes(tokens, cache_salt=salt, lora_name=name, lora_path=path,
+                                max_blocks=max_blocks)
+        assert got == want
+        digests = warm.digests(tokens, cache_salt=salt, lora_name=name, lora_path=path,
+                               max_blocks=max_blocks)
+        assert digests == cold.digests(tokens, cache_salt=salt, lora_name=name, lora_path=path,
+                                       max_blocks=max_blocks)
+        head = len(digests) // 2
+        if head:
+            # A continued chain keys its cache entries by the parent it starts from.
+            tail = warm.digests(tokens[head * block_size :], parent=digests[head - 1],
+                                lora_name=name, lora_path=path, max_blocks=len(digests) - head)
+            assert digests[:head] + tail == digests
+
+
+def test_results_are_fresh_lists_that_callers_may_change() -> None:
+    tokens = list(range(20))
+    for method in ("block_hashes", "digests"):
+        hasher = PrefixHasher(4)
+        first = getattr(hasher, method)(tokens)  # computed, then cached
+        want = list(first)
+        first.append(first[0])
+        first[0] = first[1]
+        assert getattr(hasher, method)(tokens) == want  # served from the chain cache
+        getattr(hasher, method)(tokens).clear()
+        assert getattr(hasher, method)(tokens + [7] * 4)[:5] == want
+
+
+def test_chain_cache_is_bounded_in_blocks() -> None:
+    hasher = PrefixHasher(2, memo_blocks=16)
+    for start in range(0, 600, 3):
+        hasher.block_hashes([start, start + 1, start + 2, 7, 7, 7])
+    chains = hasher._chains
+    held = [chain for gen in (chains._young, chains._old) for chain in gen.values()]
+    assert held and sum(len(digests) for _, digests, _ in held) <= 16
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(blocks=st.lists(st.binary(min_size=2, max_size=2), min_size=1, max_size=20),
+       data=st.data())
+def test_common_blocks_counts_the_equal_leading_blocks_exactly(
+    blocks: list[bytes], data: st.DataObject
+) -> None:
+    # Undercounting would only recompute blocks, so the equality tests above cannot
+    # see it; the count must be exact for a repeated prompt to cost one comparison.
+    other = list(blocks[: data.draw(st.integers(min_value=1, max_value=len(blocks)))])
+    other += data.draw(st.lists(st.binary(min_size=2, max_size=2), max_size=8))
+    end_blocks = data.draw(st.integers(min_value=1, max_value=len(other)))
+    want = 0
+    while want < min(end_blocks, len(blocks)) and other[want] == blocks[want]:
+        want += 1
+    packed = memoryview(b"".join(other) + b"\x00")  # a trailing partial block is ignored
+    known = b"".join(blocks) + data.draw(st.sampled_from([b"", b"\x01"]))  # maybe a partial block
+    assert _common_blocks(packed, 2 * end_blocks, known, 2) == want
