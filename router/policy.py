@@ -50,7 +50,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from itertools import compress, repeat
+from itertools import compress, islice, repeat
 from typing import Protocol
 
 from router.hashing import DEFAULT_HASH_SEED, BlockHash, PrefixHasher
@@ -452,16 +452,14 @@ class CacheAwarePolicy:
         if lowest >= capacity:
             return None  # then no owner on the ring has room either
         replicas = self._replicas
-        if len(loads) == 1:
-            (only,) = owners
-            return only if only in replicas else None
-        tied = frozenset(compress(owners, map(lowest.__eq__, loads)))
         # The ring order skips replicas off the ring (ejected or removed): None only
         # when no least loaded owner is on it.
-        if len(tied) == 1:
-            (first,) = tied
-            first = first if first in replicas else None
+        if loads.count(lowest) == 1:
+            first: str | None = next(islice(owners, loads.index(lowest), None))
+            if first not in replicas:
+                first = None
         else:
+            tied = frozenset(compress(owners, map(lowest.__eq__, loads)))
             first = self._ring.first_in_ring_order(tied, ring_key)
         if first is None:
             # Every least loaded owner has left the ring (a KV event from a removed
