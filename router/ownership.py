@@ -64,11 +64,18 @@ _NO_MATCH = PrefixMatch(owners=frozenset(), matched_blocks=0)
 
 class _Owners(dict[str, float]):
     """One block's owners, replica id -> expiry time, and ``floor``: a lower bound
-    of those expiries (module docstring), so ``floor > now`` means all are live."""
+    of those expiries (module docstring), so ``floor > now`` means all are live.
 
-    __slots__ = ("floor",)
+    ``removals`` counts owners ever removed. Owners are only ever added at the end
+    (a dict keeps insertion order; a refresh keeps the position), so a reader that
+    remembers ``removals`` and ``len`` can tell, while ``removals`` has not moved,
+    that exactly the last ``len - remembered len`` owners are new (``owner_loads.py``).
+    """
+
+    __slots__ = ("floor", "removals")
 
     floor: float
+    removals: int
 
 
 _NO_OWNERS: Mapping[str, float] = {}
@@ -116,8 +123,10 @@ class OwnershipIndex:
         entries = self._entries
         for block_hash in hashes:
             owners = entries.get(block_hash)
-            if owners is not None and owners.pop(replica, None) is not None and not owners:
-                del entries[block_hash]
+            if owners is not None and owners.pop(replica, None) is not None:
+                owners.removals += 1
+                if not owners:
+                    del entries[block_hash]
 
     def drop(self, hashes: Iterable[BlockHash]) -> int:
         """Forget these blocks for every replica (a registered prefix was deleted);
@@ -135,8 +144,10 @@ class OwnershipIndex:
         entries = self._entries
         emptied = []
         for block_hash, owners in entries.items():
-            if owners.pop(replica, None) is not None and not owners:
-                emptied.append(block_hash)
+            if owners.pop(replica, None) is not None:
+                owners.removals += 1
+                if not owners:
+                    emptied.append(block_hash)
         for block_hash in emptied:
             del entries[block_hash]
 
@@ -196,6 +207,7 @@ class OwnershipIndex:
             if owners is None:
                 owners = entries[block_hash] = _Owners()
                 owners[replica] = owners.floor = expires_at
+                owners.removals = 0
             else:
                 owners[replica] = expires_at
                 entries.move_to_end(block_hash)
@@ -213,6 +225,7 @@ class OwnershipIndex:
         expired = [replica for replica, expires_at in owners.items() if expires_at <= now]
         for replica in expired:
             del owners[replica]
+        owners.removals += len(expired)
         if not owners:
             del self._entries[block_hash]
             return False

@@ -34,10 +34,13 @@ randomness and no process-salted hashes; KV events (``kv_events.py``) make
 instances that saw different traffic converge.
 
 Cost per decision: hashing (about 2.2 us per 16-token block, the bulk), an
-O(log n) index probe, O(k log V) to order a prefix's k owners along the ring, a
-walk of the ring until a replica has room (usually one step), and an O(n)
-``learn``; nothing is O(N) in the replica count when ``in_flight`` is an
-``InFlightCounts`` over ``replicas`` (``load.py``). ``ranked``, the full ring
+O(log n) index probe with an O(1) TTL check per probed block (``ownership.py``), the
+least loaded owners, a tie-break among them along the ring (memoised distances per
+key, ``ring.py``), a walk of the ring until a replica has room (usually one step),
+and an O(n) ``learn``. For a hot prefix's k owners the least loaded are read from a
+view caught up with the counts that moved since its last decision
+(``owner_loads.py``), O(changes) rather than O(k); nothing is O(N) in the replica
+count when ``in_flight`` is an ``InFlightCounts`` over ``replicas`` (``load.py``). ``ranked``, the full ring
 order, is built only when read (``ring.RingOrder``). ``select_hashed`` takes
 block hashes the caller already has (a simulator memoising shared prefixes) and
 decides exactly as ``select`` does. Thread-safe: one lock serialises index and
@@ -58,6 +61,7 @@ from router.hot_prefixes import HotPrefix, HotPrefixTracker
 from router.kv_events import AppliedEvents, KVEventBatch, apply_batch
 from router.load import choose_bounded, load_capacity, total_in_flight
 from router.outcome import Outcome
+from router.owner_loads import OwnerLoads
 from router.ownership import OwnershipIndex
 from router.ring import EmptyRingError, HashRing, stable_key
 
@@ -221,6 +225,8 @@ class CacheAwarePolicy:
             max_entries=config.max_index_blocks, ttl_s=config.ownership_ttl_s, clock=clock
         )
         self._clock = clock
+        # Hot blocks' owners grouped by load, caught up per decision (owner_loads.py).
+        self._owner_loads = OwnerLoads()
         self._hot = (HotPrefixTracker(capacity=config.hot_prefix_capacity,
                                       block_size=config.block_size,
                                       max_blocks=config.hot_prefix_max_blocks,
@@ -409,7 +415,8 @@ class CacheAwarePolicy:
         # The owner map is the index's own (no O(k) copy); it is read before learn().
         matched_blocks, owners = self._index.owners_of_longest_prefix(hashes)
         if matched_blocks >= self._config.min_owner_match_blocks:
-            chosen = self._least_loaded_owner(owners, ring_key, in_flight, capacity)
+            chosen = self._least_loaded_owner(owners, ring_key, in_flight, capacity,
+                                              block=hashes[matched_blocks - 1])
             if chosen is not None:
                 return self._decision(chosen, Outcome.OWNER_HIT, matched_blocks,
                                       hashes, ring.order(ring_key, first=chosen))
@@ -435,32 +442,46 @@ class CacheAwarePolicy:
                               ring.order(ring_key, first=choice.replica_id))
 
     def _least_loaded_owner(
-        self, owners: Collection[str], ring_key: int, in_flight: Mapping[str, int], capacity: int
+        self, owners: Collection[str], ring_key: int, in_flight: Mapping[str, int], capacity: int,
+        *, block: BlockHash | None = None,
     ) -> str | None:
         """The least loaded owner below ``capacity``, ties going to the first along the
-        ring from ``ring_key``; None if every owner is full.
+        ring from ``ring_key``; None if every owner is full. ``block``: the block whose
+        index owner map ``owners`` is, for the cached view of a hot block's loads.
 
         The same as ``min()`` over the owners with room taken in ring order, but only
         tied owners are put in ring order: a hot prefix can have hundreds of owners.
-        Three passes in C (loads, their minimum, the tied owners) and none in Python.
+        A hot block's lowest load and tied owners come from ``OwnerLoads``, which
+        reads only the counts that moved since its last decision; other blocks' from
+        three passes in C over the owners (loads, their minimum, the tied owners).
         """
         if not owners:
             return None
-        # map/compress iterate in C; owners iterate in the same order twice.
-        loads = list(map(in_flight.get, owners, repeat(0)))
-        lowest = min(loads)
-        if lowest >= capacity:
-            return None  # then no owner on the ring has room either
+        cached = (self._owner_loads.least_loaded(block, owners, in_flight)  # type: ignore[arg-type]
+                  if block is not None else None)
         replicas = self._replicas
+        first: str | None
+        if cached is not None:
+            lowest, tied = cached
+            if lowest >= capacity:
+                return None  # then no owner on the ring has room either
+            first = self._ring.first_in_ring_order(tied, ring_key) if len(tied) > 1 \
+                else next(iter(tied))
+        else:
+            # map/compress iterate in C; owners iterate in the same order twice.
+            loads = list(map(in_flight.get, owners, repeat(0)))
+            lowest = min(loads)
+            if lowest >= capacity:
+                return None  # then no owner on the ring has room either
+            if loads.count(lowest) == 1:
+                first = next(islice(owners, loads.index(lowest), None))
+            else:
+                first = self._ring.first_in_ring_order(
+                    frozenset(compress(owners, map(lowest.__eq__, loads))), ring_key)
         # The ring order skips replicas off the ring (ejected or removed): None only
         # when no least loaded owner is on it.
-        if loads.count(lowest) == 1:
-            first: str | None = next(islice(owners, loads.index(lowest), None))
-            if first not in replicas:
-                first = None
-        else:
-            tied = frozenset(compress(owners, map(lowest.__eq__, loads)))
-            first = self._ring.first_in_ring_order(tied, ring_key)
+        if first is not None and first not in replicas:
+            first = None
         if first is None:
             # Every least loaded owner has left the ring (a KV event from a removed
             # replica, say): decide again over the owners still on it.

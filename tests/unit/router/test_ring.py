@@ -173,3 +173,22 @@ def test_seats_of_departed_replicas_are_dropped_and_unseated_ids_sit_at_their_id
     assert seated.seat("gone") == "gone"
     assert [seated.owner(k) for k in range(0, 2**64, 2**58)] == \
         [plain.owner(k) for k in range(0, 2**64, 2**58)]
+
+
+def test_ring_distance_memo_is_bounded_and_follows_membership(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import router.ring as ring_module
+
+    monkeypatch.setattr(ring_module, "_MEMO_MAX_DISTANCES", 20)
+    names = make_replica_ids(200)
+    ring = HashRing(names)
+    for key in make_keys(50):
+        subset = names[key % 190:key % 190 + 5]  # 5 * 5 * 2 <= 200: the memoised branch
+        assert ring.first_in_ring_order(subset, key) == next(
+            r for r in ring.walk(key) if r in subset)
+        assert ring._memo_size <= 20  # type: ignore[attr-defined]
+    key = make_keys(1)[0]
+    first = ring.first_in_ring_order(names[:5], key)
+    ring.remove(first)  # the memo must not answer with the old points
+    assert ring.first_in_ring_order(names[:5], key) == next(
+        r for r in ring.walk(key) if r in names[:5])
