@@ -14,11 +14,17 @@ owners grouped by load, and on each use reads only what changed since the last:
   (``ownership._Owners``): with no removal since, the new owners are its last
   ones, O(new); after a removal (TTL, eviction event) the view is rebuilt, O(k).
 
-Cost per use: O(1 + changes since the block's last use + new owners) while the view
-is current, O(k) to rebuild it (first use, a removal, or more changes since the last
-use than ``_REBUILD_RATIO`` per owner or than the change log holds). The least loaded bucket is read in
-O(levels) when it empties. Memory: ``max_blocks`` views of O(k) each (LRU). With any
-other ``Mapping`` of counts than an ``InFlightCounts`` nothing is cached.
+A view pays only for a block decided often: catching up costs O(changes since its
+last use), and a lukewarm block is far behind at each use. So a block gets a view
+at a use that comes within ``_CATCH_UP_PER_OWNER * k`` changes of its previous one,
+keeps it while its uses do, and is otherwise answered None: the caller reads the k
+counts, as it does for blocks with fewer than ``min_owners`` owners.
+
+Cost per use: O(1 + changes since the last use + new owners) with a current view,
+O(k) to build one; the least loaded bucket is found again in O(levels) when it
+empties. Memory: ``max_blocks`` views of O(k) each and ``4 * max_blocks`` last-use
+marks (LRU). With any other ``Mapping`` of counts than an ``InFlightCounts``
+nothing is kept.
 
 The answer is exactly the plain scan's: the minimum of ``in_flight.get(r, 0)`` over
 the owners, and the set of owners at it (``test_owner_loads.py`` compares them).
@@ -28,14 +34,15 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping
-from itertools import islice, repeat
+from itertools import compress, islice, repeat
 
 from router.hashing import BlockHash
 from router.load import InFlightCounts
 
 
-# Catching up on more than this many changes per owner costs more than a rebuild.
-_REBUILD_RATIO = 4
+# A view catches up on at most this many changes per owner; a block further behind
+# is decided by reading its owners' counts (about 3x a change's cost each).
+_CATCH_UP_PER_OWNER = 4
 
 
 class _View:
@@ -51,15 +58,12 @@ class _View:
         self.removals: int = owners.removals  # type: ignore[attr-defined]
         self.size = len(owners)
         self.seen = in_flight.changed
-        self.level_of: dict[str, int] = dict(zip(owners, map(get, owners, repeat(0))))
-        buckets: dict[int, set[str]] = {}
-        for replica, load in self.level_of.items():
-            bucket = buckets.get(load)
-            if bucket is None:
-                buckets[load] = {replica}
-            else:
-                bucket.add(replica)
-        self.buckets = buckets
+        loads = list(map(get, owners, repeat(0)))
+        self.level_of: dict[str, int] = dict(zip(owners, loads))
+        # One pass in C per distinct load (a few) rather than one in Python per owner.
+        self.buckets = {load: set(compress(owners, map(load.__eq__, loads)))
+                        for load in set(loads)}
+        buckets = self.buckets
         self.lowest = min(buckets)
 
     def move(self, replica: str, load: int) -> None:
@@ -91,7 +95,7 @@ class OwnerLoads:
     Not thread-safe; the policy serialises access.
     """
 
-    __slots__ = ("_max_blocks", "_min_owners", "_views")
+    __slots__ = ("_max_blocks", "_min_owners", "_seen", "_views")
 
     def __init__(self, *, max_blocks: int = 256, min_owners: int = 16) -> None:
         if max_blocks < 1:
@@ -99,6 +103,8 @@ class OwnerLoads:
         self._max_blocks = max_blocks
         self._min_owners = min_owners
         self._views: OrderedDict[BlockHash, _View] = OrderedDict()
+        # Blocks without a view -> ``InFlightCounts.changed`` at their last use.
+        self._seen: OrderedDict[BlockHash, int] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._views)
@@ -107,42 +113,62 @@ class OwnerLoads:
         self, block: BlockHash, owners: Mapping[str, float], in_flight: Mapping[str, int]
     ) -> tuple[int, set[str]] | None:
         """``(lowest load, the owners at it)`` for ``block``'s owner map ``owners``
-        (an ``OwnershipIndex`` owner map), or None when not cached: fewer than
-        ``min_owners`` owners, or counts that are not an ``InFlightCounts``. The set
-        is the view's own: read it before the next call and never change it."""
+        (an ``OwnershipIndex`` owner map), or None when the caller should read the
+        counts itself: fewer than ``min_owners`` owners, counts that are not an
+        ``InFlightCounts``, or a block not hot enough for a view to pay (module
+        docstring). The set is the view's own: read it before the next call and
+        never change it."""
         if len(owners) < self._min_owners or not isinstance(in_flight, InFlightCounts):
             return None
         views = self._views
+        changed = in_flight.changed
+        # Catching up on a change costs about a third of reading an owner's count.
+        most = min(len(in_flight.changes), _CATCH_UP_PER_OWNER * len(owners))
         view = views.get(block)
-        if view is not None and view.owners is owners and view.in_flight is in_flight \
-                and view.removals == owners.removals:  # type: ignore[attr-defined]
-            behind = in_flight.changed - view.seen
-            added = len(owners) - view.size
-            # A change costs one set probe, a rebuild a few dict writes per owner.
-            if behind > len(in_flight.changes) or behind > _REBUILD_RATIO * len(owners):
-                view = None  # a rebuild costs less than catching up would
-            else:
-                get = in_flight.get
-                move = view.move
-                if added:
-                    # Owners are only appended (ownership._Owners): the new ones are last.
-                    for replica in islice(reversed(owners), added):  # type: ignore[call-overload]
-                        move(replica, get(replica, 0))
-                if behind:
-                    level_of = view.level_of
-                    # The last ``behind`` changes, newest first: each move reads the
-                    # current count, so the order does not matter.
-                    for replica in islice(reversed(in_flight.changes), behind):
-                        if replica in level_of:
-                            move(replica, get(replica, 0))
-                view.seen = in_flight.changed
-                view.size = len(owners)
+        if view is not None:
             views.move_to_end(block)
+            behind = changed - view.seen
+            if view.owners is owners and view.in_flight is in_flight and behind <= most \
+                    and view.removals == owners.removals:  # type: ignore[attr-defined]
+                self._catch_up(view, owners, in_flight, behind)
+                return view.lowest, view.buckets[view.lowest]
+            # Stale (an owner removed, other counts) or too far behind: read the counts
+            # once; a view is built again only if the next use comes soon enough.
+            del views[block]
+            seen: int | None = view.seen if view.owners is owners else None
         else:
-            view = None
-        if view is None:
+            seen = self._seen.pop(block, None)
+        if seen is not None and changed - seen <= most:
             view = views[block] = _View(owners, in_flight)
-            views.move_to_end(block)
             while len(views) > self._max_blocks:
-                views.popitem(last=False)
-        return view.lowest, view.buckets[view.lowest]
+                evicted, old = views.popitem(last=False)
+                self._remember(evicted, old.seen)
+            return view.lowest, view.buckets[view.lowest]
+        self._remember(block, changed)
+        return None
+
+    def _remember(self, block: BlockHash, seen: int) -> None:
+        """Note when ``block`` was last decided, to tell at its next use how hot it is."""
+        remembered = self._seen
+        remembered[block] = seen
+        while len(remembered) > self._max_blocks * 4:
+            remembered.popitem(last=False)
+
+    @staticmethod
+    def _catch_up(view: _View, owners: Mapping[str, float], in_flight: InFlightCounts,
+                  behind: int) -> None:
+        get = in_flight.get
+        move = view.move
+        added = len(owners) - view.size
+        if added:
+            # Owners are only appended (ownership._Owners): the new ones are last.
+            for replica in islice(reversed(owners), added):  # type: ignore[call-overload]
+                move(replica, get(replica, 0))
+        if behind:
+            # The owners among the last ``behind`` changes, found in C; each move reads
+            # the current count, so neither order nor repeats matter.
+            moved = view.level_of.keys() & set(islice(reversed(in_flight.changes), behind))
+            for replica in moved:
+                move(replica, get(replica, 0))
+        view.seen = in_flight.changed
+        view.size = len(owners)

@@ -60,9 +60,9 @@ def test_cached_views_equal_the_plain_scan(seed: int) -> None:
         got = loads.least_loaded(blocks[matched - 1], owners, in_flight)
         if len(owners) < 2:
             assert got is None
-        else:
+        elif got is not None:  # None: not hot enough, the caller scans
             cached += 1
-            assert got is not None and (got[0], set(got[1])) == _scan(dict(owners), in_flight)
+            assert (got[0], set(got[1])) == _scan(dict(owners), in_flight)
     assert cached > 100  # the comparison ran, on the cached path
 
 
@@ -78,7 +78,7 @@ def test_not_cached_for_few_owners_or_plain_counts() -> None:
     assert len(loads) == 0
 
 
-def test_views_are_bounded_lru() -> None:
+def test_a_view_is_kept_for_blocks_used_often_and_bounded() -> None:
     index = make_index()
     in_flight = InFlightCounts(frozenset(REPLICAS))
     loads = OwnerLoads(max_blocks=2, min_owners=1)
@@ -86,8 +86,16 @@ def test_views_are_bounded_lru() -> None:
         block = make_hashes(value)
         index.learn("r1", block)
         _, owners = index.owners_of_longest_prefix(block)
+        assert loads.least_loaded(block[0], owners, in_flight) is None  # no history yet
         assert loads.least_loaded(block[0], owners, in_flight) == (0, {"r1"})
     assert len(loads) == 2
+    # A block whose uses are further apart than 2 changes per owner gets no view.
+    index.learn("r2", make_hashes(9))
+    _, owners = index.owners_of_longest_prefix(make_hashes(9))
+    assert loads.least_loaded(make_hashes(9)[0], owners, in_flight) is None
+    for _ in range(5):
+        in_flight.add("r3", 1)
+    assert loads.least_loaded(make_hashes(9)[0], owners, in_flight) is None
     with pytest.raises(ValueError):
         OwnerLoads(max_blocks=0)
 
