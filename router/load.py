@@ -61,7 +61,9 @@ class InFlightCounts(dict[str, int]):
     ``changed`` counts all changes ever made, so a reader that remembers ``changed``
     learns which counts moved since (``owner_loads.py``: a hot prefix's least loaded
     owner is kept up to date from the few owners whose counts moved, instead of
-    reading all of them per decision).
+    reading all of them per decision). Like the policy, not thread-safe: a
+    caller that changes counts from several threads passes a plain ``dict``
+    snapshot instead, as the Ray adapter does.
     """
 
     __slots__ = ("changed", "changes", "replicas", "total")

@@ -35,10 +35,10 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Mapping
 from itertools import compress, islice, repeat
+from typing import cast
 
 from router.hashing import BlockHash
 from router.load import InFlightCounts
-
 
 # A view catches up on at most this many changes per owner; a block further behind
 # is decided by reading its owners' counts (about 3x a change's cost each).
@@ -74,15 +74,15 @@ class _View:
             return
         self.level_of[replica] = load
         if old is not None:
-            bucket = buckets[old]
-            bucket.discard(replica)
-            if not bucket:
+            left = buckets[old]
+            left.discard(replica)
+            if not left:
                 del buckets[old]
-        bucket = buckets.get(load)
-        if bucket is None:
+        joined = buckets.get(load)
+        if joined is None:
             buckets[load] = {replica}
         else:
-            bucket.add(replica)
+            joined.add(replica)
         if load < self.lowest:
             self.lowest = load
         elif old == self.lowest and old not in buckets:
@@ -162,7 +162,7 @@ class OwnerLoads:
         added = len(owners) - view.size
         if added:
             # Owners are only appended (ownership._Owners): the new ones are last.
-            for replica in islice(reversed(owners), added):  # type: ignore[call-overload]
+            for replica in islice(reversed(cast("dict[str, float]", owners)), added):
                 move(replica, get(replica, 0))
         if behind:
             # The owners among the last ``behind`` changes, found in C; each move reads

@@ -213,7 +213,7 @@ class OwnershipIndex:
                 entries.move_to_end(block_hash)
                 # A refresh cannot lower the minimum expiry; an earlier one than the
                 # floor only arises from a clock that went back, and keeps it a bound.
-                if expires_at < owners.floor:
+                if expires_at < owners.floor:  # noqa: PLR1730 (a compare; min() is a call)
                     owners.floor = expires_at
         while len(entries) > self._max_entries:
             entries.popitem(last=False)

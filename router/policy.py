@@ -40,10 +40,10 @@ key, ``ring.py``), a walk of the ring until a replica has room (usually one step
 and an O(n) ``learn``. For a hot prefix's k owners the least loaded are read from a
 view caught up with the counts that moved since its last decision
 (``owner_loads.py``), O(changes) rather than O(k); nothing is O(N) in the replica
-count when ``in_flight`` is an ``InFlightCounts`` over ``replicas`` (``load.py``). ``ranked``, the full ring
-order, is built only when read (``ring.RingOrder``). ``select_hashed`` takes
-block hashes the caller already has (a simulator memoising shared prefixes) and
-decides exactly as ``select`` does. Thread-safe: one lock serialises index and
+count when ``in_flight`` is an ``InFlightCounts`` over ``replicas`` (``load.py``).
+``ranked``, the full ring order, is built only when read (``ring.RingOrder``).
+``select_hashed`` takes block hashes the caller already has (a simulator memoising
+shared prefixes) and decides exactly as ``select`` does. Thread-safe: one lock serialises index and
 ring access; hashing runs outside it.
 """
 

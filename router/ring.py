@@ -21,8 +21,8 @@ that is usually never needed). At N = 1,000 a full walk is about 7,500 point ste
 ``first_in_ring_order`` (the policy's tie-break among equally loaded owners) is asked
 about the same keys again and again: a hot prefix's key and its owners recur on every
 request for it. So the distance along the ring from a key to each replica, one
-``bisect`` to compute, is memoised per key (an LRU of keys, at most
-``_MEMO_MAX_DISTANCES`` distances in all, about 8 MB; cleared when the points change):
+``bisect`` to compute, is memoised per key (an LRU of at most ``_MEMO_MAX_KEYS`` keys
+and ``_MEMO_MAX_DISTANCES`` distances in all, about 8 MB; cleared when the points change):
 a repeated tie-break among k replicas is k dict reads in C instead of k bisects.
 
 Compared with ``ownership.py`` (which knows where a prefix *is* cached), the ring
@@ -40,9 +40,11 @@ from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from itertools import chain
 from typing import overload
 
-# Bound of the per-key distance memo (``first_in_ring_order``), in distances: 64k
-# covers the owners of a few hundred hot prefixes at N = 1,000 in about 8 MB.
+# Bounds of the per-key distance memo (``first_in_ring_order``): 64k distances cover
+# the owners of a few hundred hot prefixes at N = 1,000 in about 8 MB, and 4k keys
+# keep a stream of one-off keys (sessions) to about 1 MB of empty-ish dicts.
 _MEMO_MAX_DISTANCES = 65_536
+_MEMO_MAX_KEYS = 4_096
 
 
 class EmptyRingError(LookupError):
@@ -176,6 +178,8 @@ class HashRing:
         distances = memo.get(key)
         if distances is None:
             distances = memo[key] = {}
+            if len(memo) > _MEMO_MAX_KEYS:
+                self._memo_size -= len(memo.popitem(last=False)[1])
         else:
             memo.move_to_end(key)
         return distances

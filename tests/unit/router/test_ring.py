@@ -180,13 +180,16 @@ def test_ring_distance_memo_is_bounded_and_follows_membership(
     import router.ring as ring_module
 
     monkeypatch.setattr(ring_module, "_MEMO_MAX_DISTANCES", 20)
+    monkeypatch.setattr(ring_module, "_MEMO_MAX_KEYS", 3)
     names = make_replica_ids(200)
     ring = HashRing(names)
     for key in make_keys(50):
         subset = names[key % 190:key % 190 + 5]  # 5 * 5 * 2 <= 200: the memoised branch
         assert ring.first_in_ring_order(subset, key) == next(
             r for r in ring.walk(key) if r in subset)
-        assert ring._memo_size <= 20  # type: ignore[attr-defined]
+        assert ring._memo_size <= 20 and len(ring._distances) <= 3  # type: ignore[attr-defined]
+        held = sum(map(len, ring._distances.values()))  # type: ignore[attr-defined]
+        assert ring._memo_size == held  # type: ignore[attr-defined]
     key = make_keys(1)[0]
     first = ring.first_in_ring_order(names[:5], key)
     ring.remove(first)  # the memo must not answer with the old points
