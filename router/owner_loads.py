@@ -20,14 +20,21 @@ at a use that comes within ``_CATCH_UP_PER_OWNER * k`` changes of its previous o
 keeps it while its uses do, and is otherwise answered None: the caller reads the k
 counts, as it does for blocks with fewer than ``min_owners`` owners.
 
+The tie-break among the t owners at the lowest load goes along the ring from the
+request's key: for few tied, through the ring's memoised distances (O(t)); for many,
+as the first tied owner in the view's owners sorted along the ring once per key
+(about k / t steps in C, against the ring's N / t point steps).
+
 Cost per use: O(1 + changes since the last use + new owners) with a current view,
-O(k) to build one; the least loaded bucket is found again in O(levels) when it
-empties. Memory: ``max_blocks`` views of O(k) each and ``4 * max_blocks`` last-use
-marks (LRU). With any other ``Mapping`` of counts than an ``InFlightCounts``
-nothing is kept.
+plus the tie-break; O(k) to build a view, O(k log k) to sort its owners along the
+ring (again after an owner joins or the ring changes); the least loaded bucket is
+found again in O(levels) when it empties. Memory: ``max_blocks`` views of O(k) each
+and ``4 * max_blocks`` last-use marks (LRU). With any other ``Mapping`` of counts
+than an ``InFlightCounts`` nothing is kept.
 
 The answer is exactly the plain scan's: the minimum of ``in_flight.get(r, 0)`` over
-the owners, and the set of owners at it (``test_owner_loads.py`` compares them).
+the owners, and the first owner at it along the ring walk from the key, None if none
+of them is on the ring (``test_owner_loads.py`` compares them).
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from typing import cast
 
 from router.hashing import BlockHash
 from router.load import InFlightCounts
+from router.ring import HashRing
 
 # A view catches up on at most this many changes per owner; a block further behind
 # is decided by reading its owners' counts (about 3x a change's cost each).
@@ -48,8 +56,8 @@ _CATCH_UP_PER_OWNER = 4
 class _View:
     """One block's owners by load, as of ``in_flight.changed == seen``."""
 
-    __slots__ = ("buckets", "in_flight", "level_of", "lowest", "owners", "removals", "seen",
-                 "size")
+    __slots__ = ("buckets", "in_flight", "level_of", "lowest", "order", "order_epoch",
+                 "order_key", "owners", "removals", "seen", "size")
 
     def __init__(self, owners: Mapping[str, float], in_flight: InFlightCounts) -> None:
         get = in_flight.get
@@ -63,8 +71,30 @@ class _View:
         # One pass in C per distinct load (a few) rather than one in Python per owner.
         self.buckets = {load: set(compress(owners, map(load.__eq__, loads)))
                         for load in set(loads)}
-        buckets = self.buckets
-        self.lowest = min(buckets)
+        self.lowest = min(self.buckets)
+        # The owners on the ring in ring order from ``order_key`` at ring epoch
+        # ``order_epoch``; None until a tie-break needs it, or after an owner joined.
+        self.order: list[str] | None = None
+        self.order_key = 0
+        self.order_epoch = -1
+
+    def first_tied(self, ring: HashRing, key: int) -> str | None:
+        """The first owner at the lowest load along ``ring`` from ``key``; None if
+        none of them is on the ring."""
+        tied = self.buckets[self.lowest]
+        if len(tied) == 1:
+            (only,) = tied
+            return only if only in ring else None
+        if len(tied) * len(tied) <= len(self.level_of):
+            # Few tied among many owners: the ring's memoised distances of the tied.
+            return ring.first_in_ring_order(tied, key)
+        # Many tied: the first of the ring-ordered owners that is tied, about
+        # k / t steps in C for t of k owners tied, instead of the ring's N / t.
+        order = self.order
+        if order is None or self.order_key != key or self.order_epoch != ring.epoch:
+            order = self.order = ring.in_ring_order(self.level_of.keys(), key)
+            self.order_key, self.order_epoch = key, ring.epoch
+        return next(filter(tied.__contains__, order), None)
 
     def move(self, replica: str, load: int) -> None:
         """Put ``replica`` (an owner) at ``load``, adding it if new."""
@@ -110,14 +140,15 @@ class OwnerLoads:
         return len(self._views)
 
     def least_loaded(
-        self, block: BlockHash, owners: Mapping[str, float], in_flight: Mapping[str, int]
-    ) -> tuple[int, set[str]] | None:
-        """``(lowest load, the owners at it)`` for ``block``'s owner map ``owners``
-        (an ``OwnershipIndex`` owner map), or None when the caller should read the
-        counts itself: fewer than ``min_owners`` owners, counts that are not an
-        ``InFlightCounts``, or a block not hot enough for a view to pay (module
-        docstring). The set is the view's own: read it before the next call and
-        never change it."""
+        self, block: BlockHash, owners: Mapping[str, float], in_flight: Mapping[str, int],
+        ring: HashRing, key: int,
+    ) -> tuple[int, str | None] | None:
+        """``(lowest load, first owner at it along ring from key)`` for ``block``'s
+        owner map ``owners`` (an ``OwnershipIndex`` owner map), the first being None
+        when no owner at the lowest load is on the ring. None when the caller should
+        read the counts itself: fewer than ``min_owners`` owners, counts that are not
+        an ``InFlightCounts``, or a block not hot enough for a view to pay (module
+        docstring)."""
         if len(owners) < self._min_owners or not isinstance(in_flight, InFlightCounts):
             return None
         views = self._views
@@ -131,7 +162,7 @@ class OwnerLoads:
             if view.owners is owners and view.in_flight is in_flight and behind <= most \
                     and view.removals == owners.removals:  # type: ignore[attr-defined]
                 self._catch_up(view, owners, in_flight, behind)
-                return view.lowest, view.buckets[view.lowest]
+                return view.lowest, view.first_tied(ring, key)
             # Stale (an owner removed, other counts) or too far behind: read the counts
             # once; a view is built again only if the next use comes soon enough.
             del views[block]
@@ -143,7 +174,7 @@ class OwnerLoads:
             while len(views) > self._max_blocks:
                 evicted, old = views.popitem(last=False)
                 self._remember(evicted, old.seen)
-            return view.lowest, view.buckets[view.lowest]
+            return view.lowest, view.first_tied(ring, key)
         self._remember(block, changed)
         return None
 
@@ -161,6 +192,7 @@ class OwnerLoads:
         move = view.move
         added = len(owners) - view.size
         if added:
+            view.order = None  # the new owners are not in it
             # Owners are only appended (ownership._Owners): the new ones are last.
             for replica in islice(reversed(cast("dict[str, float]", owners)), added):
                 move(replica, get(replica, 0))

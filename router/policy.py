@@ -460,16 +460,15 @@ class CacheAwarePolicy:
         """
         if not owners:
             return None
-        cached = (self._owner_loads.least_loaded(block, owners, in_flight)  # type: ignore[arg-type]
-                  if block is not None else None)
+        cached = (self._owner_loads.least_loaded(
+            block, owners, in_flight, self._ring, ring_key)  # type: ignore[arg-type]
+            if block is not None else None)
         replicas = self._replicas
         first: str | None
         if cached is not None:
-            lowest, tied = cached
+            lowest, first = cached
             if lowest >= capacity:
                 return None  # then no owner on the ring has room either
-            first = self._ring.first_in_ring_order(tied, ring_key) if len(tied) > 1 \
-                else next(iter(tied))
         else:
             # map/compress iterate in C; owners iterate in the same order twice.
             loads = list(map(in_flight.get, owners, repeat(0)))

@@ -14,16 +14,18 @@ sorted point list, O(V*N log(V*N)); membership changes are rare.
 
 A routing decision needs only the head of a walk, so the walk is never built in full
 on the routing path: ``in_ring_order`` sorts a few replicas (a prefix's owners) by
-where the walk would meet them, O(k log V) for k replicas, and ``order`` returns the
-whole walk as a lazy ``RingOrder`` that is materialised only when read (a retry list
-that is usually never needed). At N = 1,000 a full walk is about 7,500 point steps.
+where the walk would meet them, O(k log V) for k replicas (O(k log k) once their
+distances are memoised, below), and ``order`` returns the whole walk as a lazy
+``RingOrder`` that is materialised only when read (a retry list that is usually
+never needed). At N = 1,000 a full walk is about 7,500 point steps.
 
-``first_in_ring_order`` (the policy's tie-break among equally loaded owners) is asked
-about the same keys again and again: a hot prefix's key and its owners recur on every
-request for it. So the distance along the ring from a key to each replica, one
-``bisect`` to compute, is memoised per key (an LRU of at most ``_MEMO_MAX_KEYS`` keys
-and ``_MEMO_MAX_DISTANCES`` distances in all, about 8 MB; cleared when the points change):
-a repeated tie-break among k replicas is k dict reads in C instead of k bisects.
+``first_in_ring_order`` and ``in_ring_order`` (the policy's tie-break among equally
+loaded owners, ``owner_loads.py``) are asked about the same keys again and again: a
+hot prefix's key and its owners recur on every request for it. So the distance along
+the ring from a key to each replica, one ``bisect`` to compute, is memoised per key
+(an LRU of at most ``_MEMO_MAX_KEYS`` keys and ``_MEMO_MAX_DISTANCES`` distances in
+all, about 8 MB; cleared when the points change): a repeated tie-break among k
+replicas is k dict reads in C instead of k bisects.
 
 Compared with ``ownership.py`` (which knows where a prefix *is* cached), the ring
 says where a prefix *should* live when nobody has it, without any state shared
@@ -72,8 +74,8 @@ def stable_key(text: str) -> int:
 class HashRing:
     """A consistent-hash ring; not thread-safe (the policy serialises access)."""
 
-    __slots__ = ("_distances", "_indices", "_memo_size", "_owners", "_points", "_replicas",
-                 "_seats", "_virtual_nodes")
+    __slots__ = ("_distances", "_epoch", "_indices", "_memo_size", "_owners", "_points",
+                 "_replicas", "_seats", "_virtual_nodes")
 
     def __init__(self, replicas: Iterable[str] = (), *, virtual_nodes: int = 160) -> None:
         if virtual_nodes < 1:
@@ -93,6 +95,8 @@ class HashRing:
         # the distances held. Both are reset with the points.
         self._distances: OrderedDict[int, dict[str, int]] = OrderedDict()
         self._memo_size = 0
+        # Counts rebuilds: an order computed at another epoch is stale.
+        self._epoch = 0
         self._rebuild()
 
     @property
@@ -102,6 +106,11 @@ class HashRing:
     @property
     def replicas(self) -> frozenset[str]:
         return frozenset(self._replicas)
+
+    @property
+    def epoch(self) -> int:
+        """Changes whenever the points do: a ring order read at another epoch is stale."""
+        return self._epoch
 
     def __len__(self) -> int:
         return len(self._replicas)
@@ -210,23 +219,20 @@ class HashRing:
     def in_ring_order(self, replicas: Iterable[str], key: int) -> list[str]:
         """The members of ``replicas`` that are on the ring, in ``walk(key)`` order.
 
-        Equal to ``[r for r in walk(key) if r in replicas]`` in O(k log V): the walk
-        meets a replica first at its first point at or after the key's position,
-        wrapping around.
+        Equal to ``[r for r in walk(key) if r in replicas]`` in O(k log k) with the
+        distances memoised (O(k log V) to memoise them): the walk meets a replica first
+        at its first point at or after the key's position, wrapping around.
         """
-        indices = self._indices
+        wanted = replicas if isinstance(replicas, (set, frozenset)) else frozenset(replicas)
+        distances = self._distances_from(key)
+        if not distances.keys() >= wanted:
+            self._memoise(distances, wanted, key)
+        ordered = sorted(wanted, key=distances.__getitem__)
+        # Replicas off the ring sort last, at distance len(_points).
         total = len(self._points)
-        start = bisect_right(self._points, key)
-        steps = []
-        for replica in replicas:
-            positions = indices.get(replica)
-            if positions is None:
-                continue
-            at = bisect_left(positions, start)
-            index = positions[at] if at < len(positions) else positions[0] + total
-            steps.append((index - start, replica))
-        steps.sort()
-        return [replica for _, replica in steps]
+        while ordered and distances[ordered[-1]] >= total:
+            ordered.pop()
+        return ordered
 
     def _rebuild(self) -> None:
         # Sorting (point, replica) pairs breaks the (astronomically rare) tie of
@@ -244,6 +250,7 @@ class HashRing:
         self._indices = indices
         self._distances.clear()
         self._memo_size = 0
+        self._epoch += 1
 
 
 def _walk(points: list[int], owners: list[str], wanted: int, key: int) -> Iterator[str]:

@@ -13,18 +13,27 @@ from router_factories import FakeClock, make_hashes, make_index
 from router.hashing import BlockHash
 from router.load import InFlightCounts
 from router.owner_loads import OwnerLoads
+from router.ring import HashRing
 
 REPLICAS = [f"r{i}" for i in range(40)]
 
 
-def _scan(owners: dict[str, float], in_flight: InFlightCounts) -> tuple[int, set[str]]:
+# Owners r10 and r11 are off the ring (ejected, say): never a first choice.
+RING = HashRing(REPLICAS[:10])
+
+
+def _scan(owners: dict[str, float], in_flight: InFlightCounts, ring: HashRing,
+          key: int) -> tuple[int, str | None]:
+    """The plain answer: the lowest load, and the first owner at it along the walk."""
     lowest = min(in_flight.get(r, 0) for r in owners)
-    return lowest, {r for r in owners if in_flight.get(r, 0) == lowest}
+    tied = {r for r in owners if in_flight.get(r, 0) == lowest}
+    return lowest, next((r for r in ring.walk(key) if r in tied), None)
 
 
 # Mostly load changes between lookups (the catch-up path), sometimes an owner added
 # (appended to the owner map), removed or expired (a rebuild).
-_OPERATIONS = ["learn"] * 4 + ["start"] * 10 + ["finish"] * 10 + ["forget", "clear", "advance"]
+_OPERATIONS = (["learn"] * 4 + ["start"] * 10 + ["finish"] * 10
+               + ["forget", "clear", "advance", "ring"])
 
 
 @settings(max_examples=40, deadline=None, derandomize=True)
@@ -38,6 +47,7 @@ def test_cached_views_equal_the_plain_scan(seed: int) -> None:
     in_flight.changes = type(in_flight.changes)(maxlen=64)
     loads = OwnerLoads(max_blocks=3, min_owners=2)
     blocks = make_hashes(*range(4))
+    ring = HashRing(REPLICAS[:10])  # a replica leaves and rejoins it now and then
     cached = 0
     for _ in range(600):
         op, block, replica = rng.choice(_OPERATIONS), rng.randrange(4), rng.choice(REPLICAS[:12])
@@ -52,17 +62,23 @@ def test_cached_views_equal_the_plain_scan(seed: int) -> None:
             in_flight.add(replica, 1)
         elif op == "clear":
             index.clear(replica)
+        elif op == "ring":
+            if replica not in ring:
+                ring.add(replica)
+            elif len(ring) > 1:
+                ring.remove(replica)
         else:
             clock.advance(7)
         matched, owners = index.owners_of_longest_prefix(blocks[: rng.randrange(4) + 1])
         if not matched:
             continue
-        got = loads.least_loaded(blocks[matched - 1], owners, in_flight)
+        key = rng.choice([1, 2, 2**63])  # a chain's ring key, or a session's
+        got = loads.least_loaded(blocks[matched - 1], owners, in_flight, ring, key)
         if len(owners) < 2:
             assert got is None
         elif got is not None:  # None: not hot enough, the caller scans
             cached += 1
-            assert (got[0], set(got[1])) == _scan(dict(owners), in_flight)
+            assert got == _scan(dict(owners), in_flight, ring, key)
     assert cached > 100  # the comparison ran, on the cached path
 
 
@@ -73,8 +89,9 @@ def test_not_cached_for_few_owners_or_plain_counts() -> None:
         index.learn(replica, block)
     _, owners = index.owners_of_longest_prefix(block)
     loads = OwnerLoads(min_owners=4)
-    assert loads.least_loaded(block[0], owners, InFlightCounts(frozenset(REPLICAS))) is None
-    assert OwnerLoads(min_owners=2).least_loaded(block[0], owners, {"r0": 1}) is None
+    assert loads.least_loaded(
+        block[0], owners, InFlightCounts(frozenset(REPLICAS)), RING, 1) is None
+    assert OwnerLoads(min_owners=2).least_loaded(block[0], owners, {"r0": 1}, RING, 1) is None
     assert len(loads) == 0
 
 
@@ -86,16 +103,16 @@ def test_a_view_is_kept_for_blocks_used_often_and_bounded() -> None:
         block = make_hashes(value)
         index.learn("r1", block)
         _, owners = index.owners_of_longest_prefix(block)
-        assert loads.least_loaded(block[0], owners, in_flight) is None  # no history yet
-        assert loads.least_loaded(block[0], owners, in_flight) == (0, {"r1"})
+        assert loads.least_loaded(block[0], owners, in_flight, RING, 1) is None  # no history
+        assert loads.least_loaded(block[0], owners, in_flight, RING, 1) == (0, "r1")
     assert len(loads) == 2
     # A block whose uses are further apart than 2 changes per owner gets no view.
     index.learn("r2", make_hashes(9))
     _, owners = index.owners_of_longest_prefix(make_hashes(9))
-    assert loads.least_loaded(make_hashes(9)[0], owners, in_flight) is None
+    assert loads.least_loaded(make_hashes(9)[0], owners, in_flight, RING, 1) is None
     for _ in range(5):
         in_flight.add("r3", 1)
-    assert loads.least_loaded(make_hashes(9)[0], owners, in_flight) is None
+    assert loads.least_loaded(make_hashes(9)[0], owners, in_flight, RING, 1) is None
     with pytest.raises(ValueError):
         OwnerLoads(max_blocks=0)
 
