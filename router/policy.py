@@ -59,7 +59,7 @@ from typing import Protocol
 from router.hashing import DEFAULT_HASH_SEED, BlockHash, PrefixHasher
 from router.hot_prefixes import HotPrefix, HotPrefixTracker
 from router.kv_events import AppliedEvents, KVEventBatch, apply_batch
-from router.load import choose_bounded, load_capacity, total_in_flight
+from router.load import load_capacity, total_in_flight
 from router.outcome import Outcome
 from router.owner_loads import OwnerLoads
 from router.ownership import OwnershipIndex
@@ -426,23 +426,26 @@ class CacheAwarePolicy:
 
         if matched_blocks == 0 and session_key is None:
             # Nobody holds any block: place at or below the mean load (module docstring).
-            choice = choose_bounded(ring.walk(ring_key), in_flight,
-                                    load_capacity(total, len(replicas), 0.0))
-            assert choice is not None  # the mean is below this capacity too (load.py)
-            outcome = Outcome.RING_BALANCE if choice.spilled else Outcome.RING_HOME
-            return self._decision(choice.replica_id, outcome, 0, hashes,
-                                  ring.order(ring_key, first=choice.replica_id))
+            # ``load.choose_bounded`` over ``ring.walk``, stepping in C (ring.py).
+            found = ring.first_with_room(ring_key, in_flight,
+                                         load_capacity(total, len(replicas), 0.0))
+            assert found is not None  # the mean is below this capacity too (load.py)
+            chosen, spilled = found
+            outcome = Outcome.RING_BALANCE if spilled else Outcome.RING_HOME
+            return self._decision(chosen, outcome, 0, hashes,
+                                  ring.order(ring_key, first=chosen))
 
-        choice = choose_bounded(ring.walk(ring_key), in_flight, capacity)
-        # A full ring walk always finds room (load.py), so choice is not None.
-        assert choice is not None
-        if choice.spilled:
+        found = ring.first_with_room(ring_key, in_flight, capacity)
+        # A full ring walk always finds room (load.py), so found is not None.
+        assert found is not None
+        chosen, spilled = found
+        if spilled:
             outcome = Outcome.SPILL
         else:
             outcome = Outcome.SESSION if session_key is not None else Outcome.RING_HOME
-        matched = matched_blocks if choice.replica_id in owners else 0
-        return self._decision(choice.replica_id, outcome, matched, hashes,
-                              ring.order(ring_key, first=choice.replica_id))
+        matched = matched_blocks if chosen in owners else 0
+        return self._decision(chosen, outcome, matched, hashes,
+                              ring.order(ring_key, first=chosen))
 
     def _least_loaded_owner(
         self, owners: Collection[str], ring_key: int, in_flight: Mapping[str, int], capacity: int,

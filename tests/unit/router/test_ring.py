@@ -195,3 +195,19 @@ def test_ring_distance_memo_is_bounded_and_follows_membership(
     ring.remove(first)  # the memo must not answer with the old points
     assert ring.first_in_ring_order(names[:5], key) == next(
         r for r in ring.walk(key) if r in names[:5])
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(names=replica_names, data=st.data())
+def test_first_with_room_is_the_bounded_walk(names: list[str], data: st.DataObject) -> None:
+    from router.load import choose_bounded
+
+    ring = HashRing(names)
+    loads = {name: data.draw(st.integers(0, 4)) for name in names}
+    for key in make_keys(20):
+        capacity = data.draw(st.integers(0, 5))
+        choice = choose_bounded(ring.walk(key), loads, capacity)
+        expected = None if choice is None else (choice.replica_id, choice.spilled)
+        assert ring.first_with_room(key, loads, capacity) == expected
+    with pytest.raises(EmptyRingError):
+        HashRing([]).first_with_room(1, {}, 1)
