@@ -178,6 +178,9 @@ class HashRing:
             raise EmptyRingError("the ring has no replicas")
         total = len(owners)
         start = bisect_right(self._points, key)
+        home = owners[start if start < total else 0]
+        if in_flight.get(home, 0) < capacity:
+            return home, False  # the common case, without building the iterators
 
         def circle() -> Iterator[str]:
             return chain(map(owners.__getitem__, range(start, total)), islice(owners, start))
@@ -186,7 +189,7 @@ class HashRing:
         chosen = next(compress(circle(), map(capacity.__gt__, loads)), None)
         if chosen is None:
             return None
-        return chosen, chosen != owners[start if start < total else 0]
+        return chosen, chosen != home
 
     def first_in_ring_order(self, replicas: Collection[str], key: int) -> str | None:
         """``in_ring_order(replicas, key)[0]`` (None if none is on the ring), cheaper.
