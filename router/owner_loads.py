@@ -48,8 +48,9 @@ from router.hashing import BlockHash
 from router.load import InFlightCounts
 from router.ring import HashRing
 
-# A view catches up on at most this many changes per owner; a block further behind
-# is decided by reading its owners' counts (about 3x a change's cost each).
+# A view catches up on at most this many changes per owner; a block further behind is
+# decided by reading its owners' counts. A change (a set probe in C) costs about a
+# quarter of an owner read by the scan, as measured at N = 1,000 (2 and 16 did worse).
 _CATCH_UP_PER_OWNER = 4
 
 
@@ -153,7 +154,6 @@ class OwnerLoads:
             return None
         views = self._views
         changed = in_flight.changed
-        # Catching up on a change costs about a third of reading an owner's count.
         most = min(len(in_flight.changes), _CATCH_UP_PER_OWNER * len(owners))
         view = views.get(block)
         if view is not None:
