@@ -140,6 +140,10 @@ class RouteRequest:
 
 _new = object.__new__
 
+# Owners from which a block's loads are kept in a view (owner_loads.py): below it the
+# C scan of their counts costs less than a view's upkeep.
+_VIEW_MIN_OWNERS = 16
+
 
 @dataclass(frozen=True, kw_only=True)
 class Decision:
@@ -229,7 +233,7 @@ class CacheAwarePolicy:
         )
         self._clock = clock
         # Hot blocks' owners grouped by load, caught up per decision (owner_loads.py).
-        self._owner_loads = OwnerLoads()
+        self._owner_loads = OwnerLoads(min_owners=_VIEW_MIN_OWNERS)
         self._hot = (HotPrefixTracker(capacity=config.hot_prefix_capacity,
                                       block_size=config.block_size,
                                       max_blocks=config.hot_prefix_max_blocks,
@@ -465,7 +469,7 @@ class CacheAwarePolicy:
             return None
         cached = (self._owner_loads.least_loaded(
             block, owners, in_flight, self._ring, ring_key)  # type: ignore[arg-type]
-            if block is not None else None)
+            if block is not None and len(owners) >= _VIEW_MIN_OWNERS else None)
         replicas = self._replicas
         first: str | None
         if cached is not None:
