@@ -19,6 +19,7 @@ long queues). Unlike power-of-two-choices, the choice is deterministic.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -55,14 +56,27 @@ class InFlightCounts(dict[str, int]):
     table was built over the very ``replicas`` object it is asked about (e.g.
     ``InFlightCounts(policy.replicas)``), instead of summing N counts, which at
     1,000 replicas would cost more than the rest of a decision.
+
+    ``changes`` holds the ids of the last ``CHANGE_LOG_LENGTH`` changes and
+    ``changed`` counts all changes ever made, so a reader that remembers ``changed``
+    learns which counts moved since (``owner_loads.py``: a hot prefix's least loaded
+    owner is kept up to date from the few owners whose counts moved, instead of
+    reading all of them per decision). Like the policy, not thread-safe: a
+    caller that changes counts from several threads passes a plain ``dict``
+    snapshot instead, as the Ray adapter does.
     """
 
-    __slots__ = ("replicas", "total")
+    __slots__ = ("changed", "changes", "replicas", "total")
+
+    # Changes remembered: a reader further behind reads every count again.
+    CHANGE_LOG_LENGTH = 4096
 
     def __init__(self, replicas: Collection[str]) -> None:
         super().__init__(dict.fromkeys(replicas, 0))
         self.replicas = replicas
         self.total = 0
+        self.changes: deque[str] = deque(maxlen=self.CHANGE_LOG_LENGTH)
+        self.changed = 0
 
     def add(self, replica: str, delta: int) -> int:
         """Change ``replica``'s count by ``delta``; returns the new count."""
@@ -72,6 +86,8 @@ class InFlightCounts(dict[str, int]):
         dict.__setitem__(self, replica, count)
         if replica in self.replicas:
             self.total += delta
+        self.changes.append(replica)
+        self.changed += 1
         return count
 
     def _read_only(self, *args: object, **kwargs: object) -> None:

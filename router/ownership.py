@@ -1,6 +1,7 @@
 """Which replicas hold which prefix blocks: a bounded, expiring block-hash index.
 
-Data: an LRU-ordered map ``BlockHash -> {replica_id: expires_at}``. Two sources
+Data: an LRU-ordered map ``BlockHash -> {replica_id: expires_at}``; each block's
+owner map also carries ``floor``, a lower bound of its owners' expiry times. Two sources
 feed it: the router's own decisions (``learn``: the chosen replica is about to
 compute and cache those blocks) and the engines' KV events (``confirm`` on
 BlockStored, ``forget`` on BlockRemoved, ``clear`` on AllBlocksCleared). Without
@@ -16,11 +17,25 @@ keep the property. That lets ``longest_prefix`` binary-search the chain. If the
 property is broken (an event lost mid-chain), the answer is a prefix that is
 too short or too long: a worse routing guess, never a wrong response.
 
-Cost: ``longest_prefix`` O(log n) dict probes for an n-block chain; ``learn`` /
-``confirm`` / ``forget`` / ``drop`` O(k) for k hashes; ``clear`` O(entries), acceptable
-because engines clear their caches and replicas leave rarely. Memory is about
-330 bytes per entry, measured (200k entries: about 65 MB). Expired pairs are dropped
-lazily when probed, or by the LRU bound.
+TTL check in O(1): a probe must know whether a block has a live owner, and a hot
+prefix's block has hundreds of owners (every replica its traffic spilled onto).
+Refreshing an owner only raises its expiry, and removing one cannot lower the
+minimum, so ``floor`` (set to the exact minimum whenever the owners are scanned)
+stays a lower bound without being updated; ``floor > now`` proves every owner live.
+Only when ``floor`` has passed does a probe scan the owners, dropping expired pairs
+and resetting ``floor`` to the minimum of the rest. Each scan pushes ``floor`` to the
+least recently refreshed owner's expiry, so a block whose owners keep being
+refreshed is scanned about once per ``ttl_s`` minus the longest gap between
+refreshes: O(1) amortised.
+
+Cost: ``longest_prefix`` O(log n) dict probes of O(1) each for an n-block chain (plus the
+amortised scans above), and O(k) for the frozenset of k owners it returns;
+``owners_of_longest_prefix`` hands the owner map itself (no copy) to the policy,
+which reads it before anything else changes the index. ``learn`` / ``confirm`` /
+``forget`` / ``drop`` O(h) for h hashes; ``clear`` O(entries), acceptable because
+engines clear their caches and replicas leave rarely. Memory is about 330 bytes per
+entry, measured (200k entries: about 65 MB). Expired pairs are dropped lazily when
+probed, or by the LRU bound.
 
 Compared with the ring (``ring.py``), this is state, learned per instance; the
 ring is the stateless fallback when nobody owns a prefix.
@@ -30,7 +45,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from router.hashing import BlockHash
@@ -45,6 +60,25 @@ class PrefixMatch:
 
 
 _NO_MATCH = PrefixMatch(owners=frozenset(), matched_blocks=0)
+
+
+class _Owners(dict[str, float]):
+    """One block's owners, replica id -> expiry time, and ``floor``: a lower bound
+    of those expiries (module docstring), so ``floor > now`` means all are live.
+
+    ``removals`` counts owners ever removed. Owners are only ever added at the end
+    (a dict keeps insertion order; a refresh keeps the position), so a reader that
+    remembers ``removals`` and ``len`` can tell, while ``removals`` has not moved,
+    that exactly the last ``len - remembered len`` owners are new (``owner_loads.py``).
+    """
+
+    __slots__ = ("floor", "removals")
+
+    floor: float
+    removals: int
+
+
+_NO_OWNERS: Mapping[str, float] = {}
 
 
 class OwnershipIndex:
@@ -70,7 +104,7 @@ class OwnershipIndex:
         self._ttl_s = ttl_s
         self._clock = clock
         # Oldest first. Values map replica id -> monotonic expiry time.
-        self._entries: OrderedDict[BlockHash, dict[str, float]] = OrderedDict()
+        self._entries: OrderedDict[BlockHash, _Owners] = OrderedDict()
 
     def __len__(self) -> int:
         """Number of block hashes held (including not yet purged expired ones)."""
@@ -89,8 +123,10 @@ class OwnershipIndex:
         entries = self._entries
         for block_hash in hashes:
             owners = entries.get(block_hash)
-            if owners is not None and owners.pop(replica, None) is not None and not owners:
-                del entries[block_hash]
+            if owners is not None and owners.pop(replica, None) is not None:
+                owners.removals += 1
+                if not owners:
+                    del entries[block_hash]
 
     def drop(self, hashes: Iterable[BlockHash]) -> int:
         """Forget these blocks for every replica (a registered prefix was deleted);
@@ -108,8 +144,10 @@ class OwnershipIndex:
         entries = self._entries
         emptied = []
         for block_hash, owners in entries.items():
-            if owners.pop(replica, None) is not None and not owners:
-                emptied.append(block_hash)
+            if owners.pop(replica, None) is not None:
+                owners.removals += 1
+                if not owners:
+                    emptied.append(block_hash)
         for block_hash in emptied:
             del entries[block_hash]
 
@@ -131,19 +169,33 @@ class OwnershipIndex:
 
         Binary search, relying on prefix-closure (module docstring): O(log n).
         """
+        matched, owners = self.owners_of_longest_prefix(hashes)
+        if not matched:
+            return _NO_MATCH
+        return PrefixMatch(owners=frozenset(owners), matched_blocks=matched)
+
+    def owners_of_longest_prefix(
+        self, hashes: Sequence[BlockHash]
+    ) -> tuple[int, Mapping[str, float]]:
+        """``longest_prefix`` as ``(matched_blocks, owners)``, ``owners`` being the last
+        matched block's live owner map itself, not a copy: O(log n) with no O(k) step.
+
+        The map is the index's own; read it before the next call that changes the
+        index (the policy does, under its lock) and never change it.
+        """
         now = self._clock()
+        get = self._entries.get
+        found: Mapping[str, float] = _NO_OWNERS
         low, high = 0, len(hashes)  # invariant: hashes[:low] is owned
         while low < high:
             mid = (low + high + 1) // 2
-            if self._has_live_owner(hashes[mid - 1], now):
-                low = mid
+            owners = get(hashes[mid - 1])
+            # The floor decides in O(1) unless it has passed (module docstring).
+            if owners is not None and (owners.floor > now or self._purge(hashes[mid - 1], now)):
+                low, found = mid, owners
             else:
                 high = mid - 1
-        if low == 0:
-            return _NO_MATCH
-        return PrefixMatch(
-            owners=frozenset(self._live_owners(hashes[low - 1], now)), matched_blocks=low
-        )
+        return low, found
 
     def _put(self, replica: str, hashes: Sequence[BlockHash]) -> None:
         expires_at = self._clock() + self._ttl_s
@@ -153,32 +205,35 @@ class OwnershipIndex:
         for block_hash in reversed(hashes):
             owners = entries.get(block_hash)
             if owners is None:
-                entries[block_hash] = {replica: expires_at}
+                owners = entries[block_hash] = _Owners()
+                owners[replica] = owners.floor = expires_at
+                owners.removals = 0
             else:
                 owners[replica] = expires_at
                 entries.move_to_end(block_hash)
+                # A refresh cannot lower the minimum expiry; an earlier one than the
+                # floor only arises from a clock that went back, and keeps it a bound.
+                if expires_at < owners.floor:  # noqa: PLR1730 (a compare; min() is a call)
+                    owners.floor = expires_at
         while len(entries) > self._max_entries:
             entries.popitem(last=False)
 
-    def _has_live_owner(self, block_hash: BlockHash, now: float) -> bool:
-        owners = self._entries.get(block_hash)
+    def _purge(self, block_hash: BlockHash, now: float) -> bool:
+        """Drop ``block_hash``'s expired owners and reset its floor to the exact minimum
+        of the rest, O(k); True if any is left (the entry goes when none is)."""
+        owners = self._entries[block_hash]
+        expired = [replica for replica, expires_at in owners.items() if expires_at <= now]
+        for replica in expired:
+            del owners[replica]
+        owners.removals += len(expired)
         if not owners:
+            del self._entries[block_hash]
             return False
-        # Nothing expired (checked in C) needs no list; else purge as _live_owners does.
-        return min(owners.values()) > now or bool(self._live_owners(block_hash, now))
+        owners.floor = min(owners.values())
+        return True
 
     def _live_owners(self, block_hash: BlockHash, now: float) -> list[str]:
         owners = self._entries.get(block_hash)
-        if not owners:
+        if owners is None or not (owners.floor > now or self._purge(block_hash, now)):
             return []
-        if min(owners.values()) > now:
-            # Common case, checked in C: nothing expired (a hot prefix has many owners).
-            return list(owners)
-        live = [replica for replica, expires_at in owners.items() if expires_at > now]
-        if len(live) != len(owners):
-            # Purge expired pairs so a stale owner cannot outlive its TTL.
-            for replica in [r for r, expires_at in owners.items() if expires_at <= now]:
-                del owners[replica]
-            if not owners:
-                del self._entries[block_hash]
-        return live
+        return list(owners)

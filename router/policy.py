@@ -34,18 +34,21 @@ randomness and no process-salted hashes; KV events (``kv_events.py``) make
 instances that saw different traffic converge.
 
 Cost per decision: hashing (``hashing.py``; for a prompt that repeats or extends
-a recent one, mostly packing its ids, about 5 ns a token), an O(log n) index probe,
-O(k log V) to order a prefix's k owners along the ring, a walk of the ring until a
-replica has room (usually one step), and an O(n) ``learn`` (about 0.12 us a block).
+a recent one, mostly packing its ids, about 5 ns a token), an O(log n) index probe
+with an O(1) TTL check per probed block (``ownership.py``), the least loaded owners,
+a tie-break among them along the ring (memoised distances per key, ``ring.py``), a
+walk of the ring until a replica has room (usually one step), and an O(n) ``learn``
+(about 0.12 us a block). For a hot prefix's k owners the least loaded are read from
+a view caught up with the counts that moved since its last decision
+(``owner_loads.py``), O(changes) rather than O(k); nothing is O(N) in the replica
+count when ``in_flight`` is an ``InFlightCounts`` over ``replicas`` (``load.py``).
 Measured for a 4,096-token prompt whose prefix repeats (``bench/decision_cost.py``,
 one core of a 2-CPU EPYC, p50): about 38 us at 128-token blocks, of which hashing
 26, the index probe 3 and ``learn`` 4; about 90 us at 16-token blocks, where
-``learn``'s 256 blocks cost about as much as hashing. Nothing is O(N) in the
-replica count when ``in_flight`` is an ``InFlightCounts`` over ``replicas``
-(``load.py``). ``ranked``, the full ring order, is built only when read
-(``ring.RingOrder``). ``select_hashed`` takes
-block hashes the caller already has (a simulator memoising shared prefixes) and
-decides exactly as ``select`` does. Thread-safe: one lock serialises index and
+``learn``'s 256 blocks cost about as much as hashing. ``ranked``, the full ring
+order, is built only when read (``ring.RingOrder``). ``select_hashed`` takes block
+hashes the caller already has (a simulator memoising shared prefixes) and decides
+exactly as ``select`` does. Thread-safe: one lock serialises index and
 ring access; hashing runs outside it.
 """
 
@@ -55,14 +58,15 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from itertools import compress, repeat
+from itertools import compress, islice, repeat
 from typing import Protocol
 
 from router.hashing import DEFAULT_HASH_SEED, BlockHash, PrefixHasher
 from router.hot_prefixes import HotPrefix, HotPrefixTracker
 from router.kv_events import AppliedEvents, KVEventBatch, apply_batch
-from router.load import choose_bounded, load_capacity, total_in_flight
+from router.load import load_capacity, total_in_flight
 from router.outcome import Outcome
+from router.owner_loads import OwnerLoads
 from router.ownership import OwnershipIndex
 from router.ring import EmptyRingError, HashRing, stable_key
 
@@ -137,6 +141,13 @@ class RouteRequest:
     def __post_init__(self) -> None:
         if (self.lora_name is None) != (self.lora_path is None):
             raise ValueError("lora_name and lora_path must be given together")
+
+
+_new = object.__new__
+
+# Owners from which a block's loads are kept in a view (owner_loads.py): below it the
+# C scan of their counts costs less than a view's upkeep.
+_VIEW_MIN_OWNERS = 16
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -226,6 +237,8 @@ class CacheAwarePolicy:
             max_entries=config.max_index_blocks, ttl_s=config.ownership_ttl_s, clock=clock
         )
         self._clock = clock
+        # Hot blocks' owners grouped by load, caught up per decision (owner_loads.py).
+        self._owner_loads = OwnerLoads(min_owners=_VIEW_MIN_OWNERS)
         self._hot = (HotPrefixTracker(capacity=config.hot_prefix_capacity,
                                       block_size=config.block_size,
                                       max_blocks=config.hot_prefix_max_blocks,
@@ -411,58 +424,85 @@ class CacheAwarePolicy:
             return self._least_loaded(request, in_flight)
         ring = self._ring
 
-        match = self._index.longest_prefix(hashes)
-        if match.matched_blocks >= self._config.min_owner_match_blocks:
-            chosen = self._least_loaded_owner(match.owners, ring_key, in_flight, capacity)
+        # The owner map is the index's own (no O(k) copy); it is read before learn().
+        matched_blocks, owners = self._index.owners_of_longest_prefix(hashes)
+        if matched_blocks >= self._config.min_owner_match_blocks:
+            chosen = self._least_loaded_owner(owners, ring_key, in_flight, capacity,
+                                              block=hashes[matched_blocks - 1])
             if chosen is not None:
-                return self._decision(chosen, Outcome.OWNER_HIT, match.matched_blocks,
+                return self._decision(chosen, Outcome.OWNER_HIT, matched_blocks,
                                       hashes, ring.order(ring_key, first=chosen))
 
-        if match.matched_blocks == 0 and session_key is None:
+        if matched_blocks == 0 and session_key is None:
             # Nobody holds any block: place at or below the mean load (module docstring).
-            choice = choose_bounded(ring.walk(ring_key), in_flight,
-                                    load_capacity(total, len(replicas), 0.0))
-            assert choice is not None  # the mean is below this capacity too (load.py)
-            outcome = Outcome.RING_BALANCE if choice.spilled else Outcome.RING_HOME
-            return self._decision(choice.replica_id, outcome, 0, hashes,
-                                  ring.order(ring_key, first=choice.replica_id))
+            # ``load.choose_bounded`` over ``ring.walk``, stepping in C (ring.py).
+            found = ring.first_with_room(ring_key, in_flight,
+                                         load_capacity(total, len(replicas), 0.0))
+            assert found is not None  # the mean is below this capacity too (load.py)
+            chosen, spilled = found
+            outcome = Outcome.RING_BALANCE if spilled else Outcome.RING_HOME
+            return self._decision(chosen, outcome, 0, hashes,
+                                  ring.order(ring_key, first=chosen))
 
-        choice = choose_bounded(ring.walk(ring_key), in_flight, capacity)
-        # A full ring walk always finds room (load.py), so choice is not None.
-        assert choice is not None
-        if choice.spilled:
+        found = ring.first_with_room(ring_key, in_flight, capacity)
+        # A full ring walk always finds room (load.py), so found is not None.
+        assert found is not None
+        chosen, spilled = found
+        if spilled:
             outcome = Outcome.SPILL
         else:
             outcome = Outcome.SESSION if session_key is not None else Outcome.RING_HOME
-        matched = match.matched_blocks if choice.replica_id in match.owners else 0
-        return self._decision(choice.replica_id, outcome, matched, hashes,
-                              ring.order(ring_key, first=choice.replica_id))
+        matched = matched_blocks if chosen in owners else 0
+        return self._decision(chosen, outcome, matched, hashes,
+                              ring.order(ring_key, first=chosen))
 
     def _least_loaded_owner(
-        self, owners: frozenset[str], ring_key: int, in_flight: Mapping[str, int], capacity: int
+        self, owners: Collection[str], ring_key: int, in_flight: Mapping[str, int], capacity: int,
+        *, block: BlockHash | None = None,
     ) -> str | None:
         """The least loaded owner below ``capacity``, ties going to the first along the
-        ring from ``ring_key``; None if every owner is full.
+        ring from ``ring_key``; None if every owner is full. ``block``: the block whose
+        index owner map ``owners`` is, for the cached view of a hot block's loads.
 
         The same as ``min()`` over the owners with room taken in ring order, but only
         tied owners are put in ring order: a hot prefix can have hundreds of owners.
+        A hot block's lowest load and tied owners come from ``OwnerLoads``, which
+        reads only the counts that moved since its last decision; other blocks' from
+        three passes in C over the owners (loads, their minimum, the tied owners).
         """
         if not owners:
             return None
-        # map/compress iterate in C; a frozenset iterates in the same order twice.
-        loads = list(map(in_flight.get, owners, repeat(0)))
-        lowest = min(loads)
-        if lowest >= capacity:
-            return None  # then no owner on the ring has room either
+        cached = (self._owner_loads.least_loaded(
+            block, owners, in_flight, self._ring, ring_key)  # type: ignore[arg-type]
+            if block is not None and len(owners) >= _VIEW_MIN_OWNERS else None)
         replicas = self._replicas
-        tied = [r for r in compress(owners, map(lowest.__eq__, loads)) if r in replicas]
-        if not tied:
+        first: str | None
+        if cached is not None:
+            lowest, first = cached
+            if lowest >= capacity:
+                return None  # then no owner on the ring has room either
+        else:
+            # map/compress iterate in C; owners iterate in the same order twice.
+            loads = list(map(in_flight.get, owners, repeat(0)))
+            lowest = min(loads)
+            if lowest >= capacity:
+                return None  # then no owner on the ring has room either
+            if loads.count(lowest) == 1:
+                first = next(islice(owners, loads.index(lowest), None))
+            else:
+                first = self._ring.first_in_ring_order(
+                    frozenset(compress(owners, map(lowest.__eq__, loads))), ring_key)
+        # The ring order skips replicas off the ring (ejected or removed): None only
+        # when no least loaded owner is on it.
+        if first is not None and first not in replicas:
+            first = None
+        if first is None:
             # Every least loaded owner has left the ring (a KV event from a removed
             # replica, say): decide again over the owners still on it.
-            on_ring = owners & replicas
+            on_ring = replicas.intersection(owners)
             return self._least_loaded_owner(on_ring, ring_key, in_flight, capacity) \
-                if on_ring != owners else None
-        return tied[0] if len(tied) == 1 else self._ring.first_in_ring_order(tied, ring_key)
+                if len(on_ring) != len(owners) else None
+        return first
 
     def _least_loaded(self, request: RouteRequest, in_flight: Mapping[str, int]) -> Decision:
         tokens = request.token_ids or ()
@@ -481,10 +521,12 @@ class CacheAwarePolicy:
         hashes: Sequence[BlockHash],
         ranked: Sequence[str],
     ) -> Decision:
-        return Decision(
-            replica_id=chosen,
-            outcome=outcome,
-            matched_blocks=matched_blocks,
-            total_blocks=len(hashes),
-            ranked=ranked,
-        )
+        # The frozen dataclass's generated __init__ sets each field through
+        # object.__setattr__ (about 0.9 us, a tenth of a decision); filling the new
+        # instance's __dict__ sets the same fields in a third of that. Decision has
+        # no __post_init__ and no slots, so the result is the same object.
+        decision = _new(Decision)
+        decision.__dict__.update(replica_id=chosen, outcome=outcome,
+                                 matched_blocks=matched_blocks, total_blocks=len(hashes),
+                                 ranked=ranked)
+        return decision

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from bench.sim.block_cache import Allocation
 from bench.sim.prompts import SimRequest
 from bench.sim.routers.base import Placement
-from router import CacheAwarePolicy, PolicyConfig, RouteRequest
+from router import CacheAwarePolicy, Outcome, PolicyConfig, RouteRequest
 from router.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KVEventBatch
 from router.load import InFlightCounts
 
@@ -43,6 +43,9 @@ class CacheRouteRouter:
         self._kv_events = kv_events
         self._block_size = config.block_size
         self.outcomes: Counter[str] = Counter()
+        # (outcome, replica) -> its Placement: the answers are immutable and few (7 x N),
+        # and building one costs more than a tenth of a decision.
+        self._placements: dict[tuple[Outcome, str], Placement] = {}
 
     @property
     def replicas(self) -> frozenset[str]:
@@ -54,11 +57,15 @@ class CacheRouteRouter:
                          else RouteRequest(token_ids=request.short_tokens,
                                            session_id=request.session))
         decision = self.policy.select_hashed(route_request, request.block_hashes, in_flight)
-        outcome = decision.outcome.value
-        self.outcomes[outcome] += 1
         chosen = decision.replica_id
+        placement = self._placements.get((decision.outcome, chosen))
+        if placement is None:
+            placement = Placement(chosen, decision.outcome.value)
+            self._placements[decision.outcome, chosen] = placement
+        outcome = placement.outcome
+        self.outcomes[outcome] += 1
         if max_ongoing is None or in_flight.get(chosen, 0) < max_ongoing:
-            return Placement(chosen, outcome)
+            return placement
         order = decision.send_order  # Serve's tiers: [[chosen]] or [[chosen], [next], ...]
         for replica in order:
             if in_flight.get(replica, 0) < max_ongoing:

@@ -403,3 +403,14 @@ def test_forget_prefix_sends_the_next_request_to_the_ring_home() -> None:
     assert policy.forget_prefix(request) == 4
     decision = policy.select(request, {})
     assert (decision.replica_id, decision.outcome) == (home, Outcome.RING_HOME)
+
+
+def test_a_decision_is_the_frozen_dataclass_its_fields_make() -> None:
+    import dataclasses
+
+    decision = make_policy().select(make_request(16), {})
+    fields = {f.name: getattr(decision, f.name) for f in dataclasses.fields(Decision)}
+    assert decision == Decision(**fields) and repr(decision) == repr(Decision(**fields))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        decision.replica_id = "elsewhere"  # type: ignore[misc]
+    assert dataclasses.replace(decision, matched_blocks=0).matched_blocks == 0

@@ -110,3 +110,38 @@ def test_ranked_reads_as_a_tuple_and_is_built_lazily() -> None:
     assert decision.ranked == tuple(decision.ranked) and set(decision.ranked) == set(
         make_replica_ids(50))
     assert hash(decision.ranked) == hash(tuple(decision.ranked))
+
+
+@settings(max_examples=10, deadline=None, derandomize=True)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_hot_prefix_views_decide_as_the_full_walk(seed: int) -> None:
+    """Many owners of a hot prefix and counts that change between decisions: the
+    cached per-block views (``owner_loads.py``) are used and change no decision."""
+    import random
+
+    rng = random.Random(seed)
+    replicas = make_replica_ids(48)
+    clock = FakeClock()
+    # No slack: the hot prefixes spill onto many replicas, which then own them.
+    policy = make_policy(replicas, clock=clock, load_epsilon=0.0)
+    in_flight = InFlightCounts(policy.replicas)
+    running: list[str] = []
+    for number in range(600):
+        prefix = min(int(rng.paretovariate(1.0)) - 1, 5)  # a few hot prefixes
+        request = make_request(tokens=[*range(prefix * 100, prefix * 100 + 8),
+                                       *range(10_000 + number * 50, 10_000 + number * 50 + 5)],
+                               session_id=rng.choice([None, None, None, "s1"]))
+        expected = _reference_decide(policy, request, dict(in_flight))
+        decision = policy.select(request, in_flight)
+        assert (decision.replica_id, decision.outcome, decision.matched_blocks,
+                tuple(decision.ranked)) == expected
+        in_flight.add(decision.replica_id, 1)
+        running.append(decision.replica_id)
+        while len(running) > 60 or (running and rng.random() < 0.3):
+            in_flight.add(running.pop(rng.randrange(len(running))), -1)
+        if rng.random() < 0.02:
+            policy.eject(rng.choice(replicas))  # ring changes: orders must follow
+        if rng.random() < 0.02:
+            policy.readmit(rng.choice(sorted(policy.ejected) or replicas))
+        clock.advance(rng.choice([0.0, 0.5, 30.0]))
+    assert len(policy._owner_loads) > 0  # the views were in play

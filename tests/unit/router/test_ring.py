@@ -173,3 +173,41 @@ def test_seats_of_departed_replicas_are_dropped_and_unseated_ids_sit_at_their_id
     assert seated.seat("gone") == "gone"
     assert [seated.owner(k) for k in range(0, 2**64, 2**58)] == \
         [plain.owner(k) for k in range(0, 2**64, 2**58)]
+
+
+def test_ring_distance_memo_is_bounded_and_follows_membership(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import router.ring as ring_module
+
+    monkeypatch.setattr(ring_module, "_MEMO_MAX_DISTANCES", 20)
+    monkeypatch.setattr(ring_module, "_MEMO_MAX_KEYS", 3)
+    names = make_replica_ids(200)
+    ring = HashRing(names)
+    for key in make_keys(50):
+        subset = names[key % 190:key % 190 + 5]  # 5 * 5 * 2 <= 200: the memoised branch
+        assert ring.first_in_ring_order(subset, key) == next(
+            r for r in ring.walk(key) if r in subset)
+        assert ring._memo_size <= 20 and len(ring._distances) <= 3  # type: ignore[attr-defined]
+        held = sum(map(len, ring._distances.values()))  # type: ignore[attr-defined]
+        assert ring._memo_size == held  # type: ignore[attr-defined]
+    key = make_keys(1)[0]
+    first = ring.first_in_ring_order(names[:5], key)
+    ring.remove(first)  # the memo must not answer with the old points
+    assert ring.first_in_ring_order(names[:5], key) == next(
+        r for r in ring.walk(key) if r in names[:5])
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(names=replica_names, data=st.data())
+def test_first_with_room_is_the_bounded_walk(names: list[str], data: st.DataObject) -> None:
+    from router.load import choose_bounded
+
+    ring = HashRing(names)
+    loads = {name: data.draw(st.integers(0, 4)) for name in names}
+    for key in make_keys(20):
+        capacity = data.draw(st.integers(0, 5))
+        choice = choose_bounded(ring.walk(key), loads, capacity)
+        expected = None if choice is None else (choice.replica_id, choice.spilled)
+        assert ring.first_with_room(key, loads, capacity) == expected
+    with pytest.raises(EmptyRingError):
+        HashRing([]).first_with_room(1, {}, 1)
