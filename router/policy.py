@@ -13,7 +13,9 @@ Algorithm, for a request with prompt blocks ``b0..bn`` (``hashing.py``):
    computes that prompt once; a session key instead keeps one conversation,
    whose turns extend each other, on one replica even when all conversations
    share a system prompt. If the home is at capacity the walk continues along
-   the ring (SPILL), so a hot key's overflow stays on a few replicas.
+   the ring (SPILL), so a hot key's overflow stays on a few replicas. A request
+   whose prefix has owners, all at capacity, that lands on a home holding none of
+   it is a SPILL too: the bound, not the ring, sent it where its prefix is not.
    A prefix nobody holds (no owned block, no session) walks the ring with a
    tighter capacity, the mean load (RING_BALANCE past its home): its first
    request misses on every replica alike, so placing it on a replica at or
@@ -144,6 +146,11 @@ class RouteRequest:
 
 
 _new = object.__new__
+
+
+def _any_in(owners: Collection[str], replicas: Collection[str]) -> bool:
+    """Whether an owner is on the ring (owners that all left do not make a spill)."""
+    return any(r in replicas for r in owners)
 
 # Owners from which a block's loads are kept in a view (owner_loads.py): below it the
 # C scan of their counts costs less than a view's upkeep.
@@ -448,7 +455,10 @@ class CacheAwarePolicy:
         # A full ring walk always finds room (load.py), so found is not None.
         assert found is not None
         chosen, spilled = found
-        if spilled:
+        if spilled or (matched_blocks >= self._config.min_owner_match_blocks
+                       and chosen not in owners and _any_in(owners, replicas)):
+            # Past a full home, or away from owners that were all full: either way
+            # the bound sent the request where its prefix is not (a spill).
             outcome = Outcome.SPILL
         else:
             outcome = Outcome.SESSION if session_key is not None else Outcome.RING_HOME

@@ -165,6 +165,20 @@ def test_ceiling_also_binds_owner_hits() -> None:
     assert (decision.replica_id, decision.outcome) == (other, Outcome.SPILL)
 
 
+def test_leaving_full_owners_for_a_home_without_the_prefix_is_a_spill() -> None:
+    home = make_policy(["a", "b"]).select(make_request(16), {}).replica_id
+    other = ({"a", "b"} - {home}).pop()
+    policy = make_policy(["a", "b"], load_epsilon=0.0)
+    # A busy home: the new prefix is placed past it, at the mean (its owner is `other`).
+    placed = policy.select(make_request(16), {home: 1, other: 0})
+    assert (placed.replica_id, placed.outcome) == (other, Outcome.RING_BALANCE)
+    # Its owner is full (capacity ceil(3 / 2) = 2) and the home has room: the home
+    # holds none of the prefix, so the bound made this request a miss -- a spill.
+    decision = policy.select(make_request(16), {home: 0, other: 2})
+    assert (decision.replica_id, decision.outcome, decision.matched_blocks) == (
+        home, Outcome.SPILL, 0)
+
+
 def test_session_affinity_uses_the_session_home() -> None:
     policy = make_policy(["a", "b", "c", "d"])
     decision = policy.select(make_request(16, session_id="conv-42"), {})

@@ -50,7 +50,11 @@ def _reference_decide(policy: CacheAwarePolicy, request: RouteRequest,
             chosen, *(r for r in order if r != chosen))
     choice = choose_bounded(order, in_flight, capacity)
     assert choice is not None
-    outcome = (Outcome.SPILL if choice.spilled
+    # Away from owners that were all full (some on the ring) is a spill too.
+    diverted = (match.matched_blocks >= policy.config.min_owner_match_blocks
+                and choice.replica_id not in match.owners
+                and any(r in replicas for r in match.owners))
+    outcome = (Outcome.SPILL if choice.spilled or diverted
                else Outcome.SESSION if session_key is not None else Outcome.RING_HOME)
     matched = match.matched_blocks if choice.replica_id in match.owners else 0
     return choice.replica_id, outcome, matched, (
