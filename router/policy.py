@@ -147,14 +147,14 @@ class RouteRequest:
 
 _new = object.__new__
 
+# Owners from which a block's loads are kept in a view (owner_loads.py): below it the
+# C scan of their counts costs less than a view's upkeep.
+_VIEW_MIN_OWNERS = 16
+
 
 def _any_in(owners: Collection[str], replicas: Collection[str]) -> bool:
     """Whether an owner is on the ring (owners that all left do not make a spill)."""
     return any(r in replicas for r in owners)
-
-# Owners from which a block's loads are kept in a view (owner_loads.py): below it the
-# C scan of their counts costs less than a view's upkeep.
-_VIEW_MIN_OWNERS = 16
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -116,6 +116,17 @@ def cached_tokens(payload: Any) -> int | None:
     return value if isinstance(value, int) else None
 
 
+def sse_json(line: str) -> Any:
+    """The JSON object of one server-sent event line `data: {...}`; None for any other
+    line (`data: [DONE]`, blank, comment) or one that does not parse."""
+    if not line.startswith("data: {"):
+        return None
+    try:
+        return json.loads(line[len("data: "):])
+    except ValueError:
+        return None
+
+
 def observe_response(registry: PrefixRegistry, use: PrefixUse, response: Response) -> Response:
     """Count the response's hit or miss for ``use``; the response itself is unchanged.
 
@@ -143,12 +154,8 @@ async def _watch_stream(chunks: AsyncIterable[Any], registry: PrefixRegistry,
             text = chunk.decode(errors="replace") if isinstance(chunk, bytes) else str(chunk)
             if "cached_tokens" in text:
                 for line in text.splitlines():
-                    if line.startswith("data: {"):
-                        try:
-                            found = cached_tokens(json.loads(line[len("data: "):]))
-                        except ValueError:
-                            continue
-                        seen = found if found is not None else seen
+                    found = cached_tokens(sse_json(line))
+                    seen = found if found is not None else seen
             yield chunk
     finally:
         registry.observe(use, seen)

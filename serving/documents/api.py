@@ -30,9 +30,9 @@ block of the document's anchor (its prewarmed head); a DELETE reports them befor
 and after forgetting, so a client (and the tests) can see ownership dropped.
 A streamed answer always ends with the usage chunk (as with
 ``stream_options.include_usage``): the service counts its ``cached_tokens`` when
-the stream ends, however it ends. ``context_order: "similarity"`` is the naive baseline for benchmarks: excerpts best
-first with no anchor, so neither the engine's prefix cache nor the router's document
-placement helps.
+the stream ends, however it ends. ``context_order: "similarity"`` is the naive
+baseline for benchmarks: excerpts best first with no anchor, so neither the
+engine's prefix cache nor the router's document placement helps.
 
 Routes are methods of ``DocumentRoutes``, which the ingress class inherits (Serve
 binds an ingress's routes to its methods); the host sets ``self._documents`` and
@@ -66,7 +66,7 @@ from serving.documents.service import (
     DocumentSettings,
     Plan,
 )
-from serving.prefix_api import cached_tokens
+from serving.prefix_api import cached_tokens, sse_json
 from serving.prefix_registry import PrefixRegistry
 from serving.prompt_tokens import PromptTokenizer
 
@@ -161,7 +161,7 @@ class DocumentRoutes:
             stream=body.stream, temperature=body.temperature,
             stream_options={"include_usage": True} if body.stream else None)
         response = await self.send_chat(chat, request)
-        return self._answered(plan, _answer_meta(plan, body.context_order), response, started)
+        return self._answered(plan, _answer_meta(plan), response, started)
 
     async def chat_about_document(self, doc_id: str, body: Any, request: Request) -> Response:
         """A chat completion request naming a document (``x-document-id``)."""
@@ -179,7 +179,7 @@ class DocumentRoutes:
         if asked is None:
             update["max_tokens"] = plan.max_tokens
         response = await self.send_chat(body.model_copy(update=update), request)
-        return self._answered(plan, _answer_meta(plan, "document"), response, started)
+        return self._answered(plan, _answer_meta(plan), response, started)
 
     def _answered(self, plan: Plan, meta: dict[str, Any], response: Response,
                   started: float) -> Response:
@@ -247,13 +247,14 @@ def _text(content: Any, i: int) -> str:
                         code="invalid_request", param="messages")
 
 
-def _answer_meta(plan: Plan, context_order: str) -> dict[str, Any]:
+def _answer_meta(plan: Plan) -> dict[str, Any]:
     """The ``document`` object of an answer: which context the question got."""
     return {
         "id": plan.document.id,
         "mode": plan.selection.mode.value,
         "context_order": plan.selection.order.value,
-        "lead_chunks": plan.document.lead_count if context_order == "document" else 0,
+        "lead_chunks": plan.document.lead_count if plan.selection.order is Order.DOCUMENT
+        else 0,
         "chunks": list(plan.selection.excerpts),
         "anchor_cacheable_tokens": plan.document.cacheable_tokens,
         "assembly_ms": round(plan.assembly_s * 1000, 3),
@@ -277,18 +278,15 @@ async def _document_stream(chunks: AsyncIterable[Any], meta: dict[str, Any],
             if not tagged or '"usage"' in text:
                 lines = text.split("\n")
                 for i, line in enumerate(lines):
-                    if not line.startswith("data: {"):
+                    event = sse_json(line)
+                    if not isinstance(event, dict):
                         continue
-                    try:
-                        event = json.loads(line[len("data: "):])
-                    except ValueError:
-                        continue
-                    found = event.get("usage") if isinstance(event, dict) else None
+                    found = event.get("usage")
                     if isinstance(found, dict):
                         prompt = found.get("prompt_tokens")
                         usage["prompt_tokens"] = prompt if isinstance(prompt, int) else None
                         usage["cached_tokens"] = cached_tokens(event)
-                    if not tagged and isinstance(event, dict) and "choices" in event:
+                    if not tagged and "choices" in event:
                         event["document"] = meta
                         lines[i] = "data: " + json.dumps(event, separators=(",", ":"))
                         tagged = True
