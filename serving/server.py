@@ -188,4 +188,10 @@ class CacheRouteServer(LLMServer):
         # Leave no warm-up blocks behind: they would count as cache hits for nobody
         # and skew the first hit-rate readings.
         await self.engine.reset_prefix_cache()
+        # The engine publishes KV events after a step, so the reset's AllBlocksCleared
+        # would otherwise wait for the first real request's step and reach the router
+        # after it learned where that request and any routed meanwhile went: it would
+        # erase those owners, and their prefixes' next requests would be decided by
+        # the ring as if new. One short generation steps the engine and sends it now.
+        await self._generate_once(PROBE_PROMPT, max_tokens=1)
         logger.info("cacheroute: replica warm in %.1f s", time.monotonic() - started)
