@@ -355,6 +355,51 @@ class CacheAwarePolicy:
         with self._lock:
             return self._hot.arc_of(replica_id, self._ring, limit, now=self._clock())
 
+    def spill_target(self, request: RouteRequest, decision: Decision,
+                     in_flight: Mapping[str, int]) -> tuple[str, int] | None:
+        """Where the next request with this decision's prefix would spill, if that
+        replica holds none of it: ``(replica, blocks)``, the replica to prefill the
+        prefix's first ``blocks`` blocks on now, while it has room, so that the spill
+        finds them cached instead of computing them (a replication ahead of the spill).
+
+        Only for an OWNER_HIT (the prefix has owners; a spill computes it anyway),
+        and only when, counting this request on its replica, every owner on the ring
+        is at the bounded-load capacity the next request would see. ``in_flight`` is
+        the map the decision was made with. None otherwise, and when the spill would
+        land on an owner. Reads the index and the ring, changes nothing: O(1) when
+        the chosen replica still has room, else an index probe, the prefix's k owners'
+        loads and a walk of the ring, plus O(N) for the counts after this request.
+        """
+        if decision.outcome is not Outcome.OWNER_HIT or decision.matched_blocks < 1:
+            return None
+        chosen = decision.replica_id
+        with self._lock:
+            replicas = self._replicas
+            if chosen not in replicas:
+                return None
+            total = total_in_flight(in_flight, replicas) + 1
+            capacity = load_capacity(total, len(replicas), self._config.load_epsilon)
+            if in_flight.get(chosen, 0) + 1 < capacity:
+                return None  # the owner keeps room: the next request is a hit there
+        hashes = self.block_hashes(request)  # outside the lock, as in ``select``
+        if len(hashes) < decision.matched_blocks:
+            return None
+        ring_key = (stable_key(request.session_id)
+                    if self._config.session_affinity and request.session_id is not None
+                    else hashes[0])
+        after = dict(in_flight)
+        after[chosen] = after.get(chosen, 0) + 1
+        with self._lock:
+            if self._replicas is not replicas:
+                return None  # membership moved meanwhile: the next decision sees it
+            owners = self._index.owners(hashes[decision.matched_blocks - 1])
+            if any(after.get(o, 0) < capacity for o in owners if o in replicas):
+                return None  # another owner has room: the next request goes there
+            found = self._ring.first_with_room(ring_key, after, capacity)
+        if found is None or found[0] in owners:
+            return None
+        return found[0], decision.matched_blocks
+
     def learn(self, replica_id: str, request: RouteRequest) -> int:
         """Record that ``replica_id`` now holds the request's full blocks (a prefill
         sent to it outside ``select``, a prewarm, completed); returns the blocks

@@ -16,7 +16,9 @@ Endpoints beyond upstream's OpenAI set:
                 an `x-document-id` header is a question about that document.
 
 With `failover.prewarm_on_scale_up`, a background task sends each replica that joins
-the hottest prefixes of its ring arc (serving/prewarm.py).
+the hottest prefixes of its ring arc (serving/prewarm.py); with
+`routing.replicate_before_spill`, the same task prefills a prefix on the replica its
+next request would spill to.
 
 Every error leaves as OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`,
 with a 4xx status for anything the client can fix.
@@ -201,7 +203,8 @@ def build_fastapi_app(config: ServiceConfig) -> FastAPI:
 class CacheRouteIngress(DocumentRoutes, PrefixRoutes, OpenAiIngress):
     def __init__(self, llm_deployments: dict, model_cards: dict, *, lora_paths=None,
                  app_name: str, llm_deployment: str, num_replicas: int,
-                 prefixes: dict[str, Any], failover: dict[str, Any] | None = None) -> None:
+                 prefixes: dict[str, Any], failover: dict[str, Any] | None = None,
+                 replicate_before_spill: bool = False) -> None:
         super().__init__(llm_deployments, model_cards, lora_paths=lora_paths)
         failover_config = FailoverConfig.model_validate(failover or {})
         self._failover = (Failover(failover_config, attempts=process_attempt_log())
@@ -217,13 +220,15 @@ class CacheRouteIngress(DocumentRoutes, PrefixRoutes, OpenAiIngress):
         self._documents = build_documents(
             prefixes, models=frozenset(model_cards), registry=self._prefix_registry,
             metrics=DocumentMetrics.for_registry(telemetry.REGISTRY))
-        # Scale-up prewarm (serving/prewarm.py): the router of this process's handle
-        # names the joining replicas, this ingress sends them their hot prefixes.
+        # Scale-up prewarm and replication ahead of a spill (serving/prewarm.py): the
+        # router of this process's handle names the replicas and prefixes, this ingress
+        # sends the prefills.
         self._prewarmer = (
             Prewarmer(model=next(iter(model_cards)), router=lambda: router_of(llm_deployment),
                       send=self._send_prewarm,
                       metrics=PrewarmMetrics.for_registry(telemetry.REGISTRY))
-            if failover_config.prewarm_on_scale_up and model_cards else None)
+            if (failover_config.prewarm_on_scale_up or replicate_before_spill) and model_cards
+            else None)
 
     def _send_prewarm(self, body: dict[str, Any]):
         # Straight to the deployment, past failover: a prewarm is pinned to one replica.
@@ -339,5 +344,7 @@ def make_ingress_deployment(*, config: ServiceConfig, llm_config: LLMConfig,
         prefixes=ingress_args(
             config, config.model.tokenizer or llm_config.model_loading_config.model_source),
         failover=config.failover.model_dump(),
+        replicate_before_spill=(config.routing.policy == "cacheroute"
+                                and config.routing.replicate_before_spill),
     )
 

@@ -29,6 +29,13 @@ Costs: per routed request, one hot-table observation (O(1) amortised); per joini
 replica, ``prewarm_prefixes`` prefills of at most ``max_model_len - 1`` tokens each,
 sent while it also takes its share of new traffic.
 Metrics (``cacheroute_prewarm_*``) are on the app's ``/metrics``.
+
+The same path carries *replications ahead of a spill* (``routing.replicate_before_spill``):
+when a request fills the last owner of its prefix with room under the load bound, the
+router (``CacheAwarePolicy.spill_target``) names the replica the prefix's next request
+would spill to, and queues a job of reason ``spill`` with that one prefix. It is sent at
+once (jobs run side by side, not one after another) and counted in
+``cacheroute_replications_total`` instead of the scale-up metrics.
 """
 
 from __future__ import annotations
@@ -47,9 +54,10 @@ from router import HotPrefix
 
 logger = logging.getLogger("ray.serve")
 
-# How often the ingress asks its router for replicas that joined: a newcomer waits at
-# most this long for its prewarm to start, and an idle poll is one dict lookup.
-POLL_INTERVAL_S = 1.0
+# How often the ingress asks its router for jobs: a replication ahead of a spill must
+# start well before the prefix's next request (seconds apart for a hot tenant), and an
+# idle poll is two list reads.
+POLL_INTERVAL_S = 0.2
 # Prefills in flight per ingress: enough to finish a few dozen prefixes in seconds,
 # few enough that the newcomer still has slots for the traffic it already gets.
 CONCURRENCY = 2
@@ -69,6 +77,8 @@ class PrewarmJob:
 
     replica_id: str
     prefixes: tuple[HotPrefix, ...]
+    # "scale_up": a joining replica's arc; "spill": one prefix replicated ahead of a spill.
+    reason: str = "scale_up"
 
 
 class PrewarmRouter(Protocol):
@@ -103,8 +113,14 @@ class PrewarmMetrics:
         self.seconds = Histogram("cacheroute_prewarm_seconds", "Time a joining replica's "
                                  "prewarm took, first prefill sent to last done.",
                                  buckets=_SECONDS_BUCKETS, registry=registry)
+        self.replications = Counter("cacheroute_replications", "Prefixes prefilled on the "
+                                    "replica their next request would spill to, by result "
+                                    "(sent; succeeded: the replica now owns the prefix; "
+                                    "failed).", ["result"], registry=registry)
         for result in ("succeeded", "failed"):  # rate() sees a 0 before the first one
             self.results.labels(result=result)
+            self.replications.labels(result=result)
+        self.replications.labels(result="sent")
 
     @classmethod
     def for_registry(cls, registry: CollectorRegistry) -> PrewarmMetrics:
@@ -164,26 +180,42 @@ class Prewarmer:
             self._task = asyncio.get_running_loop().create_task(self._poll_forever())
 
     async def _poll_forever(self) -> None:
+        # Each job is its own task, so the poll goes on while a joining replica's
+        # prewarm takes seconds: a replication queued meanwhile starts at the next poll.
+        running: set[asyncio.Task[int]] = set()
+        loop = asyncio.get_running_loop()
         while True:
             try:
-                await self.run_once()
+                router = self._router()
+                for job in router.take_prewarm_jobs() if router is not None else ():
+                    task = loop.create_task(self._prewarm(router, job))
+                    running.add(task)
+                    task.add_done_callback(self._finished)
+                    task.add_done_callback(running.discard)
             except Exception:  # a failure must not end the loop
-                logger.exception("cacheroute: scale-up prewarm failed")
+                logger.exception("cacheroute: prewarm failed")
             await asyncio.sleep(self._poll_interval_s)
+
+    @staticmethod
+    def _finished(task: asyncio.Task[int]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("cacheroute: prewarm failed", exc_info=task.exception())
 
     async def run_once(self) -> int:
         """Carry out the jobs the router has now; returns the prefixes prewarmed."""
         router = self._router()
         if router is None:
             return 0
-        done = 0
-        for job in router.take_prewarm_jobs():
-            done += await self._prewarm(router, job)
-        return done
+        jobs = router.take_prewarm_jobs()
+        # Side by side: a replication must not wait behind a joining replica's prewarm.
+        return sum(await asyncio.gather(*(self._prewarm(router, job) for job in jobs)))
 
     async def _prewarm(self, router: PrewarmRouter, job: PrewarmJob) -> int:
         if not job.prefixes:
             return 0
+        if job.reason == "spill":
+            return int(await self._prefill(router, job.replica_id, job.prefixes[0],
+                                           spill=True))
         self._metrics.replicas.inc()
         started = self._clock()
         gate = asyncio.Semaphore(self._concurrency)
@@ -200,9 +232,12 @@ class Prewarmer:
         return succeeded
 
     async def _prefill(self, router: PrewarmRouter, replica_id: str,
-                       prefix: HotPrefix) -> bool:
+                       prefix: HotPrefix, *, spill: bool = False) -> bool:
         request_id = router.issue_prewarm_id(replica_id)
-        self._metrics.sent.inc()
+        if spill:
+            self._metrics.replications.labels(result="sent").inc()
+        else:
+            self._metrics.sent.inc()
         ok = False
         try:
             reply = await asyncio.wait_for(
@@ -216,7 +251,9 @@ class Prewarmer:
             logger.warning("cacheroute: prewarm of replica %s failed: %s", replica_id, err)
         finally:
             router.on_prewarmed(request_id, prefix, ok)
-        self._metrics.results.labels(result="succeeded" if ok else "failed").inc()
+        result = "succeeded" if ok else "failed"
+        (self._metrics.replications if spill else self._metrics.results).labels(
+            result=result).inc()
         return ok
 
     async def _first_reply(self, body: dict[str, Any]) -> Any:

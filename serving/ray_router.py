@@ -30,6 +30,14 @@ the first replica list becomes a prewarm job that the ingress of this process ta
 (``issue_prewarm_id``) and go to that replica alone; it is learned as the prefixes'
 owner only once a prefill completed (``on_prewarmed``).
 
+Replication ahead of a spill, with ``routing.replicate_before_spill``: after an owner
+hit that fills the last owner of its prefix with room under the load bound, the core
+names the replica the prefix's next request would spill to (``spill_target``); the
+prefix becomes a one-prefix prewarm job for it (reason ``spill``), taken and sent by
+the same ingress task, at most one in flight per replica and prefix. The spill then
+finds the prefix cached, and since the replica is learned as an owner once the prefill
+completed, the next request is an owner hit there.
+
 Hooks used (contract-tested in tests/unit/test_ray_router.py): `initialize_state`,
 `choose_replicas`, `update_replicas`, `on_replica_actor_died`,
 `on_request_completed`, `on_new_queue_len_info`. Each process that holds a handle
@@ -53,8 +61,8 @@ from ray.serve._private.request_router.common import PendingRequest
 from ray.serve._private.request_router.replica_wrapper import RunningReplica
 from ray.serve.request_router import RequestRouter
 
-from router import (CacheAwarePolicy, Decision, EmptyRingError, HotPrefix, PolicyConfig,
-                    RouteRequest, rank_seat)
+from router import (CacheAwarePolicy, Decision, EmptyRingError, HotPrefix, Outcome,
+                    PolicyConfig, RouteRequest, rank_seat)
 from router.kv_events import KVEventBatch, KVEventSubscriber
 from serving.attempt_log import AttemptLog, process_attempt_log
 from serving.config import ServiceConfig
@@ -97,6 +105,9 @@ _PREWARM_SEAT_WAIT_S = 15.0
 # Prewarm request ids issued and not yet reported finished; the ingress reports each,
 # this bounds the ones a crash mid-prewarm would leave.
 _MAX_PINNED = 4096
+# Replications ahead of a spill queued or in flight: a backstop against a burst of
+# distinct prefixes, each of which costs a prefill.
+_MAX_REPLICATING = 64
 
 
 def policy_config(config: ServiceConfig) -> PolicyConfig:
@@ -188,6 +199,14 @@ class CacheRouteRequestRouter(RequestRouter):
         self._seated: frozenset[str] = frozenset()
         # Issued prewarm request id -> the one replica it may go to.
         self._pinned: OrderedDict[str, str] = OrderedDict()
+        # Replication ahead of a spill: jobs not yet taken, and (replica, salt, tokens)
+        # of those queued or in flight, so a prefix is sent to a replica once at a time.
+        self._replicate = config.routing.replicate_before_spill
+        self._max_prefix_blocks = max(1, (config.engine.max_model_len - 1)
+                                      // config.engine.block_size)
+        self._block_size = config.engine.block_size
+        self._replications: list[PrewarmJob] = []
+        self._replicating: set[tuple[str, str | None, tuple[int, ...]]] = set()
         register_source(self)
         register_router(self._deployment_id.name, self)
 
@@ -251,7 +270,7 @@ class CacheRouteRequestRouter(RequestRouter):
     def take_prewarm_jobs(self) -> list[PrewarmJob]:
         """The joined replicas ready to prewarm (seated on the ring, or waited long
         enough), each with the hottest prefixes of its arc; handed out once."""
-        if not self._joined:
+        if not self._joined and not self._replications:
             return []
         now = time.monotonic()
         with self._prewarm_lock:
@@ -259,11 +278,34 @@ class CacheRouteRequestRouter(RequestRouter):
                      if rid in self._seated or now - since >= _PREWARM_SEAT_WAIT_S]
             for rid in ready:
                 del self._joined[rid]
+            replications, self._replications = self._replications, []
         # A LoRA adapter's prefix would need its adapter named as the model: not replayed.
         return [PrewarmJob(replica_id=rid, prefixes=tuple(
                     p for p in self._policy.hot_prefixes_of(rid, self._prewarm_prefixes)
                     if p.lora_name is None))
-                for rid in ready if rid in self._policy.replicas]
+                for rid in ready if rid in self._policy.replicas] + replications
+
+    def _maybe_replicate(self, request: RouteRequest, decision: Decision,
+                         in_flight: dict[str, int]) -> None:
+        """Queue the prefix of an owner hit that filled its last owner with room for the
+        replica its next request would spill to (module docstring)."""
+        if (decision.outcome is not Outcome.OWNER_HIT or request.lora_name is not None
+                or not request.token_ids):
+            return
+        target = self._policy.spill_target(request, decision, in_flight)
+        if target is None:
+            return
+        replica_id, blocks = target
+        tokens = request.token_ids[:min(blocks, self._max_prefix_blocks) * self._block_size]
+        key = (replica_id, request.cache_salt, tokens)
+        with self._prewarm_lock:
+            if key in self._replicating or len(self._replicating) >= _MAX_REPLICATING:
+                return
+            self._replicating.add(key)
+            self._replications.append(PrewarmJob(replica_id=replica_id, reason="spill", prefixes=(
+                HotPrefix(ring_key=0, token_ids=tokens, blocks=len(tokens) // self._block_size,
+                          cache_salt=request.cache_salt, lora_name=None, lora_path=None,
+                          heat=0.0),)))
 
     def issue_prewarm_id(self, replica_id: str) -> str:
         """A request id that ``choose_replicas`` sends to ``replica_id`` alone."""
@@ -279,6 +321,7 @@ class CacheRouteRequestRouter(RequestRouter):
         an owner (never before: until then the prefix is not routed to it as owner)."""
         with self._prewarm_lock:
             replica_id = self._pinned.pop(request_id, None)
+            self._replicating.discard((replica_id or "", prefix.cache_salt, prefix.token_ids))
         if ok and replica_id is not None:
             self._policy.learn(replica_id, RouteRequest(
                 token_ids=prefix.token_ids, cache_salt=prefix.cache_salt,
@@ -428,8 +471,8 @@ class CacheRouteRequestRouter(RequestRouter):
             request = RouteRequest()
         tokenized = time.perf_counter()
         request_key = pending_request.metadata.internal_request_id if pending_request else ""
-        decision = self._avoid_failed(
-            self._policy.select(request, self._in_flight(candidate_replicas)), request_key)
+        in_flight = self._in_flight(candidate_replicas)
+        decision = self._avoid_failed(self._policy.select(request, in_flight), request_key)
         decide_s = time.perf_counter() - tokenized
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
         # A keyed request whose replica is full parks until a slot there frees, then
@@ -443,9 +486,10 @@ class CacheRouteRequestRouter(RequestRouter):
             by_id = {rid: r for rid, r in by_id.items() if r.replica_id in self.curr_replicas}
             if not by_id:
                 return []
-            decision = self._avoid_failed(
-                self._policy.select(request, self._in_flight(list(by_id.values()))),
-                request_key)
+            in_flight = self._in_flight(list(by_id.values()))
+            decision = self._avoid_failed(self._policy.select(request, in_flight), request_key)
+        if self._replicate:
+            self._maybe_replicate(request, decision, in_flight)
         self._metrics.on_decision(decision, len(request.token_ids or ()),
                                   tokenize_s=tokenized - started, decide_s=decide_s)
         self.last_decision = decision
