@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     svc.add_argument("--max-model-len", type=int, default=4096)
     svc.add_argument("--load-epsilon", type=float,
                      help="cacheroute's bounded-load slack (default: the config default, 0.25)")
+    svc.add_argument("--no-replicate", dest="replicate_before_spill", action="store_false",
+                     default=None, help="turn off cacheroute's replication ahead of a spill "
+                                        "(routing.replicate_before_spill)")
     svc.add_argument("--start-timeout-s", type=float, default=900.0)
     p.add_argument("--out-dir", type=Path, default=Path("out/bench-live"))
     p.add_argument("--json", type=Path, help="summary JSON (default OUT_DIR/live.json)")
@@ -202,6 +205,7 @@ def settings_from(args: argparse.Namespace) -> ServiceSettings:
     return ServiceSettings(replicas=args.replicas, port=args.port,
                            max_num_seqs=args.max_num_seqs, kv_cache_gib=args.kv_cache_gib,
                            max_model_len=args.max_model_len, load_epsilon=args.load_epsilon,
+                           replicate_before_spill=args.replicate_before_spill,
                            start_timeout_s=args.start_timeout_s)
 
 
@@ -280,6 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "stragglers_killed": run.stragglers_killed,
             "requests_by_replica": run.counters.requests_by_replica,
             "decisions": run.counters.decisions,
+            "replications": run.counters.replications,
         }
 
     description = workload_description(workload, args, len(trace))

@@ -42,6 +42,8 @@ class ServiceSettings:
     kv_cache_gib: int = 1
     max_model_len: int = 4096
     load_epsilon: float | None = None
+    # cacheroute's replication ahead of a spill (None: the config default, on).
+    replicate_before_spill: bool | None = None
     start_timeout_s: float = 900.0
 
 
@@ -76,7 +78,8 @@ def run_measured(policy: str, settings: ServiceSettings, folder: Path,
                           max_model_len=settings.max_model_len,
                           kv_cache_gib=settings.kv_cache_gib,
                           max_num_seqs=settings.max_num_seqs,
-                          load_epsilon=settings.load_epsilon)
+                          load_epsilon=settings.load_epsilon,
+                          replicate_before_spill=settings.replicate_before_spill)
     service = ServiceProcess(config_path=config, policy=policy, port=port,
                              log_path=folder / "serve.log",
                              start_timeout_s=settings.start_timeout_s + 60)
@@ -104,6 +107,7 @@ def run_measured(policy: str, settings: ServiceSettings, folder: Path,
     (folder / "service_metrics.json").write_text(json.dumps({
         "requests_by_replica": counters.requests_by_replica,
         "decisions": counters.decisions,
+        "replications": counters.replications,
         "engine_hit_rate": counters.engine_hit_rate,
         "engine_prompt_hit_rate": counters.engine_prompt_hit_rate,
         "load_skew": run.load_skew, "request_skew": run.request_skew,

@@ -11,7 +11,10 @@ replay and takes differences:
   not computed); either may be missing on an engine that does not export it;
 * requests finished per replica (``vllm:request_success_total``);
 * spills: ``cacheroute_router_decisions_total{outcome="spill"}`` (only the
-  ``cacheroute`` policy has this family; None for the others).
+  ``cacheroute`` policy has this family; None for the others);
+* replications ahead of a spill: ``cacheroute_replications_total{result}`` (sent,
+  succeeded, failed; ``cacheroute`` only): prefills no client asked for, which the
+  engine's hit rate counts and the clients' does not.
 
 Replica values reach ``/metrics`` through Serve's routing stats, every
 ``request_routing_stats_period_s`` (2 s), so ``settled`` re-scrapes until two
@@ -42,6 +45,7 @@ _COUNTERS = {
 }
 _IN_FLIGHT = "cacheroute_replica_in_flight"
 _DECISIONS = "cacheroute_router_decisions_total"
+_REPLICATIONS = "cacheroute_replications_total"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,6 +56,8 @@ class MetricsSnapshot:
     replicas: Mapping[str, Mapping[str, float]]
     in_flight: Mapping[str, float]
     decisions: Mapping[str, float] | None
+    # Replications ahead of a spill by result; None when the service has none.
+    replications: Mapping[str, float] | None = None
 
     def counter(self, name: str) -> dict[str, float]:
         return {r: v[name] for r, v in self.replicas.items() if name in v}
@@ -63,8 +69,14 @@ def parse_metrics(text: str) -> MetricsSnapshot:
     replicas: dict[str, dict[str, float]] = {}
     in_flight: dict[str, float] = {}
     decisions: dict[str, float] | None = None
+    replications: dict[str, float] | None = None
     for family in text_string_to_metric_families(text):
         for s in family.samples:
+            if s.name == _REPLICATIONS:
+                replications = replications if replications is not None else {}
+                result = s.labels.get("result", "")
+                replications[result] = replications.get(result, 0.0) + s.value
+                continue
             if s.name == _DECISIONS:
                 decisions = decisions if decisions is not None else {}
                 outcome = s.labels.get("outcome", "")
@@ -77,7 +89,8 @@ def parse_metrics(text: str) -> MetricsSnapshot:
                 in_flight[replica] = s.value
             elif s.name in _COUNTERS:
                 replicas.setdefault(replica, {})[_COUNTERS[s.name]] = s.value
-    return MetricsSnapshot(replicas=replicas, in_flight=in_flight, decisions=decisions)
+    return MetricsSnapshot(replicas=replicas, in_flight=in_flight, decisions=decisions,
+                           replications=replications)
 
 
 def scrape(metrics_url: str, timeout_s: float = 30.0) -> MetricsSnapshot:
@@ -96,7 +109,8 @@ def settled(metrics_url: str, *, quiet_s: float = 3.0, timeout_s: float = 60.0,
         sleep(quiet_s)
         waited += quiet_s
         now = fetch(metrics_url)
-        if now.replicas == last.replicas and now.decisions == last.decisions:
+        if (now.replicas == last.replicas and now.decisions == last.decisions
+                and now.replications == last.replications):
             return now
         last = now
     return last
@@ -112,6 +126,8 @@ class RunCounters:
     requests_by_replica: dict[str, float]
     spills: int | None
     decisions: dict[str, float] | None
+    # Replications ahead of a spill by result (sent, succeeded, failed); None: none exported.
+    replications: dict[str, float] | None = None
 
 
 def _delta(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
@@ -137,6 +153,8 @@ def diff(before: MetricsSnapshot, after: MetricsSnapshot) -> RunCounters:
         requests_by_replica=_delta(before.counter("requests"), after.counter("requests")),
         spills=None if decisions is None else round(decisions.get("spill", 0.0)),
         decisions=decisions,
+        replications=(None if after.replications is None
+                      else _delta(before.replications or {}, after.replications)),
     )
 
 

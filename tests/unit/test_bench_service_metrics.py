@@ -122,3 +122,18 @@ def test_sampler_records_in_flight_until_stopped() -> None:
             time.sleep(0.005)
     assert all(s.in_flight == {"r1": 3, "r2": 1} for s in sampler.samples)
     assert [s.t_s for s in sampler.samples] == sorted(s.t_s for s in sampler.samples)
+
+
+def test_replications_are_read_by_result_and_differenced() -> None:
+    def text(sent: float, ok: float) -> str:
+        return ("# HELP cacheroute_replications Prefixes prefilled ahead of a spill.\n"
+                "# TYPE cacheroute_replications counter\n"
+                f'cacheroute_replications_total{{result="sent"}} {sent}\n'
+                f'cacheroute_replications_total{{result="succeeded"}} {ok}\n'
+                'cacheroute_replications_created{result="sent"} 1.7e9\n')
+    before, after = parse_metrics(text(2, 1)), parse_metrics(text(5, 3))
+    assert after.replications == {"sent": 5, "succeeded": 3}
+    assert diff(before, after).replications == {"sent": 3, "succeeded": 2}
+    # A policy without them (pow2, ray-prefix, random) reports none.
+    assert parse_metrics("").replications is None
+    assert diff(parse_metrics(""), parse_metrics("")).replications is None
