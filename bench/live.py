@@ -112,9 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     svc.add_argument("--max-model-len", type=int, default=4096)
     svc.add_argument("--load-epsilon", type=float,
                      help="cacheroute's bounded-load slack (default: the config default, 0.25)")
-    svc.add_argument("--no-replicate", dest="replicate_before_spill", action="store_false",
-                     default=None, help="turn off cacheroute's replication ahead of a spill "
-                                        "(routing.replicate_before_spill)")
+    svc.add_argument("--replicate", dest="replicate_before_spill",
+                     action=argparse.BooleanOptionalAction, default=None,
+                     help="cacheroute's replication ahead of a spill "
+                          "(routing.replicate_before_spill; default: the config default, off)")
     svc.add_argument("--start-timeout-s", type=float, default=900.0)
     p.add_argument("--out-dir", type=Path, default=Path("out/bench-live"))
     p.add_argument("--json", type=Path, help="summary JSON (default OUT_DIR/live.json)")

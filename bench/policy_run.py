@@ -42,7 +42,7 @@ class ServiceSettings:
     kv_cache_gib: int = 1
     max_model_len: int = 4096
     load_epsilon: float | None = None
-    # cacheroute's replication ahead of a spill (None: the config default, on).
+    # cacheroute's replication ahead of a spill (None: the config default, off).
     replicate_before_spill: bool | None = None
     start_timeout_s: float = 900.0
 

@@ -100,11 +100,13 @@ class RoutingConfig(_Strict):
     stays right when KV events stop."""
     session_affinity: bool = True
     """Route by `x-session-id` header / body `user` before prefix ownership."""
-    replicate_before_spill: bool = True
+    replicate_before_spill: bool = False
     """When a request fills the last owner of its prefix that had room under the load
     bound, prefill that prefix (one-token generation) on the replica its next request
-    would spill to, so the spill finds it cached (docs/routing.md). Costs a prefill on
-    a replica with room; only `policy: cacheroute` does it."""
+    would spill to, so the spill finds it cached (README, "How cacheroute routes").
+    Costs a prefill on a replica with room, also when no spill follows; off by default
+    because on CPU replicas it cost more TTFT than it saved (docs/benchmarks.md).
+    Only `policy: cacheroute` does it."""
 
 
 class ServerConfig(_Strict):

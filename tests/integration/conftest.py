@@ -74,7 +74,10 @@ def _pump(stream, lines: "queue.Queue[str]", log) -> None:
 
 
 def start_stack(tmp: Path, *, policy: str = "cacheroute", replicas: int = 2,
-                extra_yaml: str = "") -> tuple[subprocess.Popen, Stack]:
+                extra_yaml: str = "", routing_yaml: str = "",
+                max_model_len: int = 2048) -> tuple[subprocess.Popen, Stack]:
+    """``routing_yaml``: more keys of the routing section, as flow-mapping entries
+    (``"load_epsilon: 1"``); ``extra_yaml``: more top-level sections."""
     from serving.models import ensure_default_model
 
     model_dir = ensure_default_model()
@@ -83,8 +86,8 @@ def start_stack(tmp: Path, *, policy: str = "cacheroute", replicas: int = 2,
     config.write_text(
         f"model: {{id: {MODEL_ID}, source: default}}\n"
         f"replicas: {replicas}\n"
-        "engine: {max_model_len: 2048, kv_cache_gib: 1, max_num_seqs: 8}\n"
-        f"routing: {{policy: {policy}}}\n"
+        f"engine: {{max_model_len: {max_model_len}, kv_cache_gib: 1, max_num_seqs: 8}}\n"
+        f"routing: {{policy: {policy}{', ' + routing_yaml if routing_yaml else ''}}}\n"
         f"server: {{port: {port}, metrics_port: {metrics_port}, api_keys: [{API_KEY}], "
         f"ready_timeout_s: {START_TIMEOUT_S}}}\n"
         + extra_yaml

@@ -58,11 +58,12 @@ def test_tagged_pids_finds_only_processes_of_this_run() -> None:
     assert tagged_pids(tag) == []
 
 
-def test_benchmark_config_can_turn_replication_off(tmp_path: Path) -> None:
+def test_benchmark_config_can_turn_replication_on_and_off(tmp_path: Path) -> None:
     path = write_config(tmp_path / "c.yaml", model_id="m", policy="cacheroute", replicas=2,
                         port=18123, metrics_port=18124, ready_timeout_s=300.0,
                         replicate_before_spill=False)
     assert load_config(path).routing.replicate_before_spill is False
-    default = write_config(tmp_path / "d.yaml", model_id="m", policy="cacheroute", replicas=2,
-                           port=18123, metrics_port=18124, ready_timeout_s=300.0)
-    assert load_config(default).routing.replicate_before_spill is True
+    on = write_config(tmp_path / "d.yaml", model_id="m", policy="cacheroute", replicas=2,
+                      port=18123, metrics_port=18124, ready_timeout_s=300.0,
+                      replicate_before_spill=True)
+    assert load_config(on).routing.replicate_before_spill is True

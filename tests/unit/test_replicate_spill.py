@@ -25,9 +25,9 @@ from tests.unit.test_ray_router_failover import StatsReplica
 tiny_model = test_ray_router.tiny_model
 
 
-def two_replica_router(model: Path, **routing: object) -> CacheRouteRequestRouter:
+def two_replica_router(model: Path, *, replicate: bool = True) -> CacheRouteRequestRouter:
     return make_router(model, [StatsReplica("replica-0"), StatsReplica("replica-1")],
-                       **routing)
+                       replicate_before_spill=replicate)
 
 
 def busy(router: CacheRouteRequestRouter, replica_id: str, requests: int = 1) -> None:
@@ -100,7 +100,7 @@ def test_a_failed_replication_teaches_nothing_and_may_be_queued_again(
     assert not router._replicating
 
 
-def test_replication_is_off_when_configured_so(tiny_model: Path) -> None:
-    router = two_replica_router(tiny_model, replicate_before_spill=False)
+def test_replication_is_off_by_default(tiny_model: Path) -> None:
+    router = make_router(tiny_model, [StatsReplica("replica-0"), StatsReplica("replica-1")])
     fill_the_owner(router)
     assert router.take_prewarm_jobs() == []
