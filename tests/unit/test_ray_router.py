@@ -190,6 +190,7 @@ def test_policy_config_follows_service_config() -> None:
     (RequestRouter, "on_request_routed", ["self", "pending_request", "replica_id", "result"]),
     (RequestRouter, "initialize_state", ["self", "kwargs"]),
     (RequestRouter, "on_request_completed", ["self", "replica_id", "internal_request_id"]),
+    (RequestRouter, "on_send_request", ["self", "replica_id"]),
     (RequestRouter, "on_new_queue_len_info", ["self", "replica_id", "num_ongoing_requests"]),
     (RequestRouter, "decrement_queue_len_cache", ["self", "replica_id"]),
     (LLMServer, "start", ["self"]),
@@ -269,3 +270,24 @@ def test_a_waiting_request_is_tokenized_once(tiny_model: Path) -> None:
     on_loop(router.on_request_completed, make_replicas(1)[0].replica_id, "i-asked twice")
     choose(router, pending)
     assert len(calls) == 2
+
+
+def test_in_flight_counts_outlive_the_queue_length_cache_timeout(tiny_model: Path) -> None:
+    replicas = make_replicas(2)
+    router = make_router(tiny_model, replicas)
+    home = choose(router, make_pending(SYSTEM, "warm"))[0][0]
+    busy = next(r for r in replicas if r.replica_id.unique_id == home)
+    for _ in range(2):  # two long generations sent there
+        on_loop(router.on_send_request, busy.replica_id)
+    # Serve's cache forgets an entry after 10 s without news; the router's own count
+    # of what it sent and saw no completion of stays.
+    router._replica_queue_len_cache.invalidate_key(busy.replica_id)
+    assert router._in_flight(replicas)[home] == 2
+    # 2 of 2 in flight there, capacity ceil(1.25 x 3 / 2) = 2: the bound sends the
+    # next request of the prefix away instead of onto a replica it thinks idle.
+    choose(router, make_pending(SYSTEM, "third"))
+    assert (router.last_decision.replica_id, router.last_decision.outcome) != (
+        home, Outcome.OWNER_HIT)
+    for i in range(2):
+        on_loop(router.on_request_completed, busy.replica_id, f"i-long-{i}")
+    assert router._in_flight(replicas)[home] == 0
