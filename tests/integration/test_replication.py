@@ -64,29 +64,37 @@ def test_a_filling_owner_has_its_prefix_replicated_before_the_spill(
             (await c.post("/v1/chat/completions",
                           json=chat_body(stack, system, "Warm?"))).raise_for_status()
             warmed = served_delta(stack, start, 1)
+            before = settled_counts(stack, quiet_s=1.0)
             sent = replications(stack, "succeeded")
+            ended: list[float] = []
             first = asyncio.ensure_future(c.post(
                 "/v1/chat/completions", json=chat_body(stack, system, "Long 1?", **long_run)))
             await asyncio.sleep(1.0)  # routed and counted in flight before the next
             second = asyncio.ensure_future(c.post(
                 "/v1/chat/completions", json=chat_body(stack, system, "Long 2?", **long_run)))
+            for long in (first, second):
+                long.add_done_callback(lambda _: ended.append(time.monotonic()))
             deadline = time.monotonic() + 60
             while replications(stack, "succeeded") <= sent and time.monotonic() < deadline:
                 await asyncio.sleep(0.2)
             assert replications(stack, "succeeded") > sent, "no replication finished"
-            before = settled_counts(stack, quiet_s=1.0)  # the replication's prefill counted
+            spilled_at = time.monotonic()
             spilled = await c.post("/v1/chat/completions",
                                    json=chat_body(stack, system, "Spilled?"))
             spilled.raise_for_status()
             for long in (await first, await second):
                 long.raise_for_status()
+            # Otherwise the home had room again and the test proves nothing.
+            assert min(ended) > spilled_at, "the long generations ended before the spill"
             return spilled.json(), warmed, before
 
     result, warmed, before = asyncio.run(scenario())
     (home,) = warmed
-    delta = served_delta(stack, before, 3)
-    # The two long ones finished on the home; the spilled one went to the other replica.
-    assert delta.get(home) == 2 and sum(delta.values()) == 3, (home, delta)
+    delta = served_delta(stack, before, 4)
+    # The home served the two long ones; the other replica the replication's prefill
+    # and the spilled request (a spill without the replication: also there, uncached;
+    # no spill at all: 3 on the home).
+    assert delta.get(home) == 2 and sum(delta.values()) == 4, (home, delta)
     cached = result["usage"]["prompt_tokens_details"]["cached_tokens"]
     # Without the replication this request would have computed its whole prompt there.
     shared = len(PromptTokenizer(str(stack.model_dir)).token_ids(
