@@ -1,4 +1,5 @@
-"""The least loaded owners of hot prefixes, kept up to date instead of recomputed.
+"""The least loaded owners of a prefix: hot prefixes' kept up to date instead of
+recomputed, other prefixes' read in ring order.
 
 A decision for a prefix with k owners needs the owners with the fewest requests in
 flight. Reading k counts costs about 60 ns each at N = 1,000 (the counts and owner
@@ -19,6 +20,9 @@ last use), and a lukewarm block is far behind at each use. So a block gets a vie
 at a use that comes within ``_CATCH_UP_PER_OWNER * k`` changes of its previous one,
 keeps it while its uses do, and is otherwise answered None: the caller reads the k
 counts, as it does for blocks with fewer than ``min_owners`` owners.
+Those reads go through ``OwnerOrder`` (below): per block, its owners sorted along the
+ring from the request's key once, so the least loaded owner with its tie-break is one
+pass in C over k counts (their minimum and its first index), with no tie-break step.
 
 The tie-break among the t owners at the lowest load goes along the ring from the
 request's key: for few tied, through the ring's memoised distances (O(t)); for many,
@@ -30,7 +34,9 @@ plus the tie-break; O(k) to build a view, O(k log k) to sort its owners along th
 ring (again after an owner joins or the ring changes); the least loaded bucket is
 found again in O(levels) when it empties. Memory: ``max_blocks`` views of O(k) each
 and ``4 * max_blocks`` last-use marks (LRU). With any other ``Mapping`` of counts
-than an ``InFlightCounts`` nothing is kept.
+than an ``InFlightCounts`` nothing is kept. ``OwnerOrder``: O(k) in C per use while a block's order
+is valid, O(k log k) to order it again after an owner joined or left, another key or
+a ring change; ``max_blocks`` (4,096) orders of O(k) each, with any ``Mapping``.
 
 The answer is exactly the plain scan's: the minimum of ``in_flight.get(r, 0)`` over
 the owners, and the first owner at it along the ring walk from the key, None if none
@@ -204,3 +210,63 @@ class OwnerLoads:
                 move(replica, get(replica, 0))
         view.seen = in_flight.changed
         view.size = len(owners)
+
+
+class OwnerOrder:
+    """Per block, its owners in ring order from the request's key, so that the least
+    loaded owner, ties going to the first along the ring, is one pass in C over their
+    counts (``least_loaded``), with no tie-break step.
+
+    A block's order stays valid while its owner map, the key and the ring do: the
+    key of a block without a session is its chain's first block, the same for every
+    request that reaches it, and an owner map changes only when a decision or a KV
+    event adds or removes an owner. Built with the ring's memoised distances
+    (``HashRing.in_ring_order``, O(k log k)), kept for ``max_blocks`` blocks (FIFO:
+    a block pushed out is ordered again at its next use). An entry holds its owner
+    map, so at most ``max_blocks`` maps the index dropped stay in memory until pushed out.
+
+    Not thread-safe; the policy serialises access.
+    """
+
+    __slots__ = ("_entries", "_max_blocks")
+
+    def __init__(self, *, max_blocks: int = 4096) -> None:
+        if max_blocks < 1:
+            raise ValueError(f"max_blocks must be >= 1, got {max_blocks}")
+        self._max_blocks = max_blocks
+        # Block -> (owner map, its size, its removals, key, ring epoch, ordered owners
+        # or None when an owner is off the ring).
+        self._entries: dict[BlockHash, tuple[Mapping[str, float], int, int, int, int,
+                                             list[str] | None]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def least_loaded(
+        self, block: BlockHash, owners: Mapping[str, float], in_flight: Mapping[str, int],
+        ring: HashRing, key: int,
+    ) -> tuple[int, str] | None:
+        """``(lowest load, first owner at it along ring from key)`` over ``block``'s
+        owner map ``owners`` (an ``OwnershipIndex`` owner map, not empty), loads being
+        ``in_flight.get(r, 0)``. None when an owner is off the ring: the caller then
+        decides which owners count (``CacheAwarePolicy._least_loaded_owner``)."""
+        entry = self._entries.get(block)
+        removals: int = owners.removals  # type: ignore[attr-defined]
+        if entry is None or entry[0] is not owners or entry[1] != len(owners) \
+                or entry[2] != removals or entry[3] != key or entry[4] != ring.epoch:
+            order: list[str] | None = ring.in_ring_order(owners, key)
+            if len(order) != len(owners):  # type: ignore[arg-type]
+                order = None
+            entries = self._entries
+            entries.pop(block, None)  # re-inserted last: pushed out after newer blocks
+            entries[block] = (owners, len(owners), removals, key, ring.epoch, order)
+            if len(entries) > self._max_blocks:
+                del entries[next(iter(entries))]
+        else:
+            order = entry[5]
+        if order is None:
+            return None
+        loads = list(map(in_flight.get, order, repeat(0)))
+        lowest = min(loads)
+        # Every owner is in ``order``, in ring order: the first at the lowest load wins.
+        return lowest, order[loads.index(lowest)]

@@ -43,6 +43,7 @@ ring is the stateless fallback when nobody owns a prefix.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -87,7 +88,7 @@ class OwnershipIndex:
     Not thread-safe; the policy serialises access.
     """
 
-    __slots__ = ("_clock", "_entries", "_max_entries", "_ttl_s")
+    __slots__ = ("_clock", "_entries", "_latest", "_max_entries", "_ttl_s")
 
     def __init__(
         self,
@@ -105,6 +106,8 @@ class OwnershipIndex:
         self._clock = clock
         # Oldest first. Values map replica id -> monotonic expiry time.
         self._entries: OrderedDict[BlockHash, _Owners] = OrderedDict()
+        # The latest expiry written (``_put``): no floor is above it.
+        self._latest = -math.inf
 
     def __len__(self) -> int:
         """Number of block hashes held (including not yet purged expired ones)."""
@@ -200,6 +203,13 @@ class OwnershipIndex:
     def _put(self, replica: str, hashes: Sequence[BlockHash]) -> None:
         expires_at = self._clock() + self._ttl_s
         entries = self._entries
+        # Every floor is an expiry written before (or the least of some), so none is
+        # above ``_latest``: an expiry at or past it cannot lower a floor, and the
+        # per-block compare is skipped (the clock only goes forward, but for a clock
+        # that went back the compare below keeps each floor a bound).
+        check_floor = expires_at < self._latest
+        if not check_floor:
+            self._latest = expires_at
         # Tail first, so the chain's head is the most recently used entry and
         # the LRU bound below evicts tails before heads (prefix-closure).
         for block_hash in reversed(hashes):
@@ -213,7 +223,7 @@ class OwnershipIndex:
                 entries.move_to_end(block_hash)
                 # A refresh cannot lower the minimum expiry; an earlier one than the
                 # floor only arises from a clock that went back, and keeps it a bound.
-                if expires_at < owners.floor:  # noqa: PLR1730 (a compare; min() is a call)
+                if check_floor and expires_at < owners.floor:
                     owners.floor = expires_at
         while len(entries) > self._max_entries:
             entries.popitem(last=False)

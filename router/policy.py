@@ -42,7 +42,9 @@ a tie-break among them along the ring (memoised distances per key, ``ring.py``),
 walk of the ring until a replica has room (usually one step), and an O(n) ``learn``
 (about 0.12 us a block). For a hot prefix's k owners the least loaded are read from
 a view caught up with the counts that moved since its last decision
-(``owner_loads.py``), O(changes) rather than O(k); nothing is O(N) in the replica
+(``owner_loads.py``), O(changes) rather than O(k); other prefixes' owners are kept
+in ring order from their key (``OwnerOrder``), so the least loaded with its
+tie-break is one pass in C over their k counts; nothing is O(N) in the replica
 count when ``in_flight`` is an ``InFlightCounts`` over ``replicas`` (``load.py``).
 Measured for a 4,096-token prompt whose prefix repeats (``bench/decision_cost.py``,
 one core of a 2-CPU EPYC, p50): about 38 us at 128-token blocks, of which hashing
@@ -68,7 +70,7 @@ from router.hot_prefixes import HotPrefix, HotPrefixTracker
 from router.kv_events import AppliedEvents, KVEventBatch, apply_batch
 from router.load import load_capacity, total_in_flight
 from router.outcome import Outcome
-from router.owner_loads import OwnerLoads
+from router.owner_loads import OwnerLoads, OwnerOrder
 from router.ownership import OwnershipIndex
 from router.ring import EmptyRingError, HashRing, stable_key
 
@@ -148,8 +150,10 @@ class RouteRequest:
 _new = object.__new__
 
 # Owners from which a block's loads are kept in a view (owner_loads.py): below it the
-# C scan of their counts costs less than a view's upkeep.
-_VIEW_MIN_OWNERS = 16
+# C scan of their counts in ring order (OwnerOrder) costs less than a view's upkeep.
+# 32 rather than 16 since that scan needs no tie-break step: about 3.5% fewer
+# instructions per decision at 1,000 replicas (bench.decision_rate; 48 and 64 no better).
+_VIEW_MIN_OWNERS = 32
 
 
 def _any_in(owners: Collection[str], replicas: Collection[str]) -> bool:
@@ -246,6 +250,8 @@ class CacheAwarePolicy:
         self._clock = clock
         # Hot blocks' owners grouped by load, caught up per decision (owner_loads.py).
         self._owner_loads = OwnerLoads(min_owners=_VIEW_MIN_OWNERS)
+        # Other blocks' owners in ring order from their key (owner_loads.py).
+        self._owner_order = OwnerOrder()
         self._hot = (HotPrefixTracker(capacity=config.hot_prefix_capacity,
                                       block_size=config.block_size,
                                       max_blocks=config.hot_prefix_max_blocks,
@@ -519,17 +525,25 @@ class CacheAwarePolicy:
         ring from ``ring_key``; None if every owner is full. ``block``: the block whose
         index owner map ``owners`` is, for the cached view of a hot block's loads.
 
-        The same as ``min()`` over the owners with room taken in ring order, but only
-        tied owners are put in ring order: a hot prefix can have hundreds of owners.
-        A hot block's lowest load and tied owners come from ``OwnerLoads``, which
-        reads only the counts that moved since its last decision; other blocks' from
-        three passes in C over the owners (loads, their minimum, the tied owners).
+        The same as ``min()`` over the owners with room taken in ring order. A hot
+        block's lowest load and tied owners come from ``OwnerLoads``, which reads only
+        the counts that moved since its last decision; other blocks' from their owners
+        kept in ring order (``OwnerOrder``: the counts in that order, their minimum and
+        its first index, in C); when some owner is off the ring, from three passes in
+        C over the owners (loads, their minimum, the tied owners) and a tie-break
+        among the tied only.
         """
         if not owners:
             return None
         cached = (self._owner_loads.least_loaded(
             block, owners, in_flight, self._ring, ring_key)  # type: ignore[arg-type]
             if block is not None and len(owners) >= _VIEW_MIN_OWNERS else None)
+        if cached is None and block is not None:
+            ordered = self._owner_order.least_loaded(
+                block, owners, in_flight, self._ring, ring_key)  # type: ignore[arg-type]
+            if ordered is not None:
+                # Every owner is on the ring: the first at the lowest load, if it has room.
+                return ordered[1] if ordered[0] < capacity else None
         replicas = self._replicas
         first: str | None
         if cached is not None:

@@ -9,12 +9,15 @@ must agree with it, including the full ``ranked`` list.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from router_factories import FakeClock, make_policy, make_replica_ids, make_request
 
+import router.policy
 from router import CacheAwarePolicy, Outcome, RouteRequest
 from router.load import InFlightCounts, choose_bounded, load_capacity
 from router.ring import stable_key
@@ -121,13 +124,22 @@ def test_ranked_reads_as_a_tuple_and_is_built_lazily() -> None:
 def test_hot_prefix_views_decide_as_the_full_walk(seed: int) -> None:
     """Many owners of a hot prefix and counts that change between decisions: the
     cached per-block views (``owner_loads.py``) are used and change no decision."""
-    import random
-
     rng = random.Random(seed)
     replicas = make_replica_ids(48)
     clock = FakeClock()
-    # No slack: the hot prefixes spill onto many replicas, which then own them.
-    policy = make_policy(replicas, clock=clock, load_epsilon=0.0)
+    # No slack: the hot prefixes spill onto many replicas, which then own them. Views
+    # from 16 owners, so that 48 replicas put blocks on both sides of the threshold
+    # (views, and the ring-ordered owners of OwnerOrder below it).
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(router.policy, "_VIEW_MIN_OWNERS", 16)
+        policy = make_policy(replicas, clock=clock, load_epsilon=0.0)
+        _decide_hot_prefixes(rng, policy, replicas, clock)
+    assert len(policy._owner_loads) > 0  # the views were in play
+    assert len(policy._owner_order) > 0  # and the ring-ordered owners
+
+
+def _decide_hot_prefixes(rng: random.Random, policy: CacheAwarePolicy, replicas: list[str],
+                         clock: FakeClock) -> None:
     in_flight = InFlightCounts(policy.replicas)
     running: list[str] = []
     for number in range(600):
@@ -148,4 +160,3 @@ def test_hot_prefix_views_decide_as_the_full_walk(seed: int) -> None:
         if rng.random() < 0.02:
             policy.readmit(rng.choice(sorted(policy.ejected) or replicas))
         clock.advance(rng.choice([0.0, 0.5, 30.0]))
-    assert len(policy._owner_loads) > 0  # the views were in play
