@@ -42,9 +42,9 @@ Hooks used (contract-tested in tests/unit/test_ray_router.py): `initialize_state
 `choose_replicas`, `update_replicas`, `on_replica_actor_died`,
 `on_send_request`, `on_request_completed`, `on_new_queue_len_info`. In-flight counts
 are Serve's queue-length cache, floored by this router's own count of requests sent
-and not completed (the cache forgets an entry after 10 s without news). Each process that holds a handle
-(every ingress replica) has its own instance; instances agree because the core is
-deterministic and converge through the engines' KV events.
+and not completed (the cache forgets an entry after 10 s without news). Each process
+that holds a handle (every ingress replica) has its own instance; instances agree
+because the core is deterministic and converge through the engines' KV events.
 """
 
 from __future__ import annotations
