@@ -30,6 +30,9 @@ The chosen replica then ``learn``s the request's blocks. With
 prefixes per ring key (``hot_prefixes.py``, O(1) amortised): ``hot_prefixes_of`` names
 those a joining replica should be sent first (a prefill each), and ``learn`` records
 it as their owner once it has them, so their traffic splits onto it with hits.
+``spill_target`` predicts, without changing anything, where the next request of an
+owner hit's prefix would spill when this request filled the prefix's last owner with
+room: the adapter may prefill the prefix there first (replication ahead of a spill).
 Two instances with the
 same replica set, fed the same requests and loads, make the same decisions: no
 randomness and no process-salted hashes; KV events (``kv_events.py``) make
