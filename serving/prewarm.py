@@ -183,12 +183,9 @@ class Prewarmer:
         # Each job is its own task, so the poll goes on while a joining replica's
         # prewarm takes seconds: a replication queued meanwhile starts at the next poll.
         running: set[asyncio.Task[int]] = set()
-        loop = asyncio.get_running_loop()
         while True:
             try:
-                router = self._router()
-                for job in router.take_prewarm_jobs() if router is not None else ():
-                    task = loop.create_task(self._prewarm(router, job))
+                for task in self._start_jobs():
                     running.add(task)
                     task.add_done_callback(self._finished)
                     task.add_done_callback(running.discard)
@@ -201,14 +198,19 @@ class Prewarmer:
         if not task.cancelled() and task.exception() is not None:
             logger.error("cacheroute: prewarm failed", exc_info=task.exception())
 
-    async def run_once(self) -> int:
-        """Carry out the jobs the router has now; returns the prefixes prewarmed."""
+    def _start_jobs(self) -> list[asyncio.Task[int]]:
+        """A task per job the router has now, side by side: a replication must not
+        wait behind a joining replica's prewarm."""
         router = self._router()
         if router is None:
-            return 0
-        jobs = router.take_prewarm_jobs()
-        # Side by side: a replication must not wait behind a joining replica's prewarm.
-        return sum(await asyncio.gather(*(self._prewarm(router, job) for job in jobs)))
+            return []
+        loop = asyncio.get_running_loop()
+        return [loop.create_task(self._prewarm(router, job))
+                for job in router.take_prewarm_jobs()]
+
+    async def run_once(self) -> int:
+        """Carry out the jobs the router has now; returns the prefixes prewarmed."""
+        return sum(await asyncio.gather(*self._start_jobs()))
 
     async def _prewarm(self, router: PrewarmRouter, job: PrewarmJob) -> int:
         if not job.prefixes:
