@@ -22,11 +22,13 @@ from ray.serve._private.request_router.pow_2_router import (
 from ray.serve.llm.request_router import PrefixCacheAffinityRouter
 from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
 
+from serving.sent_requests import SentRequests
 from serving.telemetry import ReplicaView, register_source, views_from
 
 
-class _ReplicaTelemetry:
-    """Mixin for a RequestRouter: exposes its replicas to the app's /metrics."""
+class _ReplicaTelemetry(SentRequests):
+    """Mixin for a RequestRouter: exposes its replicas to the app's /metrics, with the
+    in-flight counts every policy reports alike (serving/sent_requests.py)."""
 
     def update_replicas(self, replicas: list[RunningReplica]) -> None:
         super().update_replicas(replicas)  # type: ignore[misc]
@@ -34,7 +36,7 @@ class _ReplicaTelemetry:
 
     def replica_views(self) -> list[ReplicaView]:
         return views_from(list(self.curr_replicas.values()),  # type: ignore[attr-defined]
-                          self._replica_queue_len_cache)  # type: ignore[attr-defined]
+                          self.in_flight)
 
 
 class Pow2Router(_ReplicaTelemetry, PowerOfTwoChoicesRequestRouter):

@@ -42,7 +42,8 @@ Hooks used (contract-tested in tests/unit/test_ray_router.py): `initialize_state
 `choose_replicas`, `update_replicas`, `on_replica_actor_died`,
 `on_send_request`, `on_request_completed`, `on_new_queue_len_info`. In-flight counts
 are Serve's queue-length cache, floored by this router's own count of requests sent
-and not completed (the cache forgets an entry after 10 s without news). Each process
+and not completed (serving/sent_requests.py: the cache forgets an entry after 10 s
+without news). Each process
 that holds a handle (every ingress replica) has its own instance; instances agree
 because the core is deterministic and converge through the engines' KV events.
 """
@@ -74,6 +75,7 @@ from serving.prewarm import REQUEST_ID_PREFIX, PrewarmJob
 from serving.prompt_tokens import PromptTokenizer
 from serving.router_metrics import RouterMetrics
 from serving.router_registry import register_router
+from serving.sent_requests import SentRequests
 from serving.slot_waiters import SlotWaiters
 from serving.telemetry import ReplicaView, register_source, views_from
 from serving.tracing import RouteLog, process_route_log
@@ -163,7 +165,7 @@ def _prompt_chars(request: Any) -> int:
 # (RequestRouterConfig), so it must hold no module-level state that cannot be
 # pickled (locks, weak maps, metric objects): such state lives in the modules
 # imported below, which pickle by reference. tests/unit/test_ray_router.py checks it.
-class CacheRouteRequestRouter(RequestRouter):
+class CacheRouteRequestRouter(SentRequests, RequestRouter):
     @property
     def policy(self) -> CacheAwarePolicy:
         """The routing core (read-only use from the ingress: placement, forget)."""
@@ -183,11 +185,6 @@ class CacheRouteRequestRouter(RequestRouter):
         self._route_log: Optional[RouteLog] = (
             process_route_log() if config.tracing.enabled else None)
         self._slot_waiters = SlotWaiters()
-        # Requests this router sent to each replica and that have not completed. Serve's
-        # queue-length cache counts them too, but an entry not refreshed for
-        # RAY_SERVE_QUEUE_LENGTH_CACHE_TIMEOUT_S (10 s) reads as unknown, and a replica
-        # busy with long generations would look idle to the load bound.
-        self._sent: dict[str, int] = {}
         self._routes: OrderedDict[str, RouteRequest] = OrderedDict()
         # Failover (serving/failover.py): where each request went, what its retry
         # must avoid, and which replicas are out of the ring for lack of progress.
@@ -344,7 +341,6 @@ class CacheRouteRequestRouter(RequestRouter):
 
     def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
         super().on_replica_actor_died(replica_id)
-        self._sent.pop(replica_id.unique_id, None)
         self._policy.on_replica_removed(replica_id.unique_id)
         self._publish_ejected()
         self._metrics.on_replicas(self._policy.replicas)
@@ -353,20 +349,8 @@ class CacheRouteRequestRouter(RequestRouter):
 
     # --- slots --------------------------------------------------------------------
 
-    def on_send_request(self, replica_id: ReplicaID) -> None:
-        super().on_send_request(replica_id)
-        rid = replica_id.unique_id
-        self._sent[rid] = self._sent.get(rid, 0) + 1
-
     def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
         super().on_request_completed(replica_id, internal_request_id)
-        # Serve fires this exactly once per dispatched request, rejected ones included.
-        rid = replica_id.unique_id
-        left = self._sent.get(rid, 0) - 1
-        if left > 0:
-            self._sent[rid] = left
-        else:
-            self._sent.pop(rid, None)
         self._routes.pop(internal_request_id, None)
         # Serve decrements the queue-length cache in a callback queued after this
         # one, so the woken request re-decides with the slot already counted free.
@@ -381,15 +365,8 @@ class CacheRouteRequestRouter(RequestRouter):
             if not self._slot_waiters.wake_one(replica_id.unique_id):
                 break
 
-    def _queue_len(self, replica_id: ReplicaID) -> int:
-        """In flight on a replica: Serve's cached queue length (the replica's own count
-        at its last report, plus sends since), or, when that is older than Serve's
-        staleness timeout or lower, what this router sent there and saw no completion of."""
-        return max(self._replica_queue_len_cache.get(replica_id) or 0,
-                   self._sent.get(replica_id.unique_id, 0))
-
     def _is_full(self, replica: RunningReplica) -> bool:
-        return self._queue_len(replica.replica_id) >= replica.max_ongoing_requests
+        return self.in_flight(replica.replica_id) >= replica.max_ongoing_requests
 
     def _sync_subscribers(self, replicas: List[RunningReplica]) -> None:
         live = {r.replica_id.unique_id for r in replicas}
@@ -422,7 +399,7 @@ class CacheRouteRequestRouter(RequestRouter):
 
     def replica_views(self) -> list[ReplicaView]:
         """Per-replica telemetry for the app's /metrics (serving/telemetry.py)."""
-        return views_from(list(self.curr_replicas.values()), self._replica_queue_len_cache,
+        return views_from(list(self.curr_replicas.values()), self.in_flight,
                           owned=self._policy.owned_blocks(),
                           removed=dict(self._blocks_removed))
 
@@ -472,7 +449,7 @@ class CacheRouteRequestRouter(RequestRouter):
             return decision
 
     def _in_flight(self, candidates: List[RunningReplica]) -> dict[str, int]:
-        return {r.replica_id.unique_id: self._queue_len(r.replica_id) for r in candidates}
+        return {r.replica_id.unique_id: self.in_flight(r.replica_id) for r in candidates}
 
     async def choose_replicas(
         self,

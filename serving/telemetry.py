@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -173,11 +173,12 @@ def engine_snapshot(routing_stats: Mapping[str, Any] | None) -> Mapping[str, Any
     return snap if isinstance(snap, Mapping) else {}
 
 
-def views_from(replicas: Iterable[Any], queue_lens: Any, *,
+def views_from(replicas: Iterable[Any], in_flight: Callable[[Any], int], *,
                owned: Mapping[str, int] | None = None,
                removed: Mapping[str, int] | None = None) -> list[ReplicaView]:
     """ReplicaViews from Serve's RunningReplica objects (duck-typed: `replica_id`,
-    `routing_stats`) and a router's queue-length cache (anything with `get(replica_id)`)."""
+    `routing_stats`) and a router's in-flight count per replica id
+    (serving/sent_requests.py)."""
     views = []
     for r in replicas:
         rid = r.replica_id.unique_id
@@ -188,7 +189,7 @@ def views_from(replicas: Iterable[Any], queue_lens: Any, *,
         views.append(ReplicaView(
             replica=rid,
             engine=engine_snapshot(stats),
-            in_flight=int(queue_lens.get(r.replica_id) or 0),
+            in_flight=int(in_flight(r.replica_id)),
             owned_blocks=None if owned is None else int(owned.get(rid, 0)),
             kv_blocks_removed=None if removed is None else int(removed.get(rid, 0)),
         ))

@@ -149,7 +149,39 @@ def test_baseline_router_exposes_its_replicas() -> None:
     assert got[("cacheroute_replica_up", (("replica", "p-1"),))] == 1
 
 
+def test_baseline_in_flight_outlives_the_queue_length_cache_timeout() -> None:
+    router = Pow2Router(deployment_id=DeploymentID(name="LLMServer:m"),
+                        handle_source=DeploymentHandleSource.UNKNOWN,
+                        use_replica_queue_len_cache=True)
+    replicas = [StatsReplica("p-0", {}), StatsReplica("p-1", {})]
+    busy = replicas[0].replica_id
+
+    async def drive() -> None:  # Serve calls the router's hooks on its loop
+        router.update_replicas(replicas)
+        for _ in range(3):
+            router.on_send_request(busy)
+        # Serve's cache forgets an entry after 10 s without news, and the next send
+        # restarts it at 1; the load-skew series must still read 4 in flight.
+        router._replica_queue_len_cache.invalidate_key(busy)
+        router.on_send_request(busy)
+    asyncio.run(drive())
+    assert router._replica_queue_len_cache.get(busy) == 1
+    views = {v.replica: v.in_flight for v in router.replica_views()}
+    assert views == {"p-0": 4, "p-1": 0}
+    for i in range(4):
+        router.on_request_completed(busy, f"i-{i}")
+        router.decrement_queue_len_cache(busy)
+    assert {v.replica: v.in_flight for v in router.replica_views()} == {"p-0": 0, "p-1": 0}
+    # A dead replica leaves the series, and its own count goes with it.
+    router.on_send_request(busy)
+    router.on_replica_actor_died(busy)
+    assert {v.replica: v.in_flight for v in router.replica_views()} == {"p-1": 0}
+    router._replica_queue_len_cache.invalidate_key(busy)
+    assert router.in_flight(busy) == 0
+
+
 def test_views_tolerate_replicas_without_routing_stats() -> None:
     cache = ReplicaQueueLengthCache()
-    views = telemetry.views_from([FakeRunningReplica("x")], cache, owned={}, removed={})
+    views = telemetry.views_from([FakeRunningReplica("x")], lambda rid: cache.get(rid) or 0,
+                                 owned={}, removed={})
     assert views == [telemetry.ReplicaView("x", {}, 0, 0, 0)]
