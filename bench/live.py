@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
                      action=argparse.BooleanOptionalAction, default=None,
                      help="cacheroute's replication ahead of a spill "
                           "(routing.replicate_before_spill; default: the config default, off)")
+    svc.add_argument("--spill-wait-s", type=float,
+                     help="cacheroute's longest wait for an owner before a spill "
+                          "(routing.spill_wait_s; default: the config default, 2; 0: off)")
     svc.add_argument("--start-timeout-s", type=float, default=900.0)
     p.add_argument("--out-dir", type=Path, default=Path("out/bench-live"))
     p.add_argument("--json", type=Path, help="summary JSON (default OUT_DIR/live.json)")
@@ -207,6 +210,7 @@ def settings_from(args: argparse.Namespace) -> ServiceSettings:
                            max_num_seqs=args.max_num_seqs, kv_cache_gib=args.kv_cache_gib,
                            max_model_len=args.max_model_len, load_epsilon=args.load_epsilon,
                            replicate_before_spill=args.replicate_before_spill,
+                           spill_wait_s=args.spill_wait_s,
                            start_timeout_s=args.start_timeout_s)
 
 
@@ -286,6 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "requests_by_replica": run.counters.requests_by_replica,
             "decisions": run.counters.decisions,
             "replications": run.counters.replications,
+            "spill_waits": run.counters.spill_waits,
         }
 
     description = workload_description(workload, args, len(trace))

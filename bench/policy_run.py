@@ -44,6 +44,8 @@ class ServiceSettings:
     load_epsilon: float | None = None
     # cacheroute's replication ahead of a spill (None: the config default, off).
     replicate_before_spill: bool | None = None
+    # cacheroute's spill wait in seconds (None: the config default; 0: off).
+    spill_wait_s: float | None = None
     start_timeout_s: float = 900.0
 
 
@@ -79,7 +81,8 @@ def run_measured(policy: str, settings: ServiceSettings, folder: Path,
                           kv_cache_gib=settings.kv_cache_gib,
                           max_num_seqs=settings.max_num_seqs,
                           load_epsilon=settings.load_epsilon,
-                          replicate_before_spill=settings.replicate_before_spill)
+                          replicate_before_spill=settings.replicate_before_spill,
+                          spill_wait_s=settings.spill_wait_s)
     service = ServiceProcess(config_path=config, policy=policy, port=port,
                              log_path=folder / "serve.log",
                              start_timeout_s=settings.start_timeout_s + 60)
@@ -108,6 +111,7 @@ def run_measured(policy: str, settings: ServiceSettings, folder: Path,
         "requests_by_replica": counters.requests_by_replica,
         "decisions": counters.decisions,
         "replications": counters.replications,
+        "spill_waits": counters.spill_waits,
         "engine_hit_rate": counters.engine_hit_rate,
         "engine_prompt_hit_rate": counters.engine_prompt_hit_rate,
         "load_skew": run.load_skew, "request_skew": run.request_skew,

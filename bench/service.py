@@ -51,6 +51,7 @@ def write_config(path: Path, *, model_id: str, policy: str, replicas: int, port:
                  kv_cache_gib: int = 1, max_num_seqs: int = 8,
                  load_epsilon: float | None = None, enable_prefix_caching: bool = True,
                  replicate_before_spill: bool | None = None,
+                 spill_wait_s: float | None = None,
                  model_source: str = "default") -> Path:
     path.write_text(
         f"model: {{id: {model_id}, source: {json.dumps(model_source)}}}\n"
@@ -61,7 +62,8 @@ def write_config(path: Path, *, model_id: str, policy: str, replicas: int, port:
         f"routing: {{policy: {policy}"
         + (f", load_epsilon: {load_epsilon}" if load_epsilon is not None else "")
         + (f", replicate_before_spill: {str(replicate_before_spill).lower()}"
-           if replicate_before_spill is not None else "") + "}\n"
+           if replicate_before_spill is not None else "")
+        + (f", spill_wait_s: {spill_wait_s}" if spill_wait_s is not None else "") + "}\n"
         # No API keys, whatever the environment says: the client sends a dummy one.
         f"server: {{host: 127.0.0.1, port: {port}, metrics_port: {metrics_port}, "
         f"api_keys: [], api_keys_env: null, ready_timeout_s: {ready_timeout_s}}}\n",

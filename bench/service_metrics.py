@@ -14,7 +14,9 @@ replay and takes differences:
   ``cacheroute`` policy has this family; None for the others);
 * replications ahead of a spill: ``cacheroute_replications_total{result}`` (sent,
   succeeded, failed; ``cacheroute`` only): prefills no client asked for, which the
-  engine's hit rate counts and the clients' does not.
+  engine's hit rate counts and the clients' does not;
+* spill waits: ``cacheroute_router_spill_waits_total{result}`` (owner_hit, spill,
+  timeout; ``cacheroute`` only): spills the wait for an owner turned into hits.
 
 Replica values reach ``/metrics`` through Serve's routing stats, every
 ``request_routing_stats_period_s`` (2 s), so ``settled`` re-scrapes until two
@@ -46,6 +48,7 @@ _COUNTERS = {
 _IN_FLIGHT = "cacheroute_replica_in_flight"
 _DECISIONS = "cacheroute_router_decisions_total"
 _REPLICATIONS = "cacheroute_replications_total"
+_SPILL_WAITS = "cacheroute_router_spill_waits_total"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,6 +61,8 @@ class MetricsSnapshot:
     decisions: Mapping[str, float] | None
     # Replications ahead of a spill by result; None when the service has none.
     replications: Mapping[str, float] | None = None
+    # Spill waits by result; None when the service has none.
+    spill_waits: Mapping[str, float] | None = None
 
     def counter(self, name: str) -> dict[str, float]:
         return {r: v[name] for r, v in self.replicas.items() if name in v}
@@ -70,12 +75,18 @@ def parse_metrics(text: str) -> MetricsSnapshot:
     in_flight: dict[str, float] = {}
     decisions: dict[str, float] | None = None
     replications: dict[str, float] | None = None
+    spill_waits: dict[str, float] | None = None
     for family in text_string_to_metric_families(text):
         for s in family.samples:
             if s.name == _REPLICATIONS:
                 replications = replications if replications is not None else {}
                 result = s.labels.get("result", "")
                 replications[result] = replications.get(result, 0.0) + s.value
+                continue
+            if s.name == _SPILL_WAITS:
+                spill_waits = spill_waits if spill_waits is not None else {}
+                result = s.labels.get("result", "")
+                spill_waits[result] = spill_waits.get(result, 0.0) + s.value
                 continue
             if s.name == _DECISIONS:
                 decisions = decisions if decisions is not None else {}
@@ -90,7 +101,7 @@ def parse_metrics(text: str) -> MetricsSnapshot:
             elif s.name in _COUNTERS:
                 replicas.setdefault(replica, {})[_COUNTERS[s.name]] = s.value
     return MetricsSnapshot(replicas=replicas, in_flight=in_flight, decisions=decisions,
-                           replications=replications)
+                           replications=replications, spill_waits=spill_waits)
 
 
 def scrape(metrics_url: str, timeout_s: float = 30.0) -> MetricsSnapshot:
@@ -110,7 +121,8 @@ def settled(metrics_url: str, *, quiet_s: float = 3.0, timeout_s: float = 60.0,
         waited += quiet_s
         now = fetch(metrics_url)
         if (now.replicas == last.replicas and now.decisions == last.decisions
-                and now.replications == last.replications):
+                and now.replications == last.replications
+                and now.spill_waits == last.spill_waits):
             return now
         last = now
     return last
@@ -128,6 +140,8 @@ class RunCounters:
     decisions: dict[str, float] | None
     # Replications ahead of a spill by result (sent, succeeded, failed); None: none exported.
     replications: dict[str, float] | None = None
+    # Spill waits by result (owner_hit, spill, timeout); None: none exported.
+    spill_waits: dict[str, float] | None = None
 
 
 def _delta(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
@@ -155,6 +169,8 @@ def diff(before: MetricsSnapshot, after: MetricsSnapshot) -> RunCounters:
         decisions=decisions,
         replications=(None if after.replications is None
                       else _delta(before.replications or {}, after.replications)),
+        spill_waits=(None if after.spill_waits is None
+                     else _delta(before.spill_waits or {}, after.spill_waits)),
     )
 
 

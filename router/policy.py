@@ -438,13 +438,18 @@ class CacheAwarePolicy:
             lora_path=request.lora_path,
         )
 
-    def select(self, request: RouteRequest, in_flight: Mapping[str, int]) -> Decision:
+    def select(self, request: RouteRequest, in_flight: Mapping[str, int], *,
+               learn: bool = True) -> Decision:
         """Choose a replica; ``in_flight`` maps replica id to its running requests
-        (missing ids count as 0). Raises ``EmptyRingError`` with no replicas."""
-        return self.select_hashed(request, self.block_hashes(request), in_flight)
+        (missing ids count as 0). Raises ``EmptyRingError`` with no replicas.
+
+        ``learn=False`` decides without recording the choice (the request may not be
+        sent as decided: ``commit`` records the decision that is)."""
+        return self.select_hashed(request, self.block_hashes(request), in_flight, learn=learn)
 
     def select_hashed(
-        self, request: RouteRequest, hashes: Sequence[BlockHash], in_flight: Mapping[str, int]
+        self, request: RouteRequest, hashes: Sequence[BlockHash], in_flight: Mapping[str, int],
+        *, learn: bool = True,
     ) -> Decision:
         """``select`` with the request's block hashes already computed.
 
@@ -458,15 +463,48 @@ class CacheAwarePolicy:
         )
         with self._lock:
             decision = self._decide(request, hashes, session_key, in_flight)
-            if hashes:
-                self._index.learn(decision.replica_id, hashes)
-                if self._hot is not None:
-                    self._hot.observe(
-                        session_key if session_key is not None else hashes[0],
-                        request.token_ids or (), hashes, now=self._clock(),
-                        cache_salt=request.cache_salt, lora_name=request.lora_name,
-                        lora_path=request.lora_path)
+            if hashes and learn:
+                self._record(decision.replica_id, request, hashes, session_key)
         return decision
+
+    def commit(self, request: RouteRequest, decision: Decision) -> None:
+        """Record a decision made with ``learn=False`` as ``select`` records its own:
+        the chosen replica now holds the request's blocks, and the prefix was asked
+        for once more (hot-prefix tracking)."""
+        hashes = self.block_hashes(request)
+        if not hashes:
+            return
+        session_key = (
+            stable_key(request.session_id)
+            if self._config.session_affinity and request.session_id is not None
+            else None
+        )
+        with self._lock:
+            if decision.replica_id in self._members:
+                self._record(decision.replica_id, request, hashes, session_key)
+
+    def _record(self, replica_id: str, request: RouteRequest, hashes: Sequence[BlockHash],
+                session_key: int | None) -> None:
+        self._index.learn(replica_id, hashes)
+        if self._hot is not None:
+            self._hot.observe(
+                session_key if session_key is not None else hashes[0],
+                request.token_ids or (), hashes, now=self._clock(),
+                cache_salt=request.cache_salt, lora_name=request.lora_name,
+                lora_path=request.lora_path)
+
+    def spill_owners(self, request: RouteRequest) -> frozenset[str]:
+        """The replicas on the ring holding the request's longest known prefix (of at
+        least ``min_owner_match_blocks`` blocks): those a SPILL turned it away from
+        because each was at the load bound. Empty when no such prefix is known."""
+        hashes = self.block_hashes(request)
+        if not hashes:
+            return frozenset()
+        with self._lock:
+            matched, owners = self._index.owners_of_longest_prefix(hashes)
+            if matched < self._config.min_owner_match_blocks:
+                return frozenset()
+            return self._replicas.intersection(owners)
 
     def _decide(
         self,

@@ -77,6 +77,7 @@ from serving.router_metrics import RouterMetrics
 from serving.router_registry import register_router
 from serving.sent_requests import SentRequests
 from serving.slot_waiters import SlotWaiters
+from serving.spill_wait import SpillWaiters
 from serving.telemetry import ReplicaView, register_source, views_from
 from serving.tracing import RouteLog, process_route_log
 
@@ -185,6 +186,9 @@ class CacheRouteRequestRouter(SentRequests, RequestRouter):
         self._route_log: Optional[RouteLog] = (
             process_route_log() if config.tracing.enabled else None)
         self._slot_waiters = SlotWaiters()
+        # The spill wait (serving/spill_wait.py); 0 s: spill at once.
+        self._spill_waiters = SpillWaiters()
+        self._spill_wait_s = config.routing.spill_wait_s
         self._routes: OrderedDict[str, RouteRequest] = OrderedDict()
         # Failover (serving/failover.py): where each request went, what its retry
         # must avoid, and which replicas are out of the ring for lack of progress.
@@ -226,6 +230,7 @@ class CacheRouteRequestRouter(SentRequests, RequestRouter):
             self._note_joined(ids, frozenset(seats))
         for rid in gone:  # their waiters re-decide among the replicas left
             self._slot_waiters.wake_all(rid)
+            self._spill_waiters.wake_all(rid)
         if self._eject_hung:
             self._follow_progress(replicas)
         self._metrics.on_replicas(self._policy.replicas)
@@ -244,6 +249,7 @@ class CacheRouteRequestRouter(SentRequests, RequestRouter):
                                    "out of the ring", rid, report["stalled_s"])
                     self._failover_metrics.on_ejection("ejected")
                 self._slot_waiters.wake_all(rid)  # no completion will free a slot there
+                self._spill_waiters.wake_all(rid)
             elif rid in self._policy.ejected and self._policy.readmit(rid):
                 logger.info("cacheroute: replica %s progresses again; back on the ring", rid)
                 self._failover_metrics.on_ejection("readmitted")
@@ -346,6 +352,7 @@ class CacheRouteRequestRouter(SentRequests, RequestRouter):
         self._metrics.on_replicas(self._policy.replicas)
         self._stop_subscriber(replica_id.unique_id)
         self._slot_waiters.wake_all(replica_id.unique_id)
+        self._spill_waiters.wake_all(replica_id.unique_id)
 
     # --- slots --------------------------------------------------------------------
 
@@ -354,7 +361,10 @@ class CacheRouteRequestRouter(SentRequests, RequestRouter):
         self._routes.pop(internal_request_id, None)
         # Serve decrements the queue-length cache in a callback queued after this
         # one, so the woken request re-decides with the slot already counted free.
-        self._slot_waiters.wake_one(replica_id.unique_id)
+        # One wake per completion: a request parked for this very replica first, else
+        # one parked before a spill (both deciding on one freed slot would overfill it).
+        if not self._slot_waiters.wake_one(replica_id.unique_id):
+            self._spill_waiters.wake_one(replica_id.unique_id)
 
     def on_new_queue_len_info(self, replica_id: ReplicaID, num_ongoing_requests: int) -> None:
         super().on_new_queue_len_info(replica_id, num_ongoing_requests)
@@ -448,6 +458,28 @@ class CacheRouteRequestRouter(SentRequests, RequestRouter):
         except EmptyRingError:
             return decision
 
+    async def _wait_before_spill(
+        self, request: RouteRequest, decision: Decision, by_id: dict[str, RunningReplica],
+        in_flight: dict[str, int],
+    ) -> tuple[Decision, dict[str, RunningReplica], dict[str, int]]:
+        """The spill wait (serving/spill_wait.py): park until a request completes on
+        one of the owners the bound turned this request away from, or
+        ``routing.spill_wait_s`` passes, then decide again (without learning; the
+        caller commits). One wait per request: what it decides then, it takes."""
+        owners = self._policy.spill_owners(request).intersection(by_id)
+        if not owners:
+            return decision, by_id, in_flight
+        woken = await self._spill_waiters.wait_any(owners, timeout_s=self._spill_wait_s)
+        by_id = {rid: r for rid, r in by_id.items() if r.replica_id in self.curr_replicas}
+        if not by_id:
+            return decision, by_id, in_flight
+        in_flight = self._in_flight(list(by_id.values()))
+        again = self._policy.select(request, in_flight, learn=False)
+        self._metrics.on_spill_wait(
+            "owner_hit" if again.outcome is Outcome.OWNER_HIT
+            else ("spill" if woken else "timeout"))
+        return again, by_id, in_flight
+
     def _in_flight(self, candidates: List[RunningReplica]) -> dict[str, int]:
         return {r.replica_id.unique_id: self.in_flight(r.replica_id) for r in candidates}
 
@@ -474,9 +506,20 @@ class CacheRouteRequestRouter(SentRequests, RequestRouter):
         tokenized = time.perf_counter()
         request_key = pending_request.metadata.internal_request_id if pending_request else ""
         in_flight = self._in_flight(candidate_replicas)
-        decision = self._avoid_failed(self._policy.select(request, in_flight), request_key)
-        decide_s = time.perf_counter() - tokenized
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
+        if self._spill_wait_s > 0:
+            decided = self._policy.select(request, in_flight, learn=False)
+            decide_s = time.perf_counter() - tokenized
+            if decided.outcome is Outcome.SPILL:
+                decided, by_id, in_flight = await self._wait_before_spill(
+                    request, decided, by_id, in_flight)
+                if not by_id:
+                    return []
+            self._policy.commit(request, decided)
+            decision = self._avoid_failed(decided, request_key)
+        else:
+            decision = self._avoid_failed(self._policy.select(request, in_flight), request_key)
+            decide_s = time.perf_counter() - tokenized
         # A keyed request whose replica is full parks until a slot there frees, then
         # re-decides with the new loads (the bound may now allow a spill). Metrics and
         # traces record the decision that is finally offered.

@@ -12,6 +12,9 @@ Names as scraped (serving/telemetry.py serves them):
   `removed` from the ring (a death, a drain or a scale event).
 - `cacheroute_router_kv_events_total{kind}`: KV-event blocks applied (stored,
   removed) and caches cleared.
+- `cacheroute_router_spill_waits_total{result}`: spill waits (serving/spill_wait.py)
+  by how they ended: `owner_hit` (an owner freed a slot: no spill), `spill` (an owner
+  finished a request and was still at the bound), `timeout`.
 
 The metric objects are process-wide (a Prometheus registry holds each name once);
 every router instance of the process adds to them.
@@ -47,6 +50,11 @@ KV_EVENTS = Counter("cacheroute_router_kv_events",
                     "KV-event blocks applied to the ownership index.", ["kind"],
                     registry=REGISTRY)
 
+SPILL_WAITS = Counter("cacheroute_router_spill_waits",
+                      "Requests that waited for an owner before a spill, by result.",
+                      ["result"], registry=REGISTRY)
+SPILL_WAIT_RESULTS = ("owner_hit", "spill", "timeout")
+
 # Every label value exists from the start, so rate() sees a 0 before the first event.
 for _o in Outcome:
     DECISIONS.labels(outcome=_o.value)
@@ -54,6 +62,8 @@ for _c in ("added", "removed"):
     MEMBERSHIP.labels(change=_c)
 for _k in ("stored", "removed", "cleared"):
     KV_EVENTS.labels(kind=_k)
+for _r in SPILL_WAIT_RESULTS:
+    SPILL_WAITS.labels(result=_r)
 for _s in ("tokenize", "decide"):
     LATENCY.labels(stage=_s)
 
@@ -72,6 +82,9 @@ class RouterMetrics:
         PROMPT_TOKENS.inc(prompt_tokens)
         LATENCY.labels(stage="tokenize").observe(tokenize_s)
         LATENCY.labels(stage="decide").observe(decide_s)
+
+    def on_spill_wait(self, result: str) -> None:
+        SPILL_WAITS.labels(result=result).inc()
 
     def on_replicas(self, replicas: frozenset[str]) -> None:
         added, removed = len(replicas - self._replicas), len(self._replicas - replicas)

@@ -137,3 +137,14 @@ def test_replications_are_read_by_result_and_differenced() -> None:
     # A policy without them (pow2, ray-prefix, random) reports none.
     assert parse_metrics("").replications is None
     assert diff(parse_metrics(""), parse_metrics("")).replications is None
+
+
+def test_spill_waits_are_read_by_result_and_differenced() -> None:
+    def text(hit: float, timeout: float) -> str:
+        return ("# HELP cacheroute_router_spill_waits Spill waits by result.\n"
+                "# TYPE cacheroute_router_spill_waits counter\n"
+                f'cacheroute_router_spill_waits_total{{result="owner_hit"}} {hit}\n'
+                f'cacheroute_router_spill_waits_total{{result="timeout"}} {timeout}\n')
+    before, after = parse_metrics(text(1, 0)), parse_metrics(text(4, 1))
+    assert diff(before, after).spill_waits == {"owner_hit": 3, "timeout": 1}
+    assert diff(parse_metrics(""), parse_metrics("")).spill_waits is None

@@ -274,7 +274,7 @@ def test_a_waiting_request_is_tokenized_once(tiny_model: Path) -> None:
 
 def test_in_flight_counts_outlive_the_queue_length_cache_timeout(tiny_model: Path) -> None:
     replicas = make_replicas(2)
-    router = make_router(tiny_model, replicas)
+    router = make_router(tiny_model, replicas, spill_wait_s=0)  # the bound alone
     home = choose(router, make_pending(SYSTEM, "warm"))[0][0]
     busy = next(r for r in replicas if r.replica_id.unique_id == home)
     for _ in range(2):  # two long generations sent there

@@ -26,8 +26,9 @@ tiny_model = test_ray_router.tiny_model
 
 
 def two_replica_router(model: Path, *, replicate: bool = True) -> CacheRouteRequestRouter:
+    # The spill wait off: these tests check where the spill itself goes.
     return make_router(model, [StatsReplica("replica-0"), StatsReplica("replica-1")],
-                       replicate_before_spill=replicate)
+                       replicate_before_spill=replicate, spill_wait_s=0)
 
 
 def busy(router: CacheRouteRequestRouter, replica_id: str, requests: int = 1) -> None:

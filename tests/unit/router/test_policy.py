@@ -81,6 +81,28 @@ def test_full_home_spills_along_the_ring_then_both_owners_serve() -> None:
     assert (tie.replica_id, tie.outcome) == (order[0], Outcome.OWNER_HIT)
 
 
+def test_a_decision_made_without_learning_is_recorded_only_when_committed() -> None:
+    policy = make_policy(["a", "b", "c"])
+    order = policy.select(make_request(16), {}).ranked
+    busy = {order[0]: 3, order[1]: 1}
+    assert policy.spill_owners(make_request(16)) == {order[0]}
+    # The same decision as select's, and the index unchanged: still one owner.
+    spilled = policy.select(make_request(16), busy, learn=False)
+    assert (spilled.replica_id, spilled.outcome) == (order[1], Outcome.SPILL)
+    assert policy.spill_owners(make_request(16)) == {order[0]}
+    assert policy.select(make_request(16), busy, learn=False) == spilled
+    policy.commit(make_request(16), spilled)
+    assert policy.spill_owners(make_request(16)) == {order[0], order[1]}
+    # A replica that left meanwhile is not recorded; no full block, no owners.
+    policy.set_replicas(["a", "b", "c", "d"])
+    policy.on_replica_removed("d")
+    policy.commit(make_request(tokens=[*range(500, 516)]),
+                  Decision(replica_id="d", outcome=Outcome.RING_HOME, matched_blocks=0,
+                           total_blocks=4, ranked=("d",)))
+    assert policy.spill_owners(make_request(tokens=[*range(500, 516)])) == frozenset()
+    assert policy.spill_owners(make_request(3)) == frozenset()
+
+
 def test_new_prefix_walks_past_a_home_above_the_mean() -> None:
     policy = make_policy(["a", "b", "c", "d"])
     order = tuple(ring_of("a", "b", "c", "d").walk(policy.block_hashes(make_request(16))[0]))
