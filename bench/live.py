@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "(routing.replicate_before_spill; default: the config default, off)")
     svc.add_argument("--spill-wait-s", type=float,
                      help="cacheroute's longest wait for an owner before a spill "
-                          "(routing.spill_wait_s; default: the config default, 2; 0: off)")
+                          "(routing.spill_wait_s; default: the config default, 0: off)")
     svc.add_argument("--start-timeout-s", type=float, default=900.0)
     p.add_argument("--out-dir", type=Path, default=Path("out/bench-live"))
     p.add_argument("--json", type=Path, help="summary JSON (default OUT_DIR/live.json)")
@@ -206,11 +206,16 @@ def default_model_config() -> Path | None:
 
 
 def settings_from(args: argparse.Namespace) -> ServiceSettings:
+    from serving.config import RoutingConfig
+
     return ServiceSettings(replicas=args.replicas, port=args.port,
                            max_num_seqs=args.max_num_seqs, kv_cache_gib=args.kv_cache_gib,
                            max_model_len=args.max_model_len, load_epsilon=args.load_epsilon,
                            replicate_before_spill=args.replicate_before_spill,
-                           spill_wait_s=args.spill_wait_s,
+                           # Written into every config, so that a run's folder says
+                           # which it had (bench/sim/calibrate.py reads it).
+                           spill_wait_s=(args.spill_wait_s if args.spill_wait_s is not None
+                                         else RoutingConfig().spill_wait_s),
                            start_timeout_s=args.start_timeout_s)
 
 

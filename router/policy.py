@@ -439,17 +439,20 @@ class CacheAwarePolicy:
         )
 
     def select(self, request: RouteRequest, in_flight: Mapping[str, int], *,
-               learn: bool = True) -> Decision:
+               hold_spill: bool = False) -> Decision:
         """Choose a replica; ``in_flight`` maps replica id to its running requests
         (missing ids count as 0). Raises ``EmptyRingError`` with no replicas.
 
-        ``learn=False`` decides without recording the choice (the request may not be
-        sent as decided: ``commit`` records the decision that is)."""
-        return self.select_hashed(request, self.block_hashes(request), in_flight, learn=learn)
+        The choice is recorded (the chosen replica is learned as the prefix's owner),
+        except a SPILL with ``hold_spill``: its caller may wait for an owner to free
+        a slot and decide again (the spill wait), and ``commit``s the spill if it
+        takes it."""
+        return self.select_hashed(request, self.block_hashes(request), in_flight,
+                                  hold_spill=hold_spill)
 
     def select_hashed(
         self, request: RouteRequest, hashes: Sequence[BlockHash], in_flight: Mapping[str, int],
-        *, learn: bool = True,
+        *, hold_spill: bool = False,
     ) -> Decision:
         """``select`` with the request's block hashes already computed.
 
@@ -463,15 +466,18 @@ class CacheAwarePolicy:
         )
         with self._lock:
             decision = self._decide(request, hashes, session_key, in_flight)
-            if hashes and learn:
+            if hashes and not (hold_spill and decision.outcome is Outcome.SPILL):
                 self._record(decision.replica_id, request, hashes, session_key)
         return decision
 
-    def commit(self, request: RouteRequest, decision: Decision) -> None:
-        """Record a decision made with ``learn=False`` as ``select`` records its own:
+    def commit(self, request: RouteRequest, decision: Decision,
+               hashes: Sequence[BlockHash] | None = None) -> None:
+        """Record a decision ``select`` held (``hold_spill``) as it records its own:
         the chosen replica now holds the request's blocks, and the prefix was asked
-        for once more (hot-prefix tracking)."""
-        hashes = self.block_hashes(request)
+        for once more (hot-prefix tracking). ``hashes``: the request's block hashes,
+        when already computed."""
+        if hashes is None:
+            hashes = self.block_hashes(request)
         if not hashes:
             return
         session_key = (
@@ -493,11 +499,14 @@ class CacheAwarePolicy:
                 cache_salt=request.cache_salt, lora_name=request.lora_name,
                 lora_path=request.lora_path)
 
-    def spill_owners(self, request: RouteRequest) -> frozenset[str]:
+    def spill_owners(self, request: RouteRequest,
+                     hashes: Sequence[BlockHash] | None = None) -> frozenset[str]:
         """The replicas on the ring holding the request's longest known prefix (of at
         least ``min_owner_match_blocks`` blocks): those a SPILL turned it away from
-        because each was at the load bound. Empty when no such prefix is known."""
-        hashes = self.block_hashes(request)
+        because each was at the load bound. Empty when no such prefix is known.
+        ``hashes``: the request's block hashes, when already computed."""
+        if hashes is None:
+            hashes = self.block_hashes(request)
         if not hashes:
             return frozenset()
         with self._lock:

@@ -100,13 +100,14 @@ class RoutingConfig(_Strict):
     stays right when KV events stop."""
     session_affinity: bool = True
     """Route by `x-session-id` header / body `user` before prefix ownership."""
-    spill_wait_s: float = Field(2.0, ge=0, le=60)
+    spill_wait_s: float = Field(0.0, ge=0, le=60)
     """Before the load bound sends a request away from the replicas holding its prefix,
     wait up to this long for one of them to finish a request, then decide again: a
     slot freed under the bound makes it a cache hit instead of a full prefill
-    elsewhere (serving/spill_wait.py). The wait ends at the first completion, so it is
-    about one request's service time, far below this cap on GPUs. 0 spills at once.
-    Only `policy: cacheroute` waits."""
+    elsewhere (serving/spill_wait.py). The wait ends at the first completion. 0 (the
+    default) spills at once: waiting raised the hit rate on bursts but also the load
+    skew, and cost TTFT under overload (docs/benchmarks.md, "Spill wait"). Only
+    `policy: cacheroute` waits."""
     replicate_before_spill: bool = False
     """When a request fills the last owner of its prefix that had room under the load
     bound, prefill that prefix (one-token generation) on the replica its next request

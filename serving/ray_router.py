@@ -464,8 +464,8 @@ class CacheRouteRequestRouter(SentRequests, RequestRouter):
     ) -> tuple[Decision, dict[str, RunningReplica], dict[str, int]]:
         """The spill wait (serving/spill_wait.py): park until a request completes on
         one of the owners the bound turned this request away from, or
-        ``routing.spill_wait_s`` passes, then decide again (without learning; the
-        caller commits). One wait per request: what it decides then, it takes."""
+        ``routing.spill_wait_s`` passes, then decide again (a spill is held again for
+        the caller to commit). One wait per request: what it decides then, it takes."""
         owners = self._policy.spill_owners(request).intersection(by_id)
         if not owners:
             return decision, by_id, in_flight
@@ -474,7 +474,7 @@ class CacheRouteRequestRouter(SentRequests, RequestRouter):
         if not by_id:
             return decision, by_id, in_flight
         in_flight = self._in_flight(list(by_id.values()))
-        again = self._policy.select(request, in_flight, learn=False)
+        again = self._policy.select(request, in_flight, hold_spill=True)
         self._metrics.on_spill_wait(
             "owner_hit" if again.outcome is Outcome.OWNER_HIT
             else ("spill" if woken else "timeout"))
@@ -507,19 +507,17 @@ class CacheRouteRequestRouter(SentRequests, RequestRouter):
         request_key = pending_request.metadata.internal_request_id if pending_request else ""
         in_flight = self._in_flight(candidate_replicas)
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
-        if self._spill_wait_s > 0:
-            decided = self._policy.select(request, in_flight, learn=False)
-            decide_s = time.perf_counter() - tokenized
-            if decided.outcome is Outcome.SPILL:
-                decided, by_id, in_flight = await self._wait_before_spill(
-                    request, decided, by_id, in_flight)
-                if not by_id:
-                    return []
-            self._policy.commit(request, decided)
-            decision = self._avoid_failed(decided, request_key)
-        else:
-            decision = self._avoid_failed(self._policy.select(request, in_flight), request_key)
-            decide_s = time.perf_counter() - tokenized
+        wait = self._spill_wait_s > 0
+        decision = self._policy.select(request, in_flight, hold_spill=wait)
+        decide_s = time.perf_counter() - tokenized
+        if wait and decision.outcome is Outcome.SPILL:
+            decision, by_id, in_flight = await self._wait_before_spill(
+                request, decision, by_id, in_flight)
+            if not by_id:
+                return []
+            if decision.outcome is Outcome.SPILL:
+                self._policy.commit(request, decision)
+        decision = self._avoid_failed(decision, request_key)
         # A keyed request whose replica is full parks until a slot there frees, then
         # re-decides with the new loads (the bound may now allow a spill). Metrics and
         # traces record the decision that is finally offered.

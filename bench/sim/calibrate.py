@@ -60,6 +60,9 @@ class LivePolicy:
     max_num_seqs: int
     kv_cache_gib: float
     load_epsilon: float
+    # The spill wait the run's service had; runs from before it existed write none
+    # (and spilled at once), later ones always write it (bench/service.py).
+    spill_wait_s: float
     hit_rate: float
     ttft_p50_s: float
     ttft_p90_s: float
@@ -92,6 +95,7 @@ def load_live(folder: Path) -> LiveRun:
             kv_cache_gib=float(engine.get("kv_cache_gib", 1)),
             load_epsilon=float(config.get("routing", {}).get("load_epsilon",
                                                              PolicyConfig().load_epsilon)),
+            spill_wait_s=float(config.get("routing", {}).get("spill_wait_s", 0.0)),
             hit_rate=row["hit_rate"],
             ttft_p50_s=percentile([r["ttft_s"] for r in ok], 50),
             ttft_p90_s=percentile([r["ttft_s"] for r in ok], 90),
@@ -117,7 +121,8 @@ def simulate_live(live: LivePolicy, requests: list[SimRequest], engine: EnginePa
     fleet = FleetParams(replicas=live.replicas, engine=engine,
                         max_ongoing_requests=max(8, 2 * live.max_num_seqs))
     config = PolicyConfig(block_size=engine.block_size, load_epsilon=live.load_epsilon)
-    return summarise(simulate(live.policy, requests, fleet, policy_config=config, seed=seed))
+    return summarise(simulate(live.policy, requests, fleet, policy_config=config, seed=seed,
+                              spill_wait_s=live.spill_wait_s))
 
 
 def _log_error(sim: float, live: float) -> float:

@@ -38,6 +38,9 @@ from bench.trace import TraceFormatError, TraceRequest, load_trace
 from bench.workloads import WorkloadSpec, iter_requests, make_tenants
 from router import PolicyConfig
 
+# routing.spill_wait_s's default (serving/config.py; a unit test keeps them equal).
+SPILL_WAIT_S = 0.0
+
 _DEFAULT_ENGINE = EngineParams()
 
 
@@ -82,6 +85,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     route.add_argument("--load-epsilon", type=float, default=PolicyConfig().load_epsilon)
     route.add_argument("--no-kv-events", action="store_true",
                        help="ownership from routing decisions only (no engine KV events)")
+    route.add_argument("--spill-wait-s", type=float, default=SPILL_WAIT_S,
+                       help="longest wait for an owner's completion before a spill "
+                            f"(routing.spill_wait_s; default {SPILL_WAIT_S:g}; 0: spill at once)")
     p.add_argument("--ray-imbalanced-threshold", type=float, default=math.inf,
                    help="ray-prefix's imbalanced_threshold (Ray's default: inf, never)")
     p.add_argument("--json", type=Path, help="write the summary JSON here")
@@ -164,7 +170,8 @@ def run_policies(args: argparse.Namespace, source: RequestSource, *,
                            policy_config=config, seed=args.seed,
                            kv_events=not args.no_kv_events,
                            progress=bar.advance if bar is not None else None,
-                           ray_imbalanced_threshold=args.ray_imbalanced_threshold)
+                           ray_imbalanced_threshold=args.ray_imbalanced_threshold,
+                           spill_wait_s=args.spill_wait_s)
         finally:
             if bar is not None:
                 bar.close()

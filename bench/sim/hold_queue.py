@@ -7,8 +7,9 @@ replica waits in one FIFO; one limited to candidates (``ray-prefix``: the
 replicas holding its prefix) waits in each candidate's FIFO, and the copies
 left behind when it is taken are skipped when they reach a head.
 
-Cost: ``add`` O(candidates); ``pop_for`` O(1) amortised (each stale copy is
-skipped once). A scan of one shared FIFO would be O(waiting) per freed slot,
+``add`` returns a ticket; ``take(ticket)`` removes a request still waiting (the
+spill wait's timeout, ``loop.py``). Cost: ``add`` O(candidates); ``pop_for`` O(1)
+amortised (each stale copy is skipped once); ``take`` O(1). A scan of one shared FIFO would be O(waiting) per freed slot,
 which an overloaded ``ray-prefix`` fleet (a hot tenant pinned to one replica)
 turns into hours.
 """
@@ -28,22 +29,29 @@ class HoldQueue:
         self._seq = 0
         self._any: deque[tuple[int, SimRequest]] = deque()
         self._by_replica: dict[str, deque[tuple[int, SimRequest]]] = {}
-        # Sequence numbers of limited requests still waiting (their copies may linger).
-        self._waiting: set[int] = set()
+        # Limited requests still waiting, by sequence number (their copies may linger).
+        self._waiting: dict[int, SimRequest] = {}
 
     def __len__(self) -> int:
         return len(self._any) + len(self._waiting)
 
-    def add(self, request: SimRequest, candidates: Iterable[str] | None) -> None:
-        """Hold ``request`` for any replica (``candidates`` None) or for one of these."""
+    def add(self, request: SimRequest, candidates: Iterable[str] | None) -> int:
+        """Hold ``request`` for any replica (``candidates`` None) or for one of these;
+        returns its ticket."""
         self._seq += 1
         entry = (self._seq, request)
         if candidates is None:
             self._any.append(entry)
-            return
-        self._waiting.add(self._seq)
+            return self._seq
+        self._waiting[self._seq] = request
         for replica in candidates:
             self._by_replica.setdefault(replica, deque()).append(entry)
+        return self._seq
+
+    def take(self, ticket: int) -> SimRequest | None:
+        """The request held for candidates under ``ticket``, removed; None if a
+        replica took it already."""
+        return self._waiting.pop(ticket, None)
 
     def pop_for(self, replica: str) -> SimRequest | None:
         """The oldest held request that ``replica`` may serve, removed; None if none."""
@@ -54,7 +62,7 @@ class HoldQueue:
         anyone = self._any
         if mine and (not anyone or mine[0][0] < anyone[0][0]):
             seq, request = mine.popleft()
-            waiting.discard(seq)
+            del waiting[seq]
             return request
         if anyone:
             return anyone.popleft()[1]

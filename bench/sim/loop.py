@@ -8,8 +8,10 @@ pure function of its inputs and seed):
   ``max_ongoing_requests``; an idle engine starts a step;
 * step end (``engine.py``): first tokens (TTFT recorded) and finished requests
   (end-to-end latency recorded, in-flight count decremented); each freed slot
-  goes to the first held request that may take it; the engine starts its next
-  step if it has work.
+  goes to the first held request that may take it, or else wakes the oldest
+  request parked by the spill wait for that replica, which is decided again;
+  the engine starts its next step if it has work;
+* spill-wait timeout: a request still parked is decided again (it spills).
 
 Arrivals are pulled lazily from the request iterator and merged with a heap of
 step ends (at most one per replica), so memory holds only requests in flight
@@ -76,6 +78,8 @@ class RunResult:
     # Simulated time from the first arrival to the last finish.
     duration_s: float = 0.0
     held: int = 0
+    # Decisions made again after a spill wait (also in ``decisions``).
+    decided_again: int = 0
     outcomes: dict[str, int] = field(default_factory=dict)
 
 
@@ -103,7 +107,8 @@ def simulate(policy: str, requests: Iterable[SimRequest], fleet: FleetParams, *,
              policy_config: PolicyConfig | None = None, seed: int = 0, kv_events: bool = True,
              progress: Callable[[int], None] | None = None,
              router_factory: RouterFactory | None = None,
-             ray_imbalanced_threshold: float = math.inf) -> RunResult:
+             ray_imbalanced_threshold: float = math.inf,
+             spill_wait_s: float = 0.0) -> RunResult:
     """Run ``requests`` (in arrival order) through ``policy`` on a fresh fleet.
 
     ``router_factory(replica_ids, clock)`` replaces the named policy's router
@@ -118,7 +123,8 @@ def simulate(policy: str, requests: Iterable[SimRequest], fleet: FleetParams, *,
     router = (router_factory(ids, clock) if router_factory is not None
               else make_router(policy, ids, policy_config=config, clock=clock, seed=seed,
                                kv_events=kv_events,
-                               ray_imbalanced_threshold=ray_imbalanced_threshold))
+                               ray_imbalanced_threshold=ray_imbalanced_threshold,
+                               spill_wait_s=spill_wait_s))
     gc_was_enabled = gc.isenabled()
     gc.disable()  # nothing per request forms a reference cycle; collections only cost time
     try:
@@ -141,10 +147,15 @@ class _Run:
         # Built over the policy's own replica set, so that it reads the total in O(1).
         replicas = getattr(router, "replicas", None)
         self.in_flight = InFlightCounts(replicas if replicas is not None else frozenset(ids))
-        # (step end, sequence number, engine index): at most one per engine.
+        # (step end, sequence number, engine index): at most one per engine; and
+        # (spill-wait deadline, sequence number, -ticket) for parked requests.
         self.heap: list[tuple[float, int, int]] = []
         self.seq = 0
         self.held = HoldQueue()
+        # Requests parked by the spill wait, for a completion on one of their owners.
+        self.parked = HoldQueue()
+        self.spill_wait_s = float(getattr(router, "spill_wait_s", 0.0))
+        self.decision_s = 0.0
         self.result = RunResult(policy=router.name, replicas=len(ids),
                                 requests_by_replica=[0] * len(ids))
 
@@ -161,7 +172,6 @@ class _Run:
         max_ongoing = self.max_ongoing
         clock = self.clock
         perf = time.perf_counter
-        decision_s = 0.0
         count = 0
         first_arrival = None
         started = perf()
@@ -176,10 +186,12 @@ class _Run:
                 oracle_cache.observe(request.prompt_tokens, request.block_hashes)
                 tick = perf()
                 placement = route(request, in_flight, max_ongoing)
-                decision_s += perf() - tick
+                self.decision_s += perf() - tick
                 count += 1
                 if placement.replica is not None:
                     self._dispatch(request, placement.replica, now)
+                elif placement.wait_for is not None:
+                    self._park(request, placement.wait_for, now)
                 else:
                     self.held.add(request, placement.candidates)
                     result.held += 1
@@ -189,17 +201,40 @@ class _Run:
                 continue
             at, _, index = heapq.heappop(heap)
             clock.now = at
-            self._step_end(index, at)
+            if index >= 0:
+                self._step_end(index, at)
+            else:
+                request = self.parked.take(-index)
+                if request is not None:  # else a completion woke it before its timeout
+                    self._decide_again(request, at, woken=False)
         if progress is not None:
             progress(count)
         result.requests = count
-        result.decisions = count
-        result.decision_s = decision_s
+        result.decisions = count + result.decided_again
+        result.decision_s = self.decision_s
         result.wall_s = perf() - started
         result.duration_s = clock.now - (first_arrival or 0.0)
         result.oracle_cached_tokens = oracle_cache.cached_tokens
         result.outcomes = dict(getattr(self.router, "outcomes", Counter()))
         return result
+
+    def _park(self, request: SimRequest, owners: frozenset[str], now: float) -> None:
+        ticket = self.parked.add(request, owners)
+        self.seq += 1
+        heapq.heappush(self.heap, (now + self.spill_wait_s, self.seq, -ticket))
+
+    def _decide_again(self, request: SimRequest, now: float, *, woken: bool) -> None:
+        perf = time.perf_counter
+        tick = perf()
+        placement = self.router.decide_again(  # type: ignore[attr-defined]
+            request, self.in_flight, self.max_ongoing, woken=woken)
+        self.decision_s += perf() - tick
+        self.result.decided_again += 1
+        if placement.replica is not None:
+            self._dispatch(request, placement.replica, now)
+        else:
+            self.held.add(request, placement.candidates)
+            self.result.held += 1
 
     def _kick(self, engine: SimEngine, now: float) -> None:
         end = engine.kick(now)
@@ -233,13 +268,25 @@ class _Run:
         # request sent now reaches vLLM's queue during the step that just began.
         self._kick(engine, now)
         if done:
-            self._release_held(replica, now)
+            # One wake per completion, as live: a held request that may take the
+            # freed slot first, else the oldest request parked before a spill.
+            wakes = len(done) - self._release_held(replica, now)
+            parked = self.parked
+            while wakes > 0 and parked:
+                request = parked.pop_for(replica)
+                if request is None:
+                    break
+                wakes -= 1
+                self._decide_again(request, now, woken=True)
 
-    def _release_held(self, replica: str, now: float) -> None:
+    def _release_held(self, replica: str, now: float) -> int:
         held = self.held
         max_ongoing = self.max_ongoing
+        released = 0
         while held and (max_ongoing is None or self.in_flight[replica] < max_ongoing):
             request = held.pop_for(replica)
             if request is None:
-                return
+                break
             self._dispatch(request, replica, now)
+            released += 1
+        return released

@@ -49,3 +49,11 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path,
     assert capsys.readouterr().err.startswith("cacheroute sim:")
     with pytest.raises(SystemExit):
         main(["--policies", "nope"])
+
+
+def test_the_simulated_spill_wait_defaults_to_the_service_default() -> None:
+    from bench.sim.cli import SPILL_WAIT_S, build_parser
+    from serving.config import RoutingConfig
+
+    assert SPILL_WAIT_S == RoutingConfig().spill_wait_s
+    assert build_parser().parse_args([]).spill_wait_s == SPILL_WAIT_S

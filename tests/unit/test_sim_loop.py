@@ -109,3 +109,24 @@ def test_cacheroute_decisions_keep_the_bounded_load() -> None:
 def test_mismatched_block_sizes_are_refused() -> None:
     with pytest.raises(ValueError, match="block_size"):
         simulate("pow2", [], make_fleet(), policy_config=PolicyConfig(block_size=16))
+
+
+@pytest.mark.parametrize(("wait_s", "by_replica", "waits"), [
+    (0.0, [1, 2], {}),  # the bound spills the third request at once
+    (5.0, [1, 2], {"spill_wait_timeout": 1}),  # the owner's first completion is at 10 s
+    (30.0, [0, 3], {"spill_wait_owner_hit": 1}),  # ...which frees a slot under the bound
+])
+def test_the_spill_wait_parks_a_spill_until_an_owner_completes_or_time_runs_out(
+        wait_s: float, by_replica: list[int], waits: dict[str, int]) -> None:
+    # Two requests on the home (prefill of 9 tokens: the first finishes at 10 s), then
+    # a third at 0.1 s: 2 of ceil(1.25 x 3 / 2) = 2 in flight there, a spill.
+    requests = [make_request(0), make_request(1), make_request(2, arrival_s=0.1)]
+    run = simulate("cacheroute", requests, make_fleet(2), spill_wait_s=wait_s)
+    assert sorted(run.requests_by_replica) == by_replica
+    assert {k: v for k, v in run.outcomes.items() if k.startswith("spill_wait")} == waits
+    assert run.outcomes.get("spill", 0) == (0 if by_replica == [0, 3] else 1)
+    assert run.decisions == 3 + len(waits)
+    if waits == {"spill_wait_owner_hit": 1}:
+        # Woken at 10 s, when the home's next step (the second request's) has begun:
+        # it joins the step after, 12-14 s (its 8 cached tokens skipped).
+        assert max(run.ttft_s) == pytest.approx(14.0 - 0.1)

@@ -25,12 +25,14 @@ POLICIES = ("cacheroute", "pow2", "ray-prefix", "random")
 
 def make_router(name: str, replicas: Sequence[str], *, policy_config: PolicyConfig,
                 clock: Callable[[], float], seed: int, kv_events: bool = True,
-                ray_imbalanced_threshold: float = DEFAULT_IMBALANCED_THRESHOLD) -> SimRouter:
+                ray_imbalanced_threshold: float = DEFAULT_IMBALANCED_THRESHOLD,
+                spill_wait_s: float = 0.0) -> SimRouter:
     """A fresh router (empty state) for one run. Random streams are seeded per
     policy from ``seed`` with a string seed, stable across processes."""
     rng = random.Random(f"sim-router:{name}:{seed}")
     if name == "cacheroute":
-        return CacheRouteRouter(replicas, policy_config, clock=clock, kv_events=kv_events)
+        return CacheRouteRouter(replicas, policy_config, clock=clock, kv_events=kv_events,
+                                spill_wait_s=spill_wait_s)
     if name == "pow2":
         return Pow2Router(replicas, rng=rng)
     if name == "ray-prefix":

@@ -34,6 +34,9 @@ class Placement:
     outcome: str
     # While held, the replicas that may take it; None means any.
     candidates: frozenset[str] | None = None
+    # The spill wait: park until a request completes on one of these (or the wait
+    # times out), then ``decide_again``; None: no wait.
+    wait_for: frozenset[str] | None = None
 
 
 class SimRouter(Protocol):

@@ -14,6 +14,13 @@ all are full. A held request goes to the chosen replica when it frees a slot;
 live, Serve instead asks the router again after a back-off, which may then
 spill it by the load bound with the loads of that moment.
 
+The spill wait (``routing.spill_wait_s``, serving/spill_wait.py) as the adapter
+does it: a SPILL is held by the policy (``hold_spill``) and, when owners of the
+prefix are on the ring, parked (``Placement.wait_for``) until a request completes
+on one of them or the wait times out (``loop.py``); ``decide_again`` then decides
+with the loads of that moment and commits a spill. Only the final decision is
+counted under its outcome; ``spill_wait_<result>`` counts how waits ended.
+
 Outcome labels: the ``router.Outcome`` values; a fall-through is counted under
 ``fallthrough`` in addition.
 """
@@ -26,7 +33,7 @@ from collections.abc import Callable, Iterable
 from bench.sim.block_cache import Allocation
 from bench.sim.prompts import SimRequest
 from bench.sim.routers.base import Placement
-from router import CacheAwarePolicy, Outcome, PolicyConfig, RouteRequest
+from router import CacheAwarePolicy, Decision, Outcome, PolicyConfig, RouteRequest
 from router.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KVEventBatch
 from router.load import InFlightCounts
 
@@ -38,8 +45,11 @@ class CacheRouteRouter:
     name = "cacheroute"
 
     def __init__(self, replicas: Iterable[str], config: PolicyConfig, *,
-                 clock: Callable[[], float], kv_events: bool = True) -> None:
+                 clock: Callable[[], float], kv_events: bool = True,
+                 spill_wait_s: float = 0.0) -> None:
         self.policy = CacheAwarePolicy(config, replicas=replicas, clock=clock)
+        self.spill_wait_s = spill_wait_s
+        self._hold = spill_wait_s > 0
         self._kv_events = kv_events
         self._block_size = config.block_size
         self.outcomes: Counter[str] = Counter()
@@ -56,7 +66,31 @@ class CacheRouteRouter:
         route_request = (_PLAIN if request.session is None and request.block_hashes
                          else RouteRequest(token_ids=request.short_tokens,
                                            session_id=request.session))
-        decision = self.policy.select_hashed(route_request, request.block_hashes, in_flight)
+        decision = self.policy.select_hashed(route_request, request.block_hashes, in_flight,
+                                             hold_spill=self._hold)
+        if self._hold and decision.outcome is Outcome.SPILL:
+            owners = self.policy.spill_owners(route_request, request.block_hashes)
+            if owners:
+                return Placement(None, decision.outcome.value, wait_for=owners)
+            self.policy.commit(route_request, decision, request.block_hashes)
+        return self._place(decision, in_flight, max_ongoing)
+
+    def decide_again(self, request: SimRequest, in_flight: InFlightCounts,
+                     max_ongoing: int | None, *, woken: bool) -> Placement:
+        """After a spill wait: ``woken`` by a completion on an owner, or timed out."""
+        route_request = (_PLAIN if request.session is None and request.block_hashes
+                         else RouteRequest(token_ids=request.short_tokens,
+                                           session_id=request.session))
+        decision = self.policy.select_hashed(route_request, request.block_hashes, in_flight,
+                                             hold_spill=True)
+        if decision.outcome is Outcome.SPILL:
+            self.policy.commit(route_request, decision, request.block_hashes)
+        self.outcomes["spill_wait_" + ("owner_hit" if decision.outcome is Outcome.OWNER_HIT
+                                       else "spill" if woken else "timeout")] += 1
+        return self._place(decision, in_flight, max_ongoing)
+
+    def _place(self, decision: Decision, in_flight: InFlightCounts,
+               max_ongoing: int | None) -> Placement:
         chosen = decision.replica_id
         placement = self._placements.get((decision.outcome, chosen))
         if placement is None:

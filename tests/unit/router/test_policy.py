@@ -81,18 +81,22 @@ def test_full_home_spills_along_the_ring_then_both_owners_serve() -> None:
     assert (tie.replica_id, tie.outcome) == (order[0], Outcome.OWNER_HIT)
 
 
-def test_a_decision_made_without_learning_is_recorded_only_when_committed() -> None:
+def test_a_held_spill_is_recorded_only_when_committed() -> None:
     policy = make_policy(["a", "b", "c"])
     order = policy.select(make_request(16), {}).ranked
     busy = {order[0]: 3, order[1]: 1}
     assert policy.spill_owners(make_request(16)) == {order[0]}
     # The same decision as select's, and the index unchanged: still one owner.
-    spilled = policy.select(make_request(16), busy, learn=False)
+    spilled = policy.select(make_request(16), busy, hold_spill=True)
     assert (spilled.replica_id, spilled.outcome) == (order[1], Outcome.SPILL)
     assert policy.spill_owners(make_request(16)) == {order[0]}
-    assert policy.select(make_request(16), busy, learn=False) == spilled
+    assert policy.select(make_request(16), busy, hold_spill=True) == spilled
     policy.commit(make_request(16), spilled)
     assert policy.spill_owners(make_request(16)) == {order[0], order[1]}
+    # Other outcomes are recorded at once, held or not.
+    fresh = make_request(tokens=[*range(300, 316)])
+    home = policy.select(fresh, {}, hold_spill=True).replica_id
+    assert policy.spill_owners(fresh) == {home}
     # A replica that left meanwhile is not recorded; no full block, no owners.
     policy.set_replicas(["a", "b", "c", "d"])
     policy.on_replica_removed("d")
