@@ -507,7 +507,9 @@ class CacheRouteRequestRouter(SentRequests, RequestRouter):
         request_key = pending_request.metadata.internal_request_id if pending_request else ""
         in_flight = self._in_flight(candidate_replicas)
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
-        wait = self._spill_wait_s > 0
+        # A retry (serving/failover.py) goes on at once: it already waited for a failure.
+        wait = self._spill_wait_s > 0 and not (
+            request_key and self._attempts.avoided(request_key))
         decision = self._policy.select(request, in_flight, hold_spill=wait)
         decide_s = time.perf_counter() - tokenized
         if wait and decision.outcome is Outcome.SPILL:
