@@ -104,10 +104,11 @@ class RoutingConfig(_Strict):
     """Before the load bound sends a request away from the replicas holding its prefix,
     wait up to this long for one of them to finish a request, then decide again: a
     slot freed under the bound makes it a cache hit instead of a full prefill
-    elsewhere (serving/spill_wait.py). The wait ends at the first completion. 0 (the
-    default) spills at once: on the 2-replica CPU workloads measured, waiting gained
-    at most a request's worth of hit rate, raised the load skew, and cost TTFT under
-    overload (docs/benchmarks.md, "Spill wait"). Only `policy: cacheroute` waits."""
+    elsewhere (`_wait_before_spill` in serving/ray_router.py). The wait ends at the
+    first completion. 0 (the default) spills at once: on the 2-replica CPU workloads
+    measured, waiting gained at most a request's worth of hit rate, raised the load
+    skew, and cost TTFT under overload (docs/benchmarks.md, "Spill wait"). Only
+    `policy: cacheroute` waits."""
     replicate_before_spill: bool = False
     """When a request fills the last owner of its prefix that had room under the load
     bound, prefill that prefix (one-token generation) on the replica its next request

@@ -77,7 +77,6 @@ from serving.router_metrics import RouterMetrics
 from serving.router_registry import register_router
 from serving.sent_requests import SentRequests
 from serving.slot_waiters import SlotWaiters
-from serving.spill_wait import SpillWaiters
 from serving.telemetry import ReplicaView, register_source, views_from
 from serving.tracing import RouteLog, process_route_log
 
@@ -186,8 +185,8 @@ class CacheRouteRequestRouter(SentRequests, RequestRouter):
         self._route_log: Optional[RouteLog] = (
             process_route_log() if config.tracing.enabled else None)
         self._slot_waiters = SlotWaiters()
-        # The spill wait (serving/spill_wait.py); 0 s: spill at once.
-        self._spill_waiters = SpillWaiters()
+        # Requests parked by the spill wait (``_wait_before_spill``); 0 s: spill at once.
+        self._spill_waiters = SlotWaiters()
         self._spill_wait_s = config.routing.spill_wait_s
         self._routes: OrderedDict[str, RouteRequest] = OrderedDict()
         # Failover (serving/failover.py): where each request went, what its retry
@@ -229,8 +228,7 @@ class CacheRouteRequestRouter(SentRequests, RequestRouter):
         if self._prewarm_prefixes:
             self._note_joined(ids, frozenset(seats))
         for rid in gone:  # their waiters re-decide among the replicas left
-            self._slot_waiters.wake_all(rid)
-            self._spill_waiters.wake_all(rid)
+            self._wake_all(rid)
         if self._eject_hung:
             self._follow_progress(replicas)
         self._metrics.on_replicas(self._policy.replicas)
@@ -248,8 +246,7 @@ class CacheRouteRequestRouter(SentRequests, RequestRouter):
                     logger.warning("cacheroute: replica %s made no progress for %.1f s; "
                                    "out of the ring", rid, report["stalled_s"])
                     self._failover_metrics.on_ejection("ejected")
-                self._slot_waiters.wake_all(rid)  # no completion will free a slot there
-                self._spill_waiters.wake_all(rid)
+                self._wake_all(rid)  # no completion will free a slot there
             elif rid in self._policy.ejected and self._policy.readmit(rid):
                 logger.info("cacheroute: replica %s progresses again; back on the ring", rid)
                 self._failover_metrics.on_ejection("readmitted")
@@ -351,10 +348,14 @@ class CacheRouteRequestRouter(SentRequests, RequestRouter):
         self._publish_ejected()
         self._metrics.on_replicas(self._policy.replicas)
         self._stop_subscriber(replica_id.unique_id)
-        self._slot_waiters.wake_all(replica_id.unique_id)
-        self._spill_waiters.wake_all(replica_id.unique_id)
+        self._wake_all(replica_id.unique_id)
 
     # --- slots --------------------------------------------------------------------
+
+    def _wake_all(self, rid: str) -> None:
+        """The replica left the ring: everything parked for it decides again."""
+        self._slot_waiters.wake_all(rid)
+        self._spill_waiters.wake_all(rid)
 
     def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
         super().on_request_completed(replica_id, internal_request_id)
@@ -462,10 +463,18 @@ class CacheRouteRequestRouter(SentRequests, RequestRouter):
         self, request: RouteRequest, decision: Decision, by_id: dict[str, RunningReplica],
         in_flight: dict[str, int],
     ) -> tuple[Decision, dict[str, RunningReplica], dict[str, int]]:
-        """The spill wait (serving/spill_wait.py): park until a request completes on
-        one of the owners the bound turned this request away from, or
-        ``routing.spill_wait_s`` passes, then decide again (a spill is held again for
-        the caller to commit). One wait per request: what it decides then, it takes."""
+        """The spill wait: park until a request completes on one of the owners the
+        bound turned this request away from, or ``routing.spill_wait_s`` passes, then
+        decide again (a spill is held again for the caller to commit). One wait per
+        request: what it decides then, it takes.
+
+        Delay scheduling (Zaharia et al., EuroSys 2010): on a short burst an owner
+        frees a slot within one request's service time, while the spill's prefill
+        (seconds for 1k tokens on a CPU engine) also slows every request batched with
+        it. The wait ends at the first completion, so it follows the engines' speed.
+        Each completion wakes one parked request (``on_request_completed``), so a
+        sustained overload still spills, and the bound holds throughout: a parked
+        request is on no replica."""
         owners = self._policy.spill_owners(request).intersection(by_id)
         if not owners:
             return decision, by_id, in_flight

@@ -12,9 +12,10 @@ Names as scraped (serving/telemetry.py serves them):
   `removed` from the ring (a death, a drain or a scale event).
 - `cacheroute_router_kv_events_total{kind}`: KV-event blocks applied (stored,
   removed) and caches cleared.
-- `cacheroute_router_spill_waits_total{result}`: spill waits (serving/spill_wait.py)
-  by how they ended: `owner_hit` (an owner freed a slot: no spill), `spill` (an owner
-  finished a request and was still at the bound), `timeout`.
+- `cacheroute_router_spill_waits_total{result}`: spill waits (`_wait_before_spill`
+  in serving/ray_router.py) by how they ended: `owner_hit` (an owner freed a slot:
+  no spill), `spill` (an owner finished a request and was still at the bound),
+  `timeout`.
 
 The metric objects are process-wide (a Prometheus registry holds each name once);
 every router instance of the process adds to them.

@@ -16,14 +16,21 @@ replica's waiters are served in arrival order. Waits are bounded (``timeout_s``)
 missed completion (a replica reporting a shorter queue, a cancelled request) costs at
 most one timeout, after which Serve's own probing takes over again.
 
-Cost: O(1) per wait and per wake (a deque per replica). Runs on the router's event
-loop only; not thread-safe by design, like the rest of Serve's router state.
+The spill wait (``routing.spill_wait_s``, serving/ray_router.py) uses a second
+instance: a request the load bound would spill parks in the queues of all its
+prefix's owners at once (``wait_any``), is woken by the first completion among them
+that no slot waiter took, and then leaves every queue.
+
+Cost: O(1) per wait on one replica, O(k) on k, and O(1) amortised per wake (a deque
+per replica). Runs on the router's event loop only; not thread-safe by design, like
+the rest of Serve's router state.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Collection
 
 
 class SlotWaiters:
@@ -37,21 +44,33 @@ class SlotWaiters:
 
     async def wait(self, replica_id: str, *, timeout_s: float) -> bool:
         """Park until this replica frees a slot for us; False on timeout."""
+        return await self.wait_any((replica_id,), timeout_s=timeout_s)
+
+    async def wait_any(self, replica_ids: Collection[str], *, timeout_s: float) -> bool:
+        """Park in each of these replicas' queues until a wake on one of them reaches
+        us (or one leaves); False on timeout or with nothing to wait for. The spill
+        wait parks on all the owners of a prefix at once (serving/ray_router.py)."""
+        if not replica_ids or timeout_s <= 0:
+            return False
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        queue = self._queues.setdefault(replica_id, deque())
-        queue.append(future)
+        queues = []
+        for replica_id in replica_ids:
+            queue = self._queues.setdefault(replica_id, deque())
+            queue.append(future)
+            queues.append((replica_id, queue))
         try:
             await asyncio.wait_for(future, timeout_s)
             return True
         except asyncio.TimeoutError:
             return False
         finally:
-            # A timed-out or cancelled waiter leaves the queue, so it cannot swallow
+            # A timed-out or cancelled waiter leaves the queues, so it cannot swallow
             # the wake meant for the next one (done futures are skipped in wake()).
             if not future.done():
                 future.cancel()
-            if self._queues.get(replica_id) is queue and all(f.done() for f in queue):
-                del self._queues[replica_id]
+            for replica_id, queue in queues:
+                if self._queues.get(replica_id) is queue and all(f.done() for f in queue):
+                    del self._queues[replica_id]
 
     def wake_one(self, replica_id: str) -> bool:
         """A slot freed on this replica: wake its oldest live waiter."""

@@ -86,3 +86,39 @@ def test_wake_all_releases_every_waiter_of_a_departed_replica() -> None:
         return count
 
     assert run(scenario()) == 4
+
+
+def test_a_completion_on_any_watched_replica_wakes_the_oldest_waiter() -> None:
+    async def scenario() -> list[str]:
+        waiters = SlotWaiters()
+        woken: list[str] = []
+
+        async def wait(name: str, replicas: set[str]) -> None:
+            assert await waiters.wait_any(replicas, timeout_s=5)
+            woken.append(name)
+
+        tasks = [asyncio.create_task(wait("first", {"a", "b"})),
+                 asyncio.create_task(wait("second", {"b"}))]
+        await asyncio.sleep(0.01)
+        assert waiters.waiting("a") == 1 and waiters.waiting("b") == 2
+        assert waiters.wake_one("b")
+        await asyncio.sleep(0.01)
+        assert woken == ["first"]
+        # The woken waiter left every queue it was in: "a" has nobody to wake.
+        assert waiters.waiting("a") == 0 and not waiters.wake_one("a")
+        assert waiters.wake_all("b") == 1
+        await asyncio.gather(*tasks)
+        return woken
+
+    assert run(scenario()) == ["first", "second"]
+
+
+def test_a_wait_times_out_and_nothing_to_watch_returns_at_once() -> None:
+    async def scenario() -> None:
+        waiters = SlotWaiters()
+        assert not await waiters.wait_any({"a"}, timeout_s=0.02)
+        assert waiters.waiting("a") == 0 and not waiters.wake_one("a")
+        assert not await waiters.wait_any(set(), timeout_s=5)
+        assert not await waiters.wait_any({"a"}, timeout_s=0)
+
+    run(scenario())

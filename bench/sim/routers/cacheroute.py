@@ -14,7 +14,7 @@ all are full. A held request goes to the chosen replica when it frees a slot;
 live, Serve instead asks the router again after a back-off, which may then
 spill it by the load bound with the loads of that moment.
 
-The spill wait (``routing.spill_wait_s``, serving/spill_wait.py) as the adapter
+The spill wait (``routing.spill_wait_s``, serving/ray_router.py) as the adapter
 does it: a SPILL is held by the policy (``hold_spill``) and, when owners of the
 prefix are on the ring, parked (``Placement.wait_for``) until a request completes
 on one of them or the wait times out (``loop.py``); ``decide_again`` then decides
