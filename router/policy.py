@@ -393,9 +393,8 @@ class CacheAwarePolicy:
         hashes = self.block_hashes(request)  # outside the lock, as in ``select``
         if len(hashes) < decision.matched_blocks:
             return None
-        ring_key = (stable_key(request.session_id)
-                    if self._config.session_affinity and request.session_id is not None
-                    else hashes[0])
+        session_key = self._session_key(request)
+        ring_key = session_key if session_key is not None else hashes[0]
         after = dict(in_flight)
         after[chosen] = after.get(chosen, 0) + 1
         with self._lock:
@@ -459,11 +458,9 @@ class CacheAwarePolicy:
         ``hashes`` must equal ``block_hashes(request)``; the decision is then the
         one ``select`` makes (``select`` is this method after hashing).
         """
-        session_key = (
-            stable_key(request.session_id)
-            if self._config.session_affinity and request.session_id is not None
-            else None
-        )
+        # Most requests carry no session: no call on their path.
+        session_key = (self._session_key(request) if request.session_id is not None
+                       else None)
         with self._lock:
             decision = self._decide(request, hashes, session_key, in_flight)
             if hashes and not (hold_spill and decision.outcome is Outcome.SPILL):
@@ -480,14 +477,16 @@ class CacheAwarePolicy:
             hashes = self.block_hashes(request)
         if not hashes:
             return
-        session_key = (
-            stable_key(request.session_id)
-            if self._config.session_affinity and request.session_id is not None
-            else None
-        )
+        session_key = self._session_key(request)
         with self._lock:
             if decision.replica_id in self._members:
                 self._record(decision.replica_id, request, hashes, session_key)
+
+    def _session_key(self, request: RouteRequest) -> int | None:
+        """The ring key of the request's session, when sessions route (None otherwise)."""
+        if self._config.session_affinity and request.session_id is not None:
+            return stable_key(request.session_id)
+        return None
 
     def _record(self, replica_id: str, request: RouteRequest, hashes: Sequence[BlockHash],
                 session_key: int | None) -> None:
