@@ -47,8 +47,9 @@ _COUNTERS = {
 }
 _IN_FLIGHT = "cacheroute_replica_in_flight"
 _DECISIONS = "cacheroute_router_decisions_total"
-_REPLICATIONS = "cacheroute_replications_total"
-_SPILL_WAITS = "cacheroute_router_spill_waits_total"
+# Counters labelled by ``result``, summed per result into the snapshot field named.
+_BY_RESULT = {"cacheroute_replications_total": "replications",
+              "cacheroute_router_spill_waits_total": "spill_waits"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,19 +75,14 @@ def parse_metrics(text: str) -> MetricsSnapshot:
     replicas: dict[str, dict[str, float]] = {}
     in_flight: dict[str, float] = {}
     decisions: dict[str, float] | None = None
-    replications: dict[str, float] | None = None
-    spill_waits: dict[str, float] | None = None
+    by_result: dict[str, dict[str, float]] = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
-            if s.name == _REPLICATIONS:
-                replications = replications if replications is not None else {}
+            field_name = _BY_RESULT.get(s.name)
+            if field_name is not None:
+                results = by_result.setdefault(field_name, {})
                 result = s.labels.get("result", "")
-                replications[result] = replications.get(result, 0.0) + s.value
-                continue
-            if s.name == _SPILL_WAITS:
-                spill_waits = spill_waits if spill_waits is not None else {}
-                result = s.labels.get("result", "")
-                spill_waits[result] = spill_waits.get(result, 0.0) + s.value
+                results[result] = results.get(result, 0.0) + s.value
                 continue
             if s.name == _DECISIONS:
                 decisions = decisions if decisions is not None else {}
@@ -101,7 +97,7 @@ def parse_metrics(text: str) -> MetricsSnapshot:
             elif s.name in _COUNTERS:
                 replicas.setdefault(replica, {})[_COUNTERS[s.name]] = s.value
     return MetricsSnapshot(replicas=replicas, in_flight=in_flight, decisions=decisions,
-                           replications=replications, spill_waits=spill_waits)
+                           **by_result)
 
 
 def scrape(metrics_url: str, timeout_s: float = 30.0) -> MetricsSnapshot:
@@ -149,6 +145,12 @@ def _delta(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str,
     return {r: after[r] - before.get(r, 0.0) for r in after}
 
 
+def _delta_of(before: Mapping[str, float] | None,
+              after: Mapping[str, float] | None) -> dict[str, float] | None:
+    """``_delta`` of a family the service may not export (None: not exported)."""
+    return None if after is None else _delta(before or {}, after)
+
+
 def diff(before: MetricsSnapshot, after: MetricsSnapshot) -> RunCounters:
     def total(name: str) -> float | None:
         got = after.counter(name)
@@ -167,10 +169,8 @@ def diff(before: MetricsSnapshot, after: MetricsSnapshot) -> RunCounters:
         requests_by_replica=_delta(before.counter("requests"), after.counter("requests")),
         spills=None if decisions is None else round(decisions.get("spill", 0.0)),
         decisions=decisions,
-        replications=(None if after.replications is None
-                      else _delta(before.replications or {}, after.replications)),
-        spill_waits=(None if after.spill_waits is None
-                     else _delta(before.spill_waits or {}, after.spill_waits)),
+        replications=_delta_of(before.replications, after.replications),
+        spill_waits=_delta_of(before.spill_waits, after.spill_waits),
     )
 
 
