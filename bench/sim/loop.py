@@ -39,7 +39,7 @@ from bench.sim.block_cache import Allocation
 from bench.sim.engine import EngineParams, SimEngine
 from bench.sim.hold_queue import HoldQueue
 from bench.sim.prompts import SimRequest
-from bench.sim.routers import SimRouter, make_router
+from bench.sim.routers import Placement, SimRouter, make_router
 from router import PolicyConfig
 from router.load import InFlightCounts
 
@@ -188,13 +188,10 @@ class _Run:
                 placement = route(request, in_flight, max_ongoing)
                 self.decision_s += perf() - tick
                 count += 1
-                if placement.replica is not None:
-                    self._dispatch(request, placement.replica, now)
-                elif placement.wait_for is not None:
+                if placement.wait_for is not None:
                     self._park(request, placement.wait_for, now)
                 else:
-                    self.held.add(request, placement.candidates)
-                    result.held += 1
+                    self._place(request, placement, now)
                 if progress is not None and not count & 1023:
                     progress(count)
                 upcoming = next(arrivals, None)
@@ -230,6 +227,10 @@ class _Run:
             request, self.in_flight, self.max_ongoing, woken=woken)
         self.decision_s += perf() - tick
         self.result.decided_again += 1
+        self._place(request, placement, now)
+
+    def _place(self, request: SimRequest, placement: Placement, now: float) -> None:
+        """Send the request where the router placed it, or hold it for its candidates."""
         if placement.replica is not None:
             self._dispatch(request, placement.replica, now)
         else:

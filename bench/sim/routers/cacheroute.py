@@ -61,11 +61,14 @@ class CacheRouteRouter:
     def replicas(self) -> frozenset[str]:
         return self.policy.replicas
 
+    @staticmethod
+    def _route_request(request: SimRequest) -> RouteRequest:
+        return (_PLAIN if request.session is None and request.block_hashes
+                else RouteRequest(token_ids=request.short_tokens, session_id=request.session))
+
     def route(self, request: SimRequest, in_flight: InFlightCounts,
               max_ongoing: int | None) -> Placement:
-        route_request = (_PLAIN if request.session is None and request.block_hashes
-                         else RouteRequest(token_ids=request.short_tokens,
-                                           session_id=request.session))
+        route_request = self._route_request(request)
         decision = self.policy.select_hashed(route_request, request.block_hashes, in_flight,
                                              hold_spill=self._hold)
         if self._hold and decision.outcome is Outcome.SPILL:
@@ -78,9 +81,7 @@ class CacheRouteRouter:
     def decide_again(self, request: SimRequest, in_flight: InFlightCounts,
                      max_ongoing: int | None, *, woken: bool) -> Placement:
         """After a spill wait: ``woken`` by a completion on an owner, or timed out."""
-        route_request = (_PLAIN if request.session is None and request.block_hashes
-                         else RouteRequest(token_ids=request.short_tokens,
-                                           session_id=request.session))
+        route_request = self._route_request(request)
         decision = self.policy.select_hashed(route_request, request.block_hashes, in_flight,
                                              hold_spill=True)
         if decision.outcome is Outcome.SPILL:
