@@ -31,7 +31,7 @@ from bench.cli_args import policy_list
 from bench.sim.engine import SMOLLM2_135M_GEOMETRY, EngineParams, kv_capacity_blocks
 from bench.sim.loop import FleetParams, RunResult, simulate
 from bench.sim.prompts import PromptHasher, SimRequest, sim_requests
-from bench.sim.routers import POLICIES
+from bench.sim.routers import DEFAULT_POLICIES, POLICIES
 from bench.sim.summary import SimSummary, markdown_table, summarise, summary_json
 from bench.sim.tokens import EngineTokenizer, PromptTokens, SyntheticTokenizer
 from bench.trace import TraceFormatError, TraceRequest, load_trace
@@ -49,9 +49,14 @@ _policies = policy_list(POLICIES)
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The run's options; ``sweep.py`` and ``calibrate.py`` reuse them."""
-    p.add_argument("--policies", type=_policies, default=list(POLICIES),
-                   help=f"comma-separated, run in this order (default {','.join(POLICIES)})")
+    p.add_argument("--policies", type=_policies, default=list(DEFAULT_POLICIES),
+                   help=f"comma-separated, run in this order (default "
+                        f"{','.join(DEFAULT_POLICIES)}; also: "
+                        f"{','.join(p for p in POLICIES if p not in DEFAULT_POLICIES)})")
     p.add_argument("--replicas", type=int, default=2)
+    p.add_argument("--ingresses", type=int, default=1,
+                   help="ingress instances, each with its own router (default 1; "
+                        "ray-prefix's share one tree, ray-prefix-local's do not)")
     work = p.add_argument_group("workload (ignored with --trace)")
     work.add_argument("--trace", type=Path, help="a JSONL trace (bench/trace.py format)")
     work.add_argument("--tenants", type=int, default=8)
@@ -166,12 +171,13 @@ def run_policies(args: argparse.Namespace, source: RequestSource, *,
     for policy in args.policies:
         bar = _ProgressBar(policy, source.count) if progress else None
         try:
-            run = simulate(policy, source.requests(with_text=policy == "ray-prefix"), fleet,
+            run = simulate(policy, source.requests(with_text=policy.startswith("ray-prefix")),
+                           fleet,
                            policy_config=config, seed=args.seed,
                            kv_events=not args.no_kv_events,
                            progress=bar.advance if bar is not None else None,
                            ray_imbalanced_threshold=args.ray_imbalanced_threshold,
-                           spill_wait_s=args.spill_wait_s)
+                           spill_wait_s=args.spill_wait_s, ingresses=args.ingresses)
         finally:
             if bar is not None:
                 bar.close()
@@ -207,7 +213,7 @@ def report_json(args: argparse.Namespace, summaries: Sequence[SimSummary],
         "command": shlex.join(["cacheroute", "sim", *argv]),
         "workload": ({"trace": str(args.trace)} if args.trace is not None
                      else {**asdict(workload_spec(args)), "tokenizer": args.tokenizer}),
-        "fleet": {"replicas": fleet.replicas,
+        "fleet": {"replicas": fleet.replicas, "ingresses": args.ingresses,
                   "max_ongoing_requests": fleet.max_ongoing_requests,
                   "engine": asdict(fleet.engine), "load_epsilon": args.load_epsilon,
                   "kv_events": not args.no_kv_events,

@@ -108,8 +108,9 @@ def simulate(policy: str, requests: Iterable[SimRequest], fleet: FleetParams, *,
              progress: Callable[[int], None] | None = None,
              router_factory: RouterFactory | None = None,
              ray_imbalanced_threshold: float = math.inf,
-             spill_wait_s: float = 0.0) -> RunResult:
-    """Run ``requests`` (in arrival order) through ``policy`` on a fresh fleet.
+             spill_wait_s: float = 0.0, ingresses: int = 1) -> RunResult:
+    """Run ``requests`` (in arrival order) through ``policy`` on a fresh fleet,
+    decided by ``ingresses`` router instances (``routers/ingresses.py``).
 
     ``router_factory(replica_ids, clock)`` replaces the named policy's router
     (tests wrap a router to watch its decisions).
@@ -124,7 +125,7 @@ def simulate(policy: str, requests: Iterable[SimRequest], fleet: FleetParams, *,
               else make_router(policy, ids, policy_config=config, clock=clock, seed=seed,
                                kv_events=kv_events,
                                ray_imbalanced_threshold=ray_imbalanced_threshold,
-                               spill_wait_s=spill_wait_s))
+                               spill_wait_s=spill_wait_s, ingresses=ingresses))
     gc_was_enabled = gc.isenabled()
     gc.disable()  # nothing per request forms a reference cycle; collections only cost time
     try:

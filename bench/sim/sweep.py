@@ -10,12 +10,15 @@ One base scenario (the options of ``cacheroute sim``, with the defaults below:
 * ``epsilon``: cacheroute's bounded-load slack (the other policies do not have
   it; they are drawn as flat references at the base point);
 * ``kv``: KV cache per replica, in GiB of the model's geometry;
-* ``zipf``: how skewed tenant popularity is.
+* ``zipf``: how skewed tenant popularity is;
+* ``ingresses``: ingress instances, each with its own router (``routers/ingresses.py``),
+  with ``ray-prefix-local`` (a tree per ingress) beside the others; ``ray-prefix``'s
+  routers share one tree, so it is drawn flat at the base point.
 
 Each sweep writes ``sim-<name>.png`` (hit rate; TTFT p50 and p99 on a log
 scale; one colour per policy) to ``--out-dir``, and every point goes to
-``--json`` and to a Markdown table on stdout. Cost: about 25 runs of 8,000
-requests per policy, a few minutes of one core.
+``--json`` and to a Markdown table on stdout. Cost: about 30 runs of 8,000
+requests per policy, under a minute of one core (38 s on the 2-core VM of docs/).
 """
 
 from __future__ import annotations
@@ -49,6 +52,10 @@ class Sweep:
     # Policies whose result changes with the value; the others are run once.
     varying: tuple[str, ...] | None = None
     log_x: bool = False
+    # Policies run in this sweep only, after the base ones.
+    also: tuple[str, ...] = ()
+    # Legend note for a policy run once (``varying``).
+    fixed_note: str = "no ε; base point"
 
 
 def _set(name: str, cast: Callable[[float], Any] = float) -> Callable[[argparse.Namespace,
@@ -71,11 +78,17 @@ SWEEPS = (
           (0.125, 0.25, 0.5, 1.0, 2.0, 4.0), _set_kv, log_x=True),
     Sweep("zipf", "tenant popularity Zipf exponent s", (0.0, 0.5, 0.8, 1.1, 1.4, 1.8),
           _set("zipf")),
+    Sweep("ingresses", "ingress instances, each with its own router", (1, 2, 4, 8, 16),
+          _set("ingresses", int), varying=("cacheroute", "pow2", "random", "ray-prefix-local"),
+          log_x=True, also=("ray-prefix-local",),
+          fixed_note="one tree shared by every ingress"),
 )
 
 
 def run_sweep(sweep: Sweep, base: argparse.Namespace) -> list[dict[str, Any]]:
     points: list[dict[str, Any]] = []
+    policies = [*base.policies, *(p for p in sweep.also if p not in base.policies)]
+    base = argparse.Namespace(**{**vars(base), "policies": policies})
     fixed = [p for p in base.policies if sweep.varying is not None and p not in sweep.varying]
     if fixed:  # policies the value does not affect: one run at the base point
         args = argparse.Namespace(**{**vars(base), "policies": fixed})
@@ -109,7 +122,7 @@ def write_chart(path: Path, sweep: Sweep, points: Sequence[dict[str, Any]], titl
         xs = [p["value"] for p in mine]
         color = f"C{POLICIES.index(policy)}"  # one colour per policy in every chart
         style = ":" if mine and mine[0]["fixed"] else "-"
-        label = policy + (" (no ε; base point)" if mine and mine[0]["fixed"] else "")
+        label = policy + (f" ({sweep.fixed_note})" if mine and mine[0]["fixed"] else "")
         hits.plot(xs, [p["hit_rate"] * 100 for p in mine], style, marker="o", color=color,
                   label=label)
         ttft.plot(xs, [p["ttft_p50_s"] for p in mine], style, marker="o", color=color,
@@ -144,10 +157,15 @@ def write_chart(path: Path, sweep: Sweep, points: Sequence[dict[str, Any]], titl
 def markdown(points: Sequence[dict[str, Any]]) -> str:
     out = ["| sweep | value | policy | hit rate | oracle | TTFT p50 s | TTFT p99 s | load skew |",
            "|---|---:|---|---:|---:|---:|---:|---:|"]
+    shown_fixed: set[tuple[str, str]] = set()
     for p in points:
-        if p["fixed"] and p["value"] != points[0]["value"] and p["sweep"] != "replicas":
-            continue  # a flat reference: once is enough
-        out.append(f"| {p['sweep']} | {p['value']:g} | {p['policy']} | {p['hit_rate']:.1%} | "
+        value = f"{p['value']:g}"
+        if p["fixed"]:  # a flat reference, the same at every value: once per sweep
+            if (p["sweep"], p["policy"]) in shown_fixed:
+                continue
+            shown_fixed.add((p["sweep"], p["policy"]))
+            value = "any"
+        out.append(f"| {p['sweep']} | {value} | {p['policy']} | {p['hit_rate']:.1%} | "
                    f"{p['oracle_hit_rate']:.1%} | {p['ttft_p50_s']:.2f} | "
                    f"{p['ttft_p99_s']:.2f} | {p['load_skew']:.2f} |")
     return "\n".join(out)

@@ -43,11 +43,11 @@ DEFAULT_IMBALANCED_THRESHOLD = math.inf
 
 
 class RayPrefixRouter:
-    name = "ray-prefix"
-
     def __init__(self, replicas: Sequence[str], *, rng: random.Random,
                  match_rate_threshold: float = DEFAULT_MATCH_RATE_THRESHOLD,
-                 imbalanced_threshold: float = DEFAULT_IMBALANCED_THRESHOLD) -> None:
+                 imbalanced_threshold: float = DEFAULT_IMBALANCED_THRESHOLD,
+                 name: str = "ray-prefix") -> None:
+        self.name = name
         self._replicas = tuple(replicas)
         self._rng = rng
         self._match_rate_threshold = match_rate_threshold

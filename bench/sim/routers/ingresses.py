@@ -1,0 +1,81 @@
+"""Several ingress instances, each with its own router, behind one proxy.
+
+In Ray Serve every ingress replica holds its own ``DeploymentHandle`` and so its
+own request router: with K ingresses, K routers decide for one fleet of
+engines, and Serve's proxy spreads the requests over them. ``Ingresses`` models
+that: per request one of its routers is drawn uniformly (seeded), and that
+router alone decides. What the instances share is what they share live:
+
+* ``cacheroute``: nothing but the engines' KV events, which every instance
+  subscribes to (``on_kv_events`` is broadcast). Each instance learns its own
+  decisions at once and the others' only when the engine stores the blocks; the
+  ring agrees on a new prefix's home with no shared state at all.
+* ``pow2`` and ``random``: nothing; they read loads only.
+* ``ray-prefix`` is *not* wrapped: Ray's routers share one named
+  ``PrefixTreeActor`` per deployment (``prefix_aware_router.py``, ``get_if_exists``),
+  so K of them make the decisions one router would, each paying an actor call.
+  ``ray-prefix-local`` is the same router with a tree per ingress, as a prefix
+  router without a shared store has.
+
+Loads are the same exact in-flight counts for every instance (``base.py``): live,
+each router adds its own sends to Serve's shared queue-length cache, so this
+leaves out only that cache's staleness, for every policy alike.
+
+A decision's follow-ups (``on_placed``, and ``decide_again`` after a spill wait)
+go to the instance that made it, tracked per request until it is placed.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Sequence
+
+from bench.sim.block_cache import Allocation
+from bench.sim.prompts import SimRequest
+from bench.sim.routers.base import Placement, SimRouter
+from router.load import InFlightCounts
+
+
+class Ingresses:
+    """``len(routers)`` router instances of one policy, one drawn per request."""
+
+    def __init__(self, routers: Sequence[SimRouter], *, rng: random.Random) -> None:
+        if len(routers) < 2:
+            raise ValueError("Ingresses needs at least two routers; use the router itself")
+        self.routers = tuple(routers)
+        self.name = routers[0].name
+        self.spill_wait_s = float(getattr(routers[0], "spill_wait_s", 0.0))
+        self._rng = rng
+        # request index -> the instance that decided it, until the request is placed.
+        self._decided_by: dict[int, SimRouter] = {}
+
+    @property
+    def replicas(self) -> frozenset[str] | None:
+        return getattr(self.routers[0], "replicas", None)
+
+    @property
+    def outcomes(self) -> Counter[str]:
+        total: Counter[str] = Counter()
+        for router in self.routers:
+            total.update(getattr(router, "outcomes", {}))
+        return total
+
+    def route(self, request: SimRequest, in_flight: InFlightCounts,
+              max_ongoing: int | None) -> Placement:
+        router = self.routers[self._rng.randrange(len(self.routers))]
+        self._decided_by[request.index] = router
+        return router.route(request, in_flight, max_ongoing)
+
+    def decide_again(self, request: SimRequest, in_flight: InFlightCounts,
+                     max_ongoing: int | None, *, woken: bool) -> Placement:
+        router = self._decided_by[request.index]
+        return router.decide_again(  # type: ignore[attr-defined]
+            request, in_flight, max_ongoing, woken=woken)
+
+    def on_placed(self, request: SimRequest, replica: str, now_s: float) -> None:
+        self._decided_by.pop(request.index).on_placed(request, replica, now_s)
+
+    def on_kv_events(self, replica: str, allocation: Allocation, now_s: float) -> None:
+        for router in self.routers:
+            router.on_kv_events(replica, allocation, now_s)
