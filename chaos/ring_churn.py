@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from router.policy import PolicyConfig
+from router.decision import PolicyConfig
 from router.ring import HashRing, stable_key
 
 DEFAULT_SAMPLE_KEYS = 20_000
