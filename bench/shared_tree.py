@@ -113,8 +113,9 @@ def run_point(policy: str, ingresses: int, prompts: Any, *, n: int, replicas: in
     callers = [remote_caller.remote() for _ in range(ingresses)]  # type: ignore[attr-defined]
     tenants = replica_ids(replicas)
     # Caller k makes decisions k*n .. k*n+n-1: distinct questions, shared prefixes.
-    texts = [[prompts.text(k * n + i) for i in range(n)] for k in range(ingresses)]
-    ids = [[prompts.ids(k * n + i) for i in range(n)] for k in range(ingresses)]
+    # Each policy gets only its own form of them (4k-token id tuples add up).
+    prompt = prompts.text if policy == "ray-prefix" else prompts.ids
+    inputs = [[prompt(k * n + i) for i in range(n)] for k in range(ingresses)]
     tree = None
     try:
         if policy == "ray-prefix":
@@ -125,10 +126,10 @@ def run_point(policy: str, ingresses: int, prompts: Any, *, n: int, replicas: in
         ray.get([c.__ray_ready__.remote() for c in callers])
         start_at = time.time() + _START_DELAY_S
         if policy == "ray-prefix":
-            futures = [c.ray_prefix.remote(tree, texts[k], tenants, start_at)
+            futures = [c.ray_prefix.remote(tree, inputs[k], tenants, start_at)
                        for k, c in enumerate(callers)]
         else:
-            futures = [c.cacheroute.remote(ids[k], prompts.timed_ids, tenants, block_size,
+            futures = [c.cacheroute.remote(inputs[k], prompts.timed_ids, tenants, block_size,
                                            start_at) for k, c in enumerate(callers)]
         results = ray.get(futures)
     finally:
@@ -190,21 +191,21 @@ def write_chart(path: Path, points: Sequence[dict[str, Any]], title: str) -> Non
     plt.close(fig)
 
 
-def _counts(text: str) -> list[int]:
+def _positive(text: str) -> int:
     try:
-        values = [int(v) for v in text.split(",") if v.strip()]
+        value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
-    if not values or min(values) < 1:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def _counts(text: str) -> list[int]:
+    values = [_positive(v) for v in text.split(",") if v.strip()]
+    if not values:
         raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
     return values
-
-
-def _positive(text: str) -> int:
-    value = _counts(text)
-    if len(value) != 1:
-        raise argparse.ArgumentTypeError(f"expected one integer >= 1, got {text!r}")
-    return value[0]
 
 
 def build_parser() -> argparse.ArgumentParser:

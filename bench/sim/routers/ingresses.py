@@ -23,6 +23,12 @@ leaves out only that cache's staleness, for every policy alike.
 
 A decision's follow-ups (``on_placed``, and ``decide_again`` after a spill wait)
 go to the instance that made it, tracked per request until it is placed.
+
+``decisions_per_s`` with K > 1 is not comparable with one ingress: the loop's
+in-flight counts are built over the first instance's replica set, so every other
+``cacheroute`` instance sums the counts per decision, O(N) instead of O(1)
+(``router/load.py``): at 1,000 replicas, 13.5k decisions/s with 2 ingresses against
+38.6k with one. Hit rates, TTFTs and loads are unaffected.
 """
 
 from __future__ import annotations
