@@ -53,9 +53,12 @@ class InFlightCounts(dict[str, int]):
     A plain ``dict`` for readers (``get`` stays the C method the policy calls several
     times per decision), changed only through ``add`` so that ``total`` cannot drift:
     the other mutators raise. ``total_in_flight`` reads ``total`` in O(1) when the
-    table was built over the very ``replicas`` object it is asked about (e.g.
-    ``InFlightCounts(policy.replicas)``), instead of summing N counts, which at
-    1,000 replicas would cost more than the rest of a decision.
+    table was built over the replica set it is asked about (``covers``), instead of
+    summing N counts, which at 1,000 replicas would cost more than the rest of a
+    decision. That is the very ``replicas`` object (e.g.
+    ``InFlightCounts(policy.replicas)``), or a frozenset equal to the frozenset it
+    was built over: several policies deciding for one fleet (one per ingress) each
+    hold their own equal copy, compared once per copy.
 
     ``changes`` holds the ids of the last ``CHANGE_LOG_LENGTH`` changes and
     ``changed`` counts all changes ever made, so a reader that remembers ``changed``
@@ -66,10 +69,12 @@ class InFlightCounts(dict[str, int]):
     snapshot instead, as the Ray adapter does.
     """
 
-    __slots__ = ("changed", "changes", "replicas", "total")
+    __slots__ = ("_compared", "changed", "changes", "replicas", "total")
 
     # Changes remembered: a reader further behind reads every count again.
     CHANGE_LOG_LENGTH = 4096
+    # Other replica-set objects remembered by ``covers`` before it starts over.
+    COMPARED_SETS = 64
 
     def __init__(self, replicas: Collection[str]) -> None:
         super().__init__(dict.fromkeys(replicas, 0))
@@ -77,6 +82,26 @@ class InFlightCounts(dict[str, int]):
         self.total = 0
         self.changes: deque[str] = deque(maxlen=self.CHANGE_LOG_LENGTH)
         self.changed = 0
+        # id -> (the set, whether it equals ``replicas``). Holding the set keeps its
+        # id from being reused, and frozensets cannot change, so the answer stays true.
+        self._compared: dict[int, tuple[Collection[str], bool]] = {}
+
+    def covers(self, replicas: Collection[str]) -> bool:
+        """True when ``total`` is the sum over ``replicas``: the set this table was
+        built over, or a frozenset equal to that frozenset (an O(N) comparison the
+        first time a set object is asked about, O(1) after)."""
+        if replicas is self.replicas:
+            return True
+        known = self._compared.get(id(replicas))
+        if known is not None and known[0] is replicas:
+            return known[1]
+        if not (isinstance(replicas, frozenset) and isinstance(self.replicas, frozenset)):
+            return False  # a mutable set may change after any comparison
+        if len(self._compared) >= self.COMPARED_SETS:
+            self._compared.clear()  # sets of replaced memberships, no longer asked about
+        equal = replicas == self.replicas
+        self._compared[id(replicas)] = (replicas, equal)
+        return equal
 
     def add(self, replica: str, delta: int) -> int:
         """Change ``replica``'s count by ``delta``; returns the new count."""
@@ -99,7 +124,7 @@ class InFlightCounts(dict[str, int]):
 
 def total_in_flight(in_flight: Mapping[str, int], replicas: Collection[str]) -> int:
     """Sum of in-flight counts over ``replicas``; ids outside the set are ignored."""
-    if isinstance(in_flight, InFlightCounts) and in_flight.replicas is replicas:
+    if isinstance(in_flight, InFlightCounts) and in_flight.covers(replicas):
         return in_flight.total
     total = 0
     for replica in replicas:

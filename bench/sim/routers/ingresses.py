@@ -24,11 +24,13 @@ leaves out only that cache's staleness, for every policy alike.
 A decision's follow-ups (``on_placed``, and ``decide_again`` after a spill wait)
 go to the instance that made it, tracked per request until it is placed.
 
-``decisions_per_s`` with K > 1 is not comparable with one ingress: the loop's
-in-flight counts are built over the first instance's replica set, so every other
-``cacheroute`` instance sums the counts per decision, O(N) instead of O(1)
-(``router/load.py``): at 1,000 replicas, 13.5k decisions/s with 2 ingresses against
-38.6k with one. Hit rates, TTFTs and loads are unaffected.
+``decisions_per_s`` with K > 1 counts the same work per decision as with one: every
+instance's replica set is an equal copy of the one the loop's in-flight counts
+were built over, which ``InFlightCounts.covers`` recognises (``router/load.py``),
+so each reads the total in O(1). What still lowers the rate as K grows is that
+each instance decides 1/K of the requests: its views of hot prefixes' loads
+(``router/owner_loads.py``) catch up over K times as many changes, and its data
+is colder in the CPU caches. Live, each instance runs in its own process.
 """
 
 from __future__ import annotations

@@ -114,3 +114,28 @@ def test_in_flight_counts_keep_their_total_and_change_only_through_add() -> None
         counts["replica-1"] = 5
     with pytest.raises(TypeError):
         counts.update({"replica-1": 5})
+
+
+def test_in_flight_total_is_read_for_an_equal_copy_of_its_replica_set() -> None:
+    # One policy per ingress, each with its own frozenset of the same fleet.
+    replicas = frozenset(make_replica_ids(4))
+    counts = InFlightCounts(replicas)
+    counts.add("replica-1", 3)
+    counts.add("elsewhere", 5)
+    copy = frozenset(make_replica_ids(4))
+    assert copy is not replicas
+    assert counts.covers(copy) and counts.covers(copy)  # compared once, then remembered
+    assert total_in_flight(counts, copy) == 3
+    assert not counts.covers(frozenset(make_replica_ids(3)))
+    assert total_in_flight(counts, frozenset(make_replica_ids(3))) == 3  # summed
+    assert total_in_flight(counts, frozenset(make_replica_ids(5))) == 3  # summed
+    # A mutable set could change after a comparison: always summed, never remembered.
+    mutable = set(make_replica_ids(4))
+    assert not counts.covers(mutable)
+    mutable.discard("replica-1")
+    assert total_in_flight(counts, mutable) == 0
+    # The memory of compared sets stays bounded.
+    for size in range(200):
+        counts.covers(frozenset(make_replica_ids(size)))
+    assert len(counts._compared) <= InFlightCounts.COMPARED_SETS
+    assert counts.covers(copy)
