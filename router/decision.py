@@ -78,8 +78,10 @@ class PolicyConfig:
 class RouteRequest:
     """What the policy needs to know about one request; tokenised once upstream."""
 
-    # Prompt token ids, exactly as the engine will see them (after chat templating).
-    token_ids: tuple[int, ...] | None = None
+    # Prompt token ids, exactly as the engine will see them (after chat templating):
+    # a tuple, or an ``array("I")`` that the block hasher reads without packing it
+    # (router/hashing.py). Not changed once the request is built.
+    token_ids: Sequence[int] | None = None
     # vLLM's per-request cache isolation salt; it changes the first block's hash.
     cache_salt: str | None = None
     # LoRA adapter name and path; vLLM keys every block by both.

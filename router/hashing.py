@@ -27,7 +27,9 @@ Caches, both exact (their keys hold the packed token ids, never a hash of them) 
 bounded by ``memo_blocks`` blocks each, so that a prompt pays SHA-256 only for the
 blocks it does not share with recent ones:
 
-1. The prompt's ids are packed once as uint32 (``array``, one C loop). The chain
+1. The prompt's ids are packed once as uint32 (``array``, one C loop), unless they
+   arrive packed: the router's tokenizer builds them as an ``array("I")``
+   (``serving/prompt_tokens.py``), whose bytes are one copy. The chain
    cache maps (chain root, extra keys, packed first block) to the last chain hashed
    from that first block: its packed ids, digests and BlockHashes. The request's
    packed ids are compared with that chain's in C (``bytes.startswith``, one
@@ -41,8 +43,9 @@ blocks it does not share with recent ones:
 
 Cost, measured on one core of a 2-CPU AMD EPYC for a 4,096-token prompt in 128-token
 blocks (``bench/decision_cost.py``): packing about 5 ns a token (about 20 us), the
-floor of every call; a prompt that repeats or extends a remembered chain then adds
-about 3 us, plus one block hash for each block past it. A block hashed afresh is one
+floor of every call whose ids are not packed already (about 1 us when they are); a
+prompt that repeats or extends a remembered chain then adds about 3 us, plus one
+block hash for each block past it. A block hashed afresh is one
 ``cbor2.dumps`` of its ids (most of the cost) and one SHA-256 of about
 ``3 * block_size + 40`` bytes, the other CBOR pieces (array header, digest header,
 extra keys) pre-encoded once per call: about 5.5 us per 128-token block (0.18 ms for
@@ -296,29 +299,35 @@ class PrefixHasher:
             num_blocks = min(num_blocks, max(max_blocks, 0))
         if num_blocks == 0:
             return [], []
-        # cbor2 cannot encode arbitrary sequence types; lists and tuples both
-        # encode as CBOR arrays, as vLLM's tuple(block) does.
-        tokens = token_ids if isinstance(token_ids, (list, tuple)) else list(token_ids)
+        # Ids already packed (``array("I")``, as the router's tokenizer builds them)
+        # need no pack: their bytes are one copy. cbor2 cannot encode arbitrary
+        # sequence types; lists and tuples both encode as CBOR arrays, as vLLM's
+        # tuple(block) does, and a packed block is unpacked when it is hashed.
+        is_packed = isinstance(token_ids, array) and token_ids.typecode == "I"
+        tokens = token_ids if is_packed or isinstance(token_ids, (list, tuple)) \
+            else list(token_ids)
         first_tail, rest_tail = _extra_keys_cbor(cache_salt, lora_name, lora_path)
         if parent is not None:
             first_tail = rest_tail
         root = self._root if parent is None else parent
 
         # Both caches key on the prompt's tokens packed as uint32: one C-level
-        # pack of the whole prompt (about 5 ns a token, the floor of this path),
-        # then per block a bytes slice whose hash CPython computes once and caches.
-        # Ids outside uint32 skip both caches.
+        # pack of the whole prompt (about 5 ns a token, the floor of this path
+        # for ids not packed already), then per block a bytes slice whose hash
+        # CPython computes once and caches. Ids outside uint32 skip both caches.
         packed = None
         if self._memo.enabled:
             used = num_blocks * size
             # The trailing partial block is packed too: slicing it off would cost more.
             source = tokens if len(tokens) - used < size else tokens[:used]
             try:
-                packed = array("I", source).tobytes()
+                packed = source.tobytes() if is_packed \
+                    else array("I", source).tobytes()  # type: ignore[union-attr]
             except (OverflowError, TypeError):
                 packed = None
         if packed is None:
-            return self._extend(tokens, None, 0, num_blocks, root, first_tail, rest_tail, [], [])
+            return self._extend(tokens.tolist() if is_packed else tokens,  # type: ignore[union-attr]
+                                None, 0, num_blocks, root, first_tail, rest_tail, [], [])
 
         width = size * _TOKEN_BYTES
         end = num_blocks * width
@@ -341,7 +350,8 @@ class PrefixHasher:
                 return digests, hashes
             root = digests[-1]
         self._extend(tokens, packed, start, num_blocks, root,
-                     first_tail if start == 0 else rest_tail, rest_tail, digests, hashes)
+                     first_tail if start == 0 else rest_tail, rest_tail, digests, hashes,
+                     is_packed=is_packed)
         # The latest chain from this first block replaces the previous one: a
         # conversation's next turn extends it, a shared prefix's next request
         # diverges from it only in its last blocks.
@@ -360,9 +370,12 @@ class PrefixHasher:
         rest_tail: bytes,
         digests: list[bytes],
         hashes: list[BlockHash],
+        *,
+        is_packed: bool = False,
     ) -> tuple[list[bytes], list[BlockHash]]:
         """Append the digests and BlockHashes of blocks ``start_block`` up to
-        ``num_blocks``; ``parent`` is the digest before ``start_block``."""
+        ``num_blocks``; ``parent`` is the digest before ``start_block``. ``tokens``
+        is an ``array("I")`` when ``is_packed``, else a list or tuple."""
         # Hot loop: a slice, one C-level CBOR encode of plain ints (canonical
         # and default encodings agree for ints and arrays), one concatenation
         # and one SHA-256 per block not in the memo. The memo key also holds the
@@ -384,7 +397,9 @@ class PrefixHasher:
                 if packed is not None else None
             digest = memo.get(key) if key is not None else None
             if digest is None:
-                digest = sha256(head + parent + dumps(tokens[start : start + size]) + tail).digest()
+                block_ids = tokens[start : start + size]
+                digest = sha256(head + parent + dumps(
+                    block_ids.tolist() if is_packed else block_ids) + tail).digest()  # type: ignore[union-attr]
                 if key is not None:
                     memo.put(key, digest)
             parent = digest

@@ -21,6 +21,7 @@ routing other requests meanwhile.
 from __future__ import annotations
 
 import functools
+from array import array
 from typing import Any
 
 from serving.segment_tokens import SegmentEncoder
@@ -62,23 +63,30 @@ class PromptTokenizer:
     def tokenizer(self) -> Any:
         return load_tokenizer(self._path)
 
-    def _encode(self, text: str, add_special_tokens: bool) -> tuple[int, ...]:
+    def _encoded(self, text: str, add_special_tokens: bool) -> array:
         if self._encoder is None:
             self._encoder = SegmentEncoder(self.tokenizer)
-        return tuple(self._encoder.encode(text, add_special_tokens=add_special_tokens))
+        return self._encoder.encode_packed(text, add_special_tokens=add_special_tokens)
 
     def token_ids(self, request: Any) -> tuple[int, ...] | None:
+        packed = self.packed_ids(request)
+        return tuple(packed) if isinstance(packed, array) else packed
+
+    def packed_ids(self, request: Any) -> array | tuple[int, ...] | None:
+        """``token_ids`` as the router hashes them: text is encoded into an
+        ``array("I")`` (router/hashing.py hashes it without packing it again);
+        ids the client gave are kept as a tuple, as they may not fit in 32 bits."""
         if getattr(request, "messages", None) is not None:
             return self._chat(request)
         prompt = getattr(request, "prompt", None)
         if isinstance(prompt, str):
-            return self._encode(prompt, bool(getattr(request, "add_special_tokens", True)))
+            return self._encoded(prompt, bool(getattr(request, "add_special_tokens", True)))
         if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
             return tuple(prompt)
         # Batched prompts, embeddings: several sequences, no single prefix to route on.
         return None
 
-    def _chat(self, request: Any) -> tuple[int, ...] | None:
+    def _chat(self, request: Any) -> array:
         messages = [_message_dict(m) for m in request.messages]
         kwargs = dict(getattr(request, "chat_template_kwargs", None) or {})
         continue_final = bool(getattr(request, "continue_final_message", False))
@@ -92,4 +100,4 @@ class PromptTokenizer:
                 t.model_dump() if hasattr(t, "model_dump") else t for t in request.tools],
             **kwargs,
         )
-        return self._encode(text, bool(getattr(request, "add_special_tokens", False)))
+        return self._encoded(text, bool(getattr(request, "add_special_tokens", False)))

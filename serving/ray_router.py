@@ -303,7 +303,7 @@ class CacheRouteRequestRouter(SentRequests, RequestRouter):
         if target is None:
             return
         replica_id, blocks = target
-        tokens = request.token_ids[:min(blocks, self._max_prefix_blocks) * self._block_size]
+        tokens = tuple(request.token_ids[:min(blocks, self._max_prefix_blocks) * self._block_size])
         key = (replica_id, request.cache_salt, tokens)
         with self._prewarm_lock:
             if key in self._replicating or len(self._replicating) >= _MAX_REPLICATING:
@@ -438,9 +438,9 @@ class CacheRouteRequestRouter(SentRequests, RequestRouter):
     async def _tokenize(self, pending_request: PendingRequest) -> RouteRequest:
         body = pending_request.args[0]
         if _prompt_chars(body) >= _THREAD_TOKENIZE_MIN_CHARS:
-            token_ids = await asyncio.to_thread(self._tokenizer.token_ids, body)
+            token_ids = await asyncio.to_thread(self._tokenizer.packed_ids, body)
         else:
-            token_ids = self._tokenizer.token_ids(body)
+            token_ids = self._tokenizer.packed_ids(body)
         session = pending_request.metadata.session_id or getattr(body, "user", None) or None
         return RouteRequest(
             token_ids=token_ids,

@@ -73,8 +73,19 @@ class SegmentEncoder:
     def encode(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
         if not self.enabled:
             return list(self._tok.encode(text, add_special_tokens=add_special_tokens))
+        return self._assemble(text, [])
+
+    def encode_packed(self, text: str, *, add_special_tokens: bool = False) -> array:
+        """``encode`` as an ``array("I")``: what the router hashes. A cached piece is
+        then copied in one ``memcpy`` instead of being unpacked into ints, and the
+        block hasher needs no pack of its own (router/hashing.py)."""
+        if not self.enabled:
+            return array("I", self._tok.encode(text, add_special_tokens=add_special_tokens))
+        return self._assemble(text, array("I"))
+
+    def _assemble(self, text: str, ids: Any) -> Any:
+        """Append ``text``'s ids to ``ids`` (a list or an ``array("I")``) piece by piece."""
         pieces = self._split.split(text) if self._split is not None else [text]
-        ids: list[int] = []
         for piece in pieces:
             if not piece:
                 continue

@@ -33,18 +33,23 @@ def test_timer_times_every_call_and_reports_progress() -> None:
 
 
 def test_rows_table_and_target_check() -> None:
-    fast = make_row("cacheroute select (token ids)", [10.0, 20.0, 30.0], tokens=4096,
+    fast = make_row("cacheroute select (packed ids)", [10.0, 20.0, 30.0], tokens=4096,
                     block_size=128, replicas=2)
-    slow = make_row("cacheroute select (token ids)", [100.0, 500.0], tokens=4096,
+    slow = make_row("cacheroute select (packed ids)", [100.0, 500.0], tokens=4096,
                     block_size=16, replicas=2)
+    # The tuple rows are reported beside the target, not checked against it.
+    tuples = make_row("cacheroute select (token ids)", [900.0, 990.0], tokens=4096,
+                      block_size=128, replicas=2)
     other = make_row("tokenize only (PromptTokenizer)", [9000.0], tokens=4096, block_size=None,
                      replicas=None)
     assert (fast.p50_us, fast.n, fast.max_us) == (20.0, 3, 30.0)
-    check = target_check([fast, slow, other])
+    check = target_check([fast, slow, tuples, other])
     assert check["met"] is False and check["worst_p99_us"] == slow.p99_us
-    assert target_check([fast])["met"] is True
+    assert check["token_ids_worst_p99_us"] == tuples.p99_us
+    assert target_check([fast, tuples])["met"] is True
+    assert target_check([tuples])["met"] is False  # nothing packed was measured
     table = markdown_table([fast, other])
-    assert "| cacheroute select (token ids) | 4,096 | 128 | 2 | 20.0 |" in table
+    assert "| cacheroute select (packed ids) | 4,096 | 128 | 2 | 20.0 |" in table
     assert "| tokenize only (PromptTokenizer) | 4,096 | - | - |" in table
 
 
@@ -66,11 +71,16 @@ def test_miniature_run_writes_every_row(tiny_model: Path, tmp_path: Path,
     assert data["machine"]["nproc"] >= 1 and data["machine"]["python"]
     names = {(r["name"], r["replicas"]) for r in data["rows"]}
     assert ("cacheroute select (token ids)", 3) in names
+    assert ("cacheroute select (packed ids)", 3) in names
+    assert ("cacheroute hash only, packed ids (PrefixHasher)", None) in names
+    assert ("control: pack the ids (no router)", None) in names
     assert ("cacheroute tokenize+select (text)", 2) in names
     assert ("ray PrefixTree match+insert (direct)", 2) in names
     assert ("ray PrefixTree prefix_match only (direct)", 3) in names
     assert all(set(r) >= set(Row.__dataclass_fields__) for r in data["rows"])
-    selects = [r for r in data["rows"] if r["name"] == "cacheroute select (token ids)"]
-    # Every timed prompt starts with an owned tenant prefix.
+    selects = [r for r in data["rows"] if r["name"].startswith("cacheroute select")]
+    # Every timed prompt starts with an owned tenant prefix, packed or not.
+    assert len(selects) == 4
     assert all(r["outcomes"] == {"OWNER_HIT": 30 + 20} for r in selects)
+    assert data["target"]["what"].startswith("p99 of cacheroute select from packed")
     assert "| name | prompt tokens |" in capsys.readouterr().out

@@ -260,8 +260,8 @@ def test_a_missed_wake_up_falls_back_to_serve_after_the_timeout(
 def test_a_waiting_request_is_tokenized_once(tiny_model: Path) -> None:
     router = make_router(tiny_model, make_replicas(2))
     calls: list[object] = []
-    real = router._tokenizer.token_ids
-    router._tokenizer.token_ids = lambda body: calls.append(body) or real(body)
+    real = router._tokenizer.packed_ids
+    router._tokenizer.packed_ids = lambda body: calls.append(body) or real(body)
     pending = make_pending(SYSTEM, "asked twice")
     first = choose(router, pending)
     assert choose(router, pending) == first

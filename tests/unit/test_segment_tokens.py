@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from array import array
 from pathlib import Path
 
 import pytest
@@ -49,7 +50,10 @@ def check_equivalent(path: Path) -> SegmentEncoder:
         text = random_text(rng, specials)
         if rng.random() < 0.5:  # a repeated long piece between special tokens
             text = f"{specials[0]}system\n{system}{specials[-1]}" + text
-        assert enc.encode(text) == list(tok.encode(text, add_special_tokens=False)), text
+        want = list(tok.encode(text, add_special_tokens=False))
+        assert enc.encode(text) == want, text
+        packed = enc.encode_packed(text)
+        assert packed.typecode == "I" and packed.tolist() == want, text
     assert enc.hits > 0
     return enc
 
@@ -78,6 +82,7 @@ def test_disabled_for_tokenizers_that_add_specials() -> None:
     enc = SegmentEncoder(AddsBos())
     assert not enc.enabled
     assert enc.encode("ab", add_special_tokens=True) == [1, 97, 98]
+    assert enc.encode_packed("ab", add_special_tokens=True).tolist() == [1, 97, 98]
 
 
 def test_cache_admits_on_second_sighting_and_is_bounded_by_tokens(tiny: Path) -> None:
@@ -98,3 +103,22 @@ def test_cache_admits_on_second_sighting_and_is_bounded_by_tokens(tiny: Path) ->
         enc.encode(piece)
         enc.encode(piece)
     assert enc._cached_tokens <= 2_000
+
+
+def test_prompt_tokenizer_packs_text_and_keeps_client_ids(tiny: Path) -> None:
+    from types import SimpleNamespace
+
+    from serving.prompt_tokens import PromptTokenizer
+
+    prompts = PromptTokenizer(str(tiny))
+    text = SimpleNamespace(prompt="tenant policy text " * 30, add_special_tokens=False)
+    packed = prompts.packed_ids(text)
+    assert isinstance(packed, array) and packed.typecode == "I"
+    assert prompts.token_ids(text) == tuple(packed) == tuple(
+        load_tokenizer(str(tiny)).encode(text.prompt, add_special_tokens=False))
+    chat = SimpleNamespace(messages=[{"role": "user", "content": "hello " * 50}])
+    assert prompts.token_ids(chat) == tuple(prompts.packed_ids(chat))
+    # Ids a client sent stay a tuple: they need not fit in 32 bits.
+    ids = SimpleNamespace(prompt=[5, 2**40, 7])
+    assert prompts.packed_ids(ids) == prompts.token_ids(ids) == (5, 2**40, 7)
+    assert prompts.packed_ids(SimpleNamespace(prompt=["a", "b"])) is None

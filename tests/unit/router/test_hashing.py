@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from array import array
 
 import cbor2
 import pytest
@@ -230,6 +231,12 @@ def test_a_warm_hasher_equals_the_reference_on_related_prompts(
         got = warm.block_hashes(tokens, cache_salt=salt, lora_name=name, lora_path=path,
                                 max_blocks=max_blocks)
         assert got == want
+        # The same ids packed, as the router's tokenizer hands them over, on the same
+        # warm caches and on a cold hasher.
+        packed = array("I", tokens) if all(0 <= t < 2**32 for t in tokens) else None
+        for hasher in (warm, cold) if packed is not None else ():
+            assert hasher.block_hashes(packed, cache_salt=salt, lora_name=name,
+                                       lora_path=path, max_blocks=max_blocks) == want
         digests = warm.digests(tokens, cache_salt=salt, lora_name=name, lora_path=path,
                                max_blocks=max_blocks)
         assert digests == cold.digests(tokens, cache_salt=salt, lora_name=name, lora_path=path,
@@ -281,3 +288,19 @@ def test_common_blocks_counts_the_equal_leading_blocks_exactly(
     packed = memoryview(b"".join(other) + b"\x00")  # a trailing partial block is ignored
     known = b"".join(blocks) + data.draw(st.sampled_from([b"", b"\x01"]))  # maybe a partial block
     assert _common_blocks(packed, 2 * end_blocks, known, 2) == want
+
+
+def test_packed_ids_hash_like_their_tuple_and_are_not_changed() -> None:
+    tokens = list(range(1000, 1000 + 4 * 7 + 3))
+    packed = array("I", tokens)
+    hasher = PrefixHasher(4)
+    assert hasher.block_hashes(packed) == PrefixHasher(4).block_hashes(tuple(tokens))
+    # Served again from the chain cache, extended, and cut short.
+    assert hasher.block_hashes(packed) == reference_hashes(tokens, 4)
+    longer = array("I", tokens + [7, 8, 9, 10, 11])
+    assert hasher.block_hashes(longer) == reference_hashes(list(longer), 4)
+    assert hasher.block_hashes(packed, max_blocks=2) == reference_hashes(tokens, 4)[:2]
+    assert packed.tolist() == tokens
+    # Other array types are not taken as packed uint32 ids.
+    wide = array("q", tokens)
+    assert hasher.block_hashes(wide) == reference_hashes(tokens, 4)
