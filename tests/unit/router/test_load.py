@@ -124,7 +124,11 @@ def test_in_flight_total_is_read_for_an_equal_copy_of_its_replica_set() -> None:
     counts.add("elsewhere", 5)
     copy = frozenset(make_replica_ids(4))
     assert copy is not replicas
-    assert counts.covers(copy) and counts.covers(copy)  # compared once, then remembered
+    assert counts.covers(copy)
+    assert counts._compared[id(copy)] == (copy, True)  # compared once, then remembered
+    counts._compared[id(copy)] = (copy, False)  # so the next answer is the memory's
+    assert not counts.covers(copy)
+    counts._compared[id(copy)] = (copy, True)
     assert total_in_flight(counts, copy) == 3
     assert not counts.covers(frozenset(make_replica_ids(3)))
     assert total_in_flight(counts, frozenset(make_replica_ids(3))) == 3  # summed
