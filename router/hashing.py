@@ -122,19 +122,31 @@ _V = TypeVar("_V")
 class _Generations(Generic[_K, _V]):
     """A bounded map of ``weight``-counted values: two generations approximate LRU at O(1).
 
-    Lookups hit ``young`` then ``old`` (promoting), and when ``young`` would pass
-    half the budget it becomes ``old`` and the previous ``old`` is dropped, so at
-    most ``max_weight`` is held. Concurrent use from several threads can at worst
-    lose an insert or miscount a weight until the next rotation, never return a
-    wrong value: each dict operation is atomic and values are never mutated.
+    Lookups hit ``young`` then ``old``, moving a hit from ``old`` to ``young``; when
+    ``young`` would pass half the budget it becomes ``old`` and the previous ``old``
+    is dropped, so at most ``max_weight`` is held. A ``weighted`` map remembers each
+    young entry's weight, so that replacing a value (the chain cache puts a prompt's
+    latest chain under the key of its first block, request after request) counts the
+    new weight instead of adding it: otherwise a few long prompts sent again and again
+    fill ``young`` with weight it does not hold, and it rotates while holding a
+    fraction of the budget, dropping other chains early and freeing a generation in
+    one call (at 16-token blocks, ``bench.decision_cost``'s 4k-token prompts rotated
+    the chain cache once every 64 calls; now not at all).
+    Concurrent use from several threads can at worst lose an insert or miscount a
+    weight until the next rotation, never return a wrong value: each dict operation
+    is atomic and values are never mutated.
     """
 
-    __slots__ = ("_half", "_old", "_young", "_young_weight")
+    __slots__ = ("_half", "_old", "_old_weights", "_weighted", "_young", "_young_weight",
+                 "_young_weights")
 
-    def __init__(self, max_weight: int) -> None:
+    def __init__(self, max_weight: int, *, weighted: bool = False) -> None:
         self._half = max(0, max_weight // 2)
+        self._weighted = weighted
         self._young: dict[_K, _V] = {}
         self._old: dict[_K, _V] = {}
+        self._young_weights: dict[_K, int] = {}
+        self._old_weights: dict[_K, int] = {}
         self._young_weight = 0
 
     @property
@@ -144,20 +156,26 @@ class _Generations(Generic[_K, _V]):
     def get(self, key: _K) -> _V | None:
         value = self._young.get(key)
         if value is None:
-            value = self._old.get(key)
+            # Moved, not copied: a generation dropped later holds only what was not used.
+            value = self._old.pop(key, None)
             if value is not None:
-                self.put(key, value)
+                self.put(key, value, self._old_weights.pop(key, 1))
         return value
 
     def put(self, key: _K, value: _V, weight: int = 1) -> None:
         if weight > self._half:
             return  # also covers a disabled map (half 0)
-        if self._young_weight + weight > self._half:
-            self._old = self._young
-            self._young = {}
-            self._young_weight = 0
+        weights = self._young_weights
+        replaced = weights.get(key, 0) if self._weighted else 0
+        if self._young_weight - replaced + weight > self._half:
+            self._old, self._old_weights = self._young, weights
+            self._young, self._young_weights = {}, {}
+            weights = self._young_weights
+            self._young_weight = replaced = 0
         self._young[key] = value
-        self._young_weight += weight
+        if self._weighted:
+            weights[key] = weight
+        self._young_weight += weight - replaced
 
 
 # One remembered chain: its packed tokens (a trailing partial block included: cutting
@@ -237,7 +255,8 @@ class PrefixHasher:
         # chain hashed from that first block, weighted by its blocks. A repeated or
         # extended prompt then costs one comparison of packed tokens instead of a
         # memo probe per block.
-        self._chains: _Generations[_ChainKey, _Chain] = _Generations(memo_blocks)
+        self._chains: _Generations[_ChainKey, _Chain] = _Generations(memo_blocks,
+                                                                      weighted=True)
 
     @property
     def block_size(self) -> int:
