@@ -63,30 +63,36 @@ class PromptTokenizer:
     def tokenizer(self) -> Any:
         return load_tokenizer(self._path)
 
-    def _encoded(self, text: str, add_special_tokens: bool) -> array:
+    def _encoded(self, text: str, add_special_tokens: bool,
+                 packed: bool) -> array | tuple[int, ...]:
         if self._encoder is None:
             self._encoder = SegmentEncoder(self.tokenizer)
-        return self._encoder.encode_packed(text, add_special_tokens=add_special_tokens)
+        if packed:
+            return self._encoder.encode_packed(text, add_special_tokens=add_special_tokens)
+        return tuple(self._encoder.encode(text, add_special_tokens=add_special_tokens))
 
     def token_ids(self, request: Any) -> tuple[int, ...] | None:
-        packed = self.packed_ids(request)
-        return tuple(packed) if isinstance(packed, array) else packed
+        return self._ids(request, packed=False)  # type: ignore[return-value]
 
     def packed_ids(self, request: Any) -> array | tuple[int, ...] | None:
         """``token_ids`` as the router hashes them: text is encoded into an
         ``array("I")`` (router/hashing.py hashes it without packing it again);
         ids the client gave are kept as a tuple, as they may not fit in 32 bits."""
+        return self._ids(request, packed=True)
+
+    def _ids(self, request: Any, packed: bool) -> array | tuple[int, ...] | None:
         if getattr(request, "messages", None) is not None:
-            return self._chat(request)
+            return self._chat(request, packed)
         prompt = getattr(request, "prompt", None)
         if isinstance(prompt, str):
-            return self._encoded(prompt, bool(getattr(request, "add_special_tokens", True)))
+            return self._encoded(prompt, bool(getattr(request, "add_special_tokens", True)),
+                                 packed)
         if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
             return tuple(prompt)
         # Batched prompts, embeddings: several sequences, no single prefix to route on.
         return None
 
-    def _chat(self, request: Any) -> array:
+    def _chat(self, request: Any, packed: bool) -> array | tuple[int, ...]:
         messages = [_message_dict(m) for m in request.messages]
         kwargs = dict(getattr(request, "chat_template_kwargs", None) or {})
         continue_final = bool(getattr(request, "continue_final_message", False))
@@ -100,4 +106,4 @@ class PromptTokenizer:
                 t.model_dump() if hasattr(t, "model_dump") else t for t in request.tools],
             **kwargs,
         )
-        return self._encoded(text, bool(getattr(request, "add_special_tokens", False)))
+        return self._encoded(text, bool(getattr(request, "add_special_tokens", False)), packed)
