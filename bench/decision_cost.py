@@ -275,8 +275,8 @@ def bench_hash_only(prompts: PromptSet, *, block_size: int, n: int, timer: Timer
 
 def bench_control(prompts: PromptSet, *, n: int, timer: Timer) -> Row:
     """The machine's own tail: packing each prompt's ids, fixed work that touches
-    nothing of the router, timed like the rows above. Where its p99 is a few times
-    its p50, so is every row's."""
+    nothing of the router, timed like the rows above. A row whose p99 is further
+    from its p50 than this one's owes the difference to its own work."""
     samples = timer.run(n, prompts.ids, lambda ids: array("I", ids))
     return make_row("control: pack the ids (no router)", samples, tokens=prompts.tokens,
                     block_size=None, replicas=None)

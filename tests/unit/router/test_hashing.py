@@ -234,10 +234,11 @@ def test_a_warm_hasher_equals_the_reference_on_related_prompts(
         assert got == want
         # The same ids packed, as the router's tokenizer hands them over, on the same
         # warm caches and on a cold hasher.
-        packed = array("I", tokens) if all(0 <= t < 2**32 for t in tokens) else None
-        for hasher in (warm, cold) if packed is not None else ():
-            assert hasher.block_hashes(packed, cache_salt=salt, lora_name=name,
-                                       lora_path=path, max_blocks=max_blocks) == want
+        if all(0 <= t < 2**32 for t in tokens):
+            packed = array("I", tokens)
+            for hasher in (warm, cold):
+                assert hasher.block_hashes(packed, cache_salt=salt, lora_name=name,
+                                           lora_path=path, max_blocks=max_blocks) == want
         digests = warm.digests(tokens, cache_salt=salt, lora_name=name, lora_path=path,
                                max_blocks=max_blocks)
         assert digests == cold.digests(tokens, cache_salt=salt, lora_name=name, lora_path=path,
