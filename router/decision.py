@@ -32,6 +32,9 @@ class PolicyConfig:
     max_index_blocks: int = 200_000
     # Ownership not refreshed for this long is dropped, bounding staleness if KV events stop.
     ownership_ttl_s: float = 600.0
+    # A chain learned for a replica this recently is not written again (None: a tenth of
+    # the TTL; 0 writes every block every time). ``ownership.py``, "Refresh once per interval".
+    ownership_refresh_s: float | None = None
     # Hash chain root; must be the engines' seed (their PYTHONHASHSEED, else vLLM's default).
     hash_seed: str = DEFAULT_HASH_SEED
     # Shortest owned prefix worth following instead of the ring; 1 block already saves a prefill.
@@ -57,6 +60,10 @@ class PolicyConfig:
             raise ValueError(f"max_index_blocks must be >= 1, got {self.max_index_blocks}")
         if not 0.0 < self.ownership_ttl_s < float("inf"):
             raise ValueError(f"ownership_ttl_s must be finite and > 0, got {self.ownership_ttl_s}")
+        if self.ownership_refresh_s is not None and \
+                not 0.0 <= self.ownership_refresh_s < self.ownership_ttl_s:
+            raise ValueError("ownership_refresh_s must be >= 0 and < ownership_ttl_s, "
+                             f"got {self.ownership_refresh_s}")
         if not isinstance(self.hash_seed, str):
             raise TypeError(f"hash_seed must be a str, got {type(self.hash_seed).__name__}")
         if self.min_owner_match_blocks < 1:

@@ -28,13 +28,36 @@ least recently refreshed owner's expiry, so a block whose owners keep being
 refreshed is scanned about once per ``ttl_s`` minus the longest gap between
 refreshes: O(1) amortised.
 
+Refresh once per interval: a prefix asked for again and again (a tenant's system
+prompt, a conversation) would have every one of its blocks written and moved per
+request, 255 blocks for a 4k-token prompt in 16-token blocks, though they were all
+written moments before. ``learn`` writes only the blocks after the longest head of
+the chain it wrote for the same replica less than ``refresh_s`` ago (default a tenth
+of ``ttl_s``), and gives them the expiry of that head's last block. So along a learned
+chain no block expires after a block before it, which makes the fresh blocks a head
+of the chain that ``learn`` finds by binary search; every block of the chain expires
+at most ``refresh_s`` early; and a repeated prompt costs O(log n) probes and its new
+blocks. memcached skips re-linking an item used in the last minute for the same
+reason. Two rules keep this true:
+- an event vouches for the blocks it names, not for the chain before them, so
+  ``confirm`` writes ``ttl_s - refresh_s`` from now, which is never fresh enough to
+  stop a learn, and it never lowers an expiry;
+- the fresh head a learn skipped was not moved to the LRU end, so the
+  interval is kept under half the time since the entries the LRU bound evicts were
+  last moved (``_evict``): a small or busy index shortens it, down to 0 (every block
+  written every time).
+A block removed out of order (an event, ``drop``, or the LRU bound before the
+interval has shrunk to it) can leave a hole in a chain until the chain is written
+whole again, at most ``refresh_s`` later: a worse guess meanwhile.
+
 Cost: ``longest_prefix`` O(log n) dict probes of O(1) each for an n-block chain (plus the
 amortised scans above), and O(k) for the frozenset of k owners it returns;
 ``owners_of_longest_prefix`` hands the owner map itself (no copy) to the policy,
-which reads it before anything else changes the index. ``learn`` / ``confirm`` /
-``forget`` / ``drop`` O(h) for h hashes; ``clear`` O(entries), acceptable because
-engines clear their caches and replicas leave rarely. Memory is about 330 bytes per
-entry, measured (200k entries: about 65 MB). Expired pairs are dropped lazily when
+which reads it before anything else changes the index. ``learn`` O(log h + new blocks)
+within the refresh interval, else O(h) for h hashes; ``confirm`` / ``forget`` / ``drop`` O(h);
+``clear`` O(entries), acceptable because engines clear their caches and replicas leave
+rarely. Memory is about 340 bytes per entry (200k entries: about 65 MB, measured
+before ``moved`` added 8 bytes to each). Expired pairs are dropped lazily when
 probed, or by the LRU bound.
 
 Compared with the ring (``ring.py``), this is state, learned per instance; the
@@ -73,13 +96,19 @@ class _Owners(dict[str, float]):
     that exactly the last ``len - remembered len`` owners are new (``owner_loads.py``).
     """
 
-    __slots__ = ("floor", "removals")
+    __slots__ = ("floor", "moved", "removals")
 
     floor: float
+    # When the entry was last moved to the LRU end (``OwnershipIndex._evict``).
+    moved: float
     removals: int
 
 
 _NO_OWNERS: Mapping[str, float] = {}
+
+# The longest a learned chain stays fresh enough not to be written again, as a share
+# of ``ttl_s`` (module docstring, "Refresh once per interval").
+DEFAULT_REFRESH_SHARE = 0.1
 
 
 class OwnershipIndex:
@@ -88,25 +117,35 @@ class OwnershipIndex:
     Not thread-safe; the policy serialises access.
     """
 
-    __slots__ = ("_clock", "_entries", "_latest", "_max_entries", "_ttl_s")
+    __slots__ = ("_clock", "_entries", "_latest", "_max_entries", "_max_refresh_s",
+                 "_refresh_s", "_ttl_s")
 
     def __init__(
         self,
         *,
         max_entries: int,
         ttl_s: float,
+        refresh_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_entries < 1:
             raise ValueError(f"max_entries must be >= 1, got {max_entries}")
         if not ttl_s > 0:
             raise ValueError(f"ttl_s must be > 0, got {ttl_s}")
+        if refresh_s is None:
+            refresh_s = ttl_s * DEFAULT_REFRESH_SHARE
+        if not 0 <= refresh_s < ttl_s:
+            raise ValueError(f"refresh_s must be >= 0 and < ttl_s, got {refresh_s}")
         self._max_entries = max_entries
         self._ttl_s = ttl_s
+        # The refresh interval in force: ``refresh_s`` until the LRU bound evicts
+        # entries younger than twice that (``_evict``).
+        self._max_refresh_s = refresh_s
+        self._refresh_s = refresh_s
         self._clock = clock
         # Oldest first. Values map replica id -> monotonic expiry time.
         self._entries: OrderedDict[BlockHash, _Owners] = OrderedDict()
-        # The latest expiry written (``_put``): no floor is above it.
+        # The latest expiry written (``learn``, ``confirm``): no floor is above it.
         self._latest = -math.inf
 
     def __len__(self) -> int:
@@ -114,12 +153,120 @@ class OwnershipIndex:
         return len(self._entries)
 
     def learn(self, replica: str, hashes: Sequence[BlockHash]) -> None:
-        """Record that ``replica`` was sent these blocks (a chain, head first)."""
-        self._put(replica, hashes)
+        """Record that ``replica`` was sent these blocks (a chain, head first).
+
+        Writes only the blocks after the longest head of the chain that was written
+        for ``replica`` less than ``refresh_s`` ago (module docstring, "Refresh once per
+        interval"), so a prefix asked for again and again costs its new tail blocks,
+        not its whole length.
+        """
+        now = self._clock()
+        expires_at = now + self._ttl_s
+        entries = self._entries
+        get = entries.get
+        # Every floor is an expiry written before (or the least of some), so none is
+        # above ``_latest``: an expiry at or past it cannot lower a floor, and the
+        # per-block compare is skipped (the clock only goes forward, but for a clock
+        # that went back the compare below keeps each floor a bound).
+        check_floor = expires_at < self._latest
+        if not check_floor:
+            self._latest = expires_at
+        # The blocks written for this replica within the interval are a head of the
+        # chain (no block's expiry exceeds an earlier block's). Its end is searched
+        # for from the tail in growing steps, since a repeated prompt's new blocks are
+        # few, then by bisection: O(log) probes either way.
+        fresh = 0
+        if self._refresh_s > 0:
+            fresh_after = expires_at - self._refresh_s
+            high = len(hashes)  # invariant: hashes[:fresh] fresh, hashes[high:] not
+            step = 1
+            while fresh < high:
+                probe = high - step if high - step > fresh else fresh
+                owners = get(hashes[probe])
+                if owners is not None and owners.get(replica, 0.0) > fresh_after:
+                    fresh = probe + 1
+                    break
+                high = probe
+                step += step
+            while fresh < high:
+                mid = (fresh + high) // 2
+                owners = get(hashes[mid])
+                if owners is not None and owners.get(replica, 0.0) > fresh_after:
+                    fresh = mid + 1
+                else:
+                    high = mid
+            if fresh:
+                # The blocks after the fresh head take its last block's expiry: still
+                # none later than the block before it.
+                expires_at = entries[hashes[fresh - 1]][replica]
+                check_floor = True
+        # Tail first, so the chain's head is the most recently used entry and
+        # the LRU bound below evicts tails before heads (prefix-closure). The
+        # method is looked up once: per block that lookup cost half the loop.
+        move_to_end = entries.move_to_end
+        for block_hash in reversed(hashes[fresh:]):
+            owners = get(block_hash)
+            if owners is None:
+                owners = entries[block_hash] = _Owners()
+                owners[replica] = owners.floor = expires_at
+                owners.removals = 0
+            else:
+                owners[replica] = expires_at
+                move_to_end(block_hash)
+                # A refresh cannot lower the minimum expiry, unless it writes the
+                # fresh head's expiry or the clock went back: then compare.
+                if check_floor and expires_at < owners.floor:
+                    owners.floor = expires_at
+            owners.moved = now
+        if len(entries) > self._max_entries:
+            self._evict(now)
 
     def confirm(self, replica: str, hashes: Sequence[BlockHash]) -> None:
-        """Record that ``replica``'s engine stored these blocks (KV event BlockStored)."""
-        self._put(replica, hashes)
+        """Record that ``replica``'s engine stored these blocks (KV event BlockStored).
+
+        An event names only the blocks just stored, not the chain before them, so the
+        expiry it writes is ``refresh_s`` short of a full ``ttl_s``: never recent enough
+        for ``learn`` to stop at, since only a learned chain vouches for its head. It
+        never lowers an expiry already written.
+        """
+        now = self._clock()
+        # Short by the longest interval, not the one in force: never fresh for a learn.
+        expires_at = now + self._ttl_s - self._max_refresh_s
+        if expires_at > self._latest:
+            self._latest = expires_at
+        entries = self._entries
+        get = entries.get
+        move_to_end = entries.move_to_end
+        for block_hash in reversed(hashes):
+            owners = get(block_hash)
+            if owners is None:
+                owners = entries[block_hash] = _Owners()
+                owners[replica] = owners.floor = expires_at
+                owners.removals = 0
+                owners.moved = now
+                continue
+            known = owners.get(replica)
+            if known is None or known < expires_at:
+                owners[replica] = expires_at
+                if expires_at < owners.floor:
+                    owners.floor = expires_at
+            move_to_end(block_hash)
+            owners.moved = now
+        if len(entries) > self._max_entries:
+            self._evict(now)
+
+    def _evict(self, now: float) -> None:
+        """Drop the least recently used entries down to ``max_entries``, and keep the
+        refresh interval under half the time since they were last used: the blocks a
+        ``learn`` stops short of were moved within the interval, so the LRU bound
+        reaches them only after they are written again."""
+        entries = self._entries
+        last_moved = -math.inf
+        while len(entries) > self._max_entries:
+            moved = entries.popitem(last=False)[1].moved
+            if moved > last_moved:
+                last_moved = moved
+        self._refresh_s = min(self._max_refresh_s, max((now - last_moved) / 2, 0.0))
 
     def forget(self, replica: str, hashes: Iterable[BlockHash]) -> None:
         """Drop ``replica`` from these blocks (KV event BlockRemoved)."""
@@ -200,37 +347,6 @@ class OwnershipIndex:
             else:
                 high = mid - 1
         return low, found
-
-    def _put(self, replica: str, hashes: Sequence[BlockHash]) -> None:
-        expires_at = self._clock() + self._ttl_s
-        entries = self._entries
-        # Every floor is an expiry written before (or the least of some), so none is
-        # above ``_latest``: an expiry at or past it cannot lower a floor, and the
-        # per-block compare is skipped (the clock only goes forward, but for a clock
-        # that went back the compare below keeps each floor a bound).
-        check_floor = expires_at < self._latest
-        if not check_floor:
-            self._latest = expires_at
-        # Tail first, so the chain's head is the most recently used entry and
-        # the LRU bound below evicts tails before heads (prefix-closure). The two
-        # methods are looked up once: per block that lookup cost half the loop.
-        get = entries.get
-        move_to_end = entries.move_to_end
-        for block_hash in reversed(hashes):
-            owners = get(block_hash)
-            if owners is None:
-                owners = entries[block_hash] = _Owners()
-                owners[replica] = owners.floor = expires_at
-                owners.removals = 0
-            else:
-                owners[replica] = expires_at
-                move_to_end(block_hash)
-                # A refresh cannot lower the minimum expiry; an earlier one than the
-                # floor only arises from a clock that went back, and keeps it a bound.
-                if check_floor and expires_at < owners.floor:
-                    owners.floor = expires_at
-        while len(entries) > self._max_entries:
-            entries.popitem(last=False)
 
     def _purge(self, block_hash: BlockHash, now: float) -> bool:
         """Drop ``block_hash``'s expired owners and reset its floor to the exact minimum

@@ -113,7 +113,8 @@ class CacheAwarePolicy:
         # their own id.
         self._seats: dict[str, str] = {}
         self._index = OwnershipIndex(
-            max_entries=config.max_index_blocks, ttl_s=config.ownership_ttl_s, clock=clock
+            max_entries=config.max_index_blocks, ttl_s=config.ownership_ttl_s,
+            refresh_s=config.ownership_refresh_s, clock=clock,
         )
         self._clock = clock
         # Hot blocks' owners grouped by load, caught up per decision (owner_loads.py).

@@ -40,13 +40,16 @@ def test_rows_table_and_target_check() -> None:
     # The tuple rows are reported beside the target, not checked against it.
     tuples = make_row("cacheroute select (token ids)", [900.0, 990.0], tokens=4096,
                       block_size=128, replicas=2)
+    every = make_row("cacheroute select (packed ids, every block written)", [700.0],
+                     tokens=4096, block_size=16, replicas=2)
     other = make_row("tokenize only (PromptTokenizer)", [9000.0], tokens=4096, block_size=None,
                      replicas=None)
     assert (fast.p50_us, fast.n, fast.max_us) == (20.0, 3, 30.0)
-    check = target_check([fast, slow, tuples, other])
+    check = target_check([fast, slow, tuples, every, other])
     assert check["met"] is False and check["worst_p99_us"] == slow.p99_us
     assert check["token_ids_worst_p99_us"] == tuples.p99_us
-    assert target_check([fast, tuples])["met"] is True
+    assert check["every_block_worst_p99_us"] == every.p99_us
+    assert target_check([fast, tuples, every])["met"] is True
     assert target_check([tuples])["met"] is False  # nothing packed was measured
     table = markdown_table([fast, other])
     assert "| cacheroute select (packed ids) | 4,096 | 128 | 2 | 20.0 |" in table
@@ -72,6 +75,7 @@ def test_miniature_run_writes_every_row(tiny_model: Path, tmp_path: Path,
     names = {(r["name"], r["replicas"]) for r in data["rows"]}
     assert ("cacheroute select (token ids)", 3) in names
     assert ("cacheroute select (packed ids)", 3) in names
+    assert ("cacheroute select (packed ids, every block written)", 3) in names
     assert ("cacheroute hash only, packed ids (PrefixHasher)", None) in names
     assert ("control: pack the ids (no router)", None) in names
     assert ("cacheroute tokenize+select (text)", 2) in names
@@ -80,7 +84,7 @@ def test_miniature_run_writes_every_row(tiny_model: Path, tmp_path: Path,
     assert all(set(r) >= set(Row.__dataclass_fields__) for r in data["rows"])
     selects = [r for r in data["rows"] if r["name"].startswith("cacheroute select")]
     # Every timed prompt starts with an owned tenant prefix, packed or not.
-    assert len(selects) == 4
+    assert len(selects) == 6
     assert all(r["outcomes"] == {"OWNER_HIT": 30 + 20} for r in selects)
     assert data["target"]["what"].startswith("p99 of cacheroute select from packed")
     assert "| name | prompt tokens |" in capsys.readouterr().out

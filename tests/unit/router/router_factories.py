@@ -62,9 +62,11 @@ def make_request(
 
 
 def make_index(
-    *, max_entries: int = 100, ttl_s: float = 60.0, clock: FakeClock | None = None
+    *, max_entries: int = 100, ttl_s: float = 60.0, refresh_s: float | None = None,
+    clock: FakeClock | None = None,
 ) -> OwnershipIndex:
-    return OwnershipIndex(max_entries=max_entries, ttl_s=ttl_s, clock=clock or FakeClock())
+    return OwnershipIndex(max_entries=max_entries, ttl_s=ttl_s, refresh_s=refresh_s,
+                          clock=clock or FakeClock())
 
 
 def make_hashes(*values: int) -> list[BlockHash]:

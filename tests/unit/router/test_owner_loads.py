@@ -146,7 +146,8 @@ class _ReferenceIndex:
 def test_ttl_floor_answers_as_per_pair_expiry(seed: int) -> None:
     rng = random.Random(seed)
     clock = FakeClock()
-    index = make_index(max_entries=10_000, ttl_s=10.0, clock=clock)
+    # Every learn refreshes every block (no refresh interval): exact expiries.
+    index = make_index(max_entries=10_000, ttl_s=10.0, refresh_s=0.0, clock=clock)
     reference = _ReferenceIndex(clock, 10.0)
     chains = [make_hashes(*range(c * 10, c * 10 + 4)) for c in range(3)]
     for _ in range(200):

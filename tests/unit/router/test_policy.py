@@ -300,6 +300,9 @@ def test_failover_walks_the_ranked_list() -> None:
         {"max_index_blocks": 0},
         {"ownership_ttl_s": 0.0},
         {"ownership_ttl_s": float("inf")},
+        {"ownership_refresh_s": -1.0},
+        {"ownership_refresh_s": 600.0},
+        {"ownership_refresh_s": float("nan")},
         {"min_owner_match_blocks": 0},
     ],
 )
@@ -454,3 +457,9 @@ def test_a_decision_is_the_frozen_dataclass_its_fields_make() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         decision.replica_id = "elsewhere"  # type: ignore[misc]
     assert dataclasses.replace(decision, matched_blocks=0).matched_blocks == 0
+
+
+def test_the_refresh_interval_reaches_the_ownership_index() -> None:
+    # A tenth of the TTL by default; 0 writes every block of every learned chain.
+    assert make_policy(ownership_ttl_s=30.0)._index._max_refresh_s == 3.0
+    assert make_policy(ownership_refresh_s=0.0)._index._max_refresh_s == 0.0
