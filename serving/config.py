@@ -97,9 +97,9 @@ class RoutingConfig(_Strict):
     """LRU bound of the ownership index (block hashes remembered across all replicas)."""
     ownership_ttl_s: float = Field(600.0, gt=0)
     """An owned block not re-learned or confirmed for this long is forgotten, so the index
-    stays right when KV events stop. A prefix routed again within a tenth of this is
-    not written again (`router/ownership.py`), so its blocks may go up to that much
-    sooner."""
+    stays right when KV events stop. A prefix routed to the same replica again within a
+    tenth of this is not written again, and a block an engine confirmed counts from a
+    tenth less (`router/ownership.py`): a block may go up to that much sooner."""
     session_affinity: bool = True
     """Route by `x-session-id` header / body `user` before prefix ownership."""
     spill_wait_s: float = Field(0.0, ge=0, le=60)
