@@ -234,8 +234,9 @@ def bench_cacheroute(prompts: PromptSet, *, block_size: int, replicas: int, n: i
     common = {"tokens": prompts.tokens, "block_size": block_size, "replicas": replicas}
     rows = []
     policy = None
-    # The same prompts on two equal policies, packed and as a tuple; the tuple's
-    # policy then serves the tokenize rows, on questions it has not seen.
+    # The same prompts on three policies: packed, packed with every block written, and
+    # as a tuple; the tuple's policy then serves the tokenize rows, on questions it has
+    # not seen.
     series = ((PACKED_ROW, prompts.packed, None), (EVERY_BLOCK_ROW, prompts.packed, 0.0),
               (TUPLE_ROW, prompts.ids, None))
     for name, make_ids, refresh_s in series:
