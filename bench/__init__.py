@@ -27,7 +27,9 @@ Modules, one concept each:
 * ``sim``: a package, the discrete-event simulator (``cacheroute sim``): the same
   policies and workloads on modelled engines, up to thousands of replicas.
 * ``decision_rate``: ``CacheAwarePolicy`` decisions per second against the replica
-  count, the core alone (``python -m bench.decision_rate``).
+  count, the core alone (``python -m bench.decision_rate``); ``decision_rate_ab``
+  two ``router/`` trees interleaved; ``cache_pressure`` the unrelated reads both put
+  between decisions (``--between``), as a server's or the simulator's other work does.
 * ``stats`` and ``machine``: percentiles, and what machine a number came from.
 
 Nothing here is imported by ``router/`` or ``serving/``; results go to

@@ -12,6 +12,11 @@ shared machine the slower runs measure other jobs. The simulator's own
 ``decisions_per_s`` (``cacheroute sim``) adds the Serve tier pick and runs amid
 the engines' work.
 
+``--between K`` reads K unrelated objects before each decision, outside the timing
+(``bench/cache_pressure.py``): the work a server or the simulator's engine model
+does between decisions, which pushes the router's data out of the CPU's private
+caches.
+
 Runs against an older ``router/`` too (one without ``select_hashed`` or
 ``InFlightCounts``), to compare: from a folder holding that ``router/``, run
 ``PYTHONPATH=<this repository> python -m bench.decision_rate``.
@@ -28,10 +33,11 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
+from bench.cache_pressure import unrelated_reads
 from router import BlockHash, CacheAwarePolicy, PolicyConfig, RouteRequest
 
 
-def decision_rate(replicas: int, decisions: int, *, seed: int = 0) -> float:
+def decision_rate(replicas: int, decisions: int, *, seed: int = 0, between: int = 0) -> float:
     ids = [f"replica-{i:04d}" for i in range(replicas)]
     now = [0.0]
     policy = CacheAwarePolicy(PolicyConfig(block_size=128), replicas=ids, clock=lambda: now[0])
@@ -65,10 +71,12 @@ def decision_rate(replicas: int, decisions: int, *, seed: int = 0) -> float:
     running: deque[str] = deque()
     spent = 0.0
     perf = time.perf_counter
+    read_unrelated = unrelated_reads(between)
     gc.disable()
     try:
         for number, hashes in enumerate(chains):
             now[0] = number * 0.001
+            read_unrelated()
             tick = perf()
             chosen = decide(hashes)
             spent += perf() - tick
@@ -87,13 +95,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--replicas", default="2,16,128,1000", help="comma-separated counts")
     p.add_argument("--decisions", type=int, default=20_000)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--between", type=int, default=0, metavar="K",
+                   help="objects of unrelated memory read between two decisions, untimed "
+                        "(default 0; the simulator is like about 2000)")
     args = p.parse_args(argv)
+    if args.between < 0:
+        p.error(f"--between must be >= 0, got {args.between}")
     import router
 
     print(f"router: {router.__file__}", file=sys.stderr)
     print("| replicas | decisions/s |\n|---:|---:|")
     for count in (int(x) for x in args.replicas.split(",")):
-        best = max(decision_rate(count, args.decisions) for _ in range(args.repeat))
+        best = max(decision_rate(count, args.decisions, between=args.between)
+                   for _ in range(args.repeat))
         print(f"| {count:,} | {best:,.0f} |", flush=True)
     return 0
 

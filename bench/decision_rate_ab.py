@@ -8,7 +8,9 @@ change to the router may gain. So both trees (folders holding a ``router/``, e.g
 stream of ``bench.decision_rate`` (same tenants, same in-flight model), alternating
 batches of 250 decisions, and each decision is timed as there: both then meet the
 same load. Also checks that both choose the same replica with the same outcome for
-every request. Prints each tree's rate and their ratio (new over old).
+every request. Prints each tree's rate and their ratio (new over old). ``--between
+K``: K unrelated objects read before each decision, untimed, for the rate amid
+other work (``bench/cache_pressure.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from collections import deque
 from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
+
+from bench.cache_pressure import unrelated_reads
 
 _BATCH = 250
 
@@ -49,8 +53,10 @@ def _load_router(tree: str) -> tuple[ModuleType, ModuleType]:
         sys.modules.update(before)
 
 
-def compare(trees: Sequence[str], replicas: int, decisions: int) -> list[float]:
+def compare(trees: Sequence[str], replicas: int, decisions: int, *,
+            between: int = 0) -> list[float]:
     """Decisions per second of each tree, on one interleaved stream."""
+    read_unrelated = unrelated_reads(between)
     rng = random.Random("decision-rate:0")  # bench.decision_rate's stream
     tenants = [[rng.getrandbits(64) for _ in range(10)] for _ in range(2 * replicas)]
     picks = rng.choices(range(len(tenants)),
@@ -78,6 +84,7 @@ def compare(trees: Sequence[str], replicas: int, decisions: int) -> list[float]:
                 spent = 0.0
                 for number in range(start, min(start + _BATCH, decisions)):
                     now[0] = number * 0.001
+                    read_unrelated()
                     tick = perf()
                     decision = select(request, chains[number], in_flight)
                     spent += perf() - tick
@@ -102,8 +109,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("new", help="a folder holding the new router/")
     p.add_argument("--replicas", type=int, default=1000)
     p.add_argument("--decisions", type=int, default=40_000)
+    p.add_argument("--between", type=int, default=0, metavar="K",
+                   help="objects of unrelated memory read before each decision, untimed")
     args = p.parse_args(argv)
-    old, new = compare([args.old, args.new], args.replicas, args.decisions)
+    if args.between < 0:
+        p.error(f"--between must be >= 0, got {args.between}")
+    old, new = compare([args.old, args.new], args.replicas, args.decisions,
+                       between=args.between)
     print(f"| {args.replicas:,} | {old:,.0f} | {new:,.0f} | {new / old:.3f} |")
     return 0
 

@@ -40,10 +40,12 @@ instances that saw different traffic converge.
 
 Cost per decision: hashing (``hashing.py``; for a prompt that repeats or extends
 a recent one, mostly packing its ids, about 5 ns a token), an O(log n) index probe
-with an O(1) TTL check per probed block (``ownership.py``), the least loaded owners,
-a tie-break among them along the ring (memoised distances per key, ``ring.py``), a
-walk of the ring until a replica has room (usually one step), and an O(n) ``learn``
-(about 0.12 us a block). For a hot prefix's k owners the least loaded are read from
+from the tail (one or two probes when the prompt adds a block or none) with an O(1)
+TTL check per probed block (``ownership.py``), the least loaded owners, a tie-break
+among them along the ring (memoised distances per key, ``ring.py``), a walk of the
+ring until a replica has room (usually one step), and a ``learn`` of O(log n) probes
+plus the blocks not written within its refresh interval (about 0.12 us a block).
+For a hot prefix's k owners (at least 128) the least loaded are read from
 a view caught up with the counts that moved since its last decision
 (``owner_loads.py``), O(changes) rather than O(k); other prefixes' owners are kept
 in ring order from their key (``OwnerOrder``), so the least loaded with its
@@ -79,10 +81,12 @@ from router.ring import EmptyRingError, HashRing, stable_key
 _new = object.__new__
 
 # Owners from which a block's loads are kept in a view (owner_loads.py): below it the
-# C scan of their counts in ring order (OwnerOrder) costs less than a view's upkeep.
-# 32 rather than 16 since that scan needs no tie-break step: about 3.5% fewer
-# instructions per decision at 1,000 replicas (bench.decision_rate; 48 and 64 no better).
-_VIEW_MIN_OWNERS = 32
+# C scan of their counts in ring order (OwnerOrder) costs less than a view's upkeep,
+# whose catch-up is Python work per load change. 128: 7% faster than 32 at 1,000
+# replicas, with or without other work between decisions (bench.decision_rate_ab
+# --between), and 8-12% in the simulator; 256 was slower where a few tenants
+# have hundreds of owners each (docs/benchmarks.md, "Views from 128 owners").
+_VIEW_MIN_OWNERS = 128
 
 
 def _any_in(owners: Collection[str], replicas: Collection[str]) -> bool:

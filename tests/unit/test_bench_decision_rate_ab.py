@@ -38,3 +38,12 @@ def test_trees_that_decide_differently_are_refused(tmp_path: Path) -> None:
         (other / source.name).write_text(text)
     with pytest.raises(AssertionError, match="decided differently"):
         compare([_TREE, str(tmp_path)], replicas=8, decisions=2000)
+
+
+def test_reads_between_decisions_leave_the_decisions_alike(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    rates = compare([_TREE, _TREE], replicas=4, decisions=300, between=20)
+    assert len(rates) == 2 and all(rate > 0 for rate in rates)
+    with pytest.raises(SystemExit):
+        main([_TREE, _TREE, "--between", "-5"])
+    assert "--between must be >= 0" in capsys.readouterr().err

@@ -12,7 +12,7 @@ from router_factories import FakeClock, make_hashes, make_index
 
 from router.hashing import BlockHash
 from router.load import InFlightCounts
-from router.owner_loads import OwnerLoads
+from router.owner_loads import OwnerLoads, OwnerOrder
 from router.ring import HashRing
 
 REPLICAS = [f"r{i}" for i in range(40)]
@@ -166,3 +166,32 @@ def test_ttl_floor_answers_as_per_pair_expiry(seed: int) -> None:
         assert matched == expected
         if matched:
             assert set(owners) == reference.owners(chain[matched - 1])
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_ring_ordered_owners_answer_as_the_plain_scan(seed: int) -> None:
+    # With every count present (an InFlightCounts) and with some missing (a plain
+    # dict: a missing owner counts as 0), as owners join and leave.
+    rng = random.Random(seed)
+    clock = FakeClock()
+    index = make_index(ttl_s=60.0, clock=clock)
+    order = OwnerOrder(max_blocks=2)
+    counted = InFlightCounts(frozenset(REPLICAS))
+    blocks = make_hashes(*range(3))
+    for _ in range(300):
+        block, replica = rng.randrange(3), rng.choice(REPLICAS[:10])
+        if rng.random() < 0.3:
+            index.learn(replica, blocks[: block + 1])
+        elif rng.random() < 0.1:
+            index.forget(replica, blocks[block:])
+        else:
+            counted.add(replica, 1 if rng.random() < 0.6 or not counted[replica] else -1)
+        partial = {r: c for r, c in counted.items() if rng.random() < 0.7}
+        key = rng.choice([1, 2**40, 2**63])
+        matched, owners = index.owners_of_longest_prefix(blocks)
+        if not matched:
+            continue
+        for in_flight in (counted, partial):
+            answer = order.least_loaded(blocks[matched - 1], owners, in_flight, RING, key)
+            assert answer == _scan(owners, in_flight, RING, key)  # type: ignore[arg-type]

@@ -30,6 +30,22 @@ def test_owners_of_the_longest_prefix_only() -> None:
     assert index.longest_prefix(make_hashes(1, 2, 7)) == PrefixMatch(frozenset({"a", "b"}), 2)
 
 
+def test_the_search_from_the_tail_finds_every_owned_length() -> None:
+    # Every prompt length n and every owned head m <= n: the search (tail first, then
+    # bisection) must land on m, with m's owners, whatever the probes skip.
+    for n in range(0, 40):
+        for m in range(0, n + 1):
+            index = make_index()
+            chain = make_hashes(*range(1, n + 1))
+            index.learn("a", chain[:m])
+            if m:
+                index.learn("b", chain[: m - 1] or chain[:1])  # other owners further up
+            matched, owners = index.owners_of_longest_prefix(chain)
+            assert matched == m, (n, m)
+            expected = set() if m == 0 else {"a", "b"} if m == 1 else {"a"}
+            assert set(owners) == expected, (n, m)
+
+
 def test_forget_and_clear() -> None:
     index = make_index()
     index.confirm("a", make_hashes(1, 2, 3))
@@ -179,14 +195,16 @@ def test_a_learned_chain_is_fresh_to_within_the_refresh_interval(seed: int) -> N
 def test_ttl_expires_each_replica_separately() -> None:
     clock = FakeClock()
     index = make_index(ttl_s=10.0, clock=clock)
-    index.learn("a", make_hashes(1, 2))
+    index.learn("a", make_hashes(1, 2, 3, 4))
     clock.advance(6)
-    index.confirm("b", make_hashes(1, 2))
+    index.confirm("b", make_hashes(1, 2, 3, 4))
     clock.advance(5)  # a learned 11 s ago, b 5 s ago
-    assert index.longest_prefix(make_hashes(1, 2)) == PrefixMatch(frozenset({"b"}), 2)
+    assert index.longest_prefix(make_hashes(1, 2, 3, 4)) == PrefixMatch(frozenset({"b"}), 4)
     clock.advance(5)
-    assert index.longest_prefix(make_hashes(1, 2)).matched_blocks == 0
-    assert len(index) == 1  # only the probed hash was purged lazily
+    assert index.longest_prefix(make_hashes(1, 2, 3, 4)).matched_blocks == 0
+    # Only the probed hashes were purged, lazily: the search from the tail probes
+    # blocks 3, 2 and 0, never block 1.
+    assert len(index) == 1
 
 
 def test_refresh_extends_ttl() -> None:
