@@ -53,9 +53,9 @@ tie-break is one pass in C over their k counts; nothing is O(N) in the replica
 count when ``in_flight`` is an ``InFlightCounts`` over ``replicas`` (``load.py``).
 Measured for a 4,096-token prompt whose prefix repeats (``bench/decision_cost.py``,
 one core of a 2-CPU Intel Xeon, p50): about 20-23 us at 128- and at 16-token
-blocks, of which hashing 12-14; 52-58 us at 16-token blocks when ``learn`` writes all 256
-(a prefix's first decision in a refresh interval). ``ranked``, the full ring
-order, is built only when read (``ring.RingOrder``). ``select_hashed`` takes block
+blocks, of which hashing 12-14; 52-58 us at 16-token blocks when ``learn`` writes
+all 256 (a prefix's first decision in a refresh interval). ``ranked``, the full
+ring order, is built only when read (``ring.RingOrder``). ``select_hashed`` takes block
 hashes the caller already has (a simulator memoising shared prefixes) and decides
 exactly as ``select`` does. Thread-safe: one lock serialises index and
 ring access; hashing runs outside it.
