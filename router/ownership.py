@@ -13,7 +13,7 @@ Invariant kept on purpose: ownership is *prefix-closed* along a chain, i.e. if a
 replica holds block k of a prompt it holds blocks 0..k-1. Chains are inserted
 tail first, so the head ends up most recently used and the LRU bound evicts
 tails first; vLLM also frees a request's blocks tail first, so its evictions
-keep the property. That lets ``longest_prefix`` binary-search the chain. If the
+keep the property. That lets ``longest_prefix`` search the chain in O(log n) probes. If the
 property is broken (an event lost mid-chain), the answer is a prefix that is
 too short or too long: a worse routing guess, never a wrong response.
 
@@ -320,7 +320,8 @@ class OwnershipIndex:
     def longest_prefix(self, hashes: Sequence[BlockHash]) -> PrefixMatch:
         """The longest prefix ``hashes[:m]`` whose last block has a live owner.
 
-        Binary search, relying on prefix-closure (module docstring): O(log n).
+        A search from the tail, then bisection, relying on prefix-closure (module
+        docstring): O(log n).
         """
         matched, owners = self.owners_of_longest_prefix(hashes)
         if not matched:
@@ -339,14 +340,14 @@ class OwnershipIndex:
         now = self._clock()
         get = self._entries.get
         found: Mapping[str, float] = _NO_OWNERS
-        # Invariant: hashes[:low] is owned, hashes[:high + 1] is not. A prompt that
-        # repeats a known prefix (a tenant's system prompt, a conversation's history)
-        # usually ends in one or two new blocks, so the end of the owned prefix is
-        # looked for from the tail first, at blocks n-1, n-2, n-4, n-8, ..., then by
-        # bisection: two probes for one new block, against about log2(n) for
-        # bisection alone, and about 2 log2(n) when nothing is owned. Each probe
-        # costs a few cache misses when the router runs amid other work, which is
-        # where most of a decision's time goes then (docs/benchmarks.md).
+        # Invariant: hashes[:low] is owned, no prefix longer than high is. A prompt
+        # that repeats a known prefix (a tenant's system prompt, a conversation's
+        # history) ends in a few new blocks or none, so the end of the owned prefix
+        # is looked for from the tail first, at blocks n-1, n-2, n-4, n-8, ..., then
+        # by bisection: one probe for no new block and two for one, against about
+        # log2(n) for bisection alone; about 2 log2(n) when nothing is owned. Each
+        # probe costs a few cache misses when the router runs amid other work,
+        # where most of a decision's time goes (docs/benchmarks.md).
         n = len(hashes)
         low, high = 0, n
         back = 1
