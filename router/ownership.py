@@ -13,9 +13,9 @@ Invariant kept on purpose: ownership is *prefix-closed* along a chain, i.e. if a
 replica holds block k of a prompt it holds blocks 0..k-1. Chains are inserted
 tail first, so the head ends up most recently used and the LRU bound evicts
 tails first; vLLM also frees a request's blocks tail first, so its evictions
-keep the property. That lets ``longest_prefix`` search the chain in O(log n) probes. If the
-property is broken (an event lost mid-chain), the answer is a prefix that is
-too short or too long: a worse routing guess, never a wrong response.
+keep the property. That lets ``longest_prefix`` search the chain in O(log n)
+probes. If the property is broken (an event lost mid-chain), the answer is a prefix
+that is too short or too long: a worse routing guess, never a wrong response.
 
 TTL check in O(1): a probe must know whether a block has a live owner, and a hot
 prefix's block has hundreds of owners (every replica its traffic spilled onto).
@@ -35,9 +35,9 @@ written moments before. ``learn`` writes only the blocks after the longest head 
 the chain it wrote for the same replica less than ``refresh_s`` ago (default a tenth
 of ``ttl_s``), and gives them the expiry of that head's last block. So along a learned
 chain no block expires after a block before it, which makes the fresh blocks a head
-of the chain that ``learn`` finds by binary search; every block of the chain expires
-at most ``refresh_s`` early; and a repeated prompt costs O(log n) probes and its new
-blocks. memcached skips re-linking an item used in the last minute for the same
+of the chain that ``learn`` finds as ``longest_prefix`` searches; every block of the
+chain expires at most ``refresh_s`` early; and a repeated prompt costs O(log n)
+probes and its new blocks. memcached skips re-linking an item used in the last minute for the same
 reason. Two rules keep this true:
 - an event vouches for the blocks it names, not for the chain before them, so
   ``confirm`` writes ``ttl_s - refresh_s`` from now, which is never fresh enough to
