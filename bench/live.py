@@ -66,6 +66,7 @@ from bench.trace import TraceFormatError, TraceRequest, load_trace, save_trace
 from bench.workloads import WorkloadSpec, generate
 
 POLICIES = ("pow2", "ray-prefix", "cacheroute", "random")
+DEFAULT_REQUESTS = 200
 WORKLOADS = ("tenants", "sessions", "documents", "trace", "vllm-prefix-repetition")
 
 
@@ -78,8 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: trace with --trace, else tenants")
     p.add_argument("--policies", type=_policies, default=list(POLICIES),
                    help=f"comma-separated, run in this order (default {','.join(POLICIES)})")
-    p.add_argument("--requests", type=int, default=200,
-                   help="requests (tenants, documents) or prompts (vllm-prefix-repetition)")
+    p.add_argument("--requests", type=int,
+                   help="requests (tenants, documents) or prompts (vllm-prefix-repetition); "
+                        f"default {DEFAULT_REQUESTS}, or tenants x --per-tenant")
     load = p.add_mutually_exclusive_group()
     load.add_argument("--rate", type=float, help="open-loop Poisson arrivals, requests/s")
     load.add_argument("--concurrency", type=int,
@@ -90,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     tenants.add_argument("--tenants", type=int, default=8)
     tenants.add_argument("--zipf", type=float, default=None,
                          help="popularity exponent s of tenants (1.1) or documents (0.8)")
+    tenants.add_argument("--per-tenant", type=int,
+                         help="every tenant sends exactly N requests, in a seeded random "
+                              "order, instead of Zipf picks (requests = tenants x N)")
     sessions = p.add_argument_group("sessions (requests = sessions x turns)")
     sessions.add_argument("--sessions", type=int, default=16)
     sessions.add_argument("--turns", type=int, default=6)
@@ -134,6 +139,26 @@ def resolve_workload(args: argparse.Namespace) -> str:
     return workload
 
 
+def resolve_requests(args: argparse.Namespace, workload: str) -> None:
+    """Set ``args.requests`` from ``--requests`` and ``--per-tenant`` (raises ValueError
+    on a combination that contradicts itself)."""
+    if args.per_tenant is None:
+        if args.requests is None:
+            args.requests = DEFAULT_REQUESTS
+        return
+    if workload != "tenants":
+        raise ValueError("--per-tenant goes with --workload tenants (and only with it)")
+    if args.zipf is not None:
+        raise ValueError("--per-tenant replaces --zipf: give one of them")
+    if args.per_tenant < 1:
+        raise ValueError(f"--per-tenant must be >= 1, got {args.per_tenant}")
+    total = args.tenants * args.per_tenant
+    if args.requests is not None and args.requests != total:
+        raise ValueError(f"--requests ({args.requests}) must be --tenants x --per-tenant "
+                         f"({args.tenants} x {args.per_tenant} = {total}), or left out")
+    args.requests = total
+
+
 def build_trace(workload: str, args: argparse.Namespace) -> list[TraceRequest]:
     """The requests of a trace workload (raises ValueError, TraceFormatError, OSError)."""
     if workload == "trace":
@@ -150,6 +175,7 @@ def build_trace(workload: str, args: argparse.Namespace) -> list[TraceRequest]:
             max_tokens=args.max_tokens))
     return generate(WorkloadSpec(tenants=args.tenants, requests=args.requests,
                                  zipf_s=1.1 if args.zipf is None else args.zipf,
+                                 per_tenant=args.per_tenant,
                                  seed=args.seed, rate_rps=args.rate,
                                  max_tokens=args.max_tokens))
 
@@ -157,7 +183,9 @@ def build_trace(workload: str, args: argparse.Namespace) -> list[TraceRequest]:
 def workload_description(workload: str, args: argparse.Namespace, requests: int) -> dict[str, Any]:
     """The workload's own parameters, for the JSON and the chart titles."""
     own: dict[str, Any] = {
-        "tenants": {"tenants": args.tenants, "zipf_s": 1.1 if args.zipf is None else args.zipf},
+        "tenants": {"tenants": args.tenants, "per_tenant": args.per_tenant,
+                    "zipf_s": (None if args.per_tenant is not None
+                               else 1.1 if args.zipf is None else args.zipf)},
         "sessions": {"sessions": args.sessions, "turns": args.turns, "think_s": args.think_s},
         "documents": {"documents": args.documents, "document_words": args.document_words,
                       "zipf_s": 0.8 if args.zipf is None else args.zipf},
@@ -225,6 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.concurrency = 4
     try:
         workload = resolve_workload(args)
+        resolve_requests(args, workload)
     except ValueError as err:
         print(f"cacheroute bench: {err}", file=sys.stderr)
         return 2

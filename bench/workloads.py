@@ -3,7 +3,8 @@
 Model of the load: ``T`` tenants (products built on one model), each with its own
 long system prompt (about 1.3k tokens for SmolLM2's tokenizer), and short, distinct
 user questions. Tenant popularity is Zipf-skewed: tenant of rank ``r`` (0-based) is
-picked with weight ``1 / (r + 1) ** s``, so tenant ``t00`` is the most popular.
+picked with weight ``1 / (r + 1) ** s``, so tenant ``t00`` is the most popular;
+or, with ``per_tenant``, every tenant sends the same number of requests.
 Every request shares its tenant's system prompt and nothing else, so the best
 possible cache hit rate is set by how often tenants repeat (see ``oracle``).
 
@@ -86,6 +87,9 @@ class WorkloadSpec:
     requests: int = 200
     # Zipf exponent of tenant popularity; 0 = uniform, larger = more skewed.
     zipf_s: float = 1.1
+    # Every tenant sends exactly this many requests, in a seeded random order
+    # (``requests`` must be ``tenants`` x it; ``zipf_s`` is not used). None: Zipf picks.
+    per_tenant: int | None = None
     seed: int = 0
     # Poisson arrival rate (requests per second); None puts every arrival at t=0,
     # for fixed-concurrency replay that ignores arrival times.
@@ -101,6 +105,12 @@ class WorkloadSpec:
             raise ValueError(f"requests must be >= 0, got {self.requests}")
         if self.zipf_s < 0:
             raise ValueError(f"zipf_s must be >= 0, got {self.zipf_s}")
+        if self.per_tenant is not None:
+            if self.per_tenant < 1:
+                raise ValueError(f"per_tenant must be >= 1, got {self.per_tenant}")
+            if self.requests != self.tenants * self.per_tenant:
+                raise ValueError(f"requests ({self.requests}) must be tenants x per_tenant "
+                                 f"({self.tenants} x {self.per_tenant})")
         if self.rate_rps is not None and not self.rate_rps > 0:
             raise ValueError(f"rate_rps must be > 0, got {self.rate_rps}")
         if self.system_prompt_words < 1:
@@ -196,7 +206,9 @@ def iter_requests(spec: WorkloadSpec,
     """
     if tenants is None:
         tenants = make_tenants(spec)
-    picks = pick_tenants(len(tenants), spec.requests, spec.zipf_s, spec.seed)
+    picks = (shuffled_tenants(len(tenants), spec.per_tenant, spec.seed)
+             if spec.per_tenant is not None
+             else pick_tenants(len(tenants), spec.requests, spec.zipf_s, spec.seed))
     questions = random.Random(f"questions:{spec.seed}")
     times = arrival_times(spec.requests, spec.rate_rps, spec.seed)
     for number, (rank, t) in enumerate(zip(picks, times)):
@@ -216,3 +228,11 @@ def pick_tenants(tenants: int, requests: int, s: float, seed: int) -> Sequence[i
     """Tenant ranks of ``requests`` requests, Zipf(s)-distributed."""
     rng = random.Random(f"tenant-picks:{seed}")
     return rng.choices(range(tenants), weights=zipf_weights(tenants, s), k=requests)
+
+
+def shuffled_tenants(tenants: int, per_tenant: int, seed: int) -> Sequence[int]:
+    """Tenant ranks of ``tenants x per_tenant`` requests, each tenant exactly
+    ``per_tenant`` times, in a seeded random order."""
+    picks = [rank for rank in range(tenants) for _ in range(per_tenant)]
+    random.Random(f"tenant-picks:{seed}").shuffle(picks)
+    return picks

@@ -97,8 +97,25 @@ def test_poisson_arrivals_start_at_zero_increase_and_match_the_rate() -> None:
     assert arrival_times(3, None, seed=1) == [0.0, 0.0, 0.0]
 
 
+def test_per_tenant_gives_every_tenant_exactly_that_many_requests_in_a_seeded_order() -> None:
+    spec = make_spec(tenants=8, requests=24, per_tenant=3)
+    requests = generate(spec)
+    assert Counter(r.tenant for r in requests) == {f"t{i:02d}": 3 for i in range(8)}
+    order = [r.tenant for r in requests]
+    assert order == [r.tenant for r in generate(spec)]
+    assert order != sorted(order)  # shuffled, not tenant by tenant
+    assert order != [r.tenant for r in generate(make_spec(tenants=8, requests=24,
+                                                          per_tenant=3, seed=8))]
+    # The same prompts, questions and arrival times as Zipf picks of the same seed.
+    zipf = generate(make_spec(tenants=8, requests=24))
+    assert [r.t for r in requests] == [r.t for r in zipf]
+    assert [r.messages[1] for r in requests] == [r.messages[1] for r in zipf]  # type: ignore[index]
+
+
 @pytest.mark.parametrize("bad", [{"tenants": 0}, {"zipf_s": -1.0}, {"rate_rps": 0.0},
-                                 {"max_tokens": 0}, {"requests": -1}])
+                                 {"max_tokens": 0}, {"requests": -1},
+                                 {"tenants": 2, "requests": 4, "per_tenant": 0},
+                                 {"tenants": 2, "requests": 5, "per_tenant": 2}])
 def test_invalid_specs_are_rejected(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         make_spec(**bad)
