@@ -16,7 +16,7 @@ replay and takes differences:
   succeeded, failed; ``cacheroute`` only): prefills no client asked for, which the
   engine's hit rate counts and the clients' does not;
 * spill waits: ``cacheroute_router_spill_waits_total{result}`` (owner_hit, spill,
-  timeout; ``cacheroute`` only): spills the wait for an owner turned into hits.
+  timeout, busy; ``cacheroute`` only): spills the wait for an owner turned into hits.
 
 Replica values reach ``/metrics`` through Serve's routing stats, every
 ``request_routing_stats_period_s`` (2 s), so ``settled`` re-scrapes until two
@@ -136,7 +136,7 @@ class RunCounters:
     decisions: dict[str, float] | None
     # Replications ahead of a spill by result (sent, succeeded, failed); None: none exported.
     replications: dict[str, float] | None = None
-    # Spill waits by result (owner_hit, spill, timeout); None: none exported.
+    # Spill waits by result (owner_hit, spill, timeout, busy); None: none exported.
     spill_waits: dict[str, float] | None = None
 
 

@@ -474,9 +474,17 @@ class CacheRouteRequestRouter(SentRequests, RequestRouter):
         it. The wait ends at the first completion, so it follows the engines' speed.
         Each completion wakes one parked request (``on_request_completed``), so a
         sustained overload still spills, and the bound holds throughout: a parked
-        request is on no replica."""
+        request is on no replica.
+
+        A request whose every owner already has a request waiting for it spills at
+        once (``busy``): the next completion there goes to that earlier request, so
+        this one would most likely time out and spill late, having waited for
+        nothing."""
         owners = self._policy.spill_owners(request).intersection(by_id)
         if not owners:
+            return decision, by_id, in_flight
+        if all(self._spill_waiters.waiting(rid) for rid in owners):
+            self._metrics.on_spill_wait("busy")
             return decision, by_id, in_flight
         woken = await self._spill_waiters.wait_any(owners, timeout_s=self._spill_wait_s)
         by_id = {rid: r for rid, r in by_id.items() if r.replica_id in self.curr_replicas}

@@ -15,7 +15,7 @@ Names as scraped (serving/telemetry.py serves them):
 - `cacheroute_router_spill_waits_total{result}`: spill waits (`_wait_before_spill`
   in serving/ray_router.py) by how they ended: `owner_hit` (an owner freed a slot:
   no spill), `spill` (an owner finished a request and was still at the bound),
-  `timeout`.
+  `timeout`, `busy` (not waited: every owner already had a request waiting).
 
 The metric objects are process-wide (a Prometheus registry holds each name once);
 every router instance of the process adds to them.
@@ -54,7 +54,7 @@ KV_EVENTS = Counter("cacheroute_router_kv_events",
 SPILL_WAITS = Counter("cacheroute_router_spill_waits",
                       "Requests that waited for an owner before a spill, by result.",
                       ["result"], registry=REGISTRY)
-SPILL_WAIT_RESULTS = ("owner_hit", "spill", "timeout")
+SPILL_WAIT_RESULTS = ("owner_hit", "spill", "timeout", "busy")
 
 # Every label value exists from the start, so rate() sees a 0 before the first event.
 for _o in Outcome:

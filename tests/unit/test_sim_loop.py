@@ -111,6 +111,19 @@ def test_mismatched_block_sizes_are_refused() -> None:
         simulate("pow2", [], make_fleet(), policy_config=PolicyConfig(block_size=16))
 
 
+def test_a_spill_whose_owner_already_has_a_request_parked_goes_at_once() -> None:
+    # As above, and a fourth request at 0.2 s: the owner's first completion (10 s) is
+    # the third's, so the fourth spills at once instead of parking behind it.
+    requests = [make_request(0), make_request(1), make_request(2, arrival_s=0.1),
+                make_request(3, arrival_s=0.2)]
+    run = simulate("cacheroute", requests, make_fleet(2), spill_wait_s=30.0)
+    assert {k: v for k, v in run.outcomes.items() if k.startswith("spill_wait")} == {
+        "spill_wait_busy": 1, "spill_wait_owner_hit": 1}
+    assert run.outcomes["spill"] == 1 and run.decisions == 5
+    # The fourth prefilled at once on the idle replica, as the first did (10 s).
+    assert sorted(run.ttft_s)[:2] == pytest.approx([10.0, 10.0])
+
+
 @pytest.mark.parametrize(("wait_s", "by_replica", "waits"), [
     (0.0, [1, 2], {}),  # the bound spills the third request at once
     (5.0, [1, 2], {"spill_wait_timeout": 1}),  # the owner's first completion is at 10 s

@@ -106,6 +106,46 @@ def test_a_spill_whose_owner_is_still_at_the_bound_after_a_completion_goes(
     assert _waits("spill") == spills_before + 1
 
 
+def test_a_spill_goes_at_once_when_its_owner_already_has_a_request_waiting(
+        tiny_model: Path) -> None:  # noqa: F811
+    replicas = make_replicas(2)
+    router = make_router(tiny_model, replicas, spill_wait_s=30)
+    home, owner = _burst(router, replicas)
+    busy_before, hits_before = _waits("busy"), _waits("owner_hit")
+    parked, fourth_request = make_pending(SYSTEM, "third"), make_pending(SYSTEM, "fourth")
+    spilled: list[list[list[str]]] = []
+
+    def meanwhile() -> None:
+        # A fourth request of the prefix: the owner's next completion is the third's,
+        # so the fourth spills at once instead of waiting behind it.
+        async def fourth() -> None:
+            tiers = await router.choose_replicas(list(router.curr_replicas.values()),
+                                                 fourth_request)
+            spilled.append([[r.replica_id.unique_id for r in tier] for tier in tiers])
+
+        LOOP.create_task(fourth())
+
+    async def complete_after_the_fourth() -> None:
+        for _ in range(500):
+            if spilled:
+                break
+            await asyncio.sleep(0.01)
+        router.on_request_completed(owner.replica_id, "i-first")
+        router.decrement_queue_len_cache(owner.replica_id)
+
+    def then_complete() -> None:
+        meanwhile()
+        LOOP.create_task(complete_after_the_fourth())
+
+    _park_then(router, parked, then_complete)
+    assert spilled and spilled[0][0] != [home]
+    assert _waits("busy") == busy_before + 1
+    # The third, woken by the completion, became an owner hit (on the owner that
+    # freed a slot or on the one the fourth's spill made).
+    assert router.last_decision.outcome is Outcome.OWNER_HIT
+    assert _waits("owner_hit") == hits_before + 1
+
+
 def test_without_the_wait_a_spill_goes_at_once(tiny_model: Path) -> None:  # noqa: F811
     replicas = make_replicas(2)
     router = make_router(tiny_model, replicas, spill_wait_s=0)

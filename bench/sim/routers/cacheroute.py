@@ -18,8 +18,10 @@ The spill wait (``routing.spill_wait_s``, serving/ray_router.py) as the adapter
 does it: a SPILL is held by the policy (``hold_spill``) and, when owners of the
 prefix are on the ring, parked (``Placement.wait_for``) until a request completes
 on one of them or the wait times out (``loop.py``); ``decide_again`` then decides
-with the loads of that moment and commits a spill. Only the final decision is
-counted under its outcome; ``spill_wait_<result>`` counts how waits ended.
+with the loads of that moment and commits a spill. A spill whose every owner
+already has a request parked for it is committed at once (``busy``). Only the final
+decision is counted under its outcome; ``spill_wait_<result>`` counts how waits
+ended.
 
 Outcome labels: the ``router.Outcome`` values; a fall-through is counted under
 ``fallthrough`` in addition.
@@ -56,6 +58,9 @@ class CacheRouteRouter:
         # (outcome, replica) -> its Placement: the answers are immutable and few (7 x N),
         # and building one costs more than a tenth of a decision.
         self._placements: dict[tuple[Outcome, str], Placement] = {}
+        # Requests parked by the spill wait: per owner, and the owners of each request.
+        self._waiting_for: Counter[str] = Counter()
+        self._parked: dict[int, frozenset[str]] = {}
 
     @property
     def replicas(self) -> frozenset[str]:
@@ -73,8 +78,13 @@ class CacheRouteRouter:
                                              hold_spill=self._hold)
         if self._hold and decision.outcome is Outcome.SPILL:
             owners = self.policy.spill_owners(route_request, request.block_hashes)
-            if owners:
+            waiting_for = self._waiting_for
+            if owners and not all(waiting_for[o] for o in owners):
+                waiting_for.update(owners)
+                self._parked[request.index] = owners
                 return Placement(None, decision.outcome.value, wait_for=owners)
+            if owners:
+                self.outcomes["spill_wait_busy"] += 1
             self.policy.commit(route_request, decision, request.block_hashes)
         return self._place(decision, in_flight, max_ongoing)
 
@@ -82,6 +92,7 @@ class CacheRouteRouter:
                      max_ongoing: int | None, *, woken: bool) -> Placement:
         """After a spill wait: ``woken`` by a completion on an owner, or timed out."""
         route_request = self._route_request(request)
+        self._waiting_for.subtract(self._parked.pop(request.index))
         decision = self.policy.select_hashed(route_request, request.block_hashes, in_flight,
                                              hold_spill=True)
         if decision.outcome is Outcome.SPILL:
