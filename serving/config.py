@@ -107,12 +107,12 @@ class RoutingConfig(_Strict):
     wait up to this long for one of them to finish a request, then decide again: a
     slot freed under the bound makes it a cache hit instead of a full prefill
     elsewhere (`_wait_before_spill` in serving/ray_router.py). The wait ends at the
-    first completion. 0 (the default) spills at once. About 5 s suits a fleet that
-    keeps up with its traffic: there, live, it turned every would-be spill into an
-    owner hit (48 tenants at half rate: the oracle's hit rate, TTFT p99 31% below
-    `ray-prefix`). On other 2-replica CPU workloads it gained little, raised the load
-    skew, or cost TTFT p90/p99 (docs/benchmarks.md, "Spill wait"). Only
-    `policy: cacheroute` waits."""
+    first completion; a request whose every owner already has one waiting spills at
+    once. 0 (the default) turns the wait off. About 5 s suits a fleet that keeps up
+    with its traffic: there, live on 2 CPU replicas, it turned the would-be spills
+    into owner hits and reached `ray-prefix`'s hit rate, the oracle's, on the
+    8-tenant Zipf 1.1 trace and on 48 tenants at half rate, with TTFT p99 no higher
+    (docs/benchmarks.md, "Spill wait"). Only `policy: cacheroute` waits."""
     replicate_before_spill: bool = False
     """When a request fills the last owner of its prefix that had room under the load
     bound, prefill that prefix (one-token generation) on the replica its next request
