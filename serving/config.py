@@ -90,7 +90,11 @@ class RoutingConfig(_Strict):
     power-of-two choices), `ray-prefix` (Ray's PrefixCacheAffinityRouter) or `random`
     (a uniformly random replica: the baseline for benchmarks)."""
     load_epsilon: float = Field(0.25, gt=0, le=10)
-    """Bounded-load slack: no replica above ceil((1+eps) x mean) in-flight requests."""
+    """Bounded-load slack: no replica above ceil((1+eps) x mean) in-flight requests.
+    At one or two requests per replica that cap is 1 or 2, so a single request's
+    difference spills a prefix from its owner: live on 4 CPU replicas at 1 req/s this
+    cost 14 points of hit rate that `spill_wait_s: 5` or `load_epsilon: 1` won back
+    (docs/benchmarks.md, "KV memory pressure: 112 tenants on 4 replicas")."""
     virtual_nodes: int = Field(160, ge=1, le=10_000)
     """Ring points per replica; 160 keeps the arc-size spread near +-10% (ketama's choice)."""
     max_index_blocks: int = Field(200_000, ge=1)
