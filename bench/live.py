@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     svc.add_argument("--max-model-len", type=int, default=4096)
     svc.add_argument("--load-epsilon", type=float,
                      help="cacheroute's bounded-load slack (default: the config default, 0.25)")
+    svc.add_argument("--load-floor", type=int,
+                     help="requests in flight a replica always has room for "
+                          "(routing.load_floor; default: the config default, 0)")
     svc.add_argument("--replicate", dest="replicate_before_spill",
                      action=argparse.BooleanOptionalAction, default=None,
                      help="cacheroute's replication ahead of a spill "
@@ -239,6 +242,7 @@ def settings_from(args: argparse.Namespace) -> ServiceSettings:
     return ServiceSettings(replicas=args.replicas, port=args.port,
                            max_num_seqs=args.max_num_seqs, kv_cache_gib=args.kv_cache_gib,
                            max_model_len=args.max_model_len, load_epsilon=args.load_epsilon,
+                           load_floor=args.load_floor,
                            replicate_before_spill=args.replicate_before_spill,
                            # Written into every config, so that a run's folder says
                            # which it had (bench/sim/calibrate.py reads it).

@@ -42,6 +42,8 @@ class ServiceSettings:
     kv_cache_gib: int = 1
     max_model_len: int = 4096
     load_epsilon: float | None = None
+    # cacheroute's load floor (None: the config default, 0: the bound alone).
+    load_floor: int | None = None
     # cacheroute's replication ahead of a spill (None: the config default, off).
     replicate_before_spill: bool | None = None
     # cacheroute's spill wait in seconds (None: the config default; 0: off).
@@ -81,6 +83,7 @@ def run_measured(policy: str, settings: ServiceSettings, folder: Path,
                           kv_cache_gib=settings.kv_cache_gib,
                           max_num_seqs=settings.max_num_seqs,
                           load_epsilon=settings.load_epsilon,
+                          load_floor=settings.load_floor,
                           replicate_before_spill=settings.replicate_before_spill,
                           spill_wait_s=settings.spill_wait_s)
     service = ServiceProcess(config_path=config, policy=policy, port=port,

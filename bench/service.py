@@ -49,7 +49,8 @@ def free_port() -> int:
 def write_config(path: Path, *, model_id: str, policy: str, replicas: int, port: int,
                  metrics_port: int, ready_timeout_s: float, max_model_len: int = 4096,
                  kv_cache_gib: int = 1, max_num_seqs: int = 8,
-                 load_epsilon: float | None = None, enable_prefix_caching: bool = True,
+                 load_epsilon: float | None = None, load_floor: int | None = None,
+                 enable_prefix_caching: bool = True,
                  replicate_before_spill: bool | None = None,
                  spill_wait_s: float | None = None,
                  model_source: str = "default") -> Path:
@@ -61,6 +62,7 @@ def write_config(path: Path, *, model_id: str, policy: str, replicas: int, port:
         f"enable_prefix_caching: {str(enable_prefix_caching).lower()}}}\n"
         f"routing: {{policy: {policy}"
         + (f", load_epsilon: {load_epsilon}" if load_epsilon is not None else "")
+        + (f", load_floor: {load_floor}" if load_floor is not None else "")
         + (f", replicate_before_spill: {str(replicate_before_spill).lower()}"
            if replicate_before_spill is not None else "")
         + (f", spill_wait_s: {spill_wait_s}" if spill_wait_s is not None else "") + "}\n"

@@ -26,6 +26,9 @@ class PolicyConfig:
     block_size: int = 16
     # Bounded-load slack: a replica may hold (1 + eps) x the mean load before spilling.
     load_epsilon: float = 0.25
+    # A replica with fewer requests in flight than this always has room, whatever the
+    # mean (``load.py``): 0 is the bound alone; a few stop single-request spills at low load.
+    load_floor: int = 0
     # Ring points per replica: 160 keeps each replica's key share within about 10% of 1/N.
     virtual_nodes: int = 160
     # Index bound in block hashes: 200k x 16 tokens covers several engines' caches (~65 MB).
@@ -54,6 +57,8 @@ class PolicyConfig:
             raise ValueError(f"block_size must be >= 1, got {self.block_size}")
         if not 0.0 <= self.load_epsilon < float("inf"):
             raise ValueError(f"load_epsilon must be finite and >= 0, got {self.load_epsilon}")
+        if not 0 <= self.load_floor <= 1_000_000:
+            raise ValueError(f"load_floor must be in [0, 1000000], got {self.load_floor}")
         if self.virtual_nodes < 1:
             raise ValueError(f"virtual_nodes must be >= 1, got {self.virtual_nodes}")
         if self.max_index_blocks < 1:

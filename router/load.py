@@ -14,6 +14,13 @@ room, typically one or two (``ring.walk`` cost per step).
 ``epsilon`` trades cache locality for balance: 0 forces near-perfect balance
 (many spills), large values let a hot home run far above the mean (few spills,
 long queues). Unlike power-of-two-choices, the choice is deterministic.
+
+At a few requests per replica the ceiling is 1 or 2, so one request more than the
+mean spills a prefix from its owner, although its engine batches several requests
+together. ``floor`` (``PolicyConfig.load_floor``) raises the capacity to at least that
+many requests: the bound starts to count above it, as SGLang's router leaves a
+fleet alone while its load spread is under ``balance_abs_threshold``. A larger
+capacity keeps the walk's guarantee (some replica is below it).
 """
 
 from __future__ import annotations
@@ -35,8 +42,9 @@ class LoadChoice:
     capacity: int
 
 
-def load_capacity(total_in_flight: int, num_replicas: int, epsilon: float) -> int:
-    """``ceil((1 + epsilon) * (total_in_flight + 1) / num_replicas)``.
+def load_capacity(total_in_flight: int, num_replicas: int, epsilon: float,
+                  floor: int = 0) -> int:
+    """``max(floor, ceil((1 + epsilon) * (total_in_flight + 1) / num_replicas))``.
 
     The ``+ 1`` counts the request being placed, so capacity is at least 1.
     """
@@ -44,7 +52,7 @@ def load_capacity(total_in_flight: int, num_replicas: int, epsilon: float) -> in
         raise ValueError(f"num_replicas must be >= 1, got {num_replicas}")
     if total_in_flight < 0:
         raise ValueError(f"total_in_flight must be >= 0, got {total_in_flight}")
-    return math.ceil((1.0 + epsilon) * (total_in_flight + 1) / num_replicas)
+    return max(floor, math.ceil((1.0 + epsilon) * (total_in_flight + 1) / num_replicas))
 
 
 class InFlightCounts(dict[str, int]):

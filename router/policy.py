@@ -21,6 +21,8 @@ Algorithm, for a request with prompt blocks ``b0..bn`` (``hashing.py``):
    request misses on every replica alike, so placing it on a replica at or
    below the mean costs no hit, and the prefix's later traffic starts on the
    less loaded side instead of adding to a busy home and spilling from it.
+   ``load_floor`` raises both capacities to at least that many requests
+   (``load.py``), so at low load every prefix stays home.
 3. NO_KEY: no full block and no session. Nothing is cacheable, so locality is
    worthless: the least loaded replica, ties broken by ring order from a stable
    hash of the (partial) tokens. Deterministic given the loads.
@@ -257,7 +259,8 @@ class CacheAwarePolicy:
             if chosen not in replicas:
                 return None
             total = total_in_flight(in_flight, replicas) + 1
-            capacity = load_capacity(total, len(replicas), self._config.load_epsilon)
+            capacity = load_capacity(total, len(replicas), self._config.load_epsilon,
+                                     self._config.load_floor)
             if in_flight.get(chosen, 0) + 1 < capacity:
                 return None  # the owner keeps room: the next request is a hit there
         hashes = self.block_hashes(request)  # outside the lock, as in ``select``
@@ -395,7 +398,8 @@ class CacheAwarePolicy:
         if not replicas:
             raise EmptyRingError("no replicas to route to")
         total = total_in_flight(in_flight, replicas)
-        capacity = load_capacity(total, len(replicas), self._config.load_epsilon)
+        capacity = load_capacity(total, len(replicas), self._config.load_epsilon,
+                                 self._config.load_floor)
         ring_key = session_key if session_key is not None else (hashes[0] if hashes else None)
         if ring_key is None:
             return self._least_loaded(request, in_flight)
@@ -414,7 +418,8 @@ class CacheAwarePolicy:
             # Nobody holds any block: place at or below the mean load (module docstring).
             # ``load.choose_bounded`` over ``ring.walk``, stepping in C (ring.py).
             found = ring.first_with_room(ring_key, in_flight,
-                                         load_capacity(total, len(replicas), 0.0))
+                                         load_capacity(total, len(replicas), 0.0,
+                                                       self._config.load_floor))
             assert found is not None  # the mean is below this capacity too (load.py)
             chosen, spilled = found
             outcome = Outcome.RING_BALANCE if spilled else Outcome.RING_HOME

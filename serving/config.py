@@ -95,6 +95,12 @@ class RoutingConfig(_Strict):
     difference spills a prefix from its owner: live on 4 CPU replicas at 1 req/s this
     cost 14 points of hit rate that `spill_wait_s: 5` or `load_epsilon: 1` won back
     (docs/benchmarks.md, "KV memory pressure: 112 tenants on 4 replicas")."""
+    load_floor: int = Field(0, ge=0, le=4096)
+    """A replica with fewer requests in flight than this always has room, whatever the
+    mean: the load bound counts only above it (like SGLang's `balance_abs_threshold`), so a
+    prefix is not spilled from its owner over one request's difference at low load.
+    0 (the default) is the bound alone. Pick it below what an engine batches at no
+    cost, e.g. 2-4 on CPU, more on GPUs (docs/benchmarks.md, "Load floor")."""
     virtual_nodes: int = Field(160, ge=1, le=10_000)
     """Ring points per replica; 160 keeps the arc-size spread near +-10% (ketama's choice)."""
     max_index_blocks: int = Field(200_000, ge=1)

@@ -120,6 +120,7 @@ def policy_config(config: ServiceConfig) -> PolicyConfig:
     return PolicyConfig(
         block_size=config.engine.block_size,
         load_epsilon=r.load_epsilon,
+        load_floor=r.load_floor,
         virtual_nodes=r.virtual_nodes,
         max_index_blocks=r.max_index_blocks,
         ownership_ttl_s=r.ownership_ttl_s,

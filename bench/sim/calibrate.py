@@ -60,6 +60,7 @@ class LivePolicy:
     max_num_seqs: int
     kv_cache_gib: float
     load_epsilon: float
+    load_floor: int
     # The spill wait the run's service had; runs from before it existed write none
     # (and spilled at once), later ones always write it (bench/service.py).
     spill_wait_s: float
@@ -95,6 +96,7 @@ def load_live(folder: Path) -> LiveRun:
             kv_cache_gib=float(engine.get("kv_cache_gib", 1)),
             load_epsilon=float(config.get("routing", {}).get("load_epsilon",
                                                              PolicyConfig().load_epsilon)),
+            load_floor=int(config.get("routing", {}).get("load_floor", 0)),
             spill_wait_s=float(config.get("routing", {}).get("spill_wait_s", 0.0)),
             hit_rate=row["hit_rate"],
             ttft_p50_s=percentile([r["ttft_s"] for r in ok], 50),
@@ -120,7 +122,8 @@ def simulate_live(live: LivePolicy, requests: list[SimRequest], engine: EnginePa
                                                            block_size=engine.block_size))
     fleet = FleetParams(replicas=live.replicas, engine=engine,
                         max_ongoing_requests=max(8, 2 * live.max_num_seqs))
-    config = PolicyConfig(block_size=engine.block_size, load_epsilon=live.load_epsilon)
+    config = PolicyConfig(block_size=engine.block_size, load_epsilon=live.load_epsilon,
+                          load_floor=live.load_floor)
     return summarise(simulate(live.policy, requests, fleet, policy_config=config, seed=seed,
                               spill_wait_s=live.spill_wait_s))
 

@@ -88,6 +88,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="Serve's per-replica cap (default max(8, 2 x max-num-seqs); 0: none)")
     route = p.add_argument_group("cacheroute policy")
     route.add_argument("--load-epsilon", type=float, default=PolicyConfig().load_epsilon)
+    route.add_argument("--load-floor", type=int, default=PolicyConfig().load_floor,
+                       help="requests in flight a replica always has room for "
+                            "(routing.load_floor; default 0: the bound alone)")
     route.add_argument("--no-kv-events", action="store_true",
                        help="ownership from routing decisions only (no engine KV events)")
     route.add_argument("--spill-wait-s", type=float, default=SPILL_WAIT_S,
@@ -166,7 +169,8 @@ class RequestSource:
 def run_policies(args: argparse.Namespace, source: RequestSource, *,
                  progress: bool = True) -> list[tuple[SimSummary, RunResult]]:
     fleet = fleet_params(args)
-    config = PolicyConfig(block_size=fleet.engine.block_size, load_epsilon=args.load_epsilon)
+    config = PolicyConfig(block_size=fleet.engine.block_size, load_epsilon=args.load_epsilon,
+                          load_floor=args.load_floor)
     out = []
     for policy in args.policies:
         bar = _ProgressBar(policy, source.count) if progress else None
@@ -216,6 +220,7 @@ def report_json(args: argparse.Namespace, summaries: Sequence[SimSummary],
         "fleet": {"replicas": fleet.replicas, "ingresses": args.ingresses,
                   "max_ongoing_requests": fleet.max_ongoing_requests,
                   "engine": asdict(fleet.engine), "load_epsilon": args.load_epsilon,
+                  "load_floor": args.load_floor,
                   "kv_events": not args.no_kv_events,
                   "ray_imbalanced_threshold": (None if math.isinf(args.ray_imbalanced_threshold)
                                                else args.ray_imbalanced_threshold)},

@@ -1,4 +1,4 @@
-"""Operator sweeps: hit rate and TTFT against fleet size, ε, KV capacity and tenant skew.
+"""Operator sweeps: hit rate and TTFT against fleet size, ε, load floor, KV and tenant skew.
 
     cacheroute sim sweep --out-dir docs/img --json out/sim-sweep.json
 
@@ -9,6 +9,8 @@ One base scenario (the options of ``cacheroute sim``, with the defaults below:
 * ``replicas``: fleet size at a fixed demand, the question before buying GPUs;
 * ``epsilon``: cacheroute's bounded-load slack (the other policies do not have
   it; they are drawn as flat references at the base point);
+* ``floor``: cacheroute's load floor, the requests in flight a replica always
+  has room for (likewise cacheroute's alone);
 * ``kv``: KV cache per replica, in GiB of the model's geometry;
 * ``zipf``: how skewed tenant popularity is;
 * ``ingresses``: ingress instances, each with its own router (``routers/ingresses.py``),
@@ -74,6 +76,9 @@ SWEEPS = (
           _set("replicas", int)),
     Sweep("epsilon", "cacheroute load_epsilon ε", (0.0, 0.1, 0.25, 0.5, 1.0, 2.0),
           _set("load_epsilon"), varying=("cacheroute",)),
+    Sweep("floor", "cacheroute load_floor (requests a replica always has room for)",
+          (0, 1, 2, 3, 4, 6), _set("load_floor", int), varying=("cacheroute",),
+          fixed_note="no floor; base point"),
     Sweep("kv", "KV cache per replica (GiB; 1 GiB = 364 blocks of 128 tokens)",
           (0.125, 0.25, 0.5, 1.0, 2.0, 4.0), _set_kv, log_x=True),
     Sweep("zipf", "tenant popularity Zipf exponent s", (0.0, 0.5, 0.8, 1.1, 1.4, 1.8),

@@ -27,12 +27,15 @@ def test_benchmark_config_is_valid_for_the_service(tmp_path: Path) -> None:
     # Keys from the environment must not turn authentication on for the benchmark.
     assert config.server.api_keys == () and config.server.api_keys_env is None
     assert config.routing.load_epsilon == 0.25  # the service default unless asked
+    assert config.routing.load_floor == 0
 
 
 def test_benchmark_config_carries_the_load_epsilon(tmp_path: Path) -> None:
     path = write_config(tmp_path / "c.yaml", model_id="m", policy="cacheroute", replicas=2,
-                        port=18123, metrics_port=18124, ready_timeout_s=300.0, load_epsilon=1.5)
-    assert load_config(path).routing.load_epsilon == 1.5
+                        port=18123, metrics_port=18124, ready_timeout_s=300.0, load_epsilon=1.5,
+                        load_floor=3)
+    routing = load_config(path).routing
+    assert (routing.load_epsilon, routing.load_floor) == (1.5, 3)
 
 
 def test_serve_command_names_config_and_policy(tmp_path: Path) -> None:

@@ -61,6 +61,8 @@ server: {port: 9000, api_keys: [k1, k2]}
          "routing.policy: Input should be 'pow2', 'ray-prefix', 'cacheroute' or 'random'"),
         ("engine: {kv_cache_gib: 0.5}", "engine.kv_cache_gib: Input should be a valid integer"),
         ("server: {port: 70000}", "server.port: Input should be less than or equal to 65535"),
+        ("routing: {load_floor: -1}",
+         "routing.load_floor: Input should be greater than or equal to 0"),
         ("model: {id: 'a b'}", "model.id: Value error, must not contain whitespace"),
         ("- 1\n- 2", "top level must be a mapping, got list"),
         ("engine: {enable_prefix_caching: false}\nrouting: {policy: cacheroute}",

@@ -176,9 +176,11 @@ def test_request_without_body_still_routes(tiny_model: Path) -> None:
 def test_policy_config_follows_service_config() -> None:
     config = ServiceConfig.model_validate({"engine": {"block_size": 32, "hash_seed": 7},
                                            "routing": {"load_epsilon": 0.5,
-                                                       "virtual_nodes": 50}})
+                                                       "virtual_nodes": 50,
+                                                       "load_floor": 3}})
     pc = policy_config(config)
     assert (pc.block_size, pc.hash_seed, pc.load_epsilon, pc.virtual_nodes) == (32, "7", 0.5, 50)
+    assert pc.load_floor == 3
 
 
 # --- contract of the Ray Serve hooks used --------------------------------------

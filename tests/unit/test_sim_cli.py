@@ -51,6 +51,23 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path,
         main(["--policies", "nope"])
 
 
+def test_a_load_floor_keeps_a_low_load_trace_on_its_owners(tmp_path: Path) -> None:
+    """Three tenants at 1 req/s over 4 replicas: the bound alone (capacity 1-2) spills
+    repeats that a floor of 4 keeps on their owners; the JSON names the floor."""
+    runs = {}
+    for floor in (0, 4):
+        out = tmp_path / f"floor{floor}.json"
+        assert main(["--replicas", "4", "--tenants", "3", "--requests", "60", "--rate", "1",
+                     "--system-prompt-words", "40", "--block-size", "16", "--no-progress",
+                     "--policies", "cacheroute", "--load-floor", str(floor),
+                     "--json", str(out)]) == 0
+        runs[floor] = json.loads(out.read_text())
+    assert runs[4]["fleet"]["load_floor"] == 4
+    floored, alone = runs[4]["results"][0], runs[0]["results"][0]
+    assert floored["outcomes"].get("spill", 0) < alone["outcomes"].get("spill", 0)
+    assert floored["hit_rate"] > alone["hit_rate"]
+
+
 def test_the_simulated_spill_wait_defaults_to_the_service_default() -> None:
     from bench.sim.cli import SPILL_WAIT_S, build_parser
     from serving.config import RoutingConfig

@@ -31,6 +31,20 @@ def test_capacity_formula(total: int, replicas: int, epsilon: float, expected: i
     assert load_capacity(total, replicas, epsilon) == expected
 
 
+@pytest.mark.parametrize(
+    ("total", "replicas", "floor", "expected"),
+    [
+        (3, 4, 2, 2),  # ceil(1.25 * 4 / 4) = 2 anyway
+        (1, 4, 3, 3),  # the bound alone says 1: the floor lifts it
+        (99, 10, 3, 13),  # far above the floor the bound alone decides
+        (0, 1, 0, 2),  # floor 0 is the bound alone: ceil(1.25 * 1 / 1)
+    ],
+)
+def test_capacity_never_falls_below_the_floor(total: int, replicas: int, floor: int,
+                                              expected: int) -> None:
+    assert load_capacity(total, replicas, 0.25, floor) == expected
+
+
 def test_capacity_rejects_nonsense() -> None:
     with pytest.raises(ValueError):
         load_capacity(0, 0, 0.25)
@@ -61,13 +75,15 @@ loads = st.dictionaries(
     in_flight=loads,
     key=st.integers(min_value=0, max_value=2**64 - 1),
     epsilon=st.sampled_from([0.0, 0.1, 0.25, 1.0]),
+    floor=st.sampled_from([0, 0, 2, 4]),
 )
 def test_ceiling_holds_and_a_full_walk_always_finds_room(
-    in_flight: dict[str, int], key: int, epsilon: float
+    in_flight: dict[str, int], key: int, epsilon: float, floor: int
 ) -> None:
     replicas = make_replica_ids(6)
     ring = HashRing(replicas)
-    capacity = load_capacity(total_in_flight(in_flight, replicas), len(replicas), epsilon)
+    capacity = load_capacity(total_in_flight(in_flight, replicas), len(replicas), epsilon,
+                             floor)
     choice = choose_bounded(ring.walk(key), in_flight, capacity)
     assert choice is not None
     assert in_flight.get(choice.replica_id, 0) < capacity

@@ -191,6 +191,23 @@ def test_ceiling_also_binds_owner_hits() -> None:
     assert (decision.replica_id, decision.outcome) == (other, Outcome.SPILL)
 
 
+def test_below_the_load_floor_an_owner_keeps_its_prefix() -> None:
+    """Four replicas, two requests in flight on the owner, none elsewhere: the bound
+    alone (ceil(1.25 x 3 / 4) = 1) spills; a floor of 3 keeps the request home."""
+    replicas = ["a", "b", "c", "d"]
+    home = make_policy(replicas).select(make_request(16), {}).replica_id
+    loads = {r: 0 for r in replicas} | {home: 2}
+    bound_alone = make_policy(replicas)
+    bound_alone.select(make_request(16), {})
+    assert bound_alone.select(make_request(16), loads).outcome is Outcome.SPILL
+    floored = make_policy(replicas, load_floor=3)
+    floored.select(make_request(16), {})
+    decision = floored.select(make_request(16), loads)
+    assert (decision.replica_id, decision.outcome) == (home, Outcome.OWNER_HIT)
+    # At the floor the bound counts again: the owner holds 3 and spills.
+    assert floored.select(make_request(16), loads | {home: 3}).outcome is Outcome.SPILL
+
+
 def test_leaving_full_owners_for_a_home_without_the_prefix_is_a_spill() -> None:
     home = make_policy(["a", "b"]).select(make_request(16), {}).replica_id
     other = ({"a", "b"} - {home}).pop()
@@ -296,6 +313,7 @@ def test_failover_walks_the_ranked_list() -> None:
         {"block_size": 0},
         {"load_epsilon": -0.1},
         {"load_epsilon": float("nan")},
+        {"load_floor": -1},
         {"virtual_nodes": 0},
         {"max_index_blocks": 0},
         {"ownership_ttl_s": 0.0},
