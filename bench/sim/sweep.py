@@ -19,8 +19,9 @@ One base scenario (the options of ``cacheroute sim``, with the defaults below:
 
 Each sweep writes ``sim-<name>.png`` (hit rate; TTFT p50 and p99 on a log
 scale; one colour per policy) to ``--out-dir``, and every point goes to
-``--json`` and to a Markdown table on stdout. Cost: about 30 runs of 8,000
-requests per policy, under a minute of one core (38 s on the 2-core VM of docs/).
+``--json`` and to a Markdown table on stdout. Cost: about 36 runs of 8,000
+requests per policy, about a minute of one core (38 s on the 2-core VM of docs/
+without the floor sweep).
 """
 
 from __future__ import annotations
