@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.report import PolicySummary, markdown_table, write_chart
+from bench.report import PolicySummary, markdown_table, summary_from_json, write_chart
 
 
 class RunError(ValueError):
@@ -55,12 +55,9 @@ def load_run(label: str, folder: Path, policy: str) -> Labelled:
         lines = (folder / policy / "requests.jsonl").read_text(encoding="utf-8").splitlines()
     except OSError as err:
         raise RunError(f"{folder}: {policy}'s requests are missing ({err})") from err
-    fields = {f.name for f in dataclasses.fields(PolicySummary)}
-    row = {k: (float("nan") if v is None and k.startswith(("ttft", "e2e")) else v)
-           for k, v in rows[0].items() if k in fields}
     ttfts = [r["ttft_s"] for r in map(json.loads, lines) if r.get("error") is None]
-    return Labelled(summary=PolicySummary(**{**row, "policy": label}), ttfts=ttfts,
-                    command=str(summary.get("command", "")))
+    return Labelled(summary=dataclasses.replace(summary_from_json(rows[0]), policy=label),
+                    ttfts=ttfts, command=str(summary.get("command", "")))
 
 
 def compare(specs: Sequence[str]) -> list[Labelled]:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -218,3 +218,12 @@ def summary_json(s: PolicySummary) -> dict[str, Any]:
     """The summary with NaN (no samples) written as null, which JSON can hold."""
     return {k: (None if isinstance(v, float) and math.isnan(v) else v)
             for k, v in asdict(s).items()}
+
+
+def summary_from_json(data: Mapping[str, Any]) -> PolicySummary:
+    """``summary_json``'s inverse: null back to NaN where the field is a plain float.
+    Keys that are not summary fields (the service's extra columns of a ``live.json``
+    row) are left out."""
+    kinds = {f.name: f.type for f in fields(PolicySummary)}
+    return PolicySummary(**{k: (math.nan if v is None and kinds[k] == "float" else v)
+                            for k, v in data.items() if k in kinds})

@@ -89,15 +89,15 @@ def load_live(folder: Path) -> LiveRun:
         requests = [json.loads(line) for line in (folder / name / "requests.jsonl").open()]
         ok = [r for r in requests if r["error"] is None]
         engine = config.get("engine", {})
+        routing = config.get("routing", {})
         policies.append(LivePolicy(
             policy=name,
             replicas=int(config.get("replicas", 1)),
             max_num_seqs=int(engine.get("max_num_seqs", 8)),
             kv_cache_gib=float(engine.get("kv_cache_gib", 1)),
-            load_epsilon=float(config.get("routing", {}).get("load_epsilon",
-                                                             PolicyConfig().load_epsilon)),
-            load_floor=int(config.get("routing", {}).get("load_floor", 0)),
-            spill_wait_s=float(config.get("routing", {}).get("spill_wait_s", 0.0)),
+            load_epsilon=float(routing.get("load_epsilon", PolicyConfig().load_epsilon)),
+            load_floor=int(routing.get("load_floor", PolicyConfig().load_floor)),
+            spill_wait_s=float(routing.get("spill_wait_s", 0.0)),
             hit_rate=row["hit_rate"],
             ttft_p50_s=percentile([r["ttft_s"] for r in ok], 50),
             ttft_p90_s=percentile([r["ttft_s"] for r in ok], 90),

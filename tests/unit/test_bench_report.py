@@ -11,6 +11,7 @@ from bench.replay import RequestResult
 from bench.report import (
     markdown_table,
     summarise,
+    summary_from_json,
     summary_json,
     write_chart,
     write_load_chart,
@@ -64,6 +65,14 @@ def test_summary_of_only_errors_has_no_latencies_and_json_nulls() -> None:
     data = summary_json(s)
     assert data["ttft_p50_s"] is None and data["e2e_p50_s"] is None
     assert "| pow2 | 0.0% | - | 50.0% | - | - |" in markdown_table([s])
+
+
+def test_a_summary_read_back_from_json_equals_the_one_written() -> None:
+    s = summarise("pow2", [make_result(0, error="Timeout")], oracle_hit_rate=0.5)
+    back = summary_from_json({**summary_json(s), "decisions": {"spill": 1}})
+    assert math.isnan(back.ttft_p50_s) and math.isnan(back.e2e_p99_s)
+    assert back.engine_hit_rate is None  # optional fields stay None
+    assert summary_json(back) == summary_json(s)
 
 
 def test_service_measurements_are_carried_into_the_table_and_json() -> None:
