@@ -21,8 +21,11 @@ Algorithm, for a request with prompt blocks ``b0..bn`` (``hashing.py``):
    request misses on every replica alike, so placing it on a replica at or
    below the mean costs no hit, and the prefix's later traffic starts on the
    less loaded side instead of adding to a busy home and spilling from it.
-   ``load_floor`` raises both capacities to at least that many requests
-   (``load.py``), so at low load every prefix stays home.
+   ``load_floor`` raises the bound's capacity to at least that many requests
+   (``load.py``), so at low load a prefix stays on its owners and its home. It
+   leaves the mean placement of a new prefix alone: the floor exists to save a
+   prefix's hits, and a new prefix has none to save, while placing it by the mean
+   is what spreads tenants evenly when the ring's arcs hold unequal numbers.
 3. NO_KEY: no full block and no session. Nothing is cacheable, so locality is
    worthless: the least loaded replica, ties broken by ring order from a stable
    hash of the (partial) tokens. Deterministic given the loads.
@@ -417,9 +420,10 @@ class CacheAwarePolicy:
         if matched_blocks == 0 and session_key is None:
             # Nobody holds any block: place at or below the mean load (module docstring).
             # ``load.choose_bounded`` over ``ring.walk``, stepping in C (ring.py).
+            # No floor here: the floor keeps a prefix on the replica that holds it,
+            # and a new prefix is held nowhere, so it keeps only the balance.
             found = ring.first_with_room(ring_key, in_flight,
-                                         load_capacity(total, len(replicas), 0.0,
-                                                       self._config.load_floor))
+                                         load_capacity(total, len(replicas), 0.0))
             assert found is not None  # the mean is below this capacity too (load.py)
             chosen, spilled = found
             outcome = Outcome.RING_BALANCE if spilled else Outcome.RING_HOME

@@ -208,6 +208,22 @@ def test_below_the_load_floor_an_owner_keeps_its_prefix() -> None:
     assert floored.select(make_request(16), loads | {home: 3}).outcome is Outcome.SPILL
 
 
+def test_the_load_floor_leaves_a_new_prefix_placed_by_the_mean() -> None:
+    """A new prefix has no hit to keep, so the floor does not hold it on a home busier
+    than the mean: with a floor of 4 and one request on the home, it still goes past
+    the home to an idle replica, as without the floor, while a known prefix stays."""
+    replicas = ["a", "b", "c", "d"]
+    home = make_policy(replicas).select(make_request(16), {}).replica_id
+    loads = {r: 0 for r in replicas} | {home: 1}
+    for policy in (make_policy(replicas), make_policy(replicas, load_floor=4)):
+        placed = policy.select(make_request(16), loads)
+        assert placed.replica_id != home and placed.outcome is Outcome.RING_BALANCE
+    floored = make_policy(replicas, load_floor=4)
+    floored.select(make_request(16), {})
+    kept = floored.select(make_request(16), loads | {home: 3})
+    assert (kept.replica_id, kept.outcome) == (home, Outcome.OWNER_HIT)
+
+
 def test_leaving_full_owners_for_a_home_without_the_prefix_is_a_spill() -> None:
     home = make_policy(["a", "b"]).select(make_request(16), {}).replica_id
     other = ({"a", "b"} - {home}).pop()
