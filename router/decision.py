@@ -26,8 +26,9 @@ class PolicyConfig:
     block_size: int = 16
     # Bounded-load slack: a replica may hold (1 + eps) x the mean load before spilling.
     load_epsilon: float = 0.25
-    # A replica with fewer requests in flight than this always has room, whatever the
-    # mean (``load.py``): 0 is the bound alone; a few stop single-request spills at low load.
+    # A replica with fewer requests in flight than this always has room for a prefix it
+    # holds or is home to, whatever the mean (``load.py``); a new prefix is still placed
+    # by the mean. 0 is the bound alone; a few stop single-request spills at low load.
     load_floor: int = 0
     # Ring points per replica: 160 keeps each replica's key share within about 10% of 1/N.
     virtual_nodes: int = 160
