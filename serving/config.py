@@ -105,7 +105,7 @@ class RoutingConfig(_Strict):
     each (112 tenants at 1 req/s, `max_num_seqs` 8), 4 took the hit rate from 48.3% to
     62.2% (the oracle 62.4%), with no spill and a load skew of 1.19. Off by default: a
     hot prefix's home may queue up to this many before it spills (docs/benchmarks.md,
-    "Load floor: the same trace")."""
+    "Load floor: new prefixes still placed by the mean")."""
     virtual_nodes: int = Field(160, ge=1, le=10_000)
     """Ring points per replica; 160 keeps the arc-size spread near +-10% (ketama's choice)."""
     max_index_blocks: int = Field(200_000, ge=1)
