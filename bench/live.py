@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="cacheroute's bounded-load slack (default: the config default, 0.25)")
     svc.add_argument("--load-floor", type=int,
                      help="requests in flight a replica always has room for "
-                          "(routing.load_floor; default: the config default, 0)")
+                          "(routing.load_floor; default: the config default, 4; 0: the bound alone)")
     svc.add_argument("--replicate", dest="replicate_before_spill",
                      action=argparse.BooleanOptionalAction, default=None,
                      help="cacheroute's replication ahead of a spill "

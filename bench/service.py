@@ -31,6 +31,8 @@ import uuid
 from pathlib import Path
 from typing import IO
 
+from router import PolicyConfig
+
 # Environment variable that marks every process a benchmark service started.
 RUN_TAG_ENV = "CACHEROUTE_BENCH_RUN"
 READY_PREFIX = "cacheroute: ready at"
@@ -62,7 +64,9 @@ def write_config(path: Path, *, model_id: str, policy: str, replicas: int, port:
         f"enable_prefix_caching: {str(enable_prefix_caching).lower()}}}\n"
         f"routing: {{policy: {policy}"
         + (f", load_epsilon: {load_epsilon}" if load_epsilon is not None else "")
-        + (f", load_floor: {load_floor}" if load_floor is not None else "")
+        # Always written, so the run folder says which floor it ran with (calibration
+        # reads it back).
+        + f", load_floor: {PolicyConfig().load_floor if load_floor is None else load_floor}"
         + (f", replicate_before_spill: {str(replicate_before_spill).lower()}"
            if replicate_before_spill is not None else "")
         + (f", spill_wait_s: {spill_wait_s}" if spill_wait_s is not None else "") + "}\n"

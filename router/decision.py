@@ -28,8 +28,9 @@ class PolicyConfig:
     load_epsilon: float = 0.25
     # A replica with fewer requests in flight than this always has room for a prefix it
     # holds or is home to, whatever the mean (``load.py``); a new prefix is still placed
-    # by the mean. 0 is the bound alone; a few stop single-request spills at low load.
-    load_floor: int = 0
+    # by the mean. 4 stops single-request spills at low load, where the (1 + eps) x mean
+    # cap is 1 or 2; an engine batches that many anyway. 0 is the bound alone.
+    load_floor: int = 4
     # Ring points per replica: 160 keeps each replica's key share within about 10% of 1/N.
     virtual_nodes: int = 160
     # Index bound in block hashes: 200k x 16 tokens covers several engines' caches (~65 MB).

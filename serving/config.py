@@ -90,22 +90,24 @@ class RoutingConfig(_Strict):
     power-of-two choices), `ray-prefix` (Ray's PrefixCacheAffinityRouter) or `random`
     (a uniformly random replica: the baseline for benchmarks)."""
     load_epsilon: float = Field(0.25, gt=0, le=10)
-    """Bounded-load slack: no replica above ceil((1+eps) x mean) in-flight requests.
-    At one or two requests per replica that cap is 1 or 2, so a single request's
-    difference spills a prefix from its owner: live on 4 CPU replicas at 1 req/s this
-    cost 14 points of hit rate that `spill_wait_s: 5` or `load_epsilon: 1` won back
-    (docs/benchmarks.md, "KV memory pressure: 112 tenants on 4 replicas")."""
-    load_floor: int = Field(0, ge=0, le=4096)
+    """Bounded-load slack: no replica above ceil((1+eps) x mean) in-flight requests
+    while another has room, and above `load_floor`. At one or two requests per replica
+    that cap is 1 or 2, so without the floor a single request's difference spills a
+    prefix from its owner: live on 4 CPU replicas at 1 req/s this cost 14 points of hit
+    rate (docs/benchmarks.md, "KV memory pressure: 112 tenants on 4 replicas")."""
+    load_floor: int = Field(4, ge=0, le=4096)
     """A replica with fewer requests in flight than this always has room for a prefix it
     holds or is home to, whatever the mean: the load bound counts only above it (like
     SGLang's `balance_abs_threshold`), so a prefix is not spilled from its owner over one
-    request's difference at low load. A new prefix is still placed at or below the mean
-    load, which spreads tenants when the ring's arcs hold unequal numbers. 0 (the
-    default) is the bound alone. Live on 4 CPU replicas with a few requests in flight
-    each (112 tenants at 1 req/s, `max_num_seqs` 8), 4 took the hit rate from 48.3% to
-    62.2% (the oracle 62.4%), with no spill and a load skew of 1.19. Off by default: a
-    hot prefix's home may queue up to this many before it spills (docs/benchmarks.md,
-    "Load floor: new prefixes still placed by the mean")."""
+    request's difference at low load, where ceil((1+eps) x mean) is 1 or 2 and the
+    engine would batch the request anyway. A new prefix is still placed at or below the
+    mean load, which spreads tenants when the ring's arcs hold unequal numbers. Above
+    the floor the bound is as `load_epsilon` says; on a fleet with many requests in
+    flight per replica the floor changes nothing. 0 is the bound alone. Live on 4 CPU
+    replicas with a few requests in flight each (112 tenants at 1 req/s), 4 took the
+    hit rate from 48.3% (the bound alone) to 62.2% and 62.4% (the oracle, as
+    `ray-prefix`), with no spill; it costs a hot prefix's home up to this many requests
+    before it spills (docs/benchmarks.md, "Defaults: a load floor of 4")."""
     virtual_nodes: int = Field(160, ge=1, le=10_000)
     """Ring points per replica; 160 keeps the arc-size spread near +-10% (ketama's choice)."""
     max_index_blocks: int = Field(200_000, ge=1)

@@ -96,7 +96,9 @@ def load_live(folder: Path) -> LiveRun:
             max_num_seqs=int(engine.get("max_num_seqs", 8)),
             kv_cache_gib=float(engine.get("kv_cache_gib", 1)),
             load_epsilon=float(routing.get("load_epsilon", PolicyConfig().load_epsilon)),
-            load_floor=int(routing.get("load_floor", PolicyConfig().load_floor)),
+            # `cacheroute bench` writes the floor into every run's config; a config
+            # without it comes from a version whose default was the bound alone.
+            load_floor=int(routing.get("load_floor", 0)),
             spill_wait_s=float(routing.get("spill_wait_s", 0.0)),
             hit_rate=row["hit_rate"],
             ttft_p50_s=percentile([r["ttft_s"] for r in ok], 50),

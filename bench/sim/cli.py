@@ -89,8 +89,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     route = p.add_argument_group("cacheroute policy")
     route.add_argument("--load-epsilon", type=float, default=PolicyConfig().load_epsilon)
     route.add_argument("--load-floor", type=int, default=PolicyConfig().load_floor,
-                       help="requests in flight a replica always has room for "
-                            "(routing.load_floor; default 0: the bound alone)")
+                       help="requests in flight a replica always has room for (routing."
+                            f"load_floor; default {PolicyConfig().load_floor}; 0: the bound alone)")
     route.add_argument("--no-kv-events", action="store_true",
                        help="ownership from routing decisions only (no engine KV events)")
     route.add_argument("--spill-wait-s", type=float, default=SPILL_WAIT_S,

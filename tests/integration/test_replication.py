@@ -32,9 +32,11 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def replicating(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     # A longer context than the shared stack's, so a generation can stay in flight
-    # for many seconds after a 1.4k-token prompt.
+    # for many seconds after a 1.4k-token prompt. No load floor: the scenario fills the
+    # home at 2 in flight, the bound's own cap on 2 replicas at ε = 0.25.
     proc, stack = start_stack(tmp_path_factory.mktemp("replicating"),
-                              routing_yaml="replicate_before_spill: true", max_model_len=4096)
+                              routing_yaml="replicate_before_spill: true, load_floor: 0",
+                              max_model_len=4096)
     try:
         yield stack
     finally:

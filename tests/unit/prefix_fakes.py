@@ -66,7 +66,8 @@ class FakeBackend:
 
 
 def make_policy(replicas: Sequence[str] = ("r0", "r1", "r2")) -> CacheAwarePolicy:
-    return CacheAwarePolicy(PolicyConfig(block_size=BLOCK_SIZE), replicas=replicas)
+    # The bound alone: tests built on these fakes spill at a few requests in flight.
+    return CacheAwarePolicy(PolicyConfig(block_size=BLOCK_SIZE, load_floor=0), replicas=replicas)
 
 
 def make_settings(**overrides: Any) -> RegistrySettings:

@@ -27,7 +27,7 @@ def test_benchmark_config_is_valid_for_the_service(tmp_path: Path) -> None:
     # Keys from the environment must not turn authentication on for the benchmark.
     assert config.server.api_keys == () and config.server.api_keys_env is None
     assert config.routing.load_epsilon == 0.25  # the service default unless asked
-    assert config.routing.load_floor == 0
+    assert config.routing.load_floor == 4  # the default, written so the run records it
 
 
 def test_benchmark_config_carries_the_load_epsilon(tmp_path: Path) -> None:

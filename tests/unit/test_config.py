@@ -36,6 +36,17 @@ def test_empty_file_gives_all_defaults(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, "")) == ServiceConfig()
 
 
+def test_the_service_routes_with_the_routing_cores_defaults() -> None:
+    """The simulator and the benchmarks take their defaults from ``PolicyConfig``; the
+    service must route the same way when the config says nothing."""
+    from router import PolicyConfig
+
+    routing, core = ServiceConfig().routing, PolicyConfig()
+    assert (routing.load_epsilon, routing.load_floor) == (core.load_epsilon, core.load_floor)
+    assert (routing.virtual_nodes, routing.session_affinity) == \
+        (core.virtual_nodes, core.session_affinity)
+
+
 def test_fields_are_read(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, """
 model: {id: m1, source: org/name}

@@ -16,6 +16,11 @@ from router.load import InFlightCounts
 from tests.unit.sim_factories import make_engine_params, make_request, make_workload
 
 
+def bound_alone(fleet: FleetParams) -> PolicyConfig:
+    """The (1 + eps) x mean cap with no floor: these runs spill at 2 in flight."""
+    return PolicyConfig(block_size=fleet.engine.block_size, load_floor=0)
+
+
 def make_fleet(replicas: int = 1, *, max_ongoing_requests: int | None = None,
                **engine: object) -> FleetParams:
     return FleetParams(replicas=replicas, engine=make_engine_params(**engine),
@@ -84,19 +89,23 @@ class _WatchedRouter(CacheRouteRouter):
     def route(self, request, in_flight: InFlightCounts, max_ongoing):  # type: ignore[no-untyped-def]
         total = sum(in_flight.get(r, 0) for r in self.replicas)
         placement: Placement = super().route(request, in_flight, max_ongoing)
-        bound = math.ceil(1.25 * (total + 1) / len(self.replicas))
+        bound = max(self.policy.config.load_floor,
+                    math.ceil(1.25 * (total + 1) / len(self.replicas)))
         assert placement.replica is not None
         self.checks.append((in_flight.get(placement.replica, 0), bound))
         return placement
 
 
-def test_cacheroute_decisions_keep_the_bounded_load() -> None:
-    # Zipf-skewed tenants at a rate that queues: the hot tenant's home must spill.
+@pytest.mark.parametrize("floor", [0, PolicyConfig().load_floor])
+def test_cacheroute_decisions_keep_the_bounded_load(floor: int) -> None:
+    # Zipf-skewed tenants at a rate that queues: the hot tenant's home must spill,
+    # with the bound alone and with the default floor under it.
     requests = make_workload(tenants=6, requests=200, rate_rps=40.0, zipf_s=1.5)
     watched: list[_WatchedRouter] = []
 
     def factory(ids, clock):  # type: ignore[no-untyped-def]
-        watched.append(_WatchedRouter(ids, PolicyConfig(block_size=16), clock=clock))
+        watched.append(_WatchedRouter(ids, PolicyConfig(block_size=16, load_floor=floor),
+                                      clock=clock))
         return watched[0]
 
     fleet = make_fleet(6, block_size=16, prefill_s_per_token=0.002, step_overhead_s=0.02)
@@ -116,7 +125,9 @@ def test_a_spill_whose_owner_already_has_a_request_parked_goes_at_once() -> None
     # the third's, so the fourth spills at once instead of parking behind it.
     requests = [make_request(0), make_request(1), make_request(2, arrival_s=0.1),
                 make_request(3, arrival_s=0.2)]
-    run = simulate("cacheroute", requests, make_fleet(2), spill_wait_s=30.0)
+    fleet = make_fleet(2)
+    run = simulate("cacheroute", requests, fleet, spill_wait_s=30.0,
+                   policy_config=bound_alone(fleet))
     assert {k: v for k, v in run.outcomes.items() if k.startswith("spill_wait")} == {
         "spill_wait_busy": 1, "spill_wait_owner_hit": 1}
     assert run.outcomes["spill"] == 1 and run.decisions == 5
@@ -134,7 +145,9 @@ def test_the_spill_wait_parks_a_spill_until_an_owner_completes_or_time_runs_out(
     # Two requests on the home (prefill of 9 tokens: the first finishes at 10 s), then
     # a third at 0.1 s: 2 of ceil(1.25 x 3 / 2) = 2 in flight there, a spill.
     requests = [make_request(0), make_request(1), make_request(2, arrival_s=0.1)]
-    run = simulate("cacheroute", requests, make_fleet(2), spill_wait_s=wait_s)
+    fleet = make_fleet(2)
+    run = simulate("cacheroute", requests, fleet, spill_wait_s=wait_s,
+                   policy_config=bound_alone(fleet))
     assert sorted(run.requests_by_replica) == by_replica
     assert {k: v for k, v in run.outcomes.items() if k.startswith("spill_wait")} == waits
     assert run.outcomes.get("spill", 0) == (0 if by_replica == [0, 3] else 1)

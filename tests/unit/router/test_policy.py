@@ -348,6 +348,7 @@ def test_config_is_validated(bad: dict[str, float]) -> None:
 def test_config_is_frozen_keyword_only_and_documented_defaults() -> None:
     config = PolicyConfig()
     assert (config.block_size, config.load_epsilon, config.virtual_nodes) == (16, 0.25, 160)
+    assert config.load_floor == 4
     assert config.hash_seed == "vllm-none-hash"
     with pytest.raises(TypeError):
         PolicyConfig(16)  # type: ignore[call-arg]
