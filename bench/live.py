@@ -64,6 +64,7 @@ from bench.report import (
 from bench.service import ServiceError
 from bench.trace import TraceFormatError, TraceRequest, load_trace, save_trace
 from bench.workloads import WorkloadSpec, generate
+from router import PolicyConfig
 
 POLICIES = ("pow2", "ray-prefix", "cacheroute", "random")
 DEFAULT_REQUESTS = 200
@@ -115,11 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     svc.add_argument("--max-num-seqs", type=int, default=8)
     svc.add_argument("--kv-cache-gib", type=int, default=1)
     svc.add_argument("--max-model-len", type=int, default=4096)
+    defaults = PolicyConfig()
     svc.add_argument("--load-epsilon", type=float,
-                     help="cacheroute's bounded-load slack (default: the config default, 0.25)")
+                     help="cacheroute's bounded-load slack "
+                          f"(default: the config default, {defaults.load_epsilon})")
     svc.add_argument("--load-floor", type=int,
-                     help="requests in flight a replica always has room for "
-                          "(routing.load_floor; default: the config default, 4; 0: the bound alone)")
+                     help="requests in flight a replica always has room for (routing."
+                          f"load_floor; default: the config default, {defaults.load_floor}; "
+                          "0: the bound alone)")
     svc.add_argument("--replicate", dest="replicate_before_spill",
                      action=argparse.BooleanOptionalAction, default=None,
                      help="cacheroute's replication ahead of a spill "
