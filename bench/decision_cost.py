@@ -268,7 +268,7 @@ def bench_cacheroute(prompts: PromptSet, *, block_size: int, replicas: int, n: i
                             offset=n)
         rows.append(make_row("cacheroute tokenize+select (text)", samples, **common))
         # Chat: the system prompt is a segment between special tokens, cached after
-        # its first encode (serving/segment_tokens.py); only the user turn is encoded.
+        # its first encode (serving/routing/segment_tokens.py); only the user turn is encoded.
         samples = timer.run(n, lambda i: chat_like(prompts, i), tokenize_select, offset=n)
         rows.append(make_row("cacheroute tokenize+select (chat)", samples, **common))
     return rows
@@ -471,8 +471,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from tqdm import tqdm
 
-    from serving.models import ensure_default_model
-    from serving.prompt_tokens import PromptTokenizer
+    from serving.models.default import ensure_default_model
+    from serving.routing.prompt_tokens import PromptTokenizer
 
     machine = machine_info()
     print(f"machine: {describe(machine)}", file=sys.stderr)

@@ -104,7 +104,7 @@ def check_args(args: argparse.Namespace) -> None:
 def resolve_model(model: str | None) -> str:
     """A loadable model folder or hub name, or ``UsageError`` with one line."""
     if model is None:
-        from serving.models import ensure_default_model
+        from serving.models.default import ensure_default_model
 
         return str(ensure_default_model(progress=lambda m: print(f"kvbench: {m}",
                                                                  file=sys.stderr)))

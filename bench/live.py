@@ -21,7 +21,7 @@ same requests at the same offsets (``replay.py``: open-loop Poisson arrivals at
 sampled each second, then a complete stop before the next policy.
 
 The oracles (``oracle.py``) come from the trace's prompt token ids, tokenised the
-way vLLM's frontend does (``serving.prompt_tokens``) with the engine's block
+way vLLM's frontend does (``serving.routing.prompt_tokens``) with the engine's block
 size: an infinite shared cache, and one bounded by the fleet's KV capacity
 (replicas x blocks per replica, from ``--kv-cache-gib`` and the model's
 ``config.json`` as ``bench/sim/engine.py`` computes it). The run also counts
@@ -208,8 +208,8 @@ def workload_description(workload: str, args: argparse.Namespace, requests: int)
 
 def prompt_token_ids(trace: Sequence[TraceRequest]) -> list[tuple[int, ...]]:
     """Each request's prompt as the engine tokenises it (chat template included)."""
-    from serving.models import ensure_default_model
-    from serving.prompt_tokens import PromptTokenizer
+    from serving.models.default import ensure_default_model
+    from serving.routing.prompt_tokens import PromptTokenizer
 
     tokenizer = PromptTokenizer(str(ensure_default_model()))
     out = []
@@ -234,7 +234,7 @@ def fleet_capacity_blocks(replicas: int, kv_cache_gib: int, *,
 
 
 def default_model_config() -> Path | None:
-    from serving.models import default_model_path
+    from serving.models.default import default_model_path
 
     path = default_model_path() / "config.json"
     return path if path.is_file() else None

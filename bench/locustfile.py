@@ -15,7 +15,7 @@ before the users start (each registration prewarms the prompt's home replica);
 `cold` registers nothing, so each prompt's first request computes it.
 
 A request is a *prefix hit* when the engine reports `cached_tokens` at least the
-prompt's full-block tokens (the registry's own definition, serving/prefix_registry.py).
+prompt's full-block tokens (the registry's own definition, serving/prefixes/registry.py).
 The full-block tokens come from the engine's tokenizer and chat template
 (`PromptTokenizer`, as the router computes them), so both modes use one yardstick.
 
@@ -93,11 +93,11 @@ class _Prefix:
 
 def cacheable_tokens(prompts: list[dict[str, str]]) -> list[int]:
     """Full-block tokens of each one-message prefix, as the engine tokenises it."""
-    from serving.prompt_tokens import PromptTokenizer
+    from serving.routing.prompt_tokens import PromptTokenizer
 
     path = os.environ.get("CACHEROUTE_BENCH_TOKENIZER")
     if not path:
-        from serving.models import ensure_default_model
+        from serving.models.default import ensure_default_model
 
         path = str(ensure_default_model())
     tokenizer = PromptTokenizer(path)

@@ -1,6 +1,6 @@
 """What a run changed in the service's own counters, read from its ``GET /metrics``.
 
-The app's ``/metrics`` (serving/telemetry.py) carries, per replica (``replica``
+The app's ``/metrics`` (serving/observability/telemetry.py) carries, per replica (``replica``
 label), the engine's counters under vLLM's names and the router's view of it,
 plus the router's decision counters. A benchmark scrapes it before and after a
 replay and takes differences:

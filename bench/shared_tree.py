@@ -230,8 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from tqdm import tqdm
 
-    from serving.models import ensure_default_model
-    from serving.prompt_tokens import PromptTokenizer
+    from serving.models.default import ensure_default_model
+    from serving.routing.prompt_tokens import PromptTokenizer
 
     machine = machine_info()
     print(f"machine: {describe(machine)}", file=sys.stderr)

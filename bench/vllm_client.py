@@ -166,7 +166,7 @@ def dataset_token_ids(argv: Sequence[str]) -> list[tuple[int, ...]]:
     from vllm.tokenizers import get_tokenizer
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
-    from serving.prompt_tokens import PromptTokenizer
+    from serving.routing.prompt_tokens import PromptTokenizer
 
     parser = FlexibleArgumentParser()
     add_cli_args(parser)
@@ -188,7 +188,7 @@ def run_comparison(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         write_outputs,
     )
     from bench.machine import describe, machine_info
-    from serving.models import ensure_default_model
+    from serving.models.default import ensure_default_model
 
     if args.requests < args.num_prefixes or args.requests % args.num_prefixes:
         print(f"cacheroute bench: --requests ({args.requests}) must be a multiple of "

@@ -1,7 +1,7 @@
 """Reading the service over HTTP: readiness and the failover counters on ``/metrics``.
 
 ``/ready`` answers 200 when every configured replica is running and 503 otherwise,
-both with ``replicas_ready`` (serving/ingress.py). The failover counters are the
+both with ``replicas_ready`` (serving/ingress/ingress.py). The failover counters are the
 service's own count of what it hid from clients: requests it retried on another
 replica, streams it resumed, and requests it gave up on. A service without
 failover exports none of them; the drill then reports 0 and says so

@@ -29,7 +29,7 @@ blocks it does not share with recent ones:
 
 1. The prompt's ids are packed once as uint32 (``array``, one C loop), unless they
    arrive packed: the router's tokenizer builds them as an ``array("I")``
-   (``serving/prompt_tokens.py``), whose bytes are one copy. The chain
+   (``serving/routing/prompt_tokens.py``), whose bytes are one copy. The chain
    cache maps (chain root, extra keys, packed first block) to the last chain hashed
    from that first block: its packed ids, digests and BlockHashes. The request's
    packed ids are compared with that chain's in C (``bytes.startswith``, one

@@ -22,8 +22,8 @@ from ray import serve
 from ray.serve.llm import LLMConfig, build_llm_deployment
 
 from serving.config import ServiceConfig
-from serving.ingress import CacheRouteIngress, make_ingress_deployment
-from serving.server import CacheRouteServer
+from serving.ingress.ingress import CacheRouteIngress, make_ingress_deployment
+from serving.replica.server import CacheRouteServer
 
 INGRESS_DEPLOYMENT = "CacheRouteIngress"
 APP_NAME = "cacheroute"
@@ -33,10 +33,10 @@ APP_NAME = "cacheroute"
 # telemetry; `cacheroute` is this project's router (router/ core + serving adapter);
 # `random` is the baseline (a uniformly random order of replicas).
 _ROUTER_CLASSES: dict[str, str] = {
-    "pow2": "serving.baseline_routers:Pow2Router",
-    "ray-prefix": "serving.baseline_routers:RayPrefixRouter",
-    "cacheroute": "serving.ray_router:CacheRouteRequestRouter",
-    "random": "serving.baseline_routers:RandomRouter",
+    "pow2": "serving.routing.baselines:Pow2Router",
+    "ray-prefix": "serving.routing.baselines:RayPrefixRouter",
+    "cacheroute": "serving.routing.cacheroute:CacheRouteRequestRouter",
+    "random": "serving.routing.baselines:RandomRouter",
 }
 
 # How often Serve pulls each replica's routing stats (KV-event endpoint, engine

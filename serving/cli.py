@@ -45,19 +45,19 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from serving.status import run
+    from serving.observability.status import run
 
     return run(args)
 
 
 def _cmd_render(args: argparse.Namespace) -> int:
-    from serving.render import run
+    from serving.deploy.render import run
 
     return run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from serving.render import add_arguments as add_render_arguments
+    from serving.deploy.render import add_arguments as add_render_arguments
 
     parser = argparse.ArgumentParser(prog="cacheroute", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="table of the running service's replicas: hit rate, "
                                            "KV usage, queue, owned prefixes, health")
-    from serving.status import add_arguments as add_status_arguments
+    from serving.observability.status import add_arguments as add_status_arguments
 
     add_status_arguments(status)
     status.set_defaults(func=_cmd_status)

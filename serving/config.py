@@ -123,7 +123,7 @@ class RoutingConfig(_Strict):
     """Before the load bound sends a request away from the replicas holding its prefix,
     wait up to this long for one of them to finish a request, then decide again: a
     slot freed under the bound makes it a cache hit instead of a full prefill
-    elsewhere (`_wait_before_spill` in serving/ray_router.py). The wait ends at the
+    elsewhere (`_wait_before_spill` in serving/routing/cacheroute.py). The wait ends at the
     first completion; a request whose every owner already has one waiting spills at
     once. 0 (the default) turns the wait off. About 5 s suits a fleet that keeps up
     with its traffic: there, live on 2 CPU replicas, it turned the would-be spills

@@ -6,7 +6,7 @@ process of that stack descends from it: raylet -> `ray::ServeReplica:<app>:LLMSe
 Killing the engine (SIGKILL) is an engine crash: its replica fails in-flight requests
 with EngineDeadError and Serve's health check replaces the replica. Stopping it
 (SIGSTOP) is a hang: the replica stays up and healthy to Serve, but its engine makes
-no progress, which the router detects (serving/engine_progress.py).
+no progress, which the router detects (serving/replica/engine_progress.py).
 
 Reads /proc through psutil (a Ray dependency); O(descendants of the root).
 """

@@ -22,7 +22,7 @@ def resolve_model_source(config: ServiceConfig, *, progress: Callable[[str], Non
     """The engine's `model` argument: a built default, a local folder, or a hub name."""
     source = config.model.source
     if source == DEFAULT_MODEL_SOURCE:
-        from serving.models import ensure_default_model
+        from serving.models.default import ensure_default_model
 
         return str(ensure_default_model(progress=progress))
     path = Path(source).expanduser()

@@ -1,7 +1,7 @@
 """Prompt token ids for the simulator: synthetic and fast, or the engine's own.
 
 The live benchmark tokenises each request with the model's tokenizer and chat
-template (``serving.prompt_tokens``), about 0.3-12 ms a request: fine for a few
+template (``serving.routing.prompt_tokens``), about 0.3-12 ms a request: fine for a few
 hundred requests, hours for a million. ``SyntheticTokenizer`` stands in for it:
 
 * text splits into letter runs, single digits and single punctuation marks
@@ -117,13 +117,13 @@ class SyntheticTokenizer:
 
 
 class EngineTokenizer:
-    """The live benchmark's exact prompt ids (``serving.prompt_tokens``), one part each."""
+    """The live benchmark's exact prompt ids (``serving.routing.prompt_tokens``), one part each."""
 
     def __init__(self, tokenizer_path: str | None = None) -> None:
-        from serving.prompt_tokens import PromptTokenizer
+        from serving.routing.prompt_tokens import PromptTokenizer
 
         if tokenizer_path is None:
-            from serving.models import ensure_default_model
+            from serving.models.default import ensure_default_model
 
             tokenizer_path = str(ensure_default_model())
         self._tokenizer = PromptTokenizer(tokenizer_path)

@@ -66,9 +66,9 @@ from serving.documents.service import (
     DocumentSettings,
     Plan,
 )
-from serving.prefix_api import cached_tokens, sse_json
-from serving.prefix_registry import PrefixRegistry
-from serving.prompt_tokens import PromptTokenizer
+from serving.prefixes.api import cached_tokens, sse_json
+from serving.prefixes.registry import PrefixRegistry
+from serving.routing.prompt_tokens import PromptTokenizer
 
 
 class _Body(BaseModel):

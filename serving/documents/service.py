@@ -44,8 +44,8 @@ from serving.documents.embedding import Embedder, EmbedderUnavailable
 from serving.documents.eviction import EvictionPolicy, Reason, Usage, victims
 from serving.documents.index import VectorIndex
 from serving.documents.metrics import DocumentMetrics
-from serving.prefix_registry import PrefixError, PrefixRegistry
-from serving.prefix_store import PrefixKey
+from serving.prefixes.registry import PrefixError, PrefixRegistry
+from serving.prefixes.store import PrefixKey
 
 logger = logging.getLogger("ray.serve")
 

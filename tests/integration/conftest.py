@@ -78,7 +78,7 @@ def start_stack(tmp: Path, *, policy: str = "cacheroute", replicas: int = 2,
                 max_model_len: int = 2048) -> tuple[subprocess.Popen, Stack]:
     """``routing_yaml``: more keys of the routing section, as flow-mapping entries
     (``"load_epsilon: 1"``); ``extra_yaml``: more top-level sections."""
-    from serving.models import ensure_default_model
+    from serving.models.default import ensure_default_model
 
     model_dir = ensure_default_model()
     port, metrics_port = free_port(), free_port()

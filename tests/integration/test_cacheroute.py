@@ -14,7 +14,7 @@ import pytest
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 from vllm.entrypoints.openai.completion.protocol import CompletionRequest
 
-from serving.prompt_tokens import PromptTokenizer
+from serving.routing.prompt_tokens import PromptTokenizer
 from tests.integration.conftest import Stack
 
 pytestmark = pytest.mark.integration

@@ -1,6 +1,6 @@
 """Chaos tier: the live stack's public API fuzzed from its own OpenAPI document.
 
-Schemathesis reads `/openapi.json` from the running service (serving/api_schema.py) and
+Schemathesis reads `/openapi.json` from the running service (serving/ingress/openapi.py) and
 generates requests for every operation, valid and invalid by the schema. Each response
 must be a success or an OpenAI-shaped 4xx that the document declares: never a 5xx,
 never an undocumented status, never an error body of another shape. The same document
@@ -33,7 +33,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from serving.ingress import PUBLIC_PATHS
+from serving.ingress.ingress import PUBLIC_PATHS
 from tests.integration.conftest import Stack
 from tests.integration.replicas import ReplicaSnapshot, assert_no_restart, snapshot
 

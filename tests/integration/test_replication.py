@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 
-from serving.prompt_tokens import PromptTokenizer
+from serving.routing.prompt_tokens import PromptTokenizer
 from tests.integration.conftest import Stack, start_stack, stop_stack
 from tests.integration.test_cacheroute import (
     BLOCK,

@@ -14,8 +14,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from router import CacheAwarePolicy, Placement, PolicyConfig, RouteRequest
-from serving.prefix_registry import PrefixMetrics, PrefixRegistry, Prewarmed, RegistrySettings
-from serving.prefix_store import InMemoryPrefixStore, PrefixStore, StoreLimits, canonical_json
+from serving.prefixes.registry import PrefixMetrics, PrefixRegistry, Prewarmed, RegistrySettings
+from serving.prefixes.store import InMemoryPrefixStore, PrefixStore, StoreLimits, canonical_json
 
 BLOCK_SIZE = 16
 MODEL = "m"

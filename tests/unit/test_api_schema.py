@@ -1,4 +1,4 @@
-"""The OpenAPI document (serving/api_schema.py) of the ingress's real FastAPI app with
+"""The OpenAPI document (serving/ingress/openapi.py) of the ingress's real FastAPI app with
 every route Serve binds to it: public, OpenAI-shaped errors, no 422, no HTML pages."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ API_KEY = "k-0123"
 def make_app(api_keys: list[str]):
     from ray.serve.llm.ingress import make_fastapi_ingress
 
-    from serving.ingress import CacheRouteIngress, _endpoint_map, build_fastapi_app
+    from serving.ingress.ingress import CacheRouteIngress, _endpoint_map, build_fastapi_app
 
     app = build_fastapi_app(ServiceConfig.model_validate(
         {"server": {"api_keys": api_keys, "api_keys_env": None}}))
@@ -56,7 +56,7 @@ def test_no_422_and_bodies_document_400_and_413(document: dict[str, Any]) -> Non
 
 
 def test_errors_are_openai_shaped(document: dict[str, Any]) -> None:
-    from serving.ingress import openai_error
+    from serving.ingress.ingress import openai_error
 
     schema = document["components"]["schemas"]["ErrorResponse"]
     jsonschema.validate(json.loads(openai_error(400, "bad", param="n").body), schema)
@@ -70,7 +70,7 @@ def test_errors_are_openai_shaped(document: dict[str, Any]) -> None:
 
 
 def test_authenticated_paths_declare_the_bearer_scheme(document: dict[str, Any]) -> None:
-    from serving.ingress import PUBLIC_PATHS
+    from serving.ingress.ingress import PUBLIC_PATHS
 
     assert document["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
     for path, method, op in operations(document):

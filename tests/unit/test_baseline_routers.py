@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from serving.baseline_routers import random_ranks
+from serving.routing.baselines import random_ranks
 
 
 def test_random_ranking_covers_every_replica_once() -> None:

@@ -21,7 +21,7 @@ from bench.service_metrics import (
 def metrics_text(*, hits: tuple[float, float], queries: tuple[float, float],
                  requests: tuple[float, float], in_flight: tuple[float, float],
                  spill: float | None = 0.0) -> str:
-    """The app's /metrics as serving/telemetry.py renders it, for replicas r1 and r2."""
+    """The app's /metrics as serving/observability/telemetry.py renders it, for replicas r1 and r2."""
     lines = []
 
     def family(name: str, kind: str, values: tuple[float, float]) -> None:
@@ -79,7 +79,7 @@ def test_a_replica_first_seen_after_the_start_counts_from_zero() -> None:
 
 
 def test_the_apps_own_rendering_parses() -> None:
-    from serving.telemetry import ReplicaView, register_source, render
+    from serving.observability.telemetry import ReplicaView, register_source, render
 
     class Source:
         def replica_views(self) -> list[ReplicaView]:

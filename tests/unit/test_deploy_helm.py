@@ -22,7 +22,7 @@ import yaml
 
 from monitoring import DEFAULTS
 from serving.config import validate_config
-from serving.render import (
+from serving.deploy.render import (
     Autoscaling,
     SecretRef,
     llm_deployment_name,

@@ -17,9 +17,9 @@ import jsonschema
 import pytest
 import yaml
 
-from serving import render
+from serving.deploy import render
 from serving.config import ConfigError, load_config, validate_config
-from serving.render import (
+from serving.deploy.render import (
     Autoscaling,
     SecretRef,
     render_helm_values,

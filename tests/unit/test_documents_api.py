@@ -24,7 +24,7 @@ from serving.documents.api import (
     document_settings,
 )
 from serving.documents.service import DocumentService
-from serving.request_models import ChatCompletionRequest
+from serving.ingress.request_models import ChatCompletionRequest
 from tests.unit.document_fakes import long_document, make_service
 from tests.unit.prefix_fakes import MODEL
 
@@ -39,7 +39,7 @@ class Host(DocumentRoutes):
         self.sent: list[Any] = []
 
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Any:
-        # The ingress's `chat` dispatch (serving/ingress.py), without Ray.
+        # The ingress's `chat` dispatch (serving/ingress/ingress.py), without Ray.
         document = request.headers.get(DOCUMENT_HEADER)
         if document is not None:
             return await self.chat_about_document(document, body, request)
@@ -89,7 +89,7 @@ def host(metrics: CollectorRegistry) -> Host:
 
 @pytest.fixture
 def client(host: Host) -> Iterator[TestClient]:
-    from serving.ingress import build_fastapi_app
+    from serving.ingress.ingress import build_fastapi_app
 
     app = build_fastapi_app(ServiceConfig.model_validate(
         {"server": {"api_keys": [API_KEY], "api_keys_env": None}}))
@@ -194,7 +194,7 @@ def test_bad_questions_and_unknown_ids(client: TestClient) -> None:
 def test_serve_binds_the_document_routes_to_the_ingress() -> None:
     from ray.serve.llm.ingress import make_fastapi_ingress
 
-    from serving.ingress import CacheRouteIngress, _endpoint_map, build_fastapi_app
+    from serving.ingress.ingress import CacheRouteIngress, _endpoint_map, build_fastapi_app
 
     for name in DOCUMENT_ENDPOINTS:
         assert name in _endpoint_map()

@@ -11,8 +11,8 @@ import pytest
 from serving.documents.api import ServingTokenizer
 from serving.documents.embedding import MiniLMEmbedder
 from serving.documents.index import VectorIndex
-from serving.models import default_model_path
-from serving.prompt_tokens import load_tokenizer
+from serving.models.default import default_model_path
+from serving.routing.prompt_tokens import load_tokenizer
 
 
 def test_minilm_embeds_offline_and_ranks_the_related_passage_first(
@@ -82,7 +82,7 @@ def test_document_order_shares_more_cached_prefix_than_similarity_order(path: Pa
     from serving.documents.assembly import Order
     from serving.documents.metrics import DocumentMetrics
     from serving.documents.service import DocumentService
-    from serving.prompt_tokens import PromptTokenizer
+    from serving.routing.prompt_tokens import PromptTokenizer
     from tests.unit.prefix_fakes import FakeBackend, make_registry, make_store
 
     settings = document_settings(ServiceConfig.model_validate(

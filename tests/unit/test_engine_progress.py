@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from serving.engine_progress import ProgressWatch, is_hung
+from serving.replica.engine_progress import ProgressWatch, is_hung
 from tests.unit.router.router_factories import FakeClock
 
 

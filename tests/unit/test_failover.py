@@ -17,10 +17,10 @@ from ray.llm._internal.serve.core.configs.openai_api_models import (
 )
 from vllm.v1.engine.exceptions import EngineDeadError
 
-from serving.attempt_log import AttemptLog
+from serving.failover.attempt_log import AttemptLog
 from serving.config import FailoverConfig
-from serving.failover import Failover, classify
-from serving.failover_metrics import FailureReason
+from serving.failover.failover import Failover, classify
+from serving.failover.metrics import FailureReason
 
 KEY = "req-1"
 HANG = object()  # script step: the replica stops answering

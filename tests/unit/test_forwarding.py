@@ -1,4 +1,4 @@
-"""A body Ray cannot serialize is the client's 400, not a 500 (serving/forwarding.py)."""
+"""A body Ray cannot serialize is the client's 400, not a 500 (serving/ingress/forwarding.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from ray.llm._internal.serve.core.configs.openai_api_models import OpenAIHTTPException
 
-from serving.forwarding import refuse_unforwardable
+from serving.ingress.forwarding import refuse_unforwardable
 
 
 async def items(*values, error: Exception | None = None):

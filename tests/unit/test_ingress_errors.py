@@ -8,7 +8,7 @@ import json
 from fastapi import HTTPException
 from ray.llm._internal.serve.core.configs.openai_api_models import OpenAIHTTPException
 
-from serving.ingress import _on_http_exception, _on_openai_exception
+from serving.ingress.ingress import _on_http_exception, _on_openai_exception
 
 
 def run(coro):

@@ -18,7 +18,7 @@ TURNS, NEW_TOKENS = 2, 4
 
 @pytest.fixture(scope="module")
 def default_model() -> tuple[str, Any, Any]:
-    from serving.models import ensure_default_model
+    from serving.models.default import ensure_default_model
 
     path = str(ensure_default_model())
     model, tokenizer = load_model(path, "float32")

@@ -1,4 +1,4 @@
-"""The request-body limit (serving/limits.py): on the ingress's real FastAPI app with a
+"""The request-body limit (serving/ingress/limits.py): on the ingress's real FastAPI app with a
 TestClient, and as a bare ASGI middleware fed hand-made messages where the client
 cannot produce them (chunked bodies, a Content-Length that lies)."""
 
@@ -13,7 +13,7 @@ from fastapi import Request
 from fastapi.testclient import TestClient
 
 from serving.config import ServiceConfig
-from serving.limits import (
+from serving.ingress.limits import (
     BodyLimitMiddleware,
     declared_length,
     has_lone_surrogate_escape,
@@ -27,7 +27,7 @@ DEPTH = 16
 
 
 def make_app(**server: Any):
-    from serving.ingress import build_fastapi_app
+    from serving.ingress.ingress import build_fastapi_app
 
     config = ServiceConfig.model_validate({"server": {
         "api_keys": [API_KEY], "api_keys_env": None, "max_body_bytes": LIMIT,
@@ -119,7 +119,7 @@ def test_json_past_the_parsers_own_limit_says_nested_not_utf8() -> None:
     # parser's RecursionError as an unparsable body; the message must not blame UTF-8.
     from fastapi import FastAPI
 
-    from serving.ingress import _on_http_exception
+    from serving.ingress.ingress import _on_http_exception
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     app = FastAPI()

@@ -1,4 +1,4 @@
-"""Tests for serving.models: the tiny test model and the built default model."""
+"""Tests for serving.models.default: the tiny test model and the built default model."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from serving import models
-from serving.models import (
+from serving.models import default as models
+from serving.models.default import (
     MARKER_FILE,
     ModelBuildError,
     build_tiny_model,
@@ -188,7 +188,7 @@ def test_rejects_impossible_shapes(tmp_path: Path, kwargs: dict[str, int]) -> No
 
 def test_concurrent_builds_build_once(tmp_path: Path) -> None:
     dest = tmp_path / "shared"
-    cmd = [sys.executable, "-m", "serving.models", "tiny", str(dest)]
+    cmd = [sys.executable, "-m", "serving.models.default", "tiny", str(dest)]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     results = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], results
@@ -215,7 +215,7 @@ def test_finished_default_model_is_returned_without_importing_torch(tmp_path: Pa
     marker = {"format_version": models.FORMAT_VERSION, "source_sha256": models._WHEEL_SHA256, "kind": "default"}
     (target / MARKER_FILE).write_text(json.dumps(marker))
     code = (
-        "import sys; from pathlib import Path; from serving.models import ensure_default_model; "
+        "import sys; from pathlib import Path; from serving.models.default import ensure_default_model; "
         f"p = ensure_default_model(Path({str(tmp_path)!r})); "
         "print(p); print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     )
@@ -224,7 +224,7 @@ def test_finished_default_model_is_returned_without_importing_torch(tmp_path: Pa
 
 
 def test_import_is_cheap() -> None:
-    code = "import sys, serving.models; print(sorted(m for m in ('torch', 'transformers', 'tokenizers') if m in sys.modules))"
+    code = "import sys, serving.models.default; print(sorted(m for m in ('torch', 'transformers', 'tokenizers') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -243,7 +243,7 @@ def test_cli_errors_are_one_line_with_status_2(tmp_path: Path) -> None:
     (foreign / "x").write_text("x")
     for args in (["tiny", str(foreign)], ["bogus"], ["tiny"]):
         proc = subprocess.run(
-            [sys.executable, "-m", "serving.models", *args], capture_output=True, text=True, check=False
+            [sys.executable, "-m", "serving.models.default", *args], capture_output=True, text=True, check=False
         )
         assert proc.returncode == 2, (args, proc.stderr)
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
@@ -257,7 +257,7 @@ def test_cli_errors_are_one_line_with_status_2(tmp_path: Path) -> None:
 def _built_default_model() -> Path:
     path = default_model_path()
     if not (path / MARKER_FILE).is_file():
-        pytest.skip(f"default model not built at {path} (run: python -m serving.models default)")
+        pytest.skip(f"default model not built at {path} (run: python -m serving.models.default default)")
     return path
 
 

@@ -17,9 +17,9 @@ from prometheus_client import CollectorRegistry
 from starlette.responses import JSONResponse, StreamingResponse
 
 from serving.config import ServiceConfig
-from serving.prefix_api import PREFIX_ENDPOINTS, PrefixRoutes, observe_response
-from serving.prefix_registry import PrefixRegistry
-from serving.prefix_store import PrefixStoreError, short_key
+from serving.prefixes.api import PREFIX_ENDPOINTS, PrefixRoutes, observe_response
+from serving.prefixes.registry import PrefixRegistry
+from serving.prefixes.store import PrefixStoreError, short_key
 from tests.unit.prefix_fakes import MODEL, SYSTEM, FakeBackend, make_registry, make_store, user
 
 API_KEY = "k-0123"
@@ -33,7 +33,7 @@ class Host(PrefixRoutes):
 
 
 def make_client(registry: PrefixRegistry) -> TestClient:
-    from serving.ingress import build_fastapi_app
+    from serving.ingress.ingress import build_fastapi_app
 
     app = build_fastapi_app(ServiceConfig.model_validate(
         {"server": {"api_keys": [API_KEY], "api_keys_env": None}}))
@@ -191,7 +191,7 @@ def test_plain_and_streamed_responses_are_counted_and_unchanged() -> None:
 
 
 def test_ingress_serves_the_prefix_routes_and_watches_chat() -> None:
-    from serving.ingress import CacheRouteIngress, _endpoint_map
+    from serving.ingress.ingress import CacheRouteIngress, _endpoint_map
 
     endpoints = _endpoint_map()
     for name in PREFIX_ENDPOINTS:
@@ -206,7 +206,7 @@ def test_ingress_serves_the_prefix_routes_and_watches_chat() -> None:
 def test_serve_binds_the_inherited_prefix_routes_to_the_ingress_instance() -> None:
     from ray.serve.llm.ingress import make_fastapi_ingress
 
-    from serving.ingress import CacheRouteIngress, _endpoint_map, build_fastapi_app
+    from serving.ingress.ingress import CacheRouteIngress, _endpoint_map, build_fastapi_app
 
     app = build_fastapi_app(ServiceConfig())
     make_fastapi_ingress(CacheRouteIngress, endpoint_map=_endpoint_map(), app=app)
@@ -223,7 +223,7 @@ def test_serve_binds_the_inherited_prefix_routes_to_the_ingress_instance() -> No
 
 
 def test_registry_settings_follow_the_service_config() -> None:
-    from serving.prefix_backend import registry_settings
+    from serving.prefixes.backend import registry_settings
 
     config = ServiceConfig.model_validate({
         "engine": {"max_model_len": 2048, "block_size": 16},

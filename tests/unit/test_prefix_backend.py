@@ -21,12 +21,16 @@ from ray.serve._private.common import DeploymentHandleSource, DeploymentID, Requ
 from ray.serve._private.request_router.common import PendingRequest
 from ray.serve._private.test_utils import FakeRunningReplica
 
-from serving import prefix_backend, ray_router, router_registry
+from serving.prefixes import backend as prefix_backend
+
+from serving.routing import cacheroute as ray_router
+
+from serving.routing import registry as router_registry
 from serving.config import ServiceConfig
-from serving.models import build_tiny_model
-from serving.prefix_backend import ServingPrefixBackend
-from serving.prefix_registry import PrefixError
-from serving.prompt_tokens import PromptTokenizer
+from serving.models.default import build_tiny_model
+from serving.prefixes.backend import ServingPrefixBackend
+from serving.prefixes.registry import PrefixError
+from serving.routing.prompt_tokens import PromptTokenizer
 
 DEPLOYMENT = "LLMServer:prefix-test"
 SYSTEM = {"role": "system", "content": "You are the assistant of Acme Corp. " * 30}
@@ -125,10 +129,10 @@ def test_the_ingress_registers_and_counts_through_its_own_handle(
     from ray.llm._internal.serve.core.configs.openai_api_models import ChatCompletionResponse
     from starlette.requests import Request
 
-    from serving.ingress import CacheRouteIngress
-    from serving.prefix_api import PrefixCreateRequest
-    from serving.prefix_backend import ingress_args
-    from serving.telemetry import REGISTRY
+    from serving.ingress.ingress import CacheRouteIngress
+    from serving.prefixes.api import PrefixCreateRequest
+    from serving.prefixes.backend import ingress_args
+    from serving.observability.telemetry import REGISTRY
 
     config = ServiceConfig.model_validate({"engine": {"block_size": 16},
                                            "routing": {"policy": "pow2"}})

@@ -15,8 +15,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from router import RouteRequest
-from serving.prefix_registry import PrefixError, PrefixRegistry
-from serving.prefix_store import PrefixStoreError, short_key
+from serving.prefixes.registry import PrefixError, PrefixRegistry
+from serving.prefixes.store import PrefixStoreError, short_key
 from tests.unit.prefix_fakes import (
     MODEL,
     SYSTEM,

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from serving.prefix_store import (
+from serving.prefixes.store import (
     InMemoryPrefixStore,
     PrefixKey,
     PrefixSpec,
@@ -47,7 +47,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def make_store(request: pytest.FixtureRequest) -> StoreFactory:
     if request.param == "memory":
         return lambda limits, clock: InMemoryPrefixStore(limits, clock=clock)
-    from serving.prefix_store_redis import RedisPrefixStore
+    from serving.prefixes.store_redis import RedisPrefixStore
 
     url = request.getfixturevalue("redis_url")
     namespace = f"test-{uuid.uuid4().hex}"  # each test its own, empty registry
@@ -275,7 +275,7 @@ def test_concurrent_registrations_respect_the_limits(make_store: StoreFactory) -
 
 
 def test_redis_store_survives_a_restart_of_its_client(redis_url: str) -> None:
-    from serving.prefix_store_redis import RedisPrefixStore
+    from serving.prefixes.store_redis import RedisPrefixStore
 
     namespace = f"test-{uuid.uuid4().hex}"
     clock = Clock()
@@ -302,7 +302,7 @@ def test_redis_store_survives_a_restart_of_its_client(redis_url: str) -> None:
 
 
 def test_redis_store_unreachable_is_a_store_error(tmp_path: Path) -> None:
-    from serving.prefix_store_redis import RedisPrefixStore
+    from serving.prefixes.store_redis import RedisPrefixStore
     from tests.redis_server import _free_port
 
     async def main() -> None:

@@ -18,7 +18,7 @@ from ray.serve._private.request_router.common import PendingRequest
 
 from router import HotPrefix, Outcome
 from serving.config import ServiceConfig
-from serving.prewarm import (
+from serving.routing.prewarm import (
     REQUEST_ID_PREFIX,
     Prewarmer,
     PrewarmJob,
@@ -26,9 +26,9 @@ from serving.prewarm import (
     prefill_body,
     reply_ok,
 )
-from serving.ray_router import RANK_STATS_KEY, CacheRouteRequestRouter, policy_config
-from serving.request_models import CompletionRequest
-from serving.router_registry import router_of
+from serving.routing.cacheroute import RANK_STATS_KEY, CacheRouteRequestRouter, policy_config
+from serving.ingress.request_models import CompletionRequest
+from serving.routing.registry import router_of
 from tests.unit import test_ray_router
 from tests.unit.test_ray_router import LOOP, choose, make_router, on_loop
 from tests.unit.test_ray_router_failover import StatsReplica

@@ -20,8 +20,8 @@ from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionReque
 
 from router import Outcome
 from serving.config import ServiceConfig
-from serving.models import build_tiny_model
-from serving.ray_router import CacheRouteRequestRouter, policy_config
+from serving.models.default import build_tiny_model
+from serving.routing.cacheroute import CacheRouteRequestRouter, policy_config
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +136,7 @@ def test_dead_replica_leaves_the_ring(tiny_model: Path) -> None:
 def counter(name: str, **labels: str) -> float:
     from prometheus_client.parser import text_string_to_metric_families
 
-    from serving.telemetry import render
+    from serving.observability.telemetry import render
 
     for fam in text_string_to_metric_families(render().decode()):
         for s in fam.samples:
@@ -212,9 +212,9 @@ def test_ray_serve_request_shapes() -> None:
     assert "routing_stats" in dir(FakeRunningReplica)
 
 
-@pytest.mark.parametrize("path", ["serving.ray_router:CacheRouteRequestRouter",
-                                  "serving.baseline_routers:Pow2Router",
-                                  "serving.baseline_routers:RayPrefixRouter"])
+@pytest.mark.parametrize("path", ["serving.routing.cacheroute:CacheRouteRequestRouter",
+                                  "serving.routing.baselines:Pow2Router",
+                                  "serving.routing.baselines:RayPrefixRouter"])
 def test_serve_can_ship_the_router_class(path: str) -> None:
     """Serve pickles the router's module by value; module-level locks or weak maps
     there would break `serve.status()` and deployment."""
@@ -249,7 +249,7 @@ def test_a_request_for_a_full_replica_waits_for_its_next_free_slot(tiny_model: P
 
 def test_a_missed_wake_up_falls_back_to_serve_after_the_timeout(
         tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import serving.ray_router as ray_router
+    import serving.routing.cacheroute as ray_router
 
     monkeypatch.setattr(ray_router, "_SLOT_WAIT_TIMEOUT_S", 0.05)
     replicas = [FakeRunningReplica(f"replica-{i}", max_ongoing_requests=1) for i in range(2)]

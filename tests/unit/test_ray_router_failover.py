@@ -9,8 +9,8 @@ from typing import Any
 from ray.serve._private.test_utils import FakeRunningReplica
 
 from router import Outcome
-from serving.attempt_log import process_attempt_log
-from serving.engine_progress import ENGINE_PROGRESS_KEY
+from serving.failover.attempt_log import process_attempt_log
+from serving.replica.engine_progress import ENGINE_PROGRESS_KEY
 from tests.unit.test_ray_router import (  # noqa: F401  (tiny_model is a fixture)
     SYSTEM,
     choose,
@@ -101,7 +101,7 @@ def test_a_retry_whose_choice_already_moved_keeps_it(tiny_model: Path) -> None:
 def test_ring_seats_follow_the_ranks_replicas_report(tiny_model: Path) -> None:
     """A replica replacing a dead one reports its predecessor's rank (Serve reuses the
     lowest free rank) and so takes back its predecessor's ring arcs."""
-    from serving.ray_router import RANK_STATS_KEY
+    from serving.routing.cacheroute import RANK_STATS_KEY
 
     replicas = make_stats_replicas(3)
     for rank, r in enumerate(replicas):

@@ -9,7 +9,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from router import Outcome
-from serving.ray_router import CacheRouteRequestRouter
+from serving.routing.cacheroute import CacheRouteRequestRouter
 from tests.unit import test_ray_router
 from tests.unit.test_prewarm import (
     BLOCK,

@@ -1,4 +1,4 @@
-"""The completions and chat bodies (serving/request_models.py): a wrong type that trips
+"""The completions and chat bodies (serving/ingress/request_models.py): a wrong type that trips
 one of vLLM's pre-validators is a validation error naming the field, not a crash; valid
 bodies are upstream's models, unchanged, and travel to a replica by pickle."""
 
@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from ray.llm._internal.serve.core.configs import openai_api_models as upstream
 
 from serving.config import ServiceConfig
-from serving.request_models import ChatCompletionRequest, CompletionRequest
+from serving.ingress.request_models import ChatCompletionRequest, CompletionRequest
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 COMPLETION = {"model": "m", "prompt": "hi"}
@@ -61,7 +61,7 @@ def test_the_models_subclass_what_upstream_routes_take() -> None:
 
 
 def test_the_ingress_answers_400_in_openai_shape() -> None:
-    from serving.ingress import CacheRouteIngress, build_fastapi_app
+    from serving.ingress.ingress import CacheRouteIngress, build_fastapi_app
 
     # The ingress's routes take these models (Serve binds them to the same methods).
     hints = {name: typing.get_type_hints(getattr(CacheRouteIngress, name))["body"]

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from serving.models import build_tiny_model, default_model_path
-from serving.prompt_tokens import load_tokenizer
-from serving.segment_tokens import SegmentEncoder
+from serving.models.default import build_tiny_model, default_model_path
+from serving.routing.prompt_tokens import load_tokenizer
+from serving.routing.segment_tokens import SegmentEncoder
 
 WORDS = ("policy", "tenant", " ", "\n", "  ", "Rule", "42", "é", "日本", "cite", "!", "'s",
          "\t", "answer", "x" * 40)
@@ -108,7 +108,7 @@ def test_cache_admits_on_second_sighting_and_is_bounded_by_tokens(tiny: Path) ->
 def test_prompt_tokenizer_packs_text_and_keeps_client_ids(tiny: Path) -> None:
     from types import SimpleNamespace
 
-    from serving.prompt_tokens import PromptTokenizer
+    from serving.routing.prompt_tokens import PromptTokenizer
 
     prompts = PromptTokenizer(str(tiny))
     text = SimpleNamespace(prompt="tenant policy text " * 30, add_special_tokens=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from serving.server import PROBE_PROMPT, WARMUP_PROMPT, CacheRouteServer
+from serving.replica.server import PROBE_PROMPT, WARMUP_PROMPT, CacheRouteServer
 
 
 class RecordingEngine:

@@ -1,10 +1,10 @@
-"""The per-replica FIFO of requests waiting for a slot (serving/slot_waiters.py)."""
+"""The per-replica FIFO of requests waiting for a slot (serving/routing/slot_waiters.py)."""
 
 from __future__ import annotations
 
 import asyncio
 
-from serving.slot_waiters import SlotWaiters
+from serving.routing.slot_waiters import SlotWaiters
 
 
 def run(coro):

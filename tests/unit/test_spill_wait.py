@@ -1,4 +1,4 @@
-"""The spill wait (``_wait_before_spill`` in serving/ray_router.py) on Ray's fake
+"""The spill wait (``_wait_before_spill`` in serving/routing/cacheroute.py) on Ray's fake
 replicas; its parking primitive, ``SlotWaiters.wait_any``, is in test_slot_waiters.py."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 from ray.serve._private.test_utils import FakeRunningReplica
 
 from router import Outcome
-from serving.router_metrics import SPILL_WAITS
+from serving.routing.metrics import SPILL_WAITS
 from tests.unit.test_ray_router import (
     LOOP,
     SYSTEM,

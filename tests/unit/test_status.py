@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from serving import telemetry
-from serving.engine_stats import EngineTotals
-from serving.status import format_table, parse_replicas
+from serving.observability import telemetry
+from serving.replica.engine_stats import EngineTotals
+from serving.observability.status import format_table, parse_replicas
 from tests.unit.test_telemetry import FakeSource, iteration_stats, scheduler_stats
 
 

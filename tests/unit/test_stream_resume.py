@@ -11,7 +11,7 @@ from ray.llm._internal.serve.core.configs.openai_api_models import (
     CompletionRequest,
 )
 
-from serving.stream_resume import DONE_EVENT, StreamBroken, StreamResume, resume_blocker
+from serving.failover.stream_resume import DONE_EVENT, StreamBroken, StreamResume, resume_blocker
 
 
 def make_chat(**fields: Any) -> ChatCompletionRequest:

@@ -13,9 +13,11 @@ from ray.serve._private.test_utils import FakeRunningReplica
 from vllm.v1.metrics.stats import (FinishedRequestStats, IterationStats, PrefixCacheStats,
                                    SchedulerStats)
 
-from serving import engine_stats, telemetry
-from serving.baseline_routers import Pow2Router
-from serving.engine_stats import EngineTotals, HistogramTotals
+from serving.replica import engine_stats
+
+from serving.observability import telemetry
+from serving.routing.baselines import Pow2Router
+from serving.replica.engine_stats import EngineTotals, HistogramTotals
 
 
 class StatsReplica(FakeRunningReplica):

@@ -1,4 +1,4 @@
-"""Request tracing (serving/tracing.py): config, the ingress middleware, the route span,
+"""Request tracing (serving/observability/tracing.py): config, the ingress middleware, the route span,
 the replica span, OTLP/HTTP export to a loopback receiver, and the hooks it relies on.
 
 Spans go to an InMemorySpanExporter (synchronous, so a span is visible the moment it
@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 
 from router import Decision, Outcome
 from serving.config import ConfigError, ServiceConfig, TracingConfig, validate_config
-from serving.tracing import (
+from serving.observability.tracing import (
     ATTR_CACHED_TOKENS,
     ATTR_CANCELLED,
     ATTR_ERROR_TYPE,
@@ -118,7 +118,7 @@ def test_bad_tracing_config_is_one_line(tracing: dict, message: str) -> None:
 
 def test_tracing_off_installs_nothing() -> None:
     from serving.app import build_llm_config
-    from serving.ingress import build_fastapi_app
+    from serving.ingress.ingress import build_fastapi_app
 
     config = validate_config({"server": {"api_keys": ["k"]}})
     app = build_fastapi_app(config)
@@ -131,7 +131,7 @@ def test_tracing_off_installs_nothing() -> None:
 
 def test_tracing_on_installs_the_outermost_middleware_and_the_replica_settings() -> None:
     from serving.app import build_llm_config
-    from serving.ingress import ApiKeyMiddleware, build_fastapi_app
+    from serving.ingress.ingress import ApiKeyMiddleware, build_fastapi_app
 
     config = validate_config({"server": {"api_keys": ["k"]}, "tracing": {"enabled": True}})
     app = build_fastapi_app(config)
@@ -420,7 +420,7 @@ def test_route_log_ignores_requests_without_an_id() -> None:
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from serving.models import build_tiny_model
+    from serving.models.default import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
@@ -437,8 +437,8 @@ def test_the_router_records_its_decision_under_the_internal_request_id(
     from ray.serve._private.test_utils import FakeRunningReplica
     from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 
-    from serving.ray_router import CacheRouteRequestRouter
-    from serving.tracing import process_route_log
+    from serving.routing.cacheroute import CacheRouteRequestRouter
+    from serving.observability.tracing import process_route_log
 
     config = ServiceConfig.model_validate({"engine": {"block_size": 16},
                                            "tracing": {"enabled": enabled}})

@@ -6,7 +6,7 @@ to what ``select`` would compute) and the simulator's exact in-flight counts, on
 a policy whose clock is simulated time. The engines' KV events reach the policy
 through ``on_kv_events`` as the same ``KVEventBatch`` structs a live subscriber
 decodes, so ownership follows the modelled caches' evictions as it follows real
-ones. As in the Ray adapter (``serving/ray_router.py``), the decision's
+ones. As in the Ray adapter (``serving/routing/cacheroute.py``), the decision's
 ``send_order`` is Serve's tier order: a request with a cache key waits (is held)
 for its chosen replica while that is at ``max_ongoing_requests``; one without
 falls through to the next replica on the ring with room, and is held only when
@@ -14,7 +14,7 @@ all are full. A held request goes to the chosen replica when it frees a slot;
 live, Serve instead asks the router again after a back-off, which may then
 spill it by the load bound with the loads of that moment.
 
-The spill wait (``routing.spill_wait_s``, serving/ray_router.py) as the adapter
+The spill wait (``routing.spill_wait_s``, serving/routing/cacheroute.py) as the adapter
 does it: a SPILL is held by the policy (``hold_spill``) and, when owners of the
 prefix are on the ring, parked (``Placement.wait_for``) until a request completes
 on one of them or the wait times out (``loop.py``); ``decide_again`` then decides

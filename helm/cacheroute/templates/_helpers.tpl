@@ -1,5 +1,5 @@
 {{/*
-Helpers. The RayService rendering mirrors serving/render.py (render_rayservice,
+Helpers. The RayService rendering mirrors serving/deploy/render.py (render_rayservice,
 render_serve_config); change both together: tests/unit/test_deploy_helm.py compares them.
 */}}
 
@@ -61,7 +61,7 @@ app.kubernetes.io/part-of: cacheroute
 {{- end }}
 {{- end }}
 
-{{/* The Serve config (serveConfigV2) as a dict; equals serving.render.render_serve_config. */}}
+{{/* The Serve config (serveConfigV2) as a dict; equals serving.deploy.render.render_serve_config. */}}
 {{- define "cacheroute.serveConfig" -}}
 {{- $app := dict "name" "cacheroute" "route_prefix" "/" "import_path" "serving.app:app_builder" "args" (dict "config" .Values.config) }}
 {{- if .Values.autoscaling.enabled }}

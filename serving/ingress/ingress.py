@@ -1,0 +1,352 @@
+"""The HTTP ingress: `ray.serve.llm`'s OpenAI ingress plus auth, readiness and error shape.
+
+Endpoints beyond upstream's OpenAI set:
+- `GET /ready`  200 only when every configured replica has served its warm-up
+                generation (see serving/replica/server.py); 503 with the counts otherwise.
+                This is the readiness probe for load balancers and Kubernetes.
+- `GET /health` 200 while the ingress itself runs (liveness).
+- `GET /metrics` Prometheus metrics: the router's decisions and each replica's cache
+                telemetry (serving/observability/telemetry.py).
+- `POST/GET /v1/prefixes`, `DELETE /v1/prefixes/{key}`: the prefix registry
+                (serving/prefixes/api.py); chat requests are matched against it.
+- `POST/GET /v1/documents`, `GET/DELETE /v1/documents/{id}`,
+  `POST /v1/documents/{id}/ask`: document analysis (serving/documents/api.py); a
+                document's head is registered as a prefix, its questions are chat
+                requests through `send_chat` below. A chat completion request with
+                an `x-document-id` header is a question about that document.
+
+With `failover.prewarm_on_scale_up`, a background task sends each replica that joins
+the hottest prefixes of its ring arc (serving/routing/prewarm.py); with
+`routing.replicate_before_spill`, the same task prefills a prefix on the replica its
+next request would spill to.
+
+Every error leaves as OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`,
+with a 4xx status for anything the client can fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ray import serve
+from ray.llm._internal.serve.core.configs.openai_api_models import OpenAIHTTPException
+from ray.serve.llm import LLMConfig
+from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
+from ray.serve.schema import ApplicationStatus
+
+from serving.ingress import openapi as api_schema
+
+from serving.observability import telemetry
+from serving.failover.attempt_log import process_attempt_log
+from serving.config import FailoverConfig, ServiceConfig
+from serving.documents.api import (DOCUMENT_ENDPOINTS, DOCUMENT_HEADER, DocumentRoutes,
+                                   build_documents)
+from serving.documents.metrics import DocumentMetrics
+from serving.failover.failover import Failover
+from serving.ingress.forwarding import refuse_unforwardable
+from serving.ingress.limits import BodyLimitMiddleware
+from serving.prefixes.api import PREFIX_ENDPOINTS, PrefixRoutes, observe_response
+from serving.prefixes.backend import build_registry, ingress_args
+from serving.prefixes.registry import PrefixError, PrefixMetrics
+from serving.routing.prewarm import PrewarmMetrics, Prewarmer
+# Upstream's request bodies, with validation that cannot crash (serving/ingress/request_models.py).
+from serving.ingress.request_models import ChatCompletionRequest, CompletionRequest
+from serving.routing.metrics import REPLICAS_WANTED
+from serving.routing.registry import router_of
+from serving.observability.tracing import TracingMiddleware
+
+logger = logging.getLogger("ray.serve")
+
+# Paths a probe or scraper must reach without a key; the API description is public
+# so tools can read it (serving/ingress/openapi.py says why).
+PUBLIC_PATHS = frozenset({"/ready", "/health", "/metrics", api_schema.OPENAPI_PATH})
+
+
+def openai_error(status: int, message: str, *, type_: str = "invalid_request_error",
+                 code: str | None = None, param: str | None = None) -> JSONResponse:
+    return JSONResponse(
+        status_code=status,
+        content={"error": {"message": message, "type": type_, "param": param, "code": code}},
+    )
+
+
+class ApiKeyMiddleware:
+    """Bearer-token check in front of every non-public path (constant-time compare)."""
+
+    def __init__(self, app: ASGIApp, *, api_keys: tuple[str, ...]) -> None:
+        self.app = app
+        self._keys = [k.encode() for k in api_keys]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self._keys or scope.get("path") in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        token = b""
+        for name, value in scope.get("headers", []):
+            if name.lower() == b"authorization":
+                scheme, _, rest = value.partition(b" ")
+                if scheme.lower() == b"bearer":
+                    token = rest.strip()
+                break
+        # Compare against every key so timing does not reveal which prefix matched.
+        ok = False
+        for key in self._keys:
+            ok |= hmac.compare_digest(token, key)
+        if not ok:
+            message = ("Missing API key: send 'Authorization: Bearer <key>'." if not token
+                       else "Incorrect API key provided.")
+            await openai_error(401, message, code="invalid_api_key")(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    errors = exc.errors()
+    if not errors:
+        return "Invalid request body.", None
+    first = errors[0]
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    param = ".".join(loc) or None
+    if first.get("type") == "json_invalid":
+        return "Request body is not valid JSON.", None
+    msg = first.get("msg", "invalid value")
+    return (f"Invalid value for '{param}': {msg}" if param else f"Invalid request: {msg}"), param
+
+
+async def _on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    message, param = _validation_message(exc)
+    return openai_error(400, message, param=param, code="invalid_request")
+
+
+# Codes OpenAI's API uses for these statuses, so SDKs branch on them the same way.
+_CODE_BY_STATUS = {400: "invalid_request", 401: "invalid_api_key", 404: "not_found",
+                   408: "timeout", 413: "request_too_large", 429: "rate_limit_exceeded"}
+
+
+def _client_status(status: int) -> int:
+    """422 (FastAPI's and upstream's "unprocessable") is 400 here, as for every other
+    invalid request: OpenAI's API answers 400, and the OpenAPI document says so."""
+    return 400 if status == 422 else status
+
+
+async def _on_http_exception(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    exc.status_code = _client_status(exc.status_code)
+    message = str(exc.detail)
+    code = _CODE_BY_STATUS.get(exc.status_code)
+    if exc.status_code == 400 and "parsing the body" in message:
+        # FastAPI's wording for a body that is not UTF-8 (or not decodable at all),
+        # and for JSON nested past the parser's recursion limit.
+        message = ("Request body is nested too deeply to parse as JSON."
+                   if isinstance(exc.__cause__, RecursionError) else
+                   "Request body could not be decoded: send UTF-8 encoded JSON.")
+    if exc.status_code == 404 and "model" in message.lower():
+        code = "model_not_found"
+    type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
+    return openai_error(exc.status_code, message, type_=type_, code=code)
+
+
+async def _on_openai_exception(request: Request, exc: OpenAIHTTPException) -> JSONResponse:
+    status = _client_status(int(exc.status_code))
+    type_ = "invalid_request_error" if status < 500 else "server_error"
+    return openai_error(status, exc.message, type_=type_, code=_CODE_BY_STATUS.get(status))
+
+
+async def _on_prefix_error(request: Request, exc: PrefixError) -> JSONResponse:
+    type_ = "invalid_request_error" if exc.status < 500 else "server_error"
+    return openai_error(exc.status, exc.message, type_=type_, code=exc.code, param=exc.param)
+
+
+async def _on_engine_client_error(request: Request, exc: Exception) -> JSONResponse:
+    # vLLM's own request-validation errors (raised in the replica, re-raised here).
+    message = str(getattr(exc, "cause", None) or exc).strip() or type(exc).__name__
+    return openai_error(400, message, code="invalid_request")
+
+
+def build_fastapi_app(config: ServiceConfig) -> FastAPI:
+    """Upstream's app (its middleware stack, metrics, request ids) plus ours."""
+    from ray.llm._internal.serve.core.ingress.ingress import init as init_upstream_app
+
+    from ray.llm._internal.common.errors import VLLM_CLIENT_ERRORS
+
+    app = init_upstream_app()
+    # Handlers registered here run inside upstream's catch-all middleware, so the
+    # client-error cases get a clean OpenAI body instead of its concatenated message.
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_exception)
+    app.add_exception_handler(OpenAIHTTPException, _on_openai_exception)
+    app.add_exception_handler(PrefixError, _on_prefix_error)
+    for exc_type in VLLM_CLIENT_ERRORS:
+        app.add_exception_handler(exc_type, _on_engine_client_error)
+    keys = config.server.resolved_api_keys()
+    # Input limits and the API description (serving/ingress/limits.py, serving/ingress/openapi.py).
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=config.server.max_body_bytes,
+                       max_json_depth=config.server.max_json_depth)
+    api_schema.install(app, public_paths=PUBLIC_PATHS, authenticated=bool(keys),
+                       max_body_bytes=config.server.max_body_bytes)
+    if keys:
+        # Outside the body limit: a caller without a key learns nothing, not even the limit.
+        app.add_middleware(ApiKeyMiddleware, api_keys=keys)
+    if config.tracing.enabled:
+        # Added last, so outermost: rejected (401) requests are traced too. Absent
+        # when tracing is off, so it costs nothing then.
+        app.add_middleware(TracingMiddleware, settings=config.tracing)
+    return app
+
+
+class CacheRouteIngress(DocumentRoutes, PrefixRoutes, OpenAiIngress):
+    def __init__(self, llm_deployments: dict, model_cards: dict, *, lora_paths=None,
+                 app_name: str, llm_deployment: str, num_replicas: int,
+                 prefixes: dict[str, Any], failover: dict[str, Any] | None = None,
+                 replicate_before_spill: bool = False) -> None:
+        super().__init__(llm_deployments, model_cards, lora_paths=lora_paths)
+        failover_config = FailoverConfig.model_validate(failover or {})
+        self._failover = (Failover(failover_config, attempts=process_attempt_log())
+                          if failover_config.enabled else None)
+        self._app_name = app_name
+        self._llm_deployment = llm_deployment
+        self._num_replicas = num_replicas
+        REPLICAS_WANTED.set(num_replicas)
+        self._prefix_registry = build_registry(
+            prefixes, models=frozenset(model_cards), deployment=llm_deployment,
+            send_chat=lambda body: self._get_response(body=body, call_method="chat"),
+            metrics=PrefixMetrics.for_registry(telemetry.REGISTRY))
+        self._documents = build_documents(
+            prefixes, models=frozenset(model_cards), registry=self._prefix_registry,
+            metrics=DocumentMetrics.for_registry(telemetry.REGISTRY))
+        # Scale-up prewarm and replication ahead of a spill (serving/routing/prewarm.py): the
+        # router of this process's handle names the replicas and prefixes, this ingress
+        # sends the prefills.
+        self._prewarmer = (
+            Prewarmer(model=next(iter(model_cards)), router=lambda: router_of(llm_deployment),
+                      send=self._send_prewarm,
+                      metrics=PrewarmMetrics.for_registry(telemetry.REGISTRY))
+            if (failover_config.prewarm_on_scale_up or replicate_before_spill) and model_cards
+            else None)
+
+    def _send_prewarm(self, body: dict[str, Any]):
+        # Straight to the deployment, past failover: a prewarm is pinned to one replica.
+        return super()._get_response(body=CompletionRequest.model_validate(body),
+                                     call_method="completions")
+
+    async def _get_response(self, *, body: Any, call_method: str,
+                            raw_request: Request | None = None):
+        # Every chat and completion call to the engines, the prefix registry's
+        # included, goes through failover (serving/failover/failover.py).
+        def send(attempt_body: Any):
+            return super(CacheRouteIngress, self)._get_response(
+                body=attempt_body, call_method=call_method, raw_request=raw_request)
+
+        if self._failover is None or call_method not in ("chat", "completions"):
+            stream = send(body)
+        else:
+            from ray.serve.context import _get_serve_request_context
+
+            stream = self._failover.run(
+                body, call_method, send,
+                request_key=_get_serve_request_context()._internal_request_id)
+        async for item in refuse_unforwardable(stream):
+            yield item
+
+    async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
+        document = request.headers.get(DOCUMENT_HEADER)
+        if document is not None:  # a chat about an uploaded document
+            return await self.chat_about_document(document, body, request)
+        return await self.send_chat(body, request)
+
+    async def send_chat(self, body: ChatCompletionRequest, request: Request) -> Response:
+        # Which registered prefix the request starts with, and (from the engine's
+        # usage report) whether it hit; the response passes through unchanged.
+        use = self._prefix_registry.match(body.model, body.messages, body.cache_salt)
+        response = await super().chat(body, request)
+        return observe_response(self._prefix_registry, use, response) if use else response
+
+    async def completions(self, body: CompletionRequest, request: Request) -> Response:
+        # Only the body's type differs from upstream's route (serving/ingress/request_models.py).
+        return await super().completions(body, request)
+
+    async def check_health(self) -> None:
+        # Serve calls this every few seconds on the request loop: it (re)starts the
+        # registry's sweep, so a restarted ingress rewarms without waiting for traffic.
+        self._prefix_registry.ensure_sweeping()
+        if self._prewarmer is not None:
+            self._prewarmer.ensure_running()
+        try:  # stale documents leave, and the router forgets their blocks
+            await self._documents.sweep()
+        except Exception:  # a failed sweep must not mark the ingress unhealthy
+            logger.exception("cacheroute: document sweep failed")
+        await super().check_health()
+
+    async def readiness(self) -> dict[str, Any]:
+        # serve.status() is a blocking call to the controller: keep it off the loop.
+        status = await asyncio.to_thread(serve.status)
+        app = status.applications.get(self._app_name)
+        running = 0
+        if app is not None and self._llm_deployment in app.deployments:
+            states = app.deployments[self._llm_deployment].replica_states
+            running = int(states.get("RUNNING", 0))
+        ready = (app is not None and app.status == ApplicationStatus.RUNNING
+                 and running >= self._num_replicas)
+        return {"ready": ready, "replicas_ready": running, "replicas_wanted": self._num_replicas}
+
+    async def ready(self) -> JSONResponse:
+        info = await self.readiness()
+        return JSONResponse(status_code=200 if info["ready"] else 503,
+                            content={"status": "ready" if info["ready"] else "starting", **info})
+
+    async def health(self) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    async def metrics(self) -> Response:
+        return Response(telemetry.render(), media_type=telemetry.CONTENT_TYPE)
+
+
+def _endpoint_map() -> dict:
+    from ray.llm._internal.serve.core.ingress.ingress import DEFAULT_ENDPOINTS
+
+    return {
+        **DEFAULT_ENDPOINTS,
+        "ready": lambda app: app.get("/ready"),
+        "health": lambda app: app.get("/health"),
+        "metrics": lambda app: app.get("/metrics"),
+        **PREFIX_ENDPOINTS,
+        **DOCUMENT_ENDPOINTS,
+    }
+
+
+def make_ingress_deployment(*, config: ServiceConfig, llm_config: LLMConfig,
+                            server: serve.Application, ingress_cls: type,
+                            llm_deployment_name: str, app_name: str,
+                            name: str) -> serve.Application:
+    from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
+
+    cls = make_fastapi_ingress(ingress_cls, endpoint_map=_endpoint_map(),
+                               app=build_fastapi_app(config))
+    options = ingress_cls.get_deployment_options([llm_config])
+    options.update(
+        name=name,
+        # The ingress only parses and forwards; it must never block replica placement.
+        ray_actor_options={"num_cpus": 0},
+    )
+    return serve.deployment(cls, **options).bind(
+        llm_deployments={llm_config.model_id: server},
+        model_cards={llm_config.model_id: to_model_metadata(llm_config.model_id, llm_config)},
+        lora_paths={},
+        app_name=app_name,
+        llm_deployment=llm_deployment_name,
+        num_replicas=config.replicas,
+        prefixes=ingress_args(
+            config, config.model.tokenizer or llm_config.model_loading_config.model_source),
+        failover=config.failover.model_dump(),
+        replicate_before_spill=(config.routing.policy == "cacheroute"
+                                and config.routing.replicate_before_spill),
+    )
+
