@@ -37,7 +37,7 @@ test-unit: $(STAMP)
 
 deploy-check: $(STAMP)
 	tools/fetch-helm.sh
-	$(PY) -m pytest tests/unit/test_deploy_render.py tests/unit/test_deploy_helm.py $(PYTEST_ARGS)
+	$(PY) -m pytest tests/unit/serving/deploy/test_render.py tests/unit/serving/deploy/test_helm.py $(PYTEST_ARGS)
 
 # Regenerates dashboards/*.json (and the chart's copies), deploy/prometheus/rules.yml and
 # the chart's PrometheusRule from monitoring/, then k8s/ (whose base ships the dashboards).

@@ -70,7 +70,7 @@ _CHART_HEAD = """\
 {{- $job := include "cacheroute.fullname" . }}
 # The service's recording rules and alerts over the app's /metrics (job = the release's
 # full name, set by this chart's ServiceMonitor). With the default values and release
-# name cacheroute they equal deploy/prometheus/rules.yml; tests/unit/test_deploy_helm.py
+# name cacheroute they equal deploy/prometheus/rules.yml; tests/unit/serving/deploy/test_helm.py
 # checks that and runs promtool on both.
 apiVersion: monitoring.coreos.com/v1
 kind: PrometheusRule

@@ -4,7 +4,7 @@ Every series comes from one scrape target, the ingress process's own
 `http://HOST:8000/metrics`: the router's process-local counters, and each engine
 replica's telemetry re-exported under vLLM's own names with a `replica` label (the
 Serve replica id). PromQL in this package names metrics only through these constants,
-and tests/unit/test_dashboards.py fails on any name that is not listed here, so a
+and tests/unit/monitoring/test_dashboards.py fails on any name that is not listed here, so a
 renamed metric breaks the build instead of leaving a panel silently empty.
 """
 

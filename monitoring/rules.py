@@ -5,7 +5,7 @@ job `cacheroute` (the job name of deploy/prometheus/prometheus.yml). `groups(CHA
 is the body of the chart's PrometheusRule template: the same rules with each threshold
 a `.Values.prometheusRule` value and the job the release's full name (what the chart's
 ServiceMonitor sets). Rendered with the default values under release name
-`cacheroute`, the chart's rules equal the standalone file; tests/unit/test_deploy_helm.py
+`cacheroute`, the chart's rules equal the standalone file; tests/unit/serving/deploy/test_helm.py
 checks that.
 
 Every rule aggregates `by (namespace, job)`: one Prometheus may scrape several

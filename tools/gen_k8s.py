@@ -5,7 +5,7 @@ k8s/base is `helm template cacheroute helm/cacheroute` with the default values, 
 object per file; k8s/overlays/<profile> adds the objects and JSON patches that turn
 the base into the chart's output for helm/cacheroute/ci/<profile>-values.yaml. Helm's
 own labels (helm.sh/chart, app.kubernetes.io/managed-by) are left out.
-tests/unit/test_deploy_helm.py builds every overlay with `kubectl kustomize` and
+tests/unit/serving/deploy/test_helm.py builds every overlay with `kubectl kustomize` and
 compares it with the chart's output, so the two cannot drift apart silently.
 
     tools/fetch-helm.sh && .venv/bin/python tools/gen_k8s.py

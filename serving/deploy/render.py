@@ -11,7 +11,7 @@ writes three files from one validated `ServiceConfig`:
   runs no replicas, one worker group of engine pods (a GPU or CPU profile from
   `engine.device`), readiness on the service's `/ready`, non-root pods.
 * `values.yaml` -- Helm values for `helm/cacheroute` holding the same config, so
-  `helm template` renders the same `serveConfigV2` (tests/unit/test_deploy_helm.py
+  `helm template` renders the same `serveConfigV2` (tests/unit/serving/deploy/test_helm.py
   checks that it does, and that the whole RayService spec matches `render_rayservice`).
 
 This module mirrors the chart's templates (helm/cacheroute/templates/rayservice.yaml);

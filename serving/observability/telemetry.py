@@ -38,10 +38,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-# Key of the engine snapshot in routing stats; must equal
-# serving.replica.engine_stats.ENGINE_STATS_KEY (kept literal: this module runs in the
-# ingress and must not import vLLM).
-ENGINE_STATS_KEY = "cacheroute_engine"
+from serving.contract import ENGINE_STATS_KEY
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

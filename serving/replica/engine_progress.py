@@ -26,8 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 
-# Key of the progress report in the replica's routing stats.
-ENGINE_PROGRESS_KEY = "cacheroute_engine_progress"
+from serving.contract import ENGINE_PROGRESS_KEY
 
 
 class ProgressWatch:

@@ -29,8 +29,7 @@ from vllm.v1.metrics.buckets import histogram_buckets
 from vllm.v1.metrics.loggers import StatLoggerBase
 from vllm.v1.metrics.stats import IterationStats, SchedulerStats
 
-# Key of the snapshot in the replica's routing stats (read by serving/observability/telemetry.py).
-ENGINE_STATS_KEY = "cacheroute_engine"
+from serving.contract import ENGINE_STATS_KEY
 
 
 @dataclass

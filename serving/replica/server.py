@@ -37,6 +37,8 @@ from serving.replica import engine_progress
 
 from serving.replica import engine_stats
 from serving.config import TracingConfig
+from serving.contract import (ENGINE_PROGRESS_KEY, ENGINE_STATS_KEY, KV_EVENTS_STATS_KEY,
+                              RANK_STATS_KEY)
 from serving.observability.tracing import GenerationTracer, process_tracer_provider
 
 logger = logging.getLogger("ray.serve")
@@ -48,12 +50,6 @@ WARMUP_PROMPT = "Warm-up. " * 40
 # A probe of a stalled engine: one token of a short prompt (serving/replica/engine_progress.py).
 PROBE_PROMPT = "Probe."
 
-# Must match serving.routing.cacheroute.KV_EVENTS_STATS_KEY (kept literal: the replica does not
-# import the router).
-KV_EVENTS_STATS_KEY = "cacheroute_kv_events_endpoint"
-# Must match serving.routing.cacheroute.RANK_STATS_KEY: this replica's deployment rank, its
-# stable seat on the router's ring (router.ring.rank_seat).
-RANK_STATS_KEY = "cacheroute_replica_rank"
 
 
 def _replica_rank() -> int | None:
@@ -136,11 +132,11 @@ class CacheRouteServer(LLMServer):
 
     async def record_routing_stats(self) -> dict[str, Any]:
         stats = dict(await super().record_routing_stats())
-        stats[engine_stats.ENGINE_STATS_KEY] = engine_stats.snapshot()
+        stats[ENGINE_STATS_KEY] = engine_stats.snapshot()
         watch = engine_progress.process_watch()
         if watch.needs_probe():
             self._start_probe()
-        stats[engine_progress.ENGINE_PROGRESS_KEY] = watch.report()
+        stats[ENGINE_PROGRESS_KEY] = watch.report()
         if self._kv_events_endpoint:
             stats[KV_EVENTS_STATS_KEY] = self._kv_events_endpoint
         rank = _replica_rank()

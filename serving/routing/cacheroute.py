@@ -38,7 +38,7 @@ the same ingress task, at most one in flight per replica and prefix. The spill t
 finds the prefix cached, and since the replica is learned as an owner once the prefill
 completed, the next request is an owner hit there.
 
-Hooks used (contract-tested in tests/unit/test_ray_router.py): `initialize_state`,
+Hooks used (contract-tested in tests/unit/serving/routing/test_cacheroute.py): `initialize_state`,
 `choose_replicas`, `update_replicas`, `on_replica_actor_died`,
 `on_send_request`, `on_request_completed`, `on_new_queue_len_info`. In-flight counts
 are Serve's queue-length cache, floored by this router's own count of requests sent
@@ -69,7 +69,8 @@ from router import (CacheAwarePolicy, Decision, EmptyRingError, HotPrefix, Outco
 from router.kv_events import KVEventBatch, KVEventSubscriber
 from serving.failover.attempt_log import AttemptLog, process_attempt_log
 from serving.config import ServiceConfig
-from serving.replica.engine_progress import ENGINE_PROGRESS_KEY, is_hung
+from serving.contract import ENGINE_PROGRESS_KEY, KV_EVENTS_STATS_KEY, RANK_STATS_KEY
+from serving.replica.engine_progress import is_hung
 from serving.failover.metrics import FailoverMetrics
 from serving.routing.prewarm import REQUEST_ID_PREFIX, PrewarmJob
 from serving.routing.prompt_tokens import PromptTokenizer
@@ -82,12 +83,6 @@ from serving.observability.tracing import RouteLog, process_route_log
 
 logger = logging.getLogger(SERVE_LOGGER_NAME)
 
-# Key under which CacheRouteServer advertises its engine's KV-event endpoint in
-# Serve's routing stats (see serving/replica/server.py).
-KV_EVENTS_STATS_KEY = "cacheroute_kv_events_endpoint"
-# Key of the replica's deployment rank (serving/replica/server.py): its seat on the ring, so a
-# replacement replica, which Serve gives its predecessor's rank, takes back the same arcs.
-RANK_STATS_KEY = "cacheroute_replica_rank"
 
 # Prompts longer than this are tokenised in a worker thread, keeping the event loop
 # free; shorter ones cost less than the thread hop.
@@ -165,7 +160,7 @@ def _prompt_chars(request: Any) -> int:
 # Ray Serve pickles this module *by value* to ship the router class
 # (RequestRouterConfig), so it must hold no module-level state that cannot be
 # pickled (locks, weak maps, metric objects): such state lives in the modules
-# imported below, which pickle by reference. tests/unit/test_ray_router.py checks it.
+# imported below, which pickle by reference. tests/unit/serving/routing/test_cacheroute.py checks it.
 class CacheRouteRequestRouter(SentRequests, RequestRouter):
     @property
     def policy(self) -> CacheAwarePolicy:

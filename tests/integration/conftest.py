@@ -18,12 +18,10 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
 
-from tests.redis_server import redis_server_binary, running_redis
 
 REPO = Path(__file__).resolve().parents[2]
 API_KEY = "test-key-0123456789"
@@ -146,31 +144,3 @@ def stop_stack(proc: subprocess.Popen) -> None:
     except ProcessLookupError:
         pass
     proc.wait(timeout=30)
-
-
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str | None]:
-    """A redis-server holding the stack's prefix registry; None (the in-process store)
-    where the binary is missing and CI does not require it (tests/redis_server.py)."""
-    binary = redis_server_binary()
-    if binary is None:
-        yield None
-        return
-    with running_redis(binary, tmp_path_factory.mktemp("redis")) as url:
-        yield url
-
-
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str | None) -> Iterator[Stack]:
-    extra = f"prefixes: {{redis_url: '{redis_url}'}}\n" if redis_url else ""
-    proc, info = start_stack(tmp_path_factory.mktemp("stack"), extra_yaml=extra)
-    try:
-        yield info
-    finally:
-        stop_stack(proc)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run tests that start their own engine before the shared stack starts, so the
-    machine never runs both at once (the stack lives until the session ends)."""
-    items.sort(key=lambda item: "stack" in getattr(item, "fixturenames", ()))

@@ -1,0 +1,241 @@
+"""DocumentService over the real prefix registry and routing policy (fake engine,
+tokenizer and embedder: tests/unit/serving/documents/document_fakes.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from router import RouteRequest
+from serving.documents.assembly import Mode, Order
+from serving.documents.service import DocumentError
+from tests.unit.serving.documents.document_fakes import TOPICS, long_document, make_service
+from tests.unit.serving.prefixes.prefix_fakes import MODEL
+
+
+def run(body: Callable[[], Awaitable[Any]]) -> Any:
+    return asyncio.run(body())
+
+
+def refuse(status: int, code: str) -> Any:
+    return pytest.raises(DocumentError, check=lambda e: (e.status, e.code) == (status, code))
+
+
+SHORT = long_document(paragraphs=3)  # about 150 words: fits a 400-token window
+LONG = long_document(paragraphs=12)  # about 600 words: does not
+
+
+def test_a_short_document_is_prewarmed_whole_on_its_ring_home() -> None:
+    service, backend, _ = make_service()
+
+    async def body() -> None:
+        doc, created = await service.upload(model=MODEL, text=SHORT, name="memo")
+        assert created and doc.anchor_mode is Mode.WHOLE and doc.id.startswith("doc-")
+        assert doc.prefix_key is not None and doc.cacheable_tokens > 0
+        (model, messages, tenant), = backend.prewarms
+        assert (model, tenant) == (MODEL, None) and messages[0]["content"].endswith(SHORT)
+        # The prewarm went through the policy: one replica owns every anchor block.
+        assert len(service.holders(doc)) == 1
+        again, created = await service.upload(model=MODEL, text=SHORT, name="memo")
+        assert again is doc and not created and len(backend.prewarms) == 1
+
+        plan = await service.plan(doc.id, question="What about the harbour?", max_tokens=8)
+        assert plan.selection.mode is Mode.WHOLE
+        assert plan.messages[0] == messages[0]  # the question starts with the anchor
+        ids = await backend.token_ids(plan.messages[:1], None)
+        placement = backend.policy.placement(RouteRequest(token_ids=ids))
+        assert placement is not None and placement.holders == frozenset(service.holders(doc))
+
+    run(body)
+
+
+def test_a_long_document_is_anchored_by_its_lead_and_asks_pick_relevant_chunks() -> None:
+    service, backend, _ = make_service()
+
+    async def body() -> None:
+        doc, _ = await service.upload(model=MODEL, text=LONG, name="manual")
+        assert doc.anchor_mode is Mode.EXCERPTS and 1 <= doc.lead_count < len(doc.chunks)
+        assert not backend.prewarms[0][1][0]["content"].endswith(LONG.strip())
+        plans = [await service.plan(doc.id, question=f"Tell me about the {topic} keeper.",
+                                    max_tokens=8) for topic in ("violin", "canyon")]
+        for plan, topic in zip(plans, ("violin", "canyon")):
+            assert plan.selection.mode is Mode.EXCERPTS
+            assert list(plan.selection.excerpts) == sorted(plan.selection.excerpts)
+            assert topic in plan.messages[1]["content"]
+            # Every question starts with the same, registered system message.
+            assert plan.messages[0] == plans[0].messages[0]
+        # Within the window, exactly (fake tokens: words + 4 per message + 16).
+        for plan in plans:
+            words = sum(4 + len(m["content"].split()) for m in plan.messages)
+            assert words + 16 + plan.max_tokens <= service.settings.max_model_len
+
+    run(body)
+
+
+def test_similarity_order_drops_the_anchor() -> None:
+    service, _, _ = make_service()
+
+    async def body() -> None:
+        doc, _ = await service.upload(model=MODEL, text=LONG, name="manual")
+        plan = await service.plan(doc.id, question="The violin and the canyon?", max_tokens=8,
+                                  order=Order.SIMILARITY)
+        assert plan.selection.order is Order.SIMILARITY
+        assert "manual" not in plan.messages[0]["content"]
+
+    run(body)
+
+
+def test_delete_drops_the_prefix_and_the_routers_ownership() -> None:
+    service, backend, _ = make_service()
+
+    async def body() -> None:
+        doc, _ = await service.upload(model=MODEL, text=SHORT, name="memo")
+        assert service.holders(doc)
+        await service.delete(doc.id)
+        assert service.holders(doc) == []
+        assert await service._registry.records() == []
+        with refuse(404, "not_found"):
+            service.get(doc.id)
+        with refuse(404, "not_found"):
+            await service.delete(doc.id)
+
+    run(body)
+
+
+def test_eviction_keeps_busy_documents_and_forgets_the_victims_blocks() -> None:
+    service, backend, clock = make_service(max_documents=2)
+
+    async def body() -> None:
+        texts = {t: long_document(paragraphs=2).replace("harbour", t) for t in TOPICS[:3]}
+        docs = {}
+        for topic, text in texts.items():
+            docs[topic], _ = await service.upload(model=MODEL, text=text, name=topic)
+            clock.advance(10)
+            if topic == TOPICS[0]:
+                for _ in range(3):  # asked about: relevant
+                    plan = await service.plan(docs[topic].id, question="Why?", max_tokens=4)
+                    service.observe(plan, prompt_tokens=100, cached_tokens=64, elapsed_s=0.1)
+        kept = {d.name for d in service.documents()}
+        assert kept == {TOPICS[0], TOPICS[2]}
+        assert service.holders(docs[TOPICS[1]]) == []
+        assert len(await service._registry.records()) == 2
+        clock.advance(3601)  # idle past idle_ttl_s: stale
+        assert await service.sweep() == 2 and service.documents() == []
+
+    run(body)
+
+
+@pytest.mark.parametrize(("fields", "status", "code"), [
+    ({"model": "other"}, 404, "model_not_found"),
+    ({"text": "   \n "}, 400, "invalid_request"),
+    ({"text": "word " * 50_000}, 413, "request_too_large"),
+])
+def test_bad_uploads(fields: dict, status: int, code: str) -> None:
+    service, _, _ = make_service()
+    args = {"model": MODEL, "text": SHORT, "name": None, **fields}
+    with refuse(status, code):
+        run(lambda: service.upload(**args))
+
+
+def test_too_many_tokens_and_bad_questions() -> None:
+    service, _, _ = make_service(max_total_tokens=100)
+    with refuse(413, "request_too_large"):
+        run(lambda: service.upload(model=MODEL, text=SHORT, name=None))
+    service, _, _ = make_service()
+
+    async def body() -> None:
+        doc, _ = await service.upload(model=MODEL, text=SHORT, name=None)
+        with refuse(400, "invalid_request"):
+            await service.plan(doc.id, question="  ", max_tokens=None)
+        with refuse(400, "invalid_request"):
+            await service.plan(doc.id, question="x" * 501, max_tokens=None)
+        with refuse(400, "invalid_request"):
+            await service.plan(doc.id, question="Why?", max_tokens=390)
+        with refuse(404, "not_found"):
+            await service.plan("doc-" + "0" * 32, question="Why?", max_tokens=None)
+
+    run(body)
+
+
+def test_a_question_too_long_for_the_whole_document_falls_back_to_excerpts() -> None:
+    service, backend, _ = make_service()
+
+    async def body() -> None:
+        doc, _ = await service.upload(model=MODEL, text=SHORT, name="memo")
+        assert doc.anchor_mode is Mode.WHOLE
+        plan = await service.plan(doc.id, question="Why?", max_tokens=300)
+        assert plan.selection.mode is Mode.EXCERPTS
+        whole = backend.prewarms[0][1][0]["content"]
+        # The lead is a head of the prewarmed whole document: its blocks are shared.
+        assert whole.startswith(plan.messages[0]["content"])
+        assert len(plan.messages[0]["content"]) < len(whole)
+
+    run(body)
+
+
+def test_observe_counts_and_renews_an_aging_registration() -> None:
+    service, backend, clock = make_service(idle_ttl_s=100.0)
+
+    async def body() -> None:
+        doc, _ = await service.upload(model=MODEL, text=SHORT, name="memo")
+        plan = await service.plan(doc.id, question="Why?", max_tokens=4)
+        service.observe(plan, prompt_tokens=200, cached_tokens=128, elapsed_s=0.5)
+        assert (doc.asks, doc.prompt_tokens, doc.cached_tokens) == (1, 200, 128)
+        clock.advance(60)  # over half the registration's TTL
+        service.observe(plan, prompt_tokens=200, cached_tokens=192, elapsed_s=0.5)
+        await asyncio.gather(*list(service._pending))
+        assert len(backend.prewarms) == 2
+
+    run(body)
+
+
+def test_a_shared_anchor_stays_until_its_last_document_goes() -> None:
+    service, _, _ = make_service()
+
+    async def body() -> None:
+        # Same name and opening: one anchor (the lead), two documents.
+        first, _ = await service.upload(model=MODEL, text=LONG, name="manual")
+        second, _ = await service.upload(model=MODEL, text=LONG + "\n\nAppendix.", name="manual")
+        assert first.id != second.id and first.prefix_key == second.prefix_key
+        await service.delete(first.id)
+        assert service.holders(second) and len(await service._registry.records()) == 1
+        await service.delete(second.id)
+        assert service.holders(second) == [] and await service._registry.records() == []
+
+    run(body)
+
+
+def test_earlier_turns_sit_between_the_document_and_the_question() -> None:
+    service, _, _ = make_service()
+
+    async def body() -> None:
+        doc, _ = await service.upload(model=MODEL, text=SHORT, name="memo")
+        first = await service.plan(doc.id, question="What about the harbour?", max_tokens=8)
+        history = [{"role": "user", "content": "What about the harbour?"},
+                   {"role": "assistant", "content": "It is closed."}]
+        second = await service.plan(doc.id, question="Since when?", max_tokens=8,
+                                    history=history)
+        assert second.selection.mode is Mode.WHOLE
+        # The second turn resends the first turn's prompt, then the answer: its prefix.
+        assert second.messages[:2] == first.messages
+        assert second.messages[2:] == [{"role": "assistant", "content": "It is closed."},
+                                       {"role": "user", "content": "Question: Since when?"}]
+
+        # Earlier turns take their tokens from the excerpts' budget: a long
+        # conversation about a long document gets fewer excerpts, then no room.
+        long_doc, _ = await service.upload(model=MODEL, text=LONG, name="manual")
+        alone = await service.plan(long_doc.id, question="Tell me about storms.", max_tokens=8)
+        chatty = [{"role": "user", "content": "word " * 100},
+                  {"role": "assistant", "content": "word " * 100}]
+        crowded = await service.plan(long_doc.id, question="Tell me about storms.",
+                                     max_tokens=8, history=chatty)
+        assert len(crowded.selection.excerpts) < len(alone.selection.excerpts)
+        with refuse(400, "invalid_request") as err:
+            await service.plan(long_doc.id, question="Tell me about storms.", max_tokens=8,
+                               history=chatty * 3)
+        assert "earlier turns" in err.value.message
+
+    run(body)
