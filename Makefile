@@ -41,12 +41,12 @@ deploy-check: $(STAMP)
 
 # Regenerates every generated file, in dependency order: the dashboards and Prometheus
 # rules from monitoring/ (dashboards/, deploy/prometheus/, and the chart's copies), the
-# chart's values.schema.json and docs/configuration.md (both from the config classes),
-# then k8s/ from the finished chart. The unit tests fail when a
+# chart's config values and values.schema.json, docs/configuration.md (both from the
+# config classes), then k8s/ from the finished chart. The unit tests fail when a
 # committed file differs from what its generator writes.
 generate: $(STAMP)
 	$(PY) tools/gen_dashboards.py
-	$(PY) tools/gen_chart_schema.py
+	$(PY) tools/gen_chart_values.py
 	$(PY) tools/gen_config_reference.py
 	tools/fetch-helm.sh
 	$(PY) tools/gen_k8s.py

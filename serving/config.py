@@ -6,8 +6,8 @@ what spans sections, loads the file and re-exports the sections, so `from servin
 import RoutingConfig` works wherever it is written. Everything downstream (the Ray Serve
 application, the CLI, the Helm chart) takes a `ServiceConfig` and never re-validates. A
 bad file fails with a single line naming the field and the reason (`ConfigError`), never
-a traceback. docs/configuration.md and the chart's schema are generated from these
-classes (`make generate`).
+a traceback. docs/configuration.md and the chart's config values and schema are generated
+from these classes (`make generate`).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict
 
 class ConfigSection(BaseModel):
     """One validated, frozen section of the YAML config. A field's docstring is its
-    description; docs/configuration.md and the chart's schema are generated from it."""
+    description; docs/configuration.md and the chart's values are generated from it."""
 
     # Unknown keys are typos in a hand-written YAML file: reject them rather than ignore.
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)

@@ -3,8 +3,8 @@ replicas, and the knobs of the `cacheroute` policy.
 
 The knobs the routing core also has (`router.PolicyConfig`: the load bound, the ring,
 the ownership index, session affinity) take their defaults from it, so the service,
-the simulator and the benchmarks route alike when nothing is set; the chart's schema
-is generated from this section in turn (tools/gen_chart_schema.py). Only
+the simulator and the benchmarks route alike when nothing is set; the chart's values
+and schema are generated from this section in turn (tools/gen_chart_values.py). Only
 validation here: `serving/routing/cacheroute.py` builds the core's config from it.
 Importing this module costs pydantic and the pure routing core (no Ray, no vLLM).
 """
