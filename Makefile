@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup serve test test-unit model deploy-check dashboards clean
+.PHONY: setup serve test test-unit model deploy-check generate dashboards clean
 
 setup: $(STAMP) model
 
@@ -39,12 +39,20 @@ deploy-check: $(STAMP)
 	tools/fetch-helm.sh
 	$(PY) -m pytest tests/unit/serving/deploy/test_render.py tests/unit/serving/deploy/test_helm.py $(PYTEST_ARGS)
 
-# Regenerates dashboards/*.json (and the chart's copies), deploy/prometheus/rules.yml and
-# the chart's PrometheusRule from monitoring/, then k8s/ (whose base ships the dashboards).
-dashboards: $(STAMP)
+# Regenerates every generated file, in dependency order: the dashboards and Prometheus
+# rules from monitoring/ (dashboards/, deploy/prometheus/, and the chart's copies), the
+# chart's config values and values.schema.json, docs/configuration.md (both from the
+# config classes), then k8s/ from the finished chart. The unit tests fail when a
+# committed file differs from what its generator writes.
+generate: $(STAMP)
 	$(PY) tools/gen_dashboards.py
+	$(PY) tools/gen_chart_values.py
+	$(PY) tools/gen_config_reference.py
 	tools/fetch-helm.sh
 	$(PY) tools/gen_k8s.py
+
+# The former name of `generate`.
+dashboards: generate
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -7,7 +7,7 @@
     deploy/prometheus/rules.yml                    recording + alerting rules
     helm/cacheroute/templates/prometheusrule.yaml  the same rules, thresholds as values
 
-    .venv/bin/python tools/gen_dashboards.py          # or: make dashboards
+    .venv/bin/python tools/gen_dashboards.py          # or all generated files: make generate
     .venv/bin/python tools/gen_dashboards.py --check
 """
 
@@ -32,7 +32,7 @@ def main() -> int:
     wrong = stale(files)
     if args.check:
         for path in wrong:
-            print(f"stale: {path.relative_to(ROOT)} (run tools/gen_dashboards.py)",
+            print(f"stale: {path.relative_to(ROOT)} (run `make generate`)",
                   file=sys.stderr)
         return 1 if wrong else 0
     for path in wrong:

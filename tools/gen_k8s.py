@@ -8,7 +8,7 @@ own labels (helm.sh/chart, app.kubernetes.io/managed-by) are left out.
 tests/unit/serving/deploy/test_helm.py builds every overlay with `kubectl kustomize` and
 compares it with the chart's output, so the two cannot drift apart silently.
 
-    tools/fetch-helm.sh && .venv/bin/python tools/gen_k8s.py
+    tools/fetch-helm.sh && .venv/bin/python tools/gen_k8s.py   # or all of them: make generate
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ chart and the manifests against these functions.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import re
 import subprocess
@@ -287,10 +288,28 @@ def test_every_chart_value_is_documented() -> None:
     assert not undocumented, f"values without a comment: {undocumented}"
 
 
-def test_values_schema_is_generated_from_the_config_schema() -> None:
-    out = subprocess.run([sys.executable, str(ROOT / "tools" / "gen_chart_schema.py"),
+def test_chart_values_and_schema_are_generated_from_the_config() -> None:
+    """values.yaml's `config:` block and values.schema.json are what
+    tools/gen_chart_values.py writes from the config classes now."""
+    out = subprocess.run([sys.executable, str(ROOT / "tools" / "gen_chart_values.py"),
                           "--check"], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
+
+
+def test_chart_routing_defaults_are_the_routing_cores() -> None:
+    """The routing core's defaults are written once (router.PolicyConfig); the chart's
+    values and its schema carry the same, through the config."""
+    from router import PolicyConfig
+
+    core = {f.name: f.default for f in dataclasses.fields(PolicyConfig)}
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["config"]["routing"]
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    defaults = {name: prop["default"] for name, prop in
+                schema["properties"]["config"]["properties"]["routing"]["properties"].items()}
+    shared = set(core) & set(values)
+    assert "load_floor" in shared and "virtual_nodes" in shared
+    for name in shared:
+        assert values[name] == defaults[name] == core[name], name
 
 
 @pytest.mark.parametrize("bad, where", [

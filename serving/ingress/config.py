@@ -1,0 +1,63 @@
+"""The `server` section of the service config: the HTTP front end (address, API keys,
+request limits) and the local Ray head that `cacheroute serve` starts.
+
+Validation only; `serving/ingress/` enforces the limits and `serving/runtime.py`
+starts Ray and Serve with the rest.
+"""
+
+from __future__ import annotations
+
+import os
+
+from pydantic import Field, field_validator
+
+from serving.config_section import ConfigSection
+
+
+class ServerConfig(ConfigSection):
+    """The HTTP front end and, for local runs, the Ray head (docs/api.md)."""
+
+    host: str = "127.0.0.1"
+    """Address the HTTP proxy binds; `0.0.0.0` accepts remote clients, which should then
+    need an API key (docs/security.md)."""
+    port: int = Field(8000, ge=1, le=65535)
+    """Port of the OpenAI API and of /ready and /health."""
+    api_keys: tuple[str, ...] = ()
+    """Accepted bearer tokens; with none here or in `api_keys_env`, no authentication.
+    Prefer `api_keys_env`, which keeps the keys out of the file."""
+    api_keys_env: str | None = "CACHEROUTE_API_KEYS"
+    """Environment variable holding comma-separated keys (added to `api_keys`); null
+    reads none."""
+    metrics_port: int | None = Field(None, ge=1, le=65535)
+    """Port of Ray's Prometheus export (/metrics): engine metrics per replica (`ReplicaId`
+    label) and Serve's own. Null picks a free port, printed in the ready line; set it
+    when a Prometheus scrapes this host (docs/operations/metrics.md)."""
+    ready_timeout_s: float = Field(1200.0, gt=0)
+    """How long `cacheroute serve` waits for every replica's warm-up before giving up.
+    Raise it for a large model, or one downloaded on first start."""
+    max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024, le=1024 ** 3)
+    """Largest request body accepted (413 above it), checked before the body is parsed.
+    The default holds a long-context prompt as text or as token ids with room to spare;
+    raise it with `engine.max_model_len`."""
+    max_json_depth: int = Field(64, ge=8, le=256)
+    """Deepest nesting of arrays and objects in a JSON body (400 above it). Real requests,
+    a JSON schema in `response_format` included, nest far less; much deeper bodies
+    overflow the recursion of the code that forwards a request to a replica, so there
+    is rarely a reason to change it."""
+    ray_num_cpus: int | None = Field(None, ge=1)
+    """Logical CPUs of a local Ray head. Null: enough for every replica (by
+    `engine.cpus_per_replica`) plus the ingress, so small machines still place them all.
+    Set it when Ray should see another number."""
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_nonempty(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not k or k != k.strip() for k in value):
+            raise ValueError("API keys must be non-empty and without surrounding spaces")
+        return value
+
+    def resolved_api_keys(self) -> tuple[str, ...]:
+        keys = list(self.api_keys)
+        if self.api_keys_env:
+            keys += [k.strip() for k in os.environ.get(self.api_keys_env, "").split(",") if k.strip()]
+        return tuple(dict.fromkeys(keys))
