@@ -2,7 +2,7 @@
 """Write helm/cacheroute/values.schema.json (or, with --check, fail if it is stale).
 
 The `config` property is generated from the pydantic `ServiceConfig`
-(serving.deploy.render.chart_config_schema), so the chart rejects exactly what the local
+(serving.deploy.helm_values.chart_config_schema), so the chart rejects exactly what the local
 config file rejects (plus inlined API keys); the rest describes the chart's own values.
 Every object forbids unknown keys, and image tags must be pinned (never `latest`).
 
@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from serving.deploy.render import chart_config_schema
+from serving.deploy.helm_values import chart_config_schema
 
 SCHEMA_PATH = ROOT / "helm" / "cacheroute" / "values.schema.json"
 
