@@ -1,24 +1,28 @@
-"""One ``cacheroute serve`` process for a benchmark: started cold, stopped completely.
+"""A local stack: one ``cacheroute serve`` process, started cold and stopped completely.
 
-Each policy of a comparison gets a fresh service, so every policy starts with
-empty KV caches and an empty router state. The service runs exactly as a user
-starts it (the ``cacheroute`` console script, or ``python -m serving.cli`` where
-the script is missing), in a new session so that SIGINT reaches its whole process
-group; ``start`` returns once the service prints its ready line, which it does
-only after every replica served a warm-up generation (no engine-loading tail in
-the measurements). ``start`` fails with the log's tail if the process exits first.
+The one starter of the benchmarks (each policy of a comparison gets a fresh service,
+so every policy starts with empty KV caches and an empty router state), the drills
+(chaos/stack.py) and the live test tiers (tests/integration/conftest.py). The
+service runs exactly as a user starts it: the ``cacheroute`` console script, or
+``python -m serving.cli`` (``serve_module_command``) where the caller must run the
+code it imported itself. It runs in a new session so that SIGINT reaches its whole
+process group, as Ctrl-C in a terminal does. ``start`` returns once the service
+prints its ready line, which it does only after every replica served a warm-up
+generation (no engine-loading tail in the measurements); it fails with the log's
+tail if the process exits first. ``first_completion`` times the first request after
+that line, for the tier that checks readiness really means ready.
 
-Stopping: SIGINT to the group (the CLI shuts Serve and Ray down, about 10 s),
-then SIGTERM and SIGKILL if it does not exit in time. Ray starts daemons
-(raylet, GCS, workers) that may leave the group, so every process of the run is
-tagged with an environment variable holding a run id; after the stop, any
-process still carrying that tag is this run's straggler and is ended by pid.
-Nothing without the tag is ever signalled.
+Stopping: SIGINT to the group (the CLI shuts Serve and Ray down, about 10 s), then
+SIGTERM and SIGKILL if it does not exit in time. Ray starts daemons (raylet, GCS,
+workers) that may leave the group, so every process of the run is tagged with an
+environment variable holding a run id; after the stop, any process still carrying
+that tag is this run's straggler and is ended by pid, and what is left of the group
+is killed. Nothing outside the tag and the group is ever signalled. Ending
+stragglers waits up to about 20 s; a clean stop takes 10-20 s in all.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import signal
@@ -28,12 +32,15 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+import yaml
 
 from router import PolicyConfig
 
-# Environment variable that marks every process a benchmark service started.
+# Environment variable that marks every process a local stack started.
 RUN_TAG_ENV = "CACHEROUTE_BENCH_RUN"
 READY_PREFIX = "cacheroute: ready at"
 
@@ -55,32 +62,78 @@ def write_config(path: Path, *, model_id: str, policy: str, replicas: int, port:
                  enable_prefix_caching: bool = True,
                  replicate_before_spill: bool | None = None,
                  spill_wait_s: float | None = None,
-                 model_source: str = "default") -> Path:
-    path.write_text(
-        f"model: {{id: {model_id}, source: {json.dumps(model_source)}}}\n"
-        f"replicas: {replicas}\n"
-        f"engine: {{max_model_len: {max_model_len}, kv_cache_gib: {kv_cache_gib}, "
-        f"max_num_seqs: {max_num_seqs}, "
-        f"enable_prefix_caching: {str(enable_prefix_caching).lower()}}}\n"
-        f"routing: {{policy: {policy}"
-        + (f", load_epsilon: {load_epsilon}" if load_epsilon is not None else "")
-        # Always written, so the run folder says which floor it ran with (calibration
-        # reads it back).
-        + f", load_floor: {PolicyConfig().load_floor if load_floor is None else load_floor}"
-        + (f", replicate_before_spill: {str(replicate_before_spill).lower()}"
-           if replicate_before_spill is not None else "")
-        + (f", spill_wait_s: {spill_wait_s}" if spill_wait_s is not None else "") + "}\n"
-        # No API keys, whatever the environment says: the client sends a dummy one.
-        f"server: {{host: 127.0.0.1, port: {port}, metrics_port: {metrics_port}, "
-        f"api_keys: [], api_keys_env: null, ready_timeout_s: {ready_timeout_s}}}\n",
-        encoding="utf-8")
+                 model_source: str = "default",
+                 api_keys: Sequence[str] = (),
+                 routing: Mapping[str, Any] | None = None,
+                 sections: Mapping[str, Any] | None = None) -> Path:
+    """The stack's config file. ``routing``: more keys of the routing section (they win
+    over the named ones); ``sections``: more top-level sections (they win too)."""
+    routing_section: dict[str, Any] = {"policy": policy}
+    if load_epsilon is not None:
+        routing_section["load_epsilon"] = load_epsilon
+    # Always written, so the run folder says which floor it ran with (calibration
+    # reads it back).
+    routing_section["load_floor"] = PolicyConfig().load_floor if load_floor is None \
+        else load_floor
+    if replicate_before_spill is not None:
+        routing_section["replicate_before_spill"] = replicate_before_spill
+    if spill_wait_s is not None:
+        routing_section["spill_wait_s"] = spill_wait_s
+    config: dict[str, Any] = {
+        "model": {"id": model_id, "source": model_source},
+        "replicas": replicas,
+        "engine": {"max_model_len": max_model_len, "kv_cache_gib": kv_cache_gib,
+                   "max_num_seqs": max_num_seqs,
+                   "enable_prefix_caching": enable_prefix_caching},
+        "routing": {**routing_section, **(routing or {})},
+        # Only the keys written here, whatever the environment says (the variable
+        # is removed from the service's environment too).
+        "server": {"host": "127.0.0.1", "port": port, "metrics_port": metrics_port,
+                   "api_keys": list(api_keys), "api_keys_env": None,
+                   "ready_timeout_s": ready_timeout_s},
+        **(sections or {}),
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False, default_flow_style=None),
+                    encoding="utf-8")
     return path
 
 
 def serve_command(config_path: Path, policy: str) -> list[str]:
+    """``cacheroute serve``: the console script of the installed package."""
     script = Path(sys.executable).with_name("cacheroute")
     base = [str(script)] if script.exists() else [sys.executable, "-m", "serving.cli"]
     return [*base, "serve", "--config", str(config_path), "--policy", policy]
+
+
+def code_root() -> Path:
+    """The folder holding the ``serving`` package this process imported."""
+    import serving
+
+    return Path(serving.__file__).resolve().parents[1]
+
+
+def serve_module_command(config: Path, policy: str | None = None) -> list[str]:
+    """``python -m serving.cli serve``, to be run from ``code_root()``: the stack (and its
+    Ray workers, which inherit the driver's path) runs the same code as its caller, even
+    in a checkout whose console script points at another copy. ``policy``: passed as
+    ``--policy`` (else the config's)."""
+    command = [sys.executable, "-m", "serving.cli", "serve", "--config", str(config.resolve())]
+    return command + (["--policy", policy] if policy is not None else [])
+
+
+def first_completion(base_url: str, *, model: str, prompt: str, api_key: str | None = None,
+                     max_tokens: int = 8, timeout_s: float = 600.0) -> tuple[float, str]:
+    """Seconds taken by one greedy completion, and its text; raises on an error status."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    started = time.perf_counter()
+    resp = httpx.post(f"{base_url}/v1/completions", timeout=timeout_s, headers=headers,
+                      json={"model": model, "prompt": prompt, "max_tokens": max_tokens,
+                            "temperature": 0})
+    seconds = time.perf_counter() - started
+    resp.raise_for_status()
+    return seconds, str(resp.json()["choices"][0]["text"])
 
 
 def tagged_pids(tag: str) -> list[int]:
@@ -104,7 +157,8 @@ class ServiceProcess:
 
     def __init__(self, *, config_path: Path, policy: str, port: int, log_path: Path,
                  start_timeout_s: float, stop_timeout_s: float = 90.0,
-                 command: list[str] | None = None, cwd: Path | None = None) -> None:
+                 command: list[str] | None = None, cwd: Path | None = None,
+                 env: Mapping[str, str] | None = None) -> None:
         self.config_path = config_path
         # Default: the `cacheroute` console script (the installed package).
         self.command = command or serve_command(config_path, policy)
@@ -114,6 +168,8 @@ class ServiceProcess:
         self.log_path = log_path
         self.start_timeout_s = start_timeout_s
         self.stop_timeout_s = stop_timeout_s
+        # More environment for the service, over this process's own.
+        self.env = dict(env or {})
         self.tag = uuid.uuid4().hex
         self.startup_s: float | None = None
         self.stragglers_killed: list[int] = []
@@ -137,7 +193,7 @@ class ServiceProcess:
         self.stop()
 
     def start(self) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", RUN_TAG_ENV: self.tag}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env, RUN_TAG_ENV: self.tag}
         env.pop("CACHEROUTE_API_KEYS", None)
         log = self.log_path.open("w", encoding="utf-8")
         started = time.monotonic()
@@ -181,6 +237,10 @@ class ServiceProcess:
                     _signal_group(proc.pid, signal.SIGKILL)
                     proc.wait(timeout=15)
         self._end_stragglers()
+        if proc is not None:
+            # Whatever of the group outlived the tag (a process that dropped the
+            # variable): the next stack must start on an idle machine.
+            _signal_group(proc.pid, signal.SIGKILL)
 
     def _end_stragglers(self) -> None:
         # Ray's daemons exit shortly after the driver; give them a moment first.

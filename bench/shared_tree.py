@@ -40,7 +40,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.decision_cost import (
+from bench.decision_timing import (
     build_prompt_set,
     fixed_loads,
     replica_ids,

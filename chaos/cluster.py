@@ -15,7 +15,14 @@ the router's ring uses), state, actor name and worker pid.
 
 Processes: a replica's vLLM engine runs in a child process of the replica's
 worker (``VLLM::EngineCore`` in its command line); ``engine_core_pid`` finds it
-with psutil. Signals go only to pids read this way.
+with psutil. A local stack's processes all descend from its ``cacheroute serve``
+process: raylet -> ``ray::ServeReplica:<app>:LLMServer:...`` (one per replica) ->
+the engine; ``engine_processes`` lists every engine below that root with its
+replica's process (O(descendants of the root)). Killing an engine (SIGKILL) is an
+engine crash: its replica fails in-flight requests with EngineDeadError and Serve's
+health check replaces the replica. Stopping it (SIGSTOP) is a hang: the replica
+stays up and healthy to Serve, but its engine makes no progress, which the router
+detects (serving/replica/engine_progress.py). Signals go only to pids read this way.
 
 Scaling: the application is deployed with ``external_scaler_enabled`` (see
 serving/runtime.py), so the controller's ``update_deployment_replicas`` -- the
@@ -36,6 +43,8 @@ import psutil
 APP_NAME = "cacheroute"  # serving.app.APP_NAME, kept literal: no Serve import at module load
 INGRESS_DEPLOYMENT = "CacheRouteIngress"  # serving.app.INGRESS_DEPLOYMENT
 ENGINE_CORE_MARK = "EngineCore"
+# In the process title of a Serve replica's worker, e.g. `ray::ServeReplica:cacheroute:...`.
+REPLICA_PROCESS_MARK = "ServeReplica:"
 
 
 class ClusterError(RuntimeError):
@@ -124,6 +133,23 @@ def discover_ray_address(*, base_url: str | None = None, root_pid: int | None = 
                        f"{base_url or f'pid {root_pid}'}; pass --ray-address HOST:PORT")
 
 
+@dataclass(frozen=True)
+class EngineProcess:
+    engine_pid: int
+    # The Serve replica actor's process (the engine's parent).
+    replica_pid: int
+    # The replica actor's process title, e.g. `ray::ServeReplica:cacheroute:LLMServer:m`.
+    replica_title: str
+
+
+def _title(proc: psutil.Process) -> str:
+    """Command line and name: vLLM and Ray retitle their processes in either."""
+    try:
+        return " ".join(proc.cmdline()) + " " + proc.name()
+    except (psutil.Error, OSError):
+        return ""
+
+
 def engine_core_pid(replica_pid: int) -> int:
     """The vLLM engine-core process under a replica's worker; raises ClusterError."""
     try:
@@ -131,13 +157,32 @@ def engine_core_pid(replica_pid: int) -> int:
     except psutil.NoSuchProcess as exc:
         raise ClusterError(f"replica process {replica_pid} is gone") from exc
     for child in children:
-        try:
-            title = " ".join(child.cmdline()) + " " + child.name()
-        except (psutil.Error, OSError):
-            continue
-        if ENGINE_CORE_MARK in title:
+        if ENGINE_CORE_MARK in _title(child):
             return child.pid
     raise ClusterError(f"no {ENGINE_CORE_MARK} process under replica process {replica_pid}")
+
+
+def engine_processes(root_pid: int) -> list[EngineProcess]:
+    """Every live vLLM engine process below `root_pid` (the `cacheroute serve`
+    process), with its replica's process; sorted by engine pid."""
+    try:
+        descendants = psutil.Process(root_pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    found = []
+    for proc in descendants:
+        if ENGINE_CORE_MARK not in _title(proc):
+            continue
+        try:
+            parent = proc.parent()
+            if parent is None or proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+        except psutil.Error:
+            continue
+        title = _title(parent)
+        if REPLICA_PROCESS_MARK in title:
+            found.append(EngineProcess(proc.pid, parent.pid, title))
+    return sorted(found, key=lambda e: e.engine_pid)
 
 
 class ServeCluster:

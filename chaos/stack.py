@@ -1,9 +1,10 @@
 """A stack of the drill's own: ``cacheroute serve`` started cold and stopped completely.
 
-The same helper the benchmark uses (``bench.service.ServiceProcess``: a subprocess
-in its own session, ready when it prints its ready line, every process it started
-tagged and ended afterwards), with the ``cacheroute`` policy and no API key. The Ray
-address comes from the serve process's own raylet (``cluster.discover_ray_address``).
+The local stack every tool shares (``bench.service``: a subprocess in its own
+session, ready when it prints its ready line, every process it started tagged and
+ended afterwards), run as ``python -m serving.cli`` from the drill's own code, with
+the ``cacheroute`` policy and no API key. The Ray address comes from the serve
+process's own raylet (``cluster.discover_ray_address``).
 """
 
 from __future__ import annotations
@@ -13,26 +14,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench.service import ServiceProcess, free_port, write_config
+from bench.service import (
+    ServiceProcess,
+    code_root,
+    free_port,
+    serve_module_command,
+    write_config,
+)
 from chaos.cluster import discover_ray_address
 from chaos.runner import StackTarget
 
 MODEL_ID = "smollm2-135m-instruct"
-
-
-def code_root() -> Path:
-    """The folder holding the ``serving`` package this process imported."""
-    import serving
-
-    return Path(serving.__file__).resolve().parents[1]
-
-
-def serve_module_command(config: Path, policy: str) -> list[str]:
-    """``python -m serving.cli serve`` run from ``code_root()``: the stack (and its Ray
-    workers, which inherit the driver's path) runs the same code as the drill, even in
-    a checkout whose console script points at another copy."""
-    return [sys.executable, "-m", "serving.cli", "serve", "--config", str(config.resolve()),
-            "--policy", policy]
 
 
 @contextmanager

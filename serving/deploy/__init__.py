@@ -1,2 +1,3 @@
 """Kubernetes artefacts rendered from the service config (runs in the CLI): the Serve
-config, the RayService and the Helm values."""
+config (``serve_config``), the RayService (``rayservice``) and the Helm values and chart
+schema (``helm_values``); ``render`` is ``cacheroute render``. No Ray imports."""

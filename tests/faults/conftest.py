@@ -11,12 +11,12 @@ process (to find engine processes) and the Ray address of its cluster (for the d
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 
+from bench.service import ServiceProcess
 from tests.integration.conftest import Stack, start_stack, stop_stack
 
 # An engine with work and no step for this long is ejected: short for the test, still
@@ -31,7 +31,7 @@ CHAOS_YAML = (
 
 @dataclass
 class ChaosStack:
-    proc: subprocess.Popen
+    proc: ServiceProcess
     stack: Stack
     ray_address: str
 

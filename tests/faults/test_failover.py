@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving.replica_procs import EngineProcess, engine_processes
+from chaos.cluster import EngineProcess, engine_processes
 from tests.integration.conftest import Stack
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]

@@ -2,37 +2,40 @@
 
 `cacheroute serve` runs as a subprocess exactly as a user starts it (Ray head, Serve,
 2 vLLM CPU replicas of the embedded default model), configured with an API key so the
-auth tests need no second stack. The fixture sends the first completion the moment the
-ready line appears and records its latency for the readiness test.
+auth tests need no second stack. The local-stack starter is bench/service.py's (the
+benchmarks and drills start theirs with it too); this module adds the tier's config
+and the `Stack` conveniences. The first completion is sent the moment the ready line
+appears and its latency recorded for the readiness test.
 """
 
 from __future__ import annotations
 
 import os
-import queue
-import signal
-import socket
-import subprocess
-import sys
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
+from bench.service import (
+    ServiceError,
+    ServiceProcess,
+    code_root,
+    first_completion,
+    free_port,
+    serve_module_command,
+    write_config,
+)
 
-REPO = Path(__file__).resolve().parents[2]
 API_KEY = "test-key-0123456789"
 MODEL_ID = "smollm2-135m-instruct"
 START_TIMEOUT_S = float(os.environ.get("CACHEROUTE_TEST_START_TIMEOUT_S", "900"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# Engine metrics reach /metrics every second instead of every ten, so tests that read
+# per-replica counters wait less.
+STACK_ENV = {"RAY_metrics_report_interval_ms": "1000"}
+# How long `cacheroute serve` gets to shut Serve and Ray down before its group is killed.
+STOP_TIMEOUT_S = 120.0
 
 
 @dataclass
@@ -63,84 +66,42 @@ class Stack:
                             headers={"Authorization": f"Bearer {self.api_key}"})
 
 
-def _pump(stream, lines: "queue.Queue[str]", log) -> None:
-    for line in iter(stream.readline, ""):
-        log.write(line)
-        log.flush()
-        lines.put(line)
-    lines.put("")
-
-
 def start_stack(tmp: Path, *, policy: str = "cacheroute", replicas: int = 2,
                 extra_yaml: str = "", routing_yaml: str = "",
-                max_model_len: int = 2048) -> tuple[subprocess.Popen, Stack]:
+                max_model_len: int = 2048) -> tuple[ServiceProcess, Stack]:
     """``routing_yaml``: more keys of the routing section, as flow-mapping entries
     (``"load_epsilon: 1"``); ``extra_yaml``: more top-level sections."""
     from serving.models.default import ensure_default_model
 
     model_dir = ensure_default_model()
     port, metrics_port = free_port(), free_port()
-    config = tmp / "cacheroute.yaml"
-    config.write_text(
-        f"model: {{id: {MODEL_ID}, source: default}}\n"
-        f"replicas: {replicas}\n"
-        f"engine: {{max_model_len: {max_model_len}, kv_cache_gib: 1, max_num_seqs: 8}}\n"
-        f"routing: {{policy: {policy}{', ' + routing_yaml if routing_yaml else ''}}}\n"
-        f"server: {{port: {port}, metrics_port: {metrics_port}, api_keys: [{API_KEY}], "
-        f"ready_timeout_s: {START_TIMEOUT_S}}}\n"
-        + extra_yaml
-    )
+    config = write_config(
+        tmp / "cacheroute.yaml", model_id=MODEL_ID, policy=policy, replicas=replicas,
+        port=port, metrics_port=metrics_port, ready_timeout_s=START_TIMEOUT_S,
+        max_model_len=max_model_len, api_keys=[API_KEY],
+        routing=yaml.safe_load(f"{{{routing_yaml}}}"), sections=yaml.safe_load(extra_yaml))
     log_path = tmp / "serve.log"
-    log = log_path.open("w")
-    # Engine metrics reach /metrics every second instead of every ten, so tests
-    # that read per-replica counters wait less.
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_metrics_report_interval_ms": "1000"}
-    env.pop("CACHEROUTE_API_KEYS", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "serving.cli", "serve", "--config", str(config)],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True,
-    )
-    lines: "queue.Queue[str]" = queue.Queue()
-    threading.Thread(target=_pump, args=(proc.stdout, lines, log), daemon=True).start()
-    deadline = time.monotonic() + START_TIMEOUT_S + 60
-    while True:
-        try:
-            line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
-        except queue.Empty:
-            stop_stack(proc)
-            pytest.fail(f"stack not ready in time; log: {log_path}")
-        if line == "":
-            stop_stack(proc)
-            pytest.fail(f"`cacheroute serve` exited ({proc.wait()}) before ready:\n"
-                        + log_path.read_text()[-4000:])
-        if line.startswith("cacheroute: ready at"):
-            break
-    base = f"http://127.0.0.1:{port}"
-    # The very first request after the ready line: cold prompt, measured.
-    t0 = time.perf_counter()
-    resp = httpx.post(f"{base}/v1/completions", timeout=600,
-                      headers={"Authorization": f"Bearer {API_KEY}"},
-                      json={"model": MODEL_ID, "prompt": "The first request after ready: once upon",
-                            "max_tokens": 8, "temperature": 0})
-    first_s = time.perf_counter() - t0
-    resp.raise_for_status()
-    return proc, Stack(base, API_KEY, MODEL_ID, model_dir, first_s,
-                       resp.json()["choices"][0]["text"], log_path,
-                       f"http://127.0.0.1:{metrics_port}/metrics")
+    service = ServiceProcess(config_path=config, policy=policy, port=port, log_path=log_path,
+                             start_timeout_s=START_TIMEOUT_S + 60, stop_timeout_s=STOP_TIMEOUT_S,
+                             command=serve_module_command(config), cwd=code_root(),
+                             env=STACK_ENV)
+    try:
+        service.start()
+    except ServiceError as err:  # stopped already
+        pytest.fail(str(err))
+    try:
+        # The very first request after the ready line: cold prompt, measured.
+        first_s, first_text = first_completion(
+            service.base_url, model=MODEL_ID, api_key=API_KEY,
+            prompt="The first request after ready: once upon")
+    except BaseException:
+        service.stop()
+        raise
+    return service, Stack(service.base_url, API_KEY, MODEL_ID, model_dir, first_s, first_text,
+                          log_path, f"http://127.0.0.1:{metrics_port}/metrics")
 
 
-def stop_stack(proc: subprocess.Popen) -> None:
+def stop_stack(service: ServiceProcess) -> None:
     """SIGINT to `cacheroute serve` (it shuts Serve and Ray down), then make sure
     nothing it started outlives the test session."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=30)
+    service.stop()

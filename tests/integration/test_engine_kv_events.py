@@ -23,7 +23,7 @@ import pytest
 from router import AppliedEvents, CacheAwarePolicy, PolicyConfig, PrefixHasher, RouteRequest
 from router.hashing import to_block_hash
 from router.kv_events import BlockStored, KVEventBatch, KVEventSubscriber
-from serving.models.default import build_tiny_model
+from tests.tiny_model import build_tiny_model
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,7 @@
 {{/*
-Helpers. The RayService rendering mirrors serving/deploy/render.py (render_rayservice,
-render_serve_config); change both together: tests/unit/test_deploy_helm.py compares them.
+Helpers. The RayService rendering mirrors serving/deploy/rayservice.py (render_rayservice)
+and serving/deploy/serve_config.py (render_serve_config); change both together:
+tests/unit/serving/deploy/test_helm.py compares them.
 */}}
 
 {{- define "cacheroute.name" -}}
@@ -61,7 +62,7 @@ app.kubernetes.io/part-of: cacheroute
 {{- end }}
 {{- end }}
 
-{{/* The Serve config (serveConfigV2) as a dict; equals serving.deploy.render.render_serve_config. */}}
+{{/* The Serve config (serveConfigV2) as a dict; equals serving.deploy.serve_config.render_serve_config. */}}
 {{- define "cacheroute.serveConfig" -}}
 {{- $app := dict "name" "cacheroute" "route_prefix" "/" "import_path" "serving.app:app_builder" "args" (dict "config" .Values.config) }}
 {{- if .Values.autoscaling.enabled }}

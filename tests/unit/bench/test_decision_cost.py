@@ -1,4 +1,5 @@
-"""bench.decision_cost: its bookkeeping, and one miniature run of the whole CLI.
+"""bench.decision_cost (command line, report) and bench.decision_timing (the rows): their
+bookkeeping, and one miniature run of the whole CLI.
 
 The CLI run uses the tiny random-weight model's tokenizer (built in a temp folder in
 seconds) and skips the Ray actor, so it needs no cluster and no default model.
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.decision_cost import Row, Timer, main, make_row, markdown_table, target_check
+from bench.decision_cost import main, markdown_table, target_check
+from bench.decision_timing import Row, Timer, make_row
 
 
 class CountingBar:
@@ -58,7 +60,7 @@ def test_rows_table_and_target_check() -> None:
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from serving.models.default import build_tiny_model
+    from tests.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 

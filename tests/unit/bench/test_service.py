@@ -1,4 +1,4 @@
-"""bench.service pieces that need no running service: its config and its cleanup."""
+"""bench.service: the local stack's config, command, start and stop (on a stand-in process)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from bench.service import RUN_TAG_ENV, serve_command, tagged_pids, write_config
+from bench.service import (
+    RUN_TAG_ENV,
+    ServiceError,
+    ServiceProcess,
+    code_root,
+    serve_command,
+    serve_module_command,
+    tagged_pids,
+    write_config,
+)
 from serving.config import load_config
 
 
@@ -70,3 +79,64 @@ def test_benchmark_config_can_turn_replication_on_and_off(tmp_path: Path) -> Non
                       port=18123, metrics_port=18124, ready_timeout_s=300.0,
                       replicate_before_spill=True)
     assert load_config(on).routing.replicate_before_spill is True
+
+
+def test_test_tier_config_has_its_key_routing_keys_and_sections(tmp_path: Path) -> None:
+    # The live test tiers' stack: an API key, routing keys that win over the written
+    # floor, and whole sections of their own.
+    path = write_config(tmp_path / "c.yaml", model_id="m", policy="cacheroute", replicas=2,
+                        port=18123, metrics_port=18124, ready_timeout_s=900.0,
+                        max_model_len=2048, api_keys=["test-key-0123456789"],
+                        routing={"replicate_before_spill": True, "load_floor": 0},
+                        sections={"failover": {"progress_timeout_s": 5.0}})
+    config = load_config(path)
+    assert config.server.api_keys == ("test-key-0123456789",)
+    assert config.server.api_keys_env is None
+    assert (config.routing.load_floor, config.routing.replicate_before_spill) == (0, True)
+    assert config.engine.max_model_len == 2048
+    assert config.failover.progress_timeout_s == 5.0
+
+
+def test_serve_module_command_runs_the_imported_code(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    assert serve_module_command(config) == [sys.executable, "-m", "serving.cli", "serve",
+                                            "--config", str(config.resolve())]
+    assert serve_module_command(config, "pow2")[-2:] == ["--policy", "pow2"]
+    assert (code_root() / "serving" / "cli.py").is_file()
+
+
+# A stand-in for `cacheroute serve`: a child in its group, the ready line, then waiting.
+FAKE_SERVE = """
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+print("cacheroute: ready at http://127.0.0.1:1/v1", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
+def test_service_is_ready_at_its_line_and_stops_with_everything_it_started(
+        tmp_path: Path) -> None:
+    service = ServiceProcess(config_path=tmp_path / "c.yaml", policy="cacheroute", port=1,
+                             log_path=tmp_path / "serve.log", start_timeout_s=60,
+                             stop_timeout_s=10, command=[sys.executable, "-c", FAKE_SERVE],
+                             env={"EXTRA_FOR_THE_STACK": "1"})
+    with service:
+        assert service.startup_s is not None and service.startup_s < 60
+        # The service and its child (read from /proc, which may lag a busy machine).
+        deadline = time.monotonic() + 10
+        while len(pids := tagged_pids(service.tag)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert service.pid in pids and len(pids) == 2
+        environ = Path(f"/proc/{service.pid}/environ").read_bytes().split(b"\0")
+        assert b"EXTRA_FOR_THE_STACK=1" in environ
+    assert tagged_pids(service.tag) == []
+    assert "cacheroute: ready at" in (tmp_path / "serve.log").read_text()
+
+
+def test_a_service_that_exits_before_ready_fails_with_its_log(tmp_path: Path) -> None:
+    service = ServiceProcess(config_path=tmp_path / "c.yaml", policy="cacheroute", port=1,
+                             log_path=tmp_path / "serve.log", start_timeout_s=60,
+                             command=[sys.executable, "-c", "print('bad config'); exit(2)"])
+    with pytest.raises(ServiceError, match="exited with status 2(.|\n)*bad config"):
+        service.start()

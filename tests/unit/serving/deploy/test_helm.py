@@ -3,18 +3,15 @@
 Needs the static `helm` and `kubectl` binaries (tools/fetch-helm.sh puts them in
 .cache/tools/), `kubernetes-validate` in this Python environment and `promtool` (Debian
 package `prometheus`). Each test that lacks one skips with the reason; CI installs them
-all, so there every test runs. No cluster is contacted.
+all, so there every test runs. No cluster is contacted. Running the tools is
+helm_tools.py's part; this module holds what the chart must render.
 """
 
 from __future__ import annotations
 
 import copy
-import functools
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,184 +19,53 @@ import yaml
 
 from monitoring import DEFAULTS
 from serving.config import validate_config
-from serving.deploy.render import (
-    Autoscaling,
-    SecretRef,
-    llm_deployment_name,
-    render_rayservice,
-    render_serve_config,
+from serving.deploy.rayservice import render_rayservice
+from serving.deploy.serve_config import llm_deployment_name, render_serve_config
+from tests.unit.serving.deploy.helm_tools import (
+    CHART,
+    K8S,
+    PROMETHEUS,
+    RELEASE,
+    ROOT,
+    VALUE_SETS,
+    chart_objects,
+    chart_rayservice,
+    helm,
+    kubernetes_validate,
+    merged_values,
+    need,
+    normalise,
+    pod_templates,
+    render_args,
+    run_tool,
+    template_text,
+    values_file,
+    yaml_docs,
 )
-
-ROOT = Path(__file__).resolve().parents[4]
-CHART = ROOT / "helm" / "cacheroute"
-K8S = ROOT / "k8s"
-PROMETHEUS = ROOT / "deploy" / "prometheus"
-RELEASE = "cacheroute"
-VALUE_SETS = ("default", "cpu", "gpu", "autoscaling", "api-keys")
-CRD_KINDS = {"RayService", "PodMonitor", "ServiceMonitor", "PrometheusRule"}
-HELM_ONLY_LABELS = ("helm.sh/chart", "app.kubernetes.io/managed-by")
-FETCH_HINT = "run tools/fetch-helm.sh (CI does)"
-# Set to 1 by .ci/run: a missing tool is then a failure, not a skip.
-REQUIRE_TOOLS_ENV = "CACHEROUTE_REQUIRE_DEPLOY_TOOLS"
-
-
-def _binary(name: str) -> str | None:
-    for candidate in (ROOT / ".cache" / "tools" / name, shutil.which(name)):
-        if candidate and os.access(candidate, os.X_OK) and Path(candidate).resolve().exists():
-            return str(candidate)
-    return None
-
-
-def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
-    kwargs.setdefault("timeout", 120)
-    return subprocess.run(cmd, capture_output=True, text=True, check=False, **kwargs)
-
-
-def _need(name: str, hint: str = FETCH_HINT) -> str:
-    path = _binary(name)
-    if path is None:
-        message = f"`{name}` not installed: {hint}"
-        if os.environ.get(REQUIRE_TOOLS_ENV) == "1":  # CI installs them: never skip there
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
-
-@functools.cache
-def _helm_env() -> dict:
-    home = Path(os.environ.get("PYTEST_HELM_HOME", "/tmp")) / f"cacheroute-helm-{os.getpid()}"
-    home.mkdir(parents=True, exist_ok=True)
-    return {**os.environ, "HELM_CACHE_HOME": str(home), "HELM_CONFIG_HOME": str(home),
-            "HELM_DATA_HOME": str(home), "KUBECONFIG": os.devnull}
-
-
-def _helm(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    out = _run([_need("helm"), *args], env=_helm_env(), timeout=60)
-    if check and out.returncode != 0:
-        raise AssertionError(f"helm {' '.join(args)} failed:\n{out.stderr}")
-    return out
-
-
-def _values_file(name: str) -> Path:
-    return CHART / "ci" / f"{name}-values.yaml"
-
-
-@functools.cache
-def _template_text(value_set: str, chart: str = str(CHART)) -> str:
-    return _helm("template", RELEASE, chart, "-f", str(_values_file(value_set))).stdout
-
-
-def _docs(text: str) -> list[dict]:
-    return [d for d in yaml.safe_load_all(text) if d]
-
-
-def _objects(value_set: str) -> dict[tuple[str, str], dict]:
-    return {(d["kind"], d["metadata"]["name"]): d for d in _docs(_template_text(value_set))}
-
-
-def _rayservice(value_set: str) -> dict:
-    [rs] = [d for d in _docs(_template_text(value_set)) if d["kind"] == "RayService"]
-    return rs
-
-
-@functools.cache
-def _merged_values(value_set: str) -> dict:
-    def merge(base: dict, over: dict) -> dict:
-        out = copy.deepcopy(base)
-        for k, v in over.items():
-            out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-        return out
-
-    base = yaml.safe_load((CHART / "values.yaml").read_text())
-    return merge(base, yaml.safe_load(_values_file(value_set).read_text()) or {})
-
-
-def _render_args(value_set: str) -> dict:
-    """render_rayservice's arguments for what a value set sets."""
-    v = _merged_values(value_set)
-    config = validate_config(v["config"])
-    a = v["autoscaling"]
-    secrets = v["secrets"]
-    tag = v["image"]["tag"] or f"0.1.0-{config.engine.device}"
-    return {
-        "config": config,
-        "name": RELEASE,
-        "image": f"{v['image']['repository']}:{tag}",
-        "autoscaling": Autoscaling(a["maxReplicas"], a["targetOngoingRequests"],
-                                   a["idleTimeoutSeconds"]) if a["enabled"] else None,
-        "hf_token": SecretRef(secrets["hfToken"]["secretName"], secrets["hfToken"]["key"])
-        if secrets["hfToken"]["secretName"] else None,
-        "api_keys": SecretRef(secrets["apiKeys"]["secretName"], secrets["apiKeys"]["key"])
-        if secrets["apiKeys"]["secretName"] else None,
-        "head_resources": v["head"]["resources"],
-        "worker_resources_base": v["worker"]["gpuResources" if config.engine.device == "gpu"
-                                             else "cpuResources"],
-        "node_selector": v["worker"]["nodeSelector"],
-        "tolerations": v["worker"]["tolerations"],
-        "extra_env": v["ray"]["extraEnv"],
-        "upgrade_strategy": v["ray"]["upgradeStrategy"],
-    }
-
-
-def _normalise(obj: dict) -> dict:
-    """Comparable form: Helm-only labels dropped, serveConfigV2 parsed."""
-    obj = copy.deepcopy(obj)
-    labels = obj.get("metadata", {}).get("labels", {})
-    for key in HELM_ONLY_LABELS:
-        labels.pop(key, None)
-    if obj.get("kind") == "RayService":
-        obj["spec"]["serveConfigV2"] = yaml.safe_load(obj["spec"]["serveConfigV2"])
-    return obj
-
-
-def _pod_templates(rs: dict) -> list[dict]:
-    cluster = rs["spec"]["rayClusterConfig"]
-    groups = [("head", cluster["headGroupSpec"])] + [
-        (g["groupName"], g) for g in cluster["workerGroupSpecs"]]
-    return [{"apiVersion": "v1", "kind": "PodTemplate",
-             "metadata": {"name": f"{rs['metadata']['name']}-{name}"},
-             "template": g["template"]} for name, g in groups]
-
-
-def _kubernetes_validate(docs: list[dict]) -> None:
-    exe = Path(sys.executable).with_name("kubernetes-validate")
-    if not exe.exists():
-        _need("kubernetes-validate", "pip install kubernetes-validate (CI does)")
-    stream = "".join("---\n" + yaml.safe_dump(d, sort_keys=False) for d in docs)
-    out = _run([str(exe), "--strict", "-"], input=stream)
-    report = out.stdout + out.stderr
-    problems = [line for line in report.splitlines()
-                if line.startswith(("ERROR", "CRITICAL")) or
-                (line.startswith("WARN") and not any(f"kind {k} " in line for k in CRD_KINDS))]
-    assert out.returncode == 0 and not problems, report
-    # Every built-in object was checked against its schema (CRDs only warn).
-    for d in docs:
-        if d["kind"] not in CRD_KINDS:
-            assert f"passed for resource {d['kind'].lower()}/{d['metadata']['name']}" in report, report
 
 
 # -- helm lint / template / kubernetes-validate ---------------------------------------
 
 @pytest.mark.parametrize("value_set", VALUE_SETS)
 def test_helm_lint_strict(value_set: str) -> None:
-    out = _helm("lint", "--strict", str(CHART), "-f", str(_values_file(value_set)))
+    out = helm("lint", "--strict", str(CHART), "-f", str(values_file(value_set)))
     assert "0 chart(s) failed" in out.stdout
 
 
 @pytest.mark.parametrize("value_set", VALUE_SETS)
 def test_helm_template_validates_strictly(value_set: str) -> None:
-    docs = _docs(_template_text(value_set))
+    docs = yaml_docs(template_text(value_set))
     kinds = {d["kind"] for d in docs}
     assert {"RayService", "Service", "PodDisruptionBudget"} <= kinds
     # The RayService's pods are validated too, as the PodTemplates they are.
-    _kubernetes_validate(docs + _pod_templates(_rayservice(value_set)))
+    kubernetes_validate(docs + pod_templates(chart_rayservice(value_set)))
 
 
 def test_rayservice_uses_only_kuberay_v1_fields() -> None:
     # No CRD schema is available offline: pin the RayService field names we rely on
     # (KubeRay ray.io/v1) so a typo cannot pass as an unknown CRD field.
     for value_set in VALUE_SETS:
-        rs = _rayservice(value_set)
+        rs = chart_rayservice(value_set)
         assert rs["apiVersion"] == "ray.io/v1"
         assert set(rs["spec"]) <= {"upgradeStrategy", "serveConfigV2", "rayClusterConfig"}
         assert rs["spec"]["upgradeStrategy"]["type"] in {"NewCluster", "None"}
@@ -222,8 +88,8 @@ def test_rayservice_uses_only_kuberay_v1_fields() -> None:
 
 @pytest.mark.parametrize("value_set", VALUE_SETS)
 def test_serve_config_equals_cacheroute_render(value_set: str) -> None:
-    args = _render_args(value_set)
-    helm_serve = yaml.safe_load(_rayservice(value_set)["spec"]["serveConfigV2"])
+    args = render_args(value_set)
+    helm_serve = yaml.safe_load(chart_rayservice(value_set)["spec"]["serveConfigV2"])
     assert helm_serve == render_serve_config(args["config"], autoscaling=args["autoscaling"])
     # And app_builder accepts it: the embedded config validates back unchanged.
     embedded = helm_serve["applications"][0]["args"]["config"]
@@ -232,23 +98,23 @@ def test_serve_config_equals_cacheroute_render(value_set: str) -> None:
 
 @pytest.mark.parametrize("value_set", VALUE_SETS)
 def test_rayservice_spec_equals_render_rayservice(value_set: str) -> None:
-    helm_rs = _normalise(_rayservice(value_set))
-    ours = _normalise(render_rayservice(**_render_args(value_set)))
+    helm_rs = normalise(chart_rayservice(value_set))
+    ours = normalise(render_rayservice(**render_args(value_set)))
     assert helm_rs["spec"] == ours["spec"]
     assert helm_rs["metadata"]["name"] == ours["metadata"]["name"]
 
 
 def test_router_policy_and_parameters_reach_the_deployment() -> None:
     for value_set, policy in (("gpu", "cacheroute"), ("api-keys", "ray-prefix")):
-        serve = yaml.safe_load(_rayservice(value_set)["spec"]["serveConfigV2"])
+        serve = yaml.safe_load(chart_rayservice(value_set)["spec"]["serveConfigV2"])
         routing = serve["applications"][0]["args"]["config"]["routing"]
         assert routing["policy"] == policy
-        assert routing == _merged_values(value_set)["config"]["routing"]
-    gpu = yaml.safe_load(_rayservice("gpu")["spec"]["serveConfigV2"])
+        assert routing == merged_values(value_set)["config"]["routing"]
+    gpu = yaml.safe_load(chart_rayservice("gpu")["spec"]["serveConfigV2"])
     assert gpu["applications"][0]["args"]["config"]["routing"]["virtual_nodes"] == 200
-    auto = yaml.safe_load(_rayservice("autoscaling")["spec"]["serveConfigV2"])
+    auto = yaml.safe_load(chart_rayservice("autoscaling")["spec"]["serveConfigV2"])
     [dep] = auto["applications"][0]["deployments"]
-    config = validate_config(_merged_values("autoscaling")["config"])
+    config = validate_config(merged_values("autoscaling")["config"])
     assert dep["name"] == llm_deployment_name(config) == "LLMServer:llama-3_1-8b-instruct"
     assert dep["autoscaling_config"] == {"min_replicas": 2, "max_replicas": 8,
                                          "target_ongoing_requests": 16}
@@ -256,9 +122,9 @@ def test_router_policy_and_parameters_reach_the_deployment() -> None:
 
 @pytest.mark.parametrize("value_set", VALUE_SETS)
 def test_probes_resources_and_security_context(value_set: str) -> None:
-    rs = _rayservice(value_set)
-    device = _merged_values(value_set)["config"]["engine"]["device"]
-    for pod in (p["template"]["spec"] for p in _pod_templates(rs)):
+    rs = chart_rayservice(value_set)
+    device = merged_values(value_set)["config"]["engine"]["device"]
+    for pod in (p["template"]["spec"] for p in pod_templates(rs)):
         assert pod["securityContext"]["runAsNonRoot"] is True
         for c in pod["containers"]:
             sc = c["securityContext"]
@@ -274,23 +140,23 @@ def test_probes_resources_and_security_context(value_set: str) -> None:
     assert wc["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "serve"}
     gpus = wc["resources"]["limits"].get("nvidia.com/gpu")
     if device == "gpu":
-        n = str(_merged_values(value_set)["config"]["engine"]["gpus_per_replica"])
+        n = str(merged_values(value_set)["config"]["engine"]["gpus_per_replica"])
         assert gpus == n and wc["resources"]["requests"]["nvidia.com/gpu"] == n
     else:
         assert gpus is None
 
 
 def test_openai_service_and_disruption_budget_select_the_engine_pods() -> None:
-    objs = _objects("api-keys")
+    objs = chart_objects("api-keys")
     svc = objs[("Service", RELEASE)]
-    engine_labels = _rayservice("api-keys")["spec"]["rayClusterConfig"]["workerGroupSpecs"][0][
+    engine_labels = chart_rayservice("api-keys")["spec"]["rayClusterConfig"]["workerGroupSpecs"][0][
         "template"]["metadata"]["labels"]
     assert svc["spec"]["type"] == "LoadBalancer"
     assert svc["spec"]["ports"][0]["targetPort"] == "serve"
     assert svc["spec"]["selector"].items() <= engine_labels.items()
     pdb = objs[("PodDisruptionBudget", f"{RELEASE}-engines")]
     assert pdb["spec"]["selector"]["matchLabels"].items() <= engine_labels.items()
-    env = {e["name"]: e for e in _rayservice("api-keys")["spec"]["rayClusterConfig"][
+    env = {e["name"]: e for e in chart_rayservice("api-keys")["spec"]["rayClusterConfig"][
         "workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["env"]}
     assert env["CACHEROUTE_API_KEYS"]["valueFrom"]["secretKeyRef"] == {
         "name": "cacheroute-api-keys", "key": "api-keys"}
@@ -298,17 +164,17 @@ def test_openai_service_and_disruption_budget_select_the_engine_pods() -> None:
 
 
 def test_monitors_scrape_ray_pods_and_the_app_metrics() -> None:
-    gpu = _objects("gpu")
+    gpu = chart_objects("gpu")
     pm = gpu[("PodMonitor", RELEASE)]
     assert pm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert pm["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
-    head, engine = _pod_templates(_rayservice("gpu"))
+    head, engine = pod_templates(chart_rayservice("gpu"))
     head_labels = head["template"]["metadata"]["labels"].items()
     assert pm["spec"]["selector"]["matchLabels"].items() <= head_labels
     # The app's /metrics (what the dashboards and rules read): through one pod per Ray
     # cluster, the head, so the ingress's series are scraped once, not once per engine pod.
     for value_set in ("gpu", "autoscaling"):
-        objs = _objects(value_set)
+        objs = chart_objects(value_set)
         sm = objs[("ServiceMonitor", RELEASE)]
         metrics_svc = objs[("Service", f"{RELEASE}-metrics")]
         svc_labels = metrics_svc["metadata"]["labels"].items()
@@ -323,8 +189,8 @@ def test_monitors_scrape_ray_pods_and_the_app_metrics() -> None:
         assert (endpoint["port"], endpoint["path"]) == (port["name"], "/metrics")
         # job = the release's full name: what the PrometheusRule's selectors name.
         assert {"targetLabel": "job", "replacement": RELEASE} in endpoint["relabelings"]
-    assert ("PodMonitor", RELEASE) not in _objects("default")
-    assert ("ServiceMonitor", RELEASE) not in _objects("default")
+    assert ("PodMonitor", RELEASE) not in chart_objects("default")
+    assert ("ServiceMonitor", RELEASE) not in chart_objects("default")
 
 
 # -- values.schema.json through helm ----------------------------------------------------
@@ -339,7 +205,7 @@ def test_monitors_scrape_ray_pods_and_the_app_metrics() -> None:
 ])
 def test_values_schema_rejects_bad_values(setting: str, message: str) -> None:
     for cmd in (["lint", "--strict", str(CHART)], ["template", RELEASE, str(CHART)]):
-        out = _helm(*cmd, "--set", setting, check=False)
+        out = helm(*cmd, "--set", setting, check=False)
         assert out.returncode != 0, f"helm {cmd[0]} accepted {setting}"
         assert message in out.stdout + out.stderr
 
@@ -350,7 +216,7 @@ def test_values_schema_rejects_bad_values(setting: str, message: str) -> None:
 ])
 def test_cross_field_checks_fail_the_render(settings: list[str], message: str) -> None:
     args = [a for s in settings for a in ("--set", s)]
-    out = _helm("template", RELEASE, str(CHART), *args, check=False)
+    out = helm("template", RELEASE, str(CHART), *args, check=False)
     assert out.returncode != 0 and message in out.stderr
 
 
@@ -359,14 +225,14 @@ def test_cross_field_checks_fail_the_render(settings: list[str], message: str) -
 @pytest.mark.parametrize("target, value_set", [("base", "default"), ("overlays/cpu", "cpu"),
                                                ("overlays/gpu", "gpu")])
 def test_kustomize_builds_validate_and_equal_the_chart(target: str, value_set: str) -> None:
-    kubectl = _need("kubectl")
-    out = _run([kubectl, "kustomize", str(K8S / target)], timeout=60)
+    kubectl = need("kubectl")
+    out = run_tool([kubectl, "kustomize", str(K8S / target)], timeout=60)
     assert out.returncode == 0, out.stderr
-    docs = _docs(out.stdout)
+    docs = yaml_docs(out.stdout)
     rs = next(d for d in docs if d["kind"] == "RayService")
-    _kubernetes_validate(docs + _pod_templates(rs))
-    ours = {(d["kind"], d["metadata"]["name"]): _normalise(d) for d in docs}
-    chart = {k: _normalise(d) for k, d in _objects(value_set).items()}
+    kubernetes_validate(docs + pod_templates(rs))
+    ours = {(d["kind"], d["metadata"]["name"]): normalise(d) for d in docs}
+    chart = {k: normalise(d) for k, d in chart_objects(value_set).items()}
     assert ours.keys() == chart.keys()
     for k, obj in chart.items():
         assert ours[k] == obj, f"{target}: {k} differs from the chart; run tools/gen_k8s.py"
@@ -375,7 +241,7 @@ def test_kustomize_builds_validate_and_equal_the_chart(target: str, value_set: s
 # -- Prometheus rules -------------------------------------------------------------------
 
 def _rule_groups(value_set: str = "gpu") -> list[dict]:
-    [rule] = [d for d in _docs(_template_text(value_set)) if d["kind"] == "PrometheusRule"]
+    [rule] = [d for d in yaml_docs(template_text(value_set)) if d["kind"] == "PrometheusRule"]
     return rule["spec"]["groups"]
 
 
@@ -386,32 +252,32 @@ def _standalone_groups() -> list[dict]:
 def test_chart_rules_equal_the_standalone_rules() -> None:
     """One definition (monitoring/rules.py): with the default thresholds, the chart's
     PrometheusRule is deploy/prometheus/rules.yml, expression for expression."""
-    text = _helm("template", RELEASE, str(CHART), "--set", "prometheusRule.enabled=true",
+    text = helm("template", RELEASE, str(CHART), "--set", "prometheusRule.enabled=true",
                  "--show-only", "templates/prometheusrule.yaml").stdout
-    [rule] = _docs(text)
+    [rule] = yaml_docs(text)
     assert rule["spec"]["groups"] == _standalone_groups()
     # The chart's thresholds are the generator's defaults, and each reaches its rule.
-    values = _merged_values("default")["prometheusRule"]
+    values = merged_values("default")["prometheusRule"]
     assert {k: values[k] for k in DEFAULTS} == DEFAULTS
-    text = _helm("template", RELEASE, str(CHART), "--set", "prometheusRule.enabled=true",
+    text = helm("template", RELEASE, str(CHART), "--set", "prometheusRule.enabled=true",
                  "--set-json", "prometheusRule.maxSpillRatio=0.55", "--show-only",
                  "templates/prometheusrule.yaml").stdout
-    exprs = {r.get("alert"): r["expr"] for g in _docs(text)[0]["spec"]["groups"]
+    exprs = {r.get("alert"): r["expr"] for g in yaml_docs(text)[0]["spec"]["groups"]
              for r in g["rules"]}
     assert exprs["CacheRouteSpillRateHigh"].endswith("> 0.55")
     # Another release selects its own job (its ServiceMonitor sets job=<fullname>).
-    other = _helm("template", "llm", str(CHART), "--set", "prometheusRule.enabled=true",
+    other = helm("template", "llm", str(CHART), "--set", "prometheusRule.enabled=true",
                   "--show-only", "templates/prometheusrule.yaml").stdout
     assert 'job="llm-cacheroute"' in other and 'job="cacheroute"' not in other
 
 
 def test_promtool_checks_the_rules(tmp_path: Path) -> None:
-    promtool = _need("promtool", "apt-get install -y prometheus (CI does)")
+    promtool = need("promtool", "apt-get install -y prometheus (CI does)")
     count = sum(len(g["rules"]) for g in _standalone_groups())
     for value_set in ("gpu", "autoscaling"):
         rules = tmp_path / f"{value_set}.yaml"
         rules.write_text(yaml.safe_dump({"groups": _rule_groups(value_set)}))
-        out = _run([promtool, "check", "rules", str(rules)], timeout=60)
+        out = run_tool([promtool, "check", "rules", str(rules)], timeout=60)
         assert out.returncode == 0, out.stdout + out.stderr
         assert f"SUCCESS: {count} rules found" in out.stdout + out.stderr
 
@@ -420,7 +286,7 @@ def test_promtool_alerts_fire_on_synthetic_metrics(tmp_path: Path) -> None:
     """deploy/prometheus/rules_test.yml against the chart's rules of the gpu value set
     (its own TTFT threshold). Annotations are left out on both sides: they quote the
     thresholds, which differ from the file's; the file's own test checks them."""
-    promtool = _need("promtool", "apt-get install -y prometheus (CI does)")
+    promtool = need("promtool", "apt-get install -y prometheus (CI does)")
     groups = copy.deepcopy(_rule_groups("gpu"))
     assert 'job="cacheroute"' in groups[0]["rules"][0]["expr"]
     for g in groups:
@@ -433,40 +299,40 @@ def test_promtool_alerts_fire_on_synthetic_metrics(tmp_path: Path) -> None:
             for alert in case["exp_alerts"]:
                 alert.pop("exp_annotations", None)
     (tmp_path / "rules_test.yml").write_text(yaml.safe_dump(tests, sort_keys=False))
-    out = _run([promtool, "test", "rules", "rules_test.yml"], cwd=tmp_path, timeout=60)
+    out = run_tool([promtool, "test", "rules", "rules_test.yml"], cwd=tmp_path, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
 
 
 # -- dashboards and NOTES -------------------------------------------------------------
 
 def test_dashboard_configmap_ships_the_generated_dashboards(tmp_path: Path) -> None:
-    _need("helm")
-    [cm] = [d for d in _docs(_template_text("default")) if d["kind"] == "ConfigMap"]
+    need("helm")
+    [cm] = [d for d in yaml_docs(template_text("default")) if d["kind"] == "ConfigMap"]
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert cm["metadata"]["annotations"]["grafana_folder"] == "cacheroute"
     ours = {p.name: json.loads(p.read_text()) for p in (ROOT / "dashboards").glob("*.json")}
     assert len(ours) == 3
     assert {k: json.loads(v) for k, v in cm["data"].items()} == ours
-    off = _docs(_helm("template", RELEASE, str(CHART), "--set", "dashboards.enabled=false").stdout)
+    off = yaml_docs(helm("template", RELEASE, str(CHART), "--set", "dashboards.enabled=false").stdout)
     assert not any(d["kind"] == "ConfigMap" for d in off)
     # A chart without dashboard files renders no (empty) ConfigMap.
     chart = tmp_path / "cacheroute"
     shutil.copytree(CHART, chart)
     shutil.rmtree(chart / "dashboards")
-    bare = _docs(_helm("template", RELEASE, str(chart)).stdout)
+    bare = yaml_docs(helm("template", RELEASE, str(chart)).stdout)
     assert not any(d["kind"] == "ConfigMap" for d in bare)
 
 
 def test_notes_tell_how_to_reach_the_endpoint(tmp_path: Path) -> None:
     # `helm install --dry-run` needs a cluster; render NOTES.txt as a plain template.
-    _need("helm")
+    need("helm")
     chart = tmp_path / "cacheroute"
     shutil.copytree(CHART, chart)
     shutil.copy(chart / "templates" / "NOTES.txt", chart / "notes.txt")
     (chart / "templates" / "notes-render.yaml").write_text(
         'notes: {{ tpl (.Files.Get "notes.txt") . | toJson }}\n')
-    out = yaml.safe_load(_helm("template", RELEASE, str(chart), "-f",
-                               str(_values_file("api-keys")), "--show-only",
+    out = yaml.safe_load(helm("template", RELEASE, str(chart), "-f",
+                               str(values_file("api-keys")), "--show-only",
                                "templates/notes-render.yaml").stdout)["notes"]
     assert "port-forward svc/cacheroute 8000:8000" in out
     assert "/ready" in out and "/v1/models" in out

@@ -18,15 +18,11 @@ import jsonschema
 import pytest
 import yaml
 
-from serving.deploy import render
 from serving.config import ConfigError, load_config, validate_config
-from serving.deploy.render import (
-    Autoscaling,
-    SecretRef,
-    render_helm_values,
-    render_rayservice,
-    render_serve_config,
-)
+from serving.deploy import rayservice, render, serve_config
+from serving.deploy.helm_values import render_helm_values
+from serving.deploy.rayservice import SecretRef, render_rayservice
+from serving.deploy.serve_config import Autoscaling, render_serve_config
 
 ROOT = Path(__file__).resolve().parents[4]
 CHART = ROOT / "helm" / "cacheroute"
@@ -105,7 +101,7 @@ def test_serve_config_is_a_valid_ray_serve_deploy_config() -> None:
                                       "org/Model.v1.5"])
 def test_llm_deployment_name_mirrors_the_app(model_id: str) -> None:
     config = validate_config({"model": {"id": model_id}})
-    assert render.llm_deployment_name(config) == _from_app_py("llm_deployment_name")(config)
+    assert serve_config.llm_deployment_name(config) == _from_app_py("llm_deployment_name")(config)
 
 
 def test_autoscaling_overrides_the_engine_deployment_with_the_config_as_floor() -> None:
@@ -138,7 +134,7 @@ def test_cpu_rayservice_shape() -> None:
     spec = rs["spec"]
     assert yaml.safe_load(spec["serveConfigV2"]) == render_serve_config(config)
     cluster = spec["rayClusterConfig"]
-    assert cluster["rayVersion"] == render.RAY_VERSION
+    assert cluster["rayVersion"] == rayservice.RAY_VERSION
     assert cluster["enableInTreeAutoscaling"] is False
     assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
     [group] = cluster["workerGroupSpecs"]
@@ -147,7 +143,7 @@ def test_cpu_rayservice_shape() -> None:
     worker = _containers(rs)["worker"]
     assert worker["image"] == "ghcr.io/cacheroute/cacheroute:0.1.0-cpu"
     assert "nvidia.com/gpu" not in json.dumps(worker["resources"])
-    assert worker["resources"] == render.WORKER_CPU_RESOURCES
+    assert worker["resources"] == rayservice.WORKER_CPU_RESOURCES
 
 
 def test_gpu_rayservice_requests_gpus_per_replica() -> None:
@@ -250,18 +246,18 @@ def _merge(base: dict, over: dict) -> dict:
 def test_chart_defaults_equal_the_shipped_config_and_render_defaults() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert values["config"] == load_config().model_dump(mode="json")
-    assert values["head"]["resources"] == render.HEAD_RESOURCES
-    assert values["worker"]["cpuResources"] == render.WORKER_CPU_RESOURCES
-    assert values["worker"]["gpuResources"] == render.WORKER_GPU_RESOURCES
-    assert values["podSecurityContext"] == render.POD_SECURITY_CONTEXT
-    assert values["containerSecurityContext"] == render.CONTAINER_SECURITY_CONTEXT
-    assert values["image"]["repository"] == render.DEFAULT_IMAGE_REPOSITORY
-    assert values["ray"]["version"] == render.RAY_VERSION
+    assert values["head"]["resources"] == rayservice.HEAD_RESOURCES
+    assert values["worker"]["cpuResources"] == rayservice.WORKER_CPU_RESOURCES
+    assert values["worker"]["gpuResources"] == rayservice.WORKER_GPU_RESOURCES
+    assert values["podSecurityContext"] == rayservice.POD_SECURITY_CONTEXT
+    assert values["containerSecurityContext"] == rayservice.CONTAINER_SECURITY_CONTEXT
+    assert values["image"]["repository"] == rayservice.DEFAULT_IMAGE_REPOSITORY
+    assert values["ray"]["version"] == rayservice.RAY_VERSION
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
-    assert chart["appVersion"] == render.APP_VERSION
+    assert chart["appVersion"] == rayservice.APP_VERSION
     pyproject = (ROOT / "pyproject.toml").read_text()
-    assert re.search(rf'^version = "{re.escape(render.APP_VERSION)}"', pyproject, re.MULTILINE)
-    assert re.search(rf'"ray\[serve\]=={re.escape(render.RAY_VERSION)}"', pyproject)
+    assert re.search(rf'^version = "{re.escape(rayservice.APP_VERSION)}"', pyproject, re.MULTILINE)
+    assert re.search(rf'"ray\[serve\]=={re.escape(rayservice.RAY_VERSION)}"', pyproject)
 
 
 def test_every_chart_value_is_documented() -> None:
@@ -360,7 +356,7 @@ def test_main_writes_the_three_files(tmp_path: Path, capsys) -> None:
                                                                        "key": "list"}
     values = yaml.safe_load((out / "values.yaml").read_text())
     assert values["config"] == config.model_dump(mode="json")
-    assert values["image"] == {"repository": render.DEFAULT_IMAGE_REPOSITORY, "tag": "0.1.0-gpu"}
+    assert values["image"] == {"repository": rayservice.DEFAULT_IMAGE_REPOSITORY, "tag": "0.1.0-gpu"}
     assert len(capsys.readouterr().out.splitlines()) == 3
 
 

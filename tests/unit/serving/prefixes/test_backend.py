@@ -27,10 +27,10 @@ from serving.routing import cacheroute as ray_router
 
 from serving.routing import registry as router_registry
 from serving.config import ServiceConfig
-from serving.models.default import build_tiny_model
 from serving.prefixes.backend import ServingPrefixBackend
 from serving.prefixes.registry import PrefixError
 from serving.routing.prompt_tokens import PromptTokenizer
+from tests.tiny_model import build_tiny_model
 
 DEPLOYMENT = "LLMServer:prefix-test"
 SYSTEM = {"role": "system", "content": "You are the assistant of Acme Corp. " * 30}

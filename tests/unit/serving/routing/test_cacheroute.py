@@ -20,8 +20,8 @@ from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionReque
 
 from router import Outcome
 from serving.config import ServiceConfig
-from serving.models.default import build_tiny_model
 from serving.routing.cacheroute import CacheRouteRequestRouter, policy_config
+from tests.tiny_model import build_tiny_model
 
 
 @pytest.fixture(scope="module")

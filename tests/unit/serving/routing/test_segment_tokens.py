@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from serving.models.default import build_tiny_model, default_model_path
+from serving.models.default import default_model_path
 from serving.routing.prompt_tokens import load_tokenizer
 from serving.routing.segment_tokens import SegmentEncoder
+from tests.tiny_model import build_tiny_model
 
 WORDS = ("policy", "tenant", " ", "\n", "  ", "Rule", "42", "é", "日本", "cite", "!", "'s",
          "\t", "answer", "x" * 40)
