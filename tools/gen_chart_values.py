@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from serving.config import ServiceConfig, load_config  # noqa: E402 -- after the path set-up
-from serving.deploy.render import chart_config_schema  # noqa: E402
+from serving.deploy.helm_values import chart_config_schema  # noqa: E402
 
 CHART = ROOT / "helm" / "cacheroute"
 SCHEMA_PATH = CHART / "values.schema.json"

@@ -4,7 +4,7 @@
 use, so `helm template` renders the same `serveConfigV2`
 (tests/unit/serving/deploy/test_helm.py checks that it does).
 `chart_config_schema` is the `config` property of helm/cacheroute/values.schema.json
-(tools/gen_chart_schema.py writes it). Pure data; it imports no Ray.
+(tools/gen_chart_values.py writes it). Pure data; it imports no Ray.
 """
 
 from __future__ import annotations
