@@ -155,7 +155,7 @@ class ServeCluster:
         if self._owns_connection:
             ray.init(address=ray_address, namespace="serve", logging_level="ERROR",
                      log_to_driver=False)
-        from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+        from serving.ray_private import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 
         try:
             self._controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
@@ -197,7 +197,7 @@ class ServeCluster:
     def _ranks(self, deployment: str) -> dict[str, int]:
         """Replica id -> deployment rank, from the controller (the ranks replicas
         report to the router); empty if this Ray version does not expose them."""
-        from ray.serve._private.common import DeploymentID
+        from serving.ray_private import DeploymentID
 
         try:
             mapping = self._ray.get(self._controller._get_replica_ranks_mapping.remote(
@@ -218,7 +218,7 @@ class ServeCluster:
         return names.pop()
 
     def set_replicas(self, deployment: str, count: int) -> None:
-        from ray.serve._private.common import DeploymentID
+        from serving.ray_private import DeploymentID
 
         try:
             self._ray.get(self._controller.update_deployment_replicas.remote(

@@ -77,9 +77,13 @@ def wait_ready(url: str, timeout_s: float, *, poll_s: float = 1.0) -> dict:
 
 
 def _metrics_port() -> int:
+    """The port Ray exports this node's metrics on (``ray.nodes()``, public, reports
+    every node's; this process runs on the head it started)."""
     import ray
 
-    return int(ray._private.worker.global_worker.node.metrics_export_port)
+    node_id = ray.get_runtime_context().get_node_id()
+    return next(int(node["MetricsExportPort"]) for node in ray.nodes()
+                if node["NodeID"] == node_id)
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -38,12 +38,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ray import serve
-from ray.llm._internal.serve.core.configs.openai_api_models import OpenAIHTTPException
 from ray.serve.llm import LLMConfig
 from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
 from ray.serve.schema import ApplicationStatus
 
 from serving.ingress import openapi as api_schema
+from serving.ray_private import OpenAIHTTPException, serve_request_id
 
 from serving.observability import telemetry
 from serving.failover.attempt_log import process_attempt_log
@@ -173,9 +173,7 @@ async def _on_engine_client_error(request: Request, exc: Exception) -> JSONRespo
 
 def build_fastapi_app(config: ServiceConfig) -> FastAPI:
     """Upstream's app (its middleware stack, metrics, request ids) plus ours."""
-    from ray.llm._internal.serve.core.ingress.ingress import init as init_upstream_app
-
-    from ray.llm._internal.common.errors import VLLM_CLIENT_ERRORS
+    from serving.ray_private import VLLM_CLIENT_ERRORS, init_upstream_app
 
     app = init_upstream_app()
     # Handlers registered here run inside upstream's catch-all middleware, so the
@@ -248,11 +246,8 @@ class CacheRouteIngress(DocumentRoutes, PrefixRoutes, OpenAiIngress):
         if self._failover is None or call_method not in ("chat", "completions"):
             stream = send(body)
         else:
-            from ray.serve.context import _get_serve_request_context
-
-            stream = self._failover.run(
-                body, call_method, send,
-                request_key=_get_serve_request_context()._internal_request_id)
+            stream = self._failover.run(body, call_method, send,
+                                        request_key=serve_request_id())
         async for item in refuse_unforwardable(stream):
             yield item
 
@@ -310,7 +305,7 @@ class CacheRouteIngress(DocumentRoutes, PrefixRoutes, OpenAiIngress):
 
 
 def _endpoint_map() -> dict:
-    from ray.llm._internal.serve.core.ingress.ingress import DEFAULT_ENDPOINTS
+    from serving.ray_private import DEFAULT_ENDPOINTS
 
     return {
         **DEFAULT_ENDPOINTS,
@@ -326,7 +321,7 @@ def make_ingress_deployment(*, config: ServiceConfig, llm_config: LLMConfig,
                             server: serve.Application, ingress_cls: type,
                             llm_deployment_name: str, app_name: str,
                             name: str) -> serve.Application:
-    from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
+    from serving.ray_private import to_model_metadata
 
     cls = make_fastapi_ingress(ingress_cls, endpoint_map=_endpoint_map(),
                                app=build_fastapi_app(config))

@@ -216,9 +216,9 @@ def serve_request_key(scope: Scope) -> str:
     """Serve's internal request id of the request being handled: unique per HTTP
     request (unlike `x-request-id`, which a client may reuse) and the very id the
     ingress's handle call puts in `PendingRequest.metadata.internal_request_id`."""
-    from ray.serve.context import _get_serve_request_context
+    from serving.ray_private import serve_request_id
 
-    return _get_serve_request_context()._internal_request_id
+    return serve_request_id()
 
 
 class TracingMiddleware:
@@ -430,7 +430,7 @@ class GenerationTracer:
 
 def _with_headers(raw_request_info: Any, headers: dict[str, str]) -> Any:
     if raw_request_info is None:
-        from ray.llm._internal.serve.core.protocol import RawRequestInfo
+        from serving.ray_private import RawRequestInfo
 
         return RawRequestInfo(headers=headers)
     return replace(raw_request_info, headers=headers)

@@ -17,11 +17,7 @@ from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ray.llm._internal.serve.core.configs.openai_api_models import (
-    ChatCompletionRequest,
-    ErrorResponse,
-    OpenAIHTTPException,
-)
+from ray.serve.llm.openai_api_models import ChatCompletionRequest
 
 from router import Placement
 from serving.routing import registry as router_registry
@@ -34,6 +30,7 @@ from serving.prefixes.registry import (
     RegistrySettings,
 )
 from serving.prefixes.store import StoreLimits, open_prefix_store
+from serving.ray_private import ErrorResponse, OpenAIHTTPException
 from serving.routing.prompt_tokens import PromptTokenizer
 
 # A prefill of a few thousand tokens on a loaded CPU replica takes seconds; this only
