@@ -110,7 +110,23 @@ if TYPE_CHECKING:
     from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
     from ray.serve._private.request_router.pow_2_router import PowerOfTwoChoicesRequestRouter
 
-__all__ = [*PRIVATE_NAMES, "RAY_VERSION", "serve_request_id"]
+__all__ = [
+    "DEFAULT_ENDPOINTS",
+    "RAY_VERSION",
+    "SERVE_CONTROLLER_NAME",
+    "SERVE_NAMESPACE",
+    "VLLM_CLIENT_ERRORS",
+    "DeploymentID",
+    "ErrorResponse",
+    "OpenAIHTTPException",
+    "PowerOfTwoChoicesRequestRouter",
+    "PrefixTree",
+    "PrefixTreeActor",
+    "RawRequestInfo",
+    "init_upstream_app",
+    "serve_request_id",
+    "to_model_metadata",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -98,6 +98,11 @@ def test_each_private_name_resolves_and_is_documented(name: str) -> None:
     assert f"``{name}``" in doc and module in doc, f"{name}: say why no public name serves"
 
 
+def test_all_lists_exactly_the_private_names_and_the_helpers() -> None:
+    assert set(ray_private.__all__) == {*ray_private.PRIVATE_NAMES, "RAY_VERSION",
+                                        "serve_request_id"}
+
+
 def test_an_unknown_name_is_an_attribute_error() -> None:
     with pytest.raises(AttributeError):
         ray_private.NotARayName  # noqa: B018
