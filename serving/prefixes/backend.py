@@ -29,7 +29,7 @@ from serving.prefixes.registry import (
     Prewarmed,
     RegistrySettings,
 )
-from serving.prefixes.store import StoreLimits, open_prefix_store
+from serving.prefixes.store import InMemoryPrefixStore, PrefixStore, StoreLimits
 from serving.ray_private import ErrorResponse, OpenAIHTTPException
 from serving.routing.prompt_tokens import PromptTokenizer
 
@@ -112,6 +112,15 @@ def registry_settings(config: ServiceConfig, models: frozenset[str]) -> Registry
 def ingress_args(config: ServiceConfig, tokenizer_path: str) -> dict[str, Any]:
     """What the ingress needs to build its registry (plain values: Serve pickles them)."""
     return {"config_json": config.model_dump_json(), "tokenizer_path": tokenizer_path}
+
+
+def open_prefix_store(redis_url: str | None, limits: StoreLimits) -> PrefixStore:
+    """Redis when a URL is configured, else the in-process store."""
+    if redis_url:
+        from serving.prefixes.store_redis import RedisPrefixStore
+
+        return RedisPrefixStore.from_url(redis_url, limits)
+    return InMemoryPrefixStore(limits)
 
 
 def build_registry(args: Mapping[str, Any], *, models: frozenset[str], deployment: str,
