@@ -46,7 +46,6 @@ from serving.ingress import openapi as api_schema
 from serving.ray_private import OpenAIHTTPException, serve_request_id
 
 from serving.observability import telemetry
-from serving.failover.attempt_log import process_attempt_log
 from serving.config import FailoverConfig, ServiceConfig
 from serving.documents.api import (DOCUMENT_ENDPOINTS, DOCUMENT_HEADER, DocumentRoutes,
                                    build_documents)
@@ -61,7 +60,7 @@ from serving.routing.prewarm import PrewarmMetrics, Prewarmer
 # Upstream's request bodies, with validation that cannot crash (serving/ingress/request_models.py).
 from serving.ingress.request_models import ChatCompletionRequest, CompletionRequest
 from serving.routing.metrics import REPLICAS_WANTED
-from serving.routing.registry import router_of
+from serving.routing.registry import local_routers
 from serving.observability.tracing import TracingMiddleware
 
 logger = logging.getLogger("ray.serve")
@@ -196,7 +195,8 @@ def build_fastapi_app(config: ServiceConfig) -> FastAPI:
     if config.tracing.enabled:
         # Added last, so outermost: rejected (401) requests are traced too. Absent
         # when tracing is off, so it costs nothing then.
-        app.add_middleware(TracingMiddleware, settings=config.tracing)
+        app.add_middleware(TracingMiddleware, settings=config.tracing,
+                           route_log=local_routers().route_log)
     return app
 
 
@@ -207,7 +207,9 @@ class CacheRouteIngress(DocumentRoutes, PrefixRoutes, OpenAiIngress):
                  replicate_before_spill: bool = False) -> None:
         super().__init__(llm_deployments, model_cards, lora_paths=lora_paths)
         failover_config = FailoverConfig.model_validate(failover or {})
-        self._failover = (Failover(failover_config, attempts=process_attempt_log())
+        # What this process's router tells the ingress (serving/routing/registry.py).
+        routers = local_routers()
+        self._failover = (Failover(failover_config, attempts=routers.attempts)
                           if failover_config.enabled else None)
         self._app_name = app_name
         self._llm_deployment = llm_deployment
@@ -216,6 +218,7 @@ class CacheRouteIngress(DocumentRoutes, PrefixRoutes, OpenAiIngress):
         self._prefix_registry = build_registry(
             prefixes, models=frozenset(model_cards), deployment=llm_deployment,
             send_chat=lambda body: self._get_response(body=body, call_method="chat"),
+            routers=routers,
             metrics=PrefixMetrics.for_registry(telemetry.REGISTRY))
         self._documents = build_documents(
             prefixes, models=frozenset(model_cards), registry=self._prefix_registry,
@@ -224,8 +227,8 @@ class CacheRouteIngress(DocumentRoutes, PrefixRoutes, OpenAiIngress):
         # router of this process's handle names the replicas and prefixes, this ingress
         # sends the prefills.
         self._prewarmer = (
-            Prewarmer(model=next(iter(model_cards)), router=lambda: router_of(llm_deployment),
-                      send=self._send_prewarm,
+            Prewarmer(model=next(iter(model_cards)),
+                      router=lambda: routers.router_of(llm_deployment), send=self._send_prewarm,
                       metrics=PrewarmMetrics.for_registry(telemetry.REGISTRY))
             if (failover_config.prewarm_on_scale_up or replicate_before_spill) and model_cards
             else None)

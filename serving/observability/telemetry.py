@@ -14,7 +14,8 @@ handle the ingress holds. It exposes:
 
 Replica values arrive through Ray Serve's routing stats, which the controller pulls
 from every replica every `request_routing_stats_period_s` (serving/app.py) and
-broadcasts to the routers; scrapes see them that stale. Series of a replica that
+broadcasts to the routers; scrapes see them that stale. The routers of the process
+are found through `local_routers()` (serving/routing/registry.py). Series of a replica that
 left the deployment disappear with it.
 
 A dedicated registry, not prometheus_client's global one: vLLM modules imported
@@ -23,8 +24,6 @@ into this process register their own (replica-less) collectors there.
 
 from __future__ import annotations
 
-import threading
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -39,6 +38,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from serving.contract import ENGINE_STATS_KEY
+from serving.routing.registry import LocalRouters, local_routers
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -59,22 +59,16 @@ class ReplicaSource(Protocol):
     def replica_views(self) -> list[ReplicaView]: ...
 
 
-_sources: weakref.WeakSet[Any] = weakref.WeakSet()
-_sources_lock = threading.Lock()
-
-
 def register_source(source: ReplicaSource) -> None:
-    """Add a router to the scrape (held weakly: a discarded router drops out)."""
-    with _sources_lock:
-        _sources.add(source)
+    """``local_routers().register_source`` under its former name, for the request
+    routers (serving/routing/) until they call that themselves; then this goes."""
+    local_routers().register_source(source)
 
 
-def current_views() -> list[ReplicaView]:
+def current_views(routers: LocalRouters | None = None) -> list[ReplicaView]:
     """Per-replica views of every live router in this process, one per replica."""
-    with _sources_lock:
-        sources = list(_sources)
     by_replica: dict[str, ReplicaView] = {}
-    for source in sources:
+    for source in (routers or local_routers()).sources():
         for view in source.replica_views():
             # Two routers of one deployment see the same replicas; keep the view
             # with engine data (the freshest broadcast wins ties arbitrarily).
