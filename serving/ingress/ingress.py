@@ -55,11 +55,12 @@ from serving.ingress.forwarding import refuse_unforwardable
 from serving.ingress.limits import BodyLimitMiddleware
 from serving.prefixes.api import PREFIX_ENDPOINTS, PrefixRoutes, observe_response
 from serving.prefixes.backend import build_registry, ingress_args
-from serving.prefixes.registry import PrefixError, PrefixMetrics
-from serving.routing.prewarm import PrewarmMetrics, Prewarmer
+from serving.prefixes.metrics import PrefixMetrics
+from serving.prefixes.registry import PrefixError
+from serving.routing.prewarm import Prewarmer
 # Upstream's request bodies, with validation that cannot crash (serving/ingress/request_models.py).
 from serving.ingress.request_models import ChatCompletionRequest, CompletionRequest
-from serving.routing.metrics import REPLICAS_WANTED
+from serving.routing.metrics import REPLICAS_WANTED, PrewarmMetrics
 from serving.routing.registry import local_routers
 from serving.observability.tracing import TracingMiddleware
 
@@ -219,17 +220,17 @@ class CacheRouteIngress(DocumentRoutes, PrefixRoutes, OpenAiIngress):
             prefixes, models=frozenset(model_cards), deployment=llm_deployment,
             send_chat=lambda body: self._get_response(body=body, call_method="chat"),
             routers=routers,
-            metrics=PrefixMetrics.for_registry(telemetry.REGISTRY))
+            metrics=PrefixMetrics())
         self._documents = build_documents(
             prefixes, models=frozenset(model_cards), registry=self._prefix_registry,
-            metrics=DocumentMetrics.for_registry(telemetry.REGISTRY))
+            metrics=DocumentMetrics())
         # Scale-up prewarm and replication ahead of a spill (serving/routing/prewarm.py): the
         # router of this process's handle names the replicas and prefixes, this ingress
         # sends the prefills.
         self._prewarmer = (
             Prewarmer(model=next(iter(model_cards)),
                       router=lambda: routers.router_of(llm_deployment), send=self._send_prewarm,
-                      metrics=PrewarmMetrics.for_registry(telemetry.REGISTRY))
+                      metrics=PrewarmMetrics())
             if (failover_config.prewarm_on_scale_up or replicate_before_spill) and model_cards
             else None)
 

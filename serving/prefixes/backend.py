@@ -22,9 +22,9 @@ from ray.serve.llm.openai_api_models import ChatCompletionRequest
 from router import Placement
 from serving.routing.registry import LocalRouters
 from serving.config import ServiceConfig
+from serving.prefixes.metrics import PrefixMetrics
 from serving.prefixes.registry import (
     PrefixError,
-    PrefixMetrics,
     PrefixRegistry,
     Prewarmed,
     RegistrySettings,

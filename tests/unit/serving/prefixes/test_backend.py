@@ -135,7 +135,7 @@ def test_the_ingress_registers_and_counts_through_its_own_handle(
     from serving.ingress.ingress import CacheRouteIngress
     from serving.prefixes.api import PrefixCreateRequest
     from serving.prefixes.backend import ingress_args
-    from serving.observability.telemetry import REGISTRY
+    from serving.observability.metrics import REGISTRY
 
     config = ServiceConfig.model_validate({"engine": {"block_size": 16},
                                            "routing": {"policy": "pow2"}})
