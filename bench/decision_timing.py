@@ -272,9 +272,7 @@ def _ray_chosen(matched: list[str] | None, tenants: list[str], i: int) -> str:
 
 def bench_ray_direct(prompts: PromptSet, *, replicas: int, n: int,
                      timer: Timer) -> list[Row]:
-    from ray.llm._internal.serve.routing_policies.prefix_aware.prefix_tree import (
-        PrefixTree,
-    )
+    from serving.ray_private import PrefixTree
 
     tree = PrefixTree()
     tenants = replica_ids(replicas)
@@ -303,9 +301,8 @@ def bench_ray_direct(prompts: PromptSet, *, replicas: int, n: int,
 
 def bench_ray_actor(prompts: PromptSet, *, replicas: int, n: int, timer: Timer) -> Row:
     import ray
-    from ray.llm._internal.serve.routing_policies.prefix_aware.prefix_tree import (
-        PrefixTreeActor,
-    )
+
+    from serving.ray_private import PrefixTreeActor
 
     actor = PrefixTreeActor.remote()  # type: ignore[attr-defined]
     try:

@@ -50,17 +50,16 @@ from typing import Any
 from bench import chat_sessions, documents_qa
 from bench.cli_args import policy_list
 from bench.machine import describe, machine_info
-from bench.oracle import DEFAULT_ORACLE_BLOCK_SIZE, capacity_oracle_hits, oracle_hits
-from bench.policy_run import MODEL_ID, ServiceSettings, run_measured
-from bench.replay import replay
-from bench.report import (
-    PolicySummary,
-    markdown_table,
-    summarise,
-    summary_json,
-    write_chart,
-    write_load_chart,
+from bench.oracle import (
+    DEFAULT_ORACLE_BLOCK_SIZE,
+    capacity_oracle_hits,
+    default_model_config,
+    fleet_capacity_blocks,
+    oracle_hits,
 )
+from bench.policy_run import MODEL_ID, run_measured, settings_from
+from bench.replay import replay
+from bench.report import PolicySummary, summarise, workload_description, write_outputs
 from bench.service import ServiceError
 from bench.trace import TraceFormatError, TraceRequest, load_trace, save_trace
 from bench.workloads import WorkloadSpec, generate
@@ -187,25 +186,6 @@ def build_trace(workload: str, args: argparse.Namespace) -> list[TraceRequest]:
                                  max_tokens=args.max_tokens))
 
 
-def workload_description(workload: str, args: argparse.Namespace, requests: int) -> dict[str, Any]:
-    """The workload's own parameters, for the JSON and the chart titles."""
-    own: dict[str, Any] = {
-        "tenants": {"tenants": args.tenants, "per_tenant": args.per_tenant,
-                    "zipf_s": (None if args.per_tenant is not None
-                               else 1.1 if args.zipf is None else args.zipf)},
-        "sessions": {"sessions": args.sessions, "turns": args.turns, "think_s": args.think_s},
-        "documents": {"documents": args.documents, "document_words": args.document_words,
-                      "zipf_s": 0.8 if args.zipf is None else args.zipf},
-        "trace": {"trace": str(args.trace)},
-        "vllm-prefix-repetition": {"prefix_len": args.prefix_len, "suffix_len": args.suffix_len,
-                                   "num_prefixes": args.num_prefixes},
-    }[workload]
-    return {"workload": workload, "requests": requests, **own, "seed": args.seed,
-            "max_tokens": args.max_tokens, "rate_rps": args.rate,
-            "concurrency": args.concurrency, "replicas": args.replicas,
-            "kv_cache_gib": args.kv_cache_gib, "oracle_block_size": DEFAULT_ORACLE_BLOCK_SIZE}
-
-
 def prompt_token_ids(trace: Sequence[TraceRequest]) -> list[tuple[int, ...]]:
     """Each request's prompt as the engine tokenises it (chat template included)."""
     from serving.models.default import ensure_default_model
@@ -218,41 +198,6 @@ def prompt_token_ids(trace: Sequence[TraceRequest]) -> list[tuple[int, ...]]:
                   if r.messages is not None else SimpleNamespace(prompt=r.prompt))
         out.append(tokenizer.token_ids(parsed) or ())
     return out
-
-
-def fleet_capacity_blocks(replicas: int, kv_cache_gib: int, *,
-                          block_size: int = DEFAULT_ORACLE_BLOCK_SIZE,
-                          model_config: Path | None = None) -> int:
-    """KV blocks of the whole fleet: replicas x what ``kv_cache_gib`` holds for the model
-    (the default model's ``config.json``, else SmolLM2-135M's geometry)."""
-    from bench.sim.engine import SMOLLM2_135M_GEOMETRY, kv_capacity_blocks
-
-    geometry: Path | dict[str, object] = SMOLLM2_135M_GEOMETRY
-    if model_config is not None and model_config.is_file():
-        geometry = model_config
-    return replicas * kv_capacity_blocks(kv_cache_gib * 2**30, geometry, block_size=block_size)
-
-
-def default_model_config() -> Path | None:
-    from serving.models.default import default_model_path
-
-    path = default_model_path() / "config.json"
-    return path if path.is_file() else None
-
-
-def settings_from(args: argparse.Namespace) -> ServiceSettings:
-    from serving.config import RoutingConfig
-
-    return ServiceSettings(replicas=args.replicas, port=args.port,
-                           max_num_seqs=args.max_num_seqs, kv_cache_gib=args.kv_cache_gib,
-                           max_model_len=args.max_model_len, load_epsilon=args.load_epsilon,
-                           load_floor=args.load_floor,
-                           replicate_before_spill=args.replicate_before_spill,
-                           # Written into every config, so that a run's folder says
-                           # which it had (bench/sim/calibrate.py reads it).
-                           spill_wait_s=(args.spill_wait_s if args.spill_wait_s is not None
-                                         else RoutingConfig().spill_wait_s),
-                           start_timeout_s=args.start_timeout_s)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -340,41 +285,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                   capacity_blocks=capacity)
     return 0
 
-
-
-def title_of(description: dict[str, Any], machine: dict[str, Any]) -> str:
-    load = (f"Poisson {description['rate_rps']} req/s" if description["rate_rps"] is not None
-            else f"concurrency {description['concurrency']}")
-    return (f"{description['workload']}: {description['requests']} requests, {load}, "
-            f"{description['replicas']} replicas -- {describe(machine)}")
-
-
-def write_outputs(args: argparse.Namespace, machine: dict[str, Any], command: str,
-                  description: dict[str, Any], summaries: Sequence[PolicySummary],
-                  ttfts: dict[str, list[float]],
-                  load: dict[str, list[tuple[float, dict[str, float]]]],
-                  extra: dict[str, dict[str, Any]], *, capacity_blocks: int | None) -> None:
-    """``live.json``, the table on stdout, and the two charts (when matplotlib is there)."""
-    title = title_of(description, machine)
-    json_path = args.json or args.out_dir / "live.json"
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps({
-        "machine": machine,
-        "command": command,
-        "workload": {**description, "capacity_oracle_blocks": capacity_blocks},
-        "results": [{**summary_json(s), **extra.get(s.policy, {})} for s in summaries],
-    }, indent=2) + "\n")
-    print(f"Machine: {describe(machine)}\nWorkload: {title.split(' -- ')[0]}\n")
-    print(markdown_table(summaries))
-    charts = [args.out_dir / "live.png", args.out_dir / "replica_load.png"]
-    try:
-        write_chart(charts[0], summaries, ttfts, title=title)
-        write_load_chart(charts[1], load, title=f"in-flight requests per replica -- {title}")
-    except ImportError:  # matplotlib is optional; the numbers are already written
-        print("cacheroute bench: no charts (pip install matplotlib)", file=sys.stderr)
-        charts = []
-    print(f"\nwrote {json_path}{''.join(', ' + str(c) for c in charts)}; per-request data "
-          f"in {args.out_dir}/<policy>/", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ blocks are touched tail first, so its head block is the most recently used and i
 evicted last -- vLLM frees a request's blocks in that order for the same reason: a
 cached prefix stays prefix-closed. No request's blocks are pinned (no concurrency
 is modelled), so this is an upper bound for a fleet of that size, not a simulation
-(``bench/sim`` is the simulation).
+(``bench/sim`` is the simulation). ``fleet_capacity_blocks`` is that capacity for a
+live run's fleet.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from router import PrefixHasher
 
@@ -139,3 +141,24 @@ def capacity_oracle_from_blocks(prompts: Iterable[tuple[int, Sequence[Hashable]]
     per_request = [cache.observe(num_tokens, blocks) for num_tokens, blocks in prompts]
     return OracleResult(cached_tokens=cache.cached_tokens, prompt_tokens=cache.prompt_tokens,
                         per_request=tuple(per_request))
+
+
+def fleet_capacity_blocks(replicas: int, kv_cache_gib: int, *,
+                          block_size: int = DEFAULT_ORACLE_BLOCK_SIZE,
+                          model_config: Path | None = None) -> int:
+    """KV blocks of the whole fleet: replicas x what ``kv_cache_gib`` holds for the model
+    (the default model's ``config.json``, else SmolLM2-135M's geometry)."""
+    from bench.sim.engine import SMOLLM2_135M_GEOMETRY, kv_capacity_blocks
+
+    geometry: Path | dict[str, object] = SMOLLM2_135M_GEOMETRY
+    if model_config is not None and model_config.is_file():
+        geometry = model_config
+    return replicas * kv_capacity_blocks(kv_cache_gib * 2**30, geometry, block_size=block_size)
+
+
+def default_model_config() -> Path | None:
+    """The default model's ``config.json`` once it is built (its geometry sizes the fleet)."""
+    from serving.models.default import default_model_path
+
+    path = default_model_path() / "config.json"
+    return path if path.is_file() else None

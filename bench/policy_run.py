@@ -11,6 +11,7 @@ and stops the service and everything it started. Both runners (``live.py`` and
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from collections.abc import Callable
@@ -122,3 +123,19 @@ def run_measured(policy: str, settings: ServiceSettings, folder: Path,
         "load_sample_errors": sampler.errors,
     }, indent=2) + "\n")
     return run
+
+
+def settings_from(args: argparse.Namespace) -> ServiceSettings:
+    """The service settings of ``cacheroute bench``'s flags (bench/live.py's parser)."""
+    from serving.config import RoutingConfig
+
+    return ServiceSettings(replicas=args.replicas, port=args.port,
+                           max_num_seqs=args.max_num_seqs, kv_cache_gib=args.kv_cache_gib,
+                           max_model_len=args.max_model_len, load_epsilon=args.load_epsilon,
+                           load_floor=args.load_floor,
+                           replicate_before_spill=args.replicate_before_spill,
+                           # Written into every config, so that a run's folder says
+                           # which it had (bench/sim/calibrate.py reads it).
+                           spill_wait_s=(args.spill_wait_s if args.spill_wait_s is not None
+                                         else RoutingConfig().spill_wait_s),
+                           start_timeout_s=args.start_timeout_s)

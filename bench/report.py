@@ -1,4 +1,5 @@
-"""Per-policy summaries of a live run: numbers, a Markdown table and PNG charts.
+"""Per-policy summaries of a live run: numbers, a Markdown table, PNG charts, and the
+run's ``live.json`` (``write_outputs``, for both runners: bench/live.py, bench/vllm_client.py).
 
 Hit rates, all ``cached / prompt`` tokens:
 
@@ -24,12 +25,17 @@ in-flight count (1 s samples); ``request_skew`` the same of requests served;
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from bench.machine import describe
+from bench.oracle import DEFAULT_ORACLE_BLOCK_SIZE
 from bench.replay import RequestResult
 from bench.stats import percentile
 
@@ -227,3 +233,57 @@ def summary_from_json(data: Mapping[str, Any]) -> PolicySummary:
     kinds = {f.name: f.type for f in fields(PolicySummary)}
     return PolicySummary(**{k: (math.nan if v is None and kinds[k] == "float" else v)
                             for k, v in data.items() if k in kinds})
+
+
+def workload_description(workload: str, args: argparse.Namespace, requests: int) -> dict[str, Any]:
+    """The workload's own parameters, for the JSON and the chart titles."""
+    own: dict[str, Any] = {
+        "tenants": {"tenants": args.tenants, "per_tenant": args.per_tenant,
+                    "zipf_s": (None if args.per_tenant is not None
+                               else 1.1 if args.zipf is None else args.zipf)},
+        "sessions": {"sessions": args.sessions, "turns": args.turns, "think_s": args.think_s},
+        "documents": {"documents": args.documents, "document_words": args.document_words,
+                      "zipf_s": 0.8 if args.zipf is None else args.zipf},
+        "trace": {"trace": str(args.trace)},
+        "vllm-prefix-repetition": {"prefix_len": args.prefix_len, "suffix_len": args.suffix_len,
+                                   "num_prefixes": args.num_prefixes},
+    }[workload]
+    return {"workload": workload, "requests": requests, **own, "seed": args.seed,
+            "max_tokens": args.max_tokens, "rate_rps": args.rate,
+            "concurrency": args.concurrency, "replicas": args.replicas,
+            "kv_cache_gib": args.kv_cache_gib, "oracle_block_size": DEFAULT_ORACLE_BLOCK_SIZE}
+
+
+def title_of(description: dict[str, Any], machine: dict[str, Any]) -> str:
+    load = (f"Poisson {description['rate_rps']} req/s" if description["rate_rps"] is not None
+            else f"concurrency {description['concurrency']}")
+    return (f"{description['workload']}: {description['requests']} requests, {load}, "
+            f"{description['replicas']} replicas -- {describe(machine)}")
+
+
+def write_outputs(args: argparse.Namespace, machine: dict[str, Any], command: str,
+                  description: dict[str, Any], summaries: Sequence[PolicySummary],
+                  ttfts: dict[str, list[float]],
+                  load: dict[str, list[tuple[float, dict[str, float]]]],
+                  extra: dict[str, dict[str, Any]], *, capacity_blocks: int | None) -> None:
+    """``live.json``, the table on stdout, and the two charts (when matplotlib is there)."""
+    title = title_of(description, machine)
+    json_path = args.json or args.out_dir / "live.json"
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps({
+        "machine": machine,
+        "command": command,
+        "workload": {**description, "capacity_oracle_blocks": capacity_blocks},
+        "results": [{**summary_json(s), **extra.get(s.policy, {})} for s in summaries],
+    }, indent=2) + "\n")
+    print(f"Machine: {describe(machine)}\nWorkload: {title.split(' -- ')[0]}\n")
+    print(markdown_table(summaries))
+    charts = [args.out_dir / "live.png", args.out_dir / "replica_load.png"]
+    try:
+        write_chart(charts[0], summaries, ttfts, title=title)
+        write_load_chart(charts[1], load, title=f"in-flight requests per replica -- {title}")
+    except ImportError:  # matplotlib is optional; the numbers are already written
+        print("cacheroute bench: no charts (pip install matplotlib)", file=sys.stderr)
+        charts = []
+    print(f"\nwrote {json_path}{''.join(', ' + str(c) for c in charts)}; per-request data "
+          f"in {args.out_dir}/<policy>/", file=sys.stderr)

@@ -105,9 +105,8 @@ def run_point(policy: str, ingresses: int, prompts: Any, *, n: int, replicas: in
               block_size: int) -> dict[str, Any]:
     """K callers of one policy, started together; their latencies and the fleet rate."""
     import ray
-    from ray.llm._internal.serve.routing_policies.prefix_aware.prefix_tree import (
-        PrefixTreeActor,
-    )
+
+    from serving.ray_private import PrefixTreeActor
 
     remote_caller = ray.remote(num_cpus=0)(Caller)
     callers = [remote_caller.remote() for _ in range(ingresses)]  # type: ignore[attr-defined]

@@ -38,9 +38,15 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from bench.oracle import DEFAULT_ORACLE_BLOCK_SIZE, capacity_oracle_hits, oracle_hits
-from bench.policy_run import MODEL_ID, run_measured
-from bench.report import PolicySummary
+from bench.oracle import (
+    DEFAULT_ORACLE_BLOCK_SIZE,
+    capacity_oracle_hits,
+    default_model_config,
+    fleet_capacity_blocks,
+    oracle_hits,
+)
+from bench.policy_run import MODEL_ID, run_measured, settings_from
+from bench.report import PolicySummary, workload_description, write_outputs
 from bench.service import ServiceError
 
 RESULT_FILENAME = "vllm_bench.json"
@@ -180,13 +186,6 @@ def dataset_token_ids(argv: Sequence[str]) -> list[tuple[int, ...]]:
 
 def run_comparison(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     """``cacheroute bench --workload vllm-prefix-repetition``: every policy, then the report."""
-    from bench.live import (
-        default_model_config,
-        fleet_capacity_blocks,
-        settings_from,
-        workload_description,
-        write_outputs,
-    )
     from bench.machine import describe, machine_info
     from serving.models.default import ensure_default_model
 

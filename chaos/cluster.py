@@ -200,7 +200,7 @@ class ServeCluster:
         if self._owns_connection:
             ray.init(address=ray_address, namespace="serve", logging_level="ERROR",
                      log_to_driver=False)
-        from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+        from serving.ray_private import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 
         try:
             self._controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
@@ -242,7 +242,7 @@ class ServeCluster:
     def _ranks(self, deployment: str) -> dict[str, int]:
         """Replica id -> deployment rank, from the controller (the ranks replicas
         report to the router); empty if this Ray version does not expose them."""
-        from ray.serve._private.common import DeploymentID
+        from serving.ray_private import DeploymentID
 
         try:
             mapping = self._ray.get(self._controller._get_replica_ranks_mapping.remote(
@@ -263,7 +263,7 @@ class ServeCluster:
         return names.pop()
 
     def set_replicas(self, deployment: str, count: int) -> None:
-        from ray.serve._private.common import DeploymentID
+        from serving.ray_private import DeploymentID
 
         try:
             self._ray.get(self._controller.update_deployment_replicas.remote(

@@ -1,6 +1,7 @@
 """cacheroute's Grafana dashboards and Prometheus rules, generated from Python.
 
-The metrics interface (``metrics``) is the single list of series names; ``promql``
+The metrics interface (``metrics``) is the single list of series names (checked
+against what serving/ declares); ``promql``
 builds the shared quantities (hit rates, spill ratio, quantiles) from it; the
 dashboards (``overview``, ``replicas``, ``decisions``, on grafana-foundation-sdk) and
 the rules (``rules``) use those; ``artefacts`` turns them into the committed files.
@@ -11,7 +12,7 @@ The facade re-exports what needs no Grafana SDK (the chart tests use the rules o
 Python); import ``monitoring.artefacts`` for the generator.
 """
 
-from monitoring.metrics import CATALOGUE, Metric, series_names
+from monitoring.metrics import CATALOGUE, UNCHARTED, Metric, series_names
 from monitoring.rules import CHART, DEFAULTS, LOCAL_JOB, STANDALONE, groups
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "DEFAULTS",
     "LOCAL_JOB",
     "STANDALONE",
+    "UNCHARTED",
     "Metric",
     "groups",
     "series_names",

@@ -6,6 +6,13 @@ replica's telemetry re-exported under vLLM's own names with a `replica` label (t
 Serve replica id). PromQL in this package names metrics only through these constants,
 and tests/unit/monitoring/test_dashboards.py fails on any name that is not listed here, so a
 renamed metric breaks the build instead of leaving a panel silently empty.
+
+`CATALOGUE` is what the dashboards and rules use; `UNCHARTED` the rest of what the
+app exports. Together they are every metric serving/ declares
+(serving/observability/metrics.py), with the same kind and labels:
+tests/unit/monitoring/test_catalogue.py compares them, so a metric added, renamed or
+relabelled in serving/ fails the build until this file says the same. A query that
+filters or groups by a label its metric lacks fails when it is built (promql.py).
 """
 
 from __future__ import annotations
@@ -22,11 +29,15 @@ class Kind(str, Enum):
     HISTOGRAM = "histogram"
 
 
+# Labels the scrape adds to every series (namespace and pod in Kubernetes).
+SCRAPE_LABELS = frozenset({"job", "instance", "namespace", "pod"})
+
+
 @dataclass(frozen=True)
 class Metric:
-    name: str
+    name: str  # as exposed: a counter's ends in _total
     kind: Kind
-    # Labels besides those the scrape adds (job, instance; namespace, pod in Kubernetes).
+    # Labels besides those the scrape adds (SCRAPE_LABELS).
     labels: tuple[str, ...] = ()
 
     def __str__(self) -> str:
@@ -88,6 +99,46 @@ CATALOGUE: tuple[Metric, ...] = (
     GENERATION_TOKENS, REQUEST_SUCCESS, KV_CACHE_USAGE, REQUESTS_RUNNING, REQUESTS_WAITING,
     TTFT_SECONDS, E2E_SECONDS, REPLICA_OWNED_BLOCKS, REPLICA_IN_FLIGHT, REPLICA_BLOCKS_REMOVED,
     UP,
+)
+
+# -- exported, on no dashboard or rule yet -----------------------------------------------
+# A panel or rule that uses one of these moves it into CATALOGUE (test_dashboards.py
+# accepts only CATALOGUE's names in queries).
+ROUTER_SPILL_WAITS = Metric("cacheroute_router_spill_waits_total", Kind.COUNTER, ("result",))
+ROUTER_EJECTED_REPLICAS = Metric("cacheroute_router_ejected_replicas", Kind.GAUGE)
+REPLICA_UP = Metric("cacheroute_replica_up", Kind.GAUGE, ("replica",))
+FAILOVER_RETRIES = Metric("cacheroute_failover_retries_total", Kind.COUNTER,
+                          ("reason", "phase"))
+FAILOVER_RESUMED_STREAMS = Metric("cacheroute_failover_resumed_streams_total", Kind.COUNTER)
+FAILOVER_FAILED = Metric("cacheroute_failover_failed_total", Kind.COUNTER, ("reason",))
+FAILOVER_EJECTIONS = Metric("cacheroute_failover_ejections_total", Kind.COUNTER, ("change",))
+PREWARM_SENT = Metric("cacheroute_prewarm_sent_total", Kind.COUNTER)
+PREWARM_PREFIXES = Metric("cacheroute_prewarm_prefixes_total", Kind.COUNTER, ("result",))
+PREWARM_REPLICAS = Metric("cacheroute_prewarm_replicas_total", Kind.COUNTER)
+PREWARM_SECONDS = Metric("cacheroute_prewarm_seconds", Kind.HISTOGRAM)
+REPLICATIONS = Metric("cacheroute_replications_total", Kind.COUNTER, ("result",))
+PREFIX_HITS = Metric("cacheroute_prefix_hits_total", Kind.COUNTER, ("prefix",))
+PREFIX_MISSES = Metric("cacheroute_prefix_misses_total", Kind.COUNTER, ("prefix",))
+PREFIX_REWARMS = Metric("cacheroute_prefix_rewarms_total", Kind.COUNTER)
+PREFIXES_REGISTERED = Metric("cacheroute_prefixes_registered", Kind.GAUGE)
+DOCUMENTS = Metric("cacheroute_documents", Kind.GAUGE)
+DOCUMENT_PROMPT_TOKENS = Metric("cacheroute_document_prompt_tokens_total", Kind.COUNTER,
+                                ("order",))
+DOCUMENT_CACHED_TOKENS = Metric("cacheroute_document_cached_tokens_total", Kind.COUNTER,
+                                ("order",))
+DOCUMENT_ASSEMBLY_SECONDS = Metric("cacheroute_document_assembly_seconds", Kind.HISTOGRAM,
+                                   ("order",))
+DOCUMENT_ASK_SECONDS = Metric("cacheroute_document_ask_seconds", Kind.HISTOGRAM, ("order",))
+DOCUMENT_UPLOAD_SECONDS = Metric("cacheroute_document_upload_seconds", Kind.HISTOGRAM)
+DOCUMENT_EVICTIONS = Metric("cacheroute_document_evictions_total", Kind.COUNTER, ("reason",))
+
+UNCHARTED: tuple[Metric, ...] = (
+    ROUTER_SPILL_WAITS, ROUTER_EJECTED_REPLICAS, REPLICA_UP,
+    FAILOVER_RETRIES, FAILOVER_RESUMED_STREAMS, FAILOVER_FAILED, FAILOVER_EJECTIONS,
+    PREWARM_SENT, PREWARM_PREFIXES, PREWARM_REPLICAS, PREWARM_SECONDS, REPLICATIONS,
+    PREFIX_HITS, PREFIX_MISSES, PREFIX_REWARMS, PREFIXES_REGISTERED,
+    DOCUMENTS, DOCUMENT_PROMPT_TOKENS, DOCUMENT_CACHED_TOKENS, DOCUMENT_ASSEMBLY_SECONDS,
+    DOCUMENT_ASK_SECONDS, DOCUMENT_UPLOAD_SECONDS, DOCUMENT_EVICTIONS,
 )
 
 

@@ -2,20 +2,36 @@
 or a quantile the same way.
 
 `matchers` is the inside of a selector's braces: `job=~"$job"` in a dashboard (a
-Grafana variable), `job="cacheroute"` in a rule.
+Grafana variable), `job="cacheroute"` in a rule. Every label a query filters or groups
+a metric by must be one of its labels or the scrape's (`Metric.labels`,
+`SCRAPE_LABELS`); building the query fails otherwise, so a dashboard cannot ask for a
+label the app does not export.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from monitoring import metrics as m
-from monitoring.metrics import Kind, Metric
+from monitoring.metrics import SCRAPE_LABELS, Kind, Metric
 from router.outcome import Outcome
+
+_MATCHED_LABEL = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)\s*\"")
+
+
+def check_labels(metric: Metric, *, matchers: str = "", by: Sequence[str] = ()) -> None:
+    """Raise if `matchers` or `by` name a label `metric` does not have."""
+    used = {*_MATCHED_LABEL.findall(matchers), *by}
+    unknown = used - SCRAPE_LABELS - set(metric.labels)
+    if unknown:
+        raise ValueError(f"{metric.name} has no label {', '.join(sorted(unknown))}")
 
 
 def selector(metric: Metric | str, matchers: str, extra: str = "") -> str:
     inside = ", ".join(m for m in (matchers, extra) if m)
+    if isinstance(metric, Metric):
+        check_labels(metric, matchers=inside)
     return f"{metric}{{{inside}}}" if inside else str(metric)
 
 
@@ -26,16 +42,19 @@ def _agg(op: str, by: Sequence[str], inner: str) -> str:
 def sum_rate(metric: Metric, matchers: str, window: str, *, by: Sequence[str] = (),
              extra: str = "") -> str:
     assert metric.kind is Kind.COUNTER, metric.name
+    check_labels(metric, by=by)
     return _agg("sum", by, f"rate({selector(metric, matchers, extra)}[{window}])")
 
 
 def sum_increase(metric: Metric, matchers: str, window: str, *, by: Sequence[str] = ()) -> str:
     assert metric.kind is Kind.COUNTER, metric.name
+    check_labels(metric, by=by)
     return _agg("sum", by, f"increase({selector(metric, matchers)}[{window}])")
 
 
 def aggregate(op: str, metric: Metric, matchers: str, *, by: Sequence[str] = ()) -> str:
     assert metric.kind is Kind.GAUGE, metric.name
+    check_labels(metric, by=by)
     return _agg(op, by, selector(metric, matchers))
 
 
@@ -47,6 +66,7 @@ def ratio(numerator: str, denominator: str) -> str:
 def quantile(q: float, metric: Metric, matchers: str, window: str, *,
              by: Sequence[str] = ()) -> str:
     """The q-quantile of a histogram over all its series, or per `by` group."""
+    check_labels(metric, matchers=matchers, by=by)
     inner = _agg("sum", ("le", *by), f"rate({selector(metric.bucket, matchers)}[{window}])")
     return f"histogram_quantile({q:g}, {inner})"
 

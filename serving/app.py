@@ -182,7 +182,7 @@ def app_builder(args: dict[str, Any]) -> serve.Application:
     vLLM; `default` builds the embedded model on that node).
     """
     from serving.config import validate_config
-    from serving.runtime import resolve_model_source
+    from serving.models.source import resolve_model_source
 
     config = validate_config(args.get("config", {}), origin="serveConfigV2 args.config")
     return build_app(config, resolve_model_source(config))

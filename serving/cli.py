@@ -25,7 +25,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_model(args: argparse.Namespace) -> int:
-    from serving.runtime import resolve_model_source
+    from serving.models.source import resolve_model_source
 
     config = load_config(args.config)
     print(resolve_model_source(config, progress=lambda m: print(f"cacheroute: {m}",

@@ -10,29 +10,12 @@ from __future__ import annotations
 import os
 import signal
 import time
-from pathlib import Path
 from typing import Callable
 
 import httpx
 
-from serving.config import DEFAULT_MODEL_SOURCE, ConfigError, ServiceConfig
-
-
-def resolve_model_source(config: ServiceConfig, *, progress: Callable[[str], None] = print) -> str:
-    """The engine's `model` argument: a built default, a local folder, or a hub name."""
-    source = config.model.source
-    if source == DEFAULT_MODEL_SOURCE:
-        from serving.models.default import ensure_default_model
-
-        return str(ensure_default_model(progress=progress))
-    path = Path(source).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise ConfigError(f"model.source: {path} has no config.json")
-        return str(path.resolve())
-    if source.startswith((".", "/", "~")):
-        raise ConfigError(f"model.source: {source}: no such folder")
-    return source  # a hub name: vLLM downloads it (needs network and, maybe, HF_TOKEN)
+from serving.config import ServiceConfig
+from serving.models.source import resolve_model_source
 
 
 def default_ray_cpus(config: ServiceConfig) -> int:
@@ -77,9 +60,13 @@ def wait_ready(url: str, timeout_s: float, *, poll_s: float = 1.0) -> dict:
 
 
 def _metrics_port() -> int:
+    """The port Ray exports this node's metrics on (``ray.nodes()``, public, reports
+    every node's; this process runs on the head it started)."""
     import ray
 
-    return int(ray._private.worker.global_worker.node.metrics_export_port)
+    node_id = ray.get_runtime_context().get_node_id()
+    return next(int(node["MetricsExportPort"]) for node in ray.nodes()
+                if node["NodeID"] == node_id)
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.sim.cli import RequestSource, add_arguments, run_policies
+from bench.sim.comparison import RequestSource, add_arguments, run_policies
 from bench.sim.routers import POLICIES
 from bench.sim.summary import SimSummary, summary_json
 

@@ -51,7 +51,7 @@ from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field
-from ray.llm._internal.serve.core.configs.openai_api_models import ChatCompletionRequest
+from ray.serve.llm.openai_api_models import ChatCompletionRequest
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from serving.config import ServiceConfig

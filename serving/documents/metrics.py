@@ -5,13 +5,12 @@ deleted); no per-document label (documents are many and short-lived; per-documen
 counts are in ``GET /v1/documents/{id}``). The chunk cache hit rate is
 ``cacheroute_document_cached_tokens_total / cacheroute_document_prompt_tokens_total``:
 the engine's own `cached_tokens` over the prompt tokens of document questions.
+Declared as every app metric is (serving/observability/metrics.py).
 """
 
 from __future__ import annotations
 
-import weakref
-
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from serving.observability.metrics import MetricSet, counter, gauge, histogram
 
 # Context assembly is milliseconds (an embedding and a tokenisation); an answer on a
 # CPU replica is a fraction of a second to tens of seconds under load.
@@ -20,39 +19,22 @@ _ASK_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0, 120.0)
 _UPLOAD_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
-class DocumentMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.documents = Gauge("cacheroute_documents", "Documents held by this ingress.",
-                               registry=registry)
-        self.prompt_tokens = Counter(
-            "cacheroute_document_prompt_tokens", "Prompt tokens of document questions.",
-            ["order"], registry=registry)
-        self.cached_tokens = Counter(
-            "cacheroute_document_cached_tokens", "Of those, tokens the engine served from "
-            "its prefix cache (usage.prompt_tokens_details.cached_tokens).", ["order"],
-            registry=registry)
-        self.assembly_seconds = Histogram(
-            "cacheroute_document_assembly_seconds", "Context assembly per question: question "
-            "embedding, ranking, selection, rendering and token checks.", ["order"],
-            buckets=_ASSEMBLY_BUCKETS, registry=registry)
-        self.ask_seconds = Histogram(
-            "cacheroute_document_ask_seconds", "Document questions end to end in the "
-            "ingress, assembly plus the answer.", ["order"], buckets=_ASK_BUCKETS,
-            registry=registry)
-        self.upload_seconds = Histogram(
-            "cacheroute_document_upload_seconds", "Uploads: chunking, embedding and the "
-            "anchor's prewarm.", buckets=_UPLOAD_BUCKETS, registry=registry)
-        self.evictions = Counter(
-            "cacheroute_document_evictions", "Documents dropped, by reason.", ["reason"],
-            registry=registry)
-
-    @classmethod
-    def for_registry(cls, registry: CollectorRegistry) -> DocumentMetrics:
-        """The one instance per Prometheus registry (a name registers only once)."""
-        if registry not in _BY_REGISTRY:
-            _BY_REGISTRY[registry] = cls(registry)
-        return _BY_REGISTRY[registry]
-
-
-_BY_REGISTRY: weakref.WeakKeyDictionary[CollectorRegistry, DocumentMetrics] = (
-    weakref.WeakKeyDictionary())
+class DocumentMetrics(MetricSet):
+    documents = gauge("cacheroute_documents", "Documents held by this ingress.")
+    prompt_tokens = counter("cacheroute_document_prompt_tokens",
+                            "Prompt tokens of document questions.", ["order"])
+    cached_tokens = counter(
+        "cacheroute_document_cached_tokens", "Of those, tokens the engine served from "
+        "its prefix cache (usage.prompt_tokens_details.cached_tokens).", ["order"])
+    assembly_seconds = histogram(
+        "cacheroute_document_assembly_seconds", "Context assembly per question: question "
+        "embedding, ranking, selection, rendering and token checks.", ["order"],
+        buckets=_ASSEMBLY_BUCKETS)
+    ask_seconds = histogram(
+        "cacheroute_document_ask_seconds", "Document questions end to end in the "
+        "ingress, assembly plus the answer.", ["order"], buckets=_ASK_BUCKETS)
+    upload_seconds = histogram(
+        "cacheroute_document_upload_seconds", "Uploads: chunking, embedding and the "
+        "anchor's prewarm.", buckets=_UPLOAD_BUCKETS)
+    evictions = counter("cacheroute_document_evictions", "Documents dropped, by reason.",
+                        ["reason"])

@@ -8,7 +8,7 @@ One `Failover.run` per request wraps the ingress's call to the engines
         │ mid-stream, an exception from the replica), or its replica was ejected
         │ as hung while the attempt waited for output
         ▼
-    mark that replica avoided for this request (serving/failover/attempt_log.py; the router
+    mark that replica avoided for this request (serving/failover/attempts.py; the router
     routes the retry around it), back off, then
         nothing sent yet   → the same request again              (phase before_output)
         a stream under way → its continuation from the text sent (phase mid_stream)
@@ -32,7 +32,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from serving.failover.attempt_log import AttemptLog
+from serving.failover.attempts import AttemptLog
 from serving.config import FailoverConfig
 from serving.failover.metrics import FailoverMetrics, FailureReason, Phase
 from serving.failover.stream_resume import DONE_EVENT, StreamBroken, StreamResume, error_event

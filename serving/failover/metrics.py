@@ -15,15 +15,16 @@ Names as scraped:
 - `cacheroute_failover_ejections_total{change}`: replicas `ejected` from the ring for
   lack of engine progress, and `readmitted` when they progressed again.
 - `cacheroute_router_ejected_replicas`: replicas out of the ring now.
+
+Every label value exists from the start, so `rate()` sees a 0 before the first event
+(serving/observability/metrics.py: how the app declares a metric).
 """
 
 from __future__ import annotations
 
 from enum import Enum
 
-from prometheus_client import Counter, Gauge
-
-from serving.observability.telemetry import REGISTRY
+from serving.observability.metrics import MetricSet, counter, gauge
 
 
 class FailureReason(str, Enum):
@@ -43,43 +44,34 @@ class Phase(str, Enum):
         return self.value
 
 
-RETRIES = Counter("cacheroute_failover_retries", "Attempts started again after a replica "
-                  "failure.", ["reason", "phase"], registry=REGISTRY)
-RESUMED = Counter("cacheroute_failover_resumed_streams",
-                  "Broken streams finished by another replica.", registry=REGISTRY)
-FAILED = Counter("cacheroute_failover_failed", "Requests failed to the client after "
-                 "failover gave up.", ["reason"], registry=REGISTRY)
-EJECTIONS = Counter("cacheroute_failover_ejections", "Replicas ejected from the ring for "
-                    "lack of engine progress, and readmitted.", ["change"], registry=REGISTRY)
-EJECTED = Gauge("cacheroute_router_ejected_replicas", "Replicas out of the ring (hung).",
-                registry=REGISTRY)
-
-# Every label value exists from the start, so rate() sees a 0 before the first event.
-for _r in FailureReason:
-    for _p in Phase:
-        RETRIES.labels(reason=_r.value, phase=_p.value)
-for _f in ("exhausted", "not_resumable"):
-    FAILED.labels(reason=_f)
-for _c in ("ejected", "readmitted"):
-    EJECTIONS.labels(change=_c)
-
-
-class FailoverMetrics:
+class FailoverMetrics(MetricSet):
     """The failover loop's and the router's view onto the process-wide metrics."""
 
+    retries = counter("cacheroute_failover_retries", "Attempts started again after a replica "
+                      "failure.", ["reason", "phase"],
+                      initial=[(r.value, p.value) for r in FailureReason for p in Phase])
+    resumed = counter("cacheroute_failover_resumed_streams",
+                      "Broken streams finished by another replica.")
+    failed = counter("cacheroute_failover_failed", "Requests failed to the client after "
+                     "failover gave up.", ["reason"], initial=["exhausted", "not_resumable"])
+    ejections = counter("cacheroute_failover_ejections", "Replicas ejected from the ring for "
+                        "lack of engine progress, and readmitted.", ["change"],
+                        initial=["ejected", "readmitted"])
+    ejected = gauge("cacheroute_router_ejected_replicas", "Replicas out of the ring (hung).")
+
     def on_retry(self, reason: FailureReason, phase: Phase) -> None:
-        RETRIES.labels(reason=reason.value, phase=phase.value).inc()
+        self.retries.labels(reason=reason.value, phase=phase.value).inc()
 
     def on_resumed(self) -> None:
-        RESUMED.inc()
+        self.resumed.inc()
 
     def on_failed(self, reason: str) -> None:
-        FAILED.labels(reason=reason).inc()
+        self.failed.labels(reason=reason).inc()
 
     def on_ejection(self, change: str) -> None:
-        EJECTIONS.labels(change=change).inc()
+        self.ejections.labels(change=change).inc()
 
     def on_ejected(self, ejected_now: int) -> None:
         # Also after membership changes: a replica that leaves while out of the ring
         # (Serve replaced it) is no longer out.
-        EJECTED.set(ejected_now)
+        self.ejected.set(ejected_now)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from ray.llm._internal.serve.core.configs.openai_api_models import OpenAIHTTPException
+from serving.ray_private import OpenAIHTTPException
 
 # The start of the message Ray raises when an actor call's argument does not pickle.
 _UNSERIALIZABLE = "Could not serialize the argument"

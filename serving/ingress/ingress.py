@@ -38,15 +38,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ray import serve
-from ray.llm._internal.serve.core.configs.openai_api_models import OpenAIHTTPException
 from ray.serve.llm import LLMConfig
 from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
 from ray.serve.schema import ApplicationStatus
 
 from serving.ingress import openapi as api_schema
+from serving.ray_private import OpenAIHTTPException, serve_request_id
 
 from serving.observability import telemetry
-from serving.failover.attempt_log import process_attempt_log
 from serving.config import FailoverConfig, ServiceConfig
 from serving.documents.api import (DOCUMENT_ENDPOINTS, DOCUMENT_HEADER, DocumentRoutes,
                                    build_documents)
@@ -56,12 +55,13 @@ from serving.ingress.forwarding import refuse_unforwardable
 from serving.ingress.limits import BodyLimitMiddleware
 from serving.prefixes.api import PREFIX_ENDPOINTS, PrefixRoutes, observe_response
 from serving.prefixes.backend import build_registry, ingress_args
-from serving.prefixes.registry import PrefixError, PrefixMetrics
-from serving.routing.prewarm import PrewarmMetrics, Prewarmer
+from serving.prefixes.metrics import PrefixMetrics
+from serving.prefixes.registry import PrefixError
+from serving.routing.prewarm import Prewarmer
 # Upstream's request bodies, with validation that cannot crash (serving/ingress/request_models.py).
 from serving.ingress.request_models import ChatCompletionRequest, CompletionRequest
-from serving.routing.metrics import REPLICAS_WANTED
-from serving.routing.registry import router_of
+from serving.routing.metrics import REPLICAS_WANTED, PrewarmMetrics
+from serving.routing.registry import local_routers
 from serving.observability.tracing import TracingMiddleware
 
 logger = logging.getLogger("ray.serve")
@@ -173,9 +173,7 @@ async def _on_engine_client_error(request: Request, exc: Exception) -> JSONRespo
 
 def build_fastapi_app(config: ServiceConfig) -> FastAPI:
     """Upstream's app (its middleware stack, metrics, request ids) plus ours."""
-    from ray.llm._internal.serve.core.ingress.ingress import init as init_upstream_app
-
-    from ray.llm._internal.common.errors import VLLM_CLIENT_ERRORS
+    from serving.ray_private import VLLM_CLIENT_ERRORS, init_upstream_app
 
     app = init_upstream_app()
     # Handlers registered here run inside upstream's catch-all middleware, so the
@@ -198,7 +196,8 @@ def build_fastapi_app(config: ServiceConfig) -> FastAPI:
     if config.tracing.enabled:
         # Added last, so outermost: rejected (401) requests are traced too. Absent
         # when tracing is off, so it costs nothing then.
-        app.add_middleware(TracingMiddleware, settings=config.tracing)
+        app.add_middleware(TracingMiddleware, settings=config.tracing,
+                           route_log=local_routers().route_log)
     return app
 
 
@@ -209,7 +208,9 @@ class CacheRouteIngress(DocumentRoutes, PrefixRoutes, OpenAiIngress):
                  replicate_before_spill: bool = False) -> None:
         super().__init__(llm_deployments, model_cards, lora_paths=lora_paths)
         failover_config = FailoverConfig.model_validate(failover or {})
-        self._failover = (Failover(failover_config, attempts=process_attempt_log())
+        # What this process's router tells the ingress (serving/routing/registry.py).
+        routers = local_routers()
+        self._failover = (Failover(failover_config, attempts=routers.attempts)
                           if failover_config.enabled else None)
         self._app_name = app_name
         self._llm_deployment = llm_deployment
@@ -218,17 +219,18 @@ class CacheRouteIngress(DocumentRoutes, PrefixRoutes, OpenAiIngress):
         self._prefix_registry = build_registry(
             prefixes, models=frozenset(model_cards), deployment=llm_deployment,
             send_chat=lambda body: self._get_response(body=body, call_method="chat"),
-            metrics=PrefixMetrics.for_registry(telemetry.REGISTRY))
+            routers=routers,
+            metrics=PrefixMetrics())
         self._documents = build_documents(
             prefixes, models=frozenset(model_cards), registry=self._prefix_registry,
-            metrics=DocumentMetrics.for_registry(telemetry.REGISTRY))
+            metrics=DocumentMetrics())
         # Scale-up prewarm and replication ahead of a spill (serving/routing/prewarm.py): the
         # router of this process's handle names the replicas and prefixes, this ingress
         # sends the prefills.
         self._prewarmer = (
-            Prewarmer(model=next(iter(model_cards)), router=lambda: router_of(llm_deployment),
-                      send=self._send_prewarm,
-                      metrics=PrewarmMetrics.for_registry(telemetry.REGISTRY))
+            Prewarmer(model=next(iter(model_cards)),
+                      router=lambda: routers.router_of(llm_deployment), send=self._send_prewarm,
+                      metrics=PrewarmMetrics())
             if (failover_config.prewarm_on_scale_up or replicate_before_spill) and model_cards
             else None)
 
@@ -248,11 +250,8 @@ class CacheRouteIngress(DocumentRoutes, PrefixRoutes, OpenAiIngress):
         if self._failover is None or call_method not in ("chat", "completions"):
             stream = send(body)
         else:
-            from ray.serve.context import _get_serve_request_context
-
-            stream = self._failover.run(
-                body, call_method, send,
-                request_key=_get_serve_request_context()._internal_request_id)
+            stream = self._failover.run(body, call_method, send,
+                                        request_key=serve_request_id())
         async for item in refuse_unforwardable(stream):
             yield item
 
@@ -310,7 +309,7 @@ class CacheRouteIngress(DocumentRoutes, PrefixRoutes, OpenAiIngress):
 
 
 def _endpoint_map() -> dict:
-    from ray.llm._internal.serve.core.ingress.ingress import DEFAULT_ENDPOINTS
+    from serving.ray_private import DEFAULT_ENDPOINTS
 
     return {
         **DEFAULT_ENDPOINTS,
@@ -326,7 +325,7 @@ def make_ingress_deployment(*, config: ServiceConfig, llm_config: LLMConfig,
                             server: serve.Application, ingress_cls: type,
                             llm_deployment_name: str, app_name: str,
                             name: str) -> serve.Application:
-    from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
+    from serving.ray_private import to_model_metadata
 
     cls = make_fastapi_ingress(ingress_cls, endpoint_map=_endpoint_map(),
                                app=build_fastapi_app(config))

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import ModelWrapValidatorHandler, model_validator
-from ray.llm._internal.serve.core.configs import openai_api_models as upstream
+from ray.serve.llm import openai_api_models as upstream
 
 # What a validator that trusted its input's type raises on a wrong one.
 _TYPE_ASSUMPTION_ERRORS = (TypeError, AttributeError, KeyError, IndexError)

@@ -4,7 +4,8 @@ One scrape target, `GET /metrics` on the service port (8000 by default), served 
 the ingress process -- the process where Serve runs the request router of every
 handle the ingress holds. It exposes:
 
-- the router's own metrics, `cacheroute_router_*` (serving/routing/metrics.py);
+- the router's own metrics, `cacheroute_router_*` (serving/routing/metrics.py), and
+  the ingress's: failover, prefixes, documents, prewarm (each package's metrics.py);
 - per replica, with a `replica` label (Serve's replica id), the engine's telemetry
   under vLLM's own metric names (`vllm:prefix_cache_queries_total`,
   `vllm:prefix_cache_hits_total`, `vllm:kv_cache_usage_perc`,
@@ -14,33 +15,29 @@ handle the ingress holds. It exposes:
 
 Replica values arrive through Ray Serve's routing stats, which the controller pulls
 from every replica every `request_routing_stats_period_s` (serving/app.py) and
-broadcasts to the routers; scrapes see them that stale. Series of a replica that
-left the deployment disappear with it.
+broadcasts to the routers; scrapes see them that stale. The routers of the process
+are found through `local_routers()` (serving/routing/registry.py). Series of a
+replica that left the deployment disappear with it.
 
-A dedicated registry, not prometheus_client's global one: vLLM modules imported
-into this process register their own (replica-less) collectors there.
+Every series is declared in serving/observability/metrics.py's one way, on its one
+registry: the routers' own metrics where they are updated, the per-replica families
+here with `collected`, built afresh at each scrape.
 """
 
 from __future__ import annotations
 
-import threading
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+from prometheus_client import generate_latest
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from serving.contract import ENGINE_STATS_KEY
+from serving.observability.metrics import REGISTRY, Kind, collected
+from serving.routing.registry import LocalRouters, local_routers
 
-REGISTRY = CollectorRegistry(auto_describe=True)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -59,22 +56,16 @@ class ReplicaSource(Protocol):
     def replica_views(self) -> list[ReplicaView]: ...
 
 
-_sources: weakref.WeakSet[Any] = weakref.WeakSet()
-_sources_lock = threading.Lock()
-
-
 def register_source(source: ReplicaSource) -> None:
-    """Add a router to the scrape (held weakly: a discarded router drops out)."""
-    with _sources_lock:
-        _sources.add(source)
+    """``local_routers().register_source`` under its former name, for the request
+    routers (serving/routing/) until they call that themselves; then this goes."""
+    local_routers().register_source(source)
 
 
-def current_views() -> list[ReplicaView]:
+def current_views(routers: LocalRouters | None = None) -> list[ReplicaView]:
     """Per-replica views of every live router in this process, one per replica."""
-    with _sources_lock:
-        sources = list(_sources)
     by_replica: dict[str, ReplicaView] = {}
-    for source in sources:
+    for source in (routers or local_routers()).sources():
         for view in source.replica_views():
             # Two routers of one deployment see the same replicas; keep the view
             # with engine data (the freshest broadcast wins ties arbitrarily).
@@ -84,26 +75,46 @@ def current_views() -> list[ReplicaView]:
     return [by_replica[r] for r in sorted(by_replica)]
 
 
-# (vLLM name without the _total suffix, snapshot key, help)
-_ENGINE_COUNTERS = (
-    ("vllm:prefix_cache_queries", "prefix_cache_queries",
-     "Prefix-cache queries, in tokens."),
-    ("vllm:prefix_cache_hits", "prefix_cache_hits", "Prefix-cache hits, in tokens."),
-    ("vllm:prompt_tokens", "prompt_tokens", "Prefill tokens processed."),
-    ("vllm:prompt_tokens_cached", "prompt_tokens_cached",
-     "Prompt tokens served from cache instead of computed."),
-    ("vllm:generation_tokens", "generation_tokens", "Generation tokens processed."),
-    ("vllm:request_success", "request_success", "Finished requests."),
-)
-_ENGINE_GAUGES = (
-    ("vllm:kv_cache_usage_perc", "kv_cache_usage", "KV-cache usage (1 = full)."),
-    ("vllm:num_requests_running", "running", "Requests in the engine's running batch."),
-    ("vllm:num_requests_waiting", "waiting", "Requests waiting to be scheduled."),
+_REPLICA = ["replica"]
+
+# Each engine's telemetry under vLLM's own name (a counter without its _total suffix),
+# with the key of the replica's snapshot (serving/replica/engine_stats.py) it comes from.
+_ENGINE_SCALARS = (
+    (collected(Kind.COUNTER, "vllm:prefix_cache_queries", "Prefix-cache queries, in tokens.",
+               _REPLICA), "prefix_cache_queries"),
+    (collected(Kind.COUNTER, "vllm:prefix_cache_hits", "Prefix-cache hits, in tokens.",
+               _REPLICA), "prefix_cache_hits"),
+    (collected(Kind.COUNTER, "vllm:prompt_tokens", "Prefill tokens processed.", _REPLICA),
+     "prompt_tokens"),
+    (collected(Kind.COUNTER, "vllm:prompt_tokens_cached",
+               "Prompt tokens served from cache instead of computed.", _REPLICA),
+     "prompt_tokens_cached"),
+    (collected(Kind.COUNTER, "vllm:generation_tokens", "Generation tokens processed.",
+               _REPLICA), "generation_tokens"),
+    (collected(Kind.COUNTER, "vllm:request_success", "Finished requests.", _REPLICA),
+     "request_success"),
+    (collected(Kind.GAUGE, "vllm:kv_cache_usage_perc", "KV-cache usage (1 = full).",
+               _REPLICA), "kv_cache_usage"),
+    (collected(Kind.GAUGE, "vllm:num_requests_running",
+               "Requests in the engine's running batch.", _REPLICA), "running"),
+    (collected(Kind.GAUGE, "vllm:num_requests_waiting", "Requests waiting to be scheduled.",
+               _REPLICA), "waiting"),
 )
 _ENGINE_HISTOGRAMS = (
-    ("vllm:time_to_first_token_seconds", "ttft_seconds", "Time to first token."),
-    ("vllm:e2e_request_latency_seconds", "e2e_seconds", "End-to-end request latency."),
+    (collected(Kind.HISTOGRAM, "vllm:time_to_first_token_seconds", "Time to first token.",
+               _REPLICA), "ttft_seconds"),
+    (collected(Kind.HISTOGRAM, "vllm:e2e_request_latency_seconds",
+               "End-to-end request latency.", _REPLICA), "e2e_seconds"),
 )
+# What the routers know of each replica.
+_IN_FLIGHT = collected(Kind.GAUGE, "cacheroute_replica_in_flight",
+                       "Requests the router has in flight to the replica.", _REPLICA)
+_UP = collected(Kind.GAUGE, "cacheroute_replica_up",
+                "1 for each replica the router may route to.", _REPLICA)
+_OWNED = collected(Kind.GAUGE, "cacheroute_replica_owned_blocks",
+                   "KV blocks the ownership index attributes to the replica.", _REPLICA)
+_REMOVED = collected(Kind.COUNTER, "cacheroute_replica_kv_blocks_removed",
+                     "KV blocks the replica's engine evicted (KV events).", _REPLICA)
 
 
 def _histogram_buckets(snap: Mapping[str, Any]) -> tuple[list[tuple[str, float]], float]:
@@ -118,34 +129,22 @@ def _histogram_buckets(snap: Mapping[str, Any]) -> tuple[list[tuple[str, float]]
 class ReplicaCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         views = current_views()
-        label = ["replica"]
-        for family, specs in ((CounterMetricFamily, _ENGINE_COUNTERS),
-                              (GaugeMetricFamily, _ENGINE_GAUGES)):
-            for name, key, doc in specs:
-                fam = family(name, doc, labels=label)
-                for v in views:
-                    if key in v.engine:
-                        fam.add_metric([v.replica], float(v.engine[key]))
-                yield fam
-        for name, key, doc in _ENGINE_HISTOGRAMS:
-            fam = HistogramMetricFamily(name, doc, labels=label)
+        for spec, key in _ENGINE_SCALARS:
+            fam = spec.family()
+            for v in views:
+                if key in v.engine:
+                    fam.add_metric([v.replica], float(v.engine[key]))
+            yield fam
+        for spec, key in _ENGINE_HISTOGRAMS:
+            fam = spec.family()
             for v in views:
                 snap = v.engine.get(key)
                 if snap:
                     buckets, total = _histogram_buckets(snap)
                     fam.add_metric([v.replica], buckets, total)
             yield fam
-        in_flight = GaugeMetricFamily("cacheroute_replica_in_flight",
-                                      "Requests the router has in flight to the replica.",
-                                      labels=label)
-        up = GaugeMetricFamily("cacheroute_replica_up",
-                               "1 for each replica the router may route to.", labels=label)
-        owned = GaugeMetricFamily("cacheroute_replica_owned_blocks",
-                                  "KV blocks the ownership index attributes to the replica.",
-                                  labels=label)
-        removed = CounterMetricFamily("cacheroute_replica_kv_blocks_removed",
-                                      "KV blocks the replica's engine evicted (KV events).",
-                                      labels=label)
+        in_flight, up, owned, removed = (spec.family()
+                                         for spec in (_IN_FLIGHT, _UP, _OWNED, _REMOVED))
         for v in views:
             in_flight.add_metric([v.replica], float(v.in_flight))
             up.add_metric([v.replica], 1.0)

@@ -17,10 +17,11 @@ How the context travels:
   them from the same headers for its `llm_request` span.
 - router -> ingress: Serve runs the request router on its own event loop and thread, so
   the ingress span's context never reaches `choose_replicas`. The router records its
-  decision in this process's RouteLog under Serve's internal request id (the proxy
-  assigns it; the ingress's handle call carries it in `PendingRequest.metadata`); when
-  the response ends, the middleware pops the record and writes `cacheroute.route` with
-  the recorded start and end times.
+  decision in this process's RouteLog (`local_routers().route_log`,
+  serving/routing/registry.py) under Serve's internal request id (the proxy assigns
+  it; the ingress's handle call carries it in `PendingRequest.metadata`); when the
+  response ends, the middleware pops the record and writes `cacheroute.route` with the
+  recorded start and end times.
 
 Cost: with `tracing.enabled: false` (the default) nothing is installed: no middleware,
 no RouteLog writes, no replica wrapper. Enabled, a request costs three span objects, a
@@ -36,9 +37,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
@@ -53,8 +52,9 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from router import Decision
 from serving.config import TracingConfig
+from serving.observability.route_log import RouteLog, RouteRecord
+from serving.routing.registry import local_routers
 
 T = TypeVar("T")
 
@@ -89,12 +89,6 @@ ATTR_ERROR_TYPE = "error.type"
 # Only the API is traced: probes (/ready, /health) would add a root trace every few
 # seconds per load balancer and say nothing about requests.
 TRACED_PATH_PREFIX = "/v1/"
-
-# RouteLog bound. A record lives from the decision to the end of its response, so the
-# log holds about the ingress's in-flight requests (replicas x max_ongoing_requests);
-# the bound only drops records that no middleware pops (handle calls made outside an
-# HTTP request), oldest first.
-ROUTE_LOG_MAX_ENTRIES = 4096
 
 # W3C Trace Context only, whatever OTEL_PROPAGATORS says: the issue's contract is the
 # `traceparent` header, and vLLM reads exactly these two headers.
@@ -136,77 +130,17 @@ def process_tracer_provider(settings: TracingConfig) -> TracerProvider:
 # --- routing decisions ------------------------------------------------------------
 
 
-@dataclass(frozen=True, kw_only=True)
-class RouteRecord:
-    """One request's routing, as the router saw it; becomes the `cacheroute.route` span."""
-
-    # Wall-clock span bounds: from the first attempt's start to the last decision.
-    start_ns: int
-    end_ns: int
-    replica_id: str
-    outcome: str
-    matched_blocks: int
-    total_blocks: int
-    prompt_tokens: int
-    # Serve asks the router again while every replica it was offered is full: attempts > 1.
-    attempts: int
-
-    def attributes(self) -> dict[str, Any]:
-        return {ATTR_REPLICA: self.replica_id, ATTR_OUTCOME: self.outcome,
-                ATTR_MATCHED_BLOCKS: self.matched_blocks, ATTR_TOTAL_BLOCKS: self.total_blocks,
-                ATTR_PROMPT_TOKENS: self.prompt_tokens, ATTR_ROUTE_ATTEMPTS: self.attempts}
-
-
-class RouteLog:
-    """Routing decisions by request id, from the router's thread to the ingress's.
-
-    Bounded (oldest out first) and thread-safe: the router writes on Serve's router loop,
-    the middleware pops on the ingress loop.
-    """
-
-    def __init__(self, max_entries: int = ROUTE_LOG_MAX_ENTRIES, *,
-                 clock_ns: Callable[[], int] = time.time_ns) -> None:
-        if max_entries < 1:
-            raise ValueError(f"max_entries must be >= 1, got {max_entries}")
-        self._max_entries = max_entries
-        self._clock_ns = clock_ns
-        self._entries: OrderedDict[str, RouteRecord] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._entries)
-
-    def record(self, request_id: str, decision: Decision, *, prompt_tokens: int,
-               elapsed_s: float) -> None:
-        """Called right after a decision that took `elapsed_s` (tokenising included)."""
-        if not request_id:
-            return
-        end_ns = self._clock_ns()
-        start_ns = end_ns - int(elapsed_s * 1e9)
-        with self._lock:
-            previous = self._entries.pop(request_id, None)
-            self._entries[request_id] = RouteRecord(
-                start_ns=previous.start_ns if previous else start_ns, end_ns=end_ns,
-                replica_id=decision.replica_id, outcome=str(decision.outcome),
-                matched_blocks=decision.matched_blocks, total_blocks=decision.total_blocks,
-                prompt_tokens=prompt_tokens,
-                attempts=previous.attempts + 1 if previous else 1)
-            while len(self._entries) > self._max_entries:
-                self._entries.popitem(last=False)
-
-    def pop(self, request_id: str) -> RouteRecord | None:
-        with self._lock:
-            return self._entries.pop(request_id, None)
-
-
-_PROCESS_ROUTE_LOG = RouteLog()
-
-
 def process_route_log() -> RouteLog:
-    """The one RouteLog of this process. A module-level instance because Serve builds
-    the router and Starlette builds the middleware: neither can be handed the other."""
-    return _PROCESS_ROUTE_LOG
+    """``local_routers().route_log`` under its former name, for
+    serving/routing/cacheroute.py until it reads that itself; then this goes."""
+    return local_routers().route_log
+
+
+def route_attributes(record: RouteRecord) -> dict[str, Any]:
+    """The `cacheroute.route` span's attributes: what the router decided."""
+    return {ATTR_REPLICA: record.replica_id, ATTR_OUTCOME: record.outcome,
+            ATTR_MATCHED_BLOCKS: record.matched_blocks, ATTR_TOTAL_BLOCKS: record.total_blocks,
+            ATTR_PROMPT_TOKENS: record.prompt_tokens, ATTR_ROUTE_ATTEMPTS: record.attempts}
 
 
 # --- ingress ----------------------------------------------------------------------
@@ -216,9 +150,9 @@ def serve_request_key(scope: Scope) -> str:
     """Serve's internal request id of the request being handled: unique per HTTP
     request (unlike `x-request-id`, which a client may reuse) and the very id the
     ingress's handle call puts in `PendingRequest.metadata.internal_request_id`."""
-    from ray.serve.context import _get_serve_request_context
+    from serving.ray_private import serve_request_id
 
-    return _get_serve_request_context()._internal_request_id
+    return serve_request_id()
 
 
 class TracingMiddleware:
@@ -227,12 +161,12 @@ class TracingMiddleware:
 
     def __init__(self, app: ASGIApp, *, settings: TracingConfig,
                  tracer_provider: TracerProvider | None = None,
-                 route_log: RouteLog | None = None,
+                 route_log: RouteLog,
                  request_key: Callable[[Scope], str] = serve_request_key) -> None:
         self.app = app
         provider = tracer_provider or process_tracer_provider(settings)
         self._tracer = provider.get_tracer("cacheroute.ingress")
-        self._route_log = route_log if route_log is not None else process_route_log()
+        self._route_log = route_log
         self._request_key = request_key
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -295,7 +229,7 @@ class TracingMiddleware:
         if record is None or not span.is_recording():
             return
         route = self._tracer.start_span(ROUTE_SPAN, context=parent, start_time=record.start_ns,
-                                        attributes=record.attributes())
+                                        attributes=route_attributes(record))
         route.end(end_time=record.end_ns)
 
 
@@ -430,7 +364,7 @@ class GenerationTracer:
 
 def _with_headers(raw_request_info: Any, headers: dict[str, str]) -> Any:
     if raw_request_info is None:
-        from ray.llm._internal.serve.core.protocol import RawRequestInfo
+        from serving.ray_private import RawRequestInfo
 
         return RawRequestInfo(headers=headers)
     return replace(raw_request_info, headers=headers)

@@ -5,9 +5,9 @@
 - prewarm: a chat completion with ``max_tokens=1`` and no generation prompt, sent
   through the ingress's DeploymentHandle exactly like client traffic, so the
   configured router places it and learns the owner;
-- placement / forget: the ``cacheroute`` router instance of this process
-  (``serving.routing.registry.prefix_placement`` / ``forget_prefix``). Other policies keep
-  no ownership index: no home is reported and nothing is rewarmed.
+- placement / forget: the ``cacheroute`` router instance of this process, through
+  ``LocalRouters`` (serving/routing/registry.py). Other policies keep no ownership
+  index: no home is reported and nothing is rewarmed.
 """
 
 from __future__ import annotations
@@ -17,23 +17,20 @@ from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ray.llm._internal.serve.core.configs.openai_api_models import (
-    ChatCompletionRequest,
-    ErrorResponse,
-    OpenAIHTTPException,
-)
+from ray.serve.llm.openai_api_models import ChatCompletionRequest
 
 from router import Placement
-from serving.routing import registry as router_registry
+from serving.routing.registry import LocalRouters
 from serving.config import ServiceConfig
+from serving.prefixes.metrics import PrefixMetrics
 from serving.prefixes.registry import (
     PrefixError,
-    PrefixMetrics,
     PrefixRegistry,
     Prewarmed,
     RegistrySettings,
 )
-from serving.prefixes.store import StoreLimits, open_prefix_store
+from serving.prefixes.store import InMemoryPrefixStore, PrefixStore, StoreLimits
+from serving.ray_private import ErrorResponse, OpenAIHTTPException
 from serving.routing.prompt_tokens import PromptTokenizer
 
 # A prefill of a few thousand tokens on a loaded CPU replica takes seconds; this only
@@ -53,8 +50,10 @@ class _PrefixPrompt:
 class ServingPrefixBackend:
     def __init__(self, *,
                  send_chat: Callable[[ChatCompletionRequest], AsyncGenerator[Any, None]],
-                 tokenizer_path: str, deployment: str, tracks_placement: bool) -> None:
+                 tokenizer_path: str, deployment: str, tracks_placement: bool,
+                 routers: LocalRouters) -> None:
         self._send_chat = send_chat
+        self._routers = routers
         self._tokenizer = PromptTokenizer(tokenizer_path)
         self._deployment = deployment
         self.tracks_placement = tracks_placement
@@ -92,10 +91,10 @@ class ServingPrefixBackend:
             await replies.aclose()
 
     def placement(self, token_ids: Sequence[int], tenant: str | None) -> Placement | None:
-        return router_registry.prefix_placement(self._deployment, token_ids, cache_salt=tenant)
+        return self._routers.prefix_placement(self._deployment, token_ids, cache_salt=tenant)
 
     def forget(self, token_ids: Sequence[int], tenant: str | None) -> int:
-        return router_registry.forget_prefix(self._deployment, token_ids, cache_salt=tenant)
+        return self._routers.forget_prefix(self._deployment, token_ids, cache_salt=tenant)
 
 
 def registry_settings(config: ServiceConfig, models: frozenset[str]) -> RegistrySettings:
@@ -117,9 +116,18 @@ def ingress_args(config: ServiceConfig, tokenizer_path: str) -> dict[str, Any]:
     return {"config_json": config.model_dump_json(), "tokenizer_path": tokenizer_path}
 
 
+def open_prefix_store(redis_url: str | None, limits: StoreLimits) -> PrefixStore:
+    """Redis when a URL is configured, else the in-process store."""
+    if redis_url:
+        from serving.prefixes.store_redis import RedisPrefixStore
+
+        return RedisPrefixStore.from_url(redis_url, limits)
+    return InMemoryPrefixStore(limits)
+
+
 def build_registry(args: Mapping[str, Any], *, models: frozenset[str], deployment: str,
                    send_chat: Callable[[ChatCompletionRequest], AsyncGenerator[Any, None]],
-                   metrics: PrefixMetrics) -> PrefixRegistry:
+                   routers: LocalRouters, metrics: PrefixMetrics) -> PrefixRegistry:
     """The registry of one ingress replica (runs in its process: the Redis URL may come
     from that process's environment)."""
     config = ServiceConfig.model_validate_json(args["config_json"])
@@ -128,6 +136,6 @@ def build_registry(args: Mapping[str, Any], *, models: frozenset[str], deploymen
         StoreLimits(max_prefixes=config.prefixes.max_prefixes,
                     max_total_tokens=config.prefixes.max_total_tokens))
     backend = ServingPrefixBackend(send_chat=send_chat, tokenizer_path=args["tokenizer_path"],
-                                   deployment=deployment,
+                                   deployment=deployment, routers=routers,
                                    tracks_placement=config.routing.policy == "cacheroute")
     return PrefixRegistry(store, backend, registry_settings(config, models), metrics)

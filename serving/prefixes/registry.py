@@ -33,14 +33,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
-
 from router import Placement
+from serving.prefixes.metrics import PrefixMetrics
 from serving.prefixes.store import (
     PrefixKey,
     PrefixRecord,
@@ -121,42 +119,6 @@ class PrefixUse:
 
     key: PrefixKey
     cacheable_tokens: int
-
-
-class PrefixMetrics:
-    """Per-prefix counters; the label is the short key, bounded by ``max_prefixes``
-    (a prefix's series are removed when it leaves the registry)."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.hits = Counter("cacheroute_prefix_hits", "Chat requests starting with a "
-                            "registered prefix whose full blocks were all cached.",
-                            ["prefix"], registry=registry)
-        self.misses = Counter("cacheroute_prefix_misses", "Chat requests starting with a "
-                              "registered prefix that found some of its blocks uncached.",
-                              ["prefix"], registry=registry)
-        self.rewarms = Counter("cacheroute_prefix_rewarms", "Registered prefixes prewarmed "
-                               "again because no replica held them.", registry=registry)
-        self.registered = Gauge("cacheroute_prefixes_registered",
-                                "Registered prefixes, as this ingress last listed them.",
-                                registry=registry)
-
-    @classmethod
-    def for_registry(cls, registry: CollectorRegistry) -> PrefixMetrics:
-        """The one instance per Prometheus registry (a name registers only once)."""
-        if registry not in _METRICS_BY_REGISTRY:
-            _METRICS_BY_REGISTRY[registry] = cls(registry)
-        return _METRICS_BY_REGISTRY[registry]
-
-    def drop(self, key: PrefixKey) -> None:
-        for counter in (self.hits, self.misses):
-            try:
-                counter.remove(short_key(key))
-            except KeyError:
-                pass
-
-
-_METRICS_BY_REGISTRY: weakref.WeakKeyDictionary[CollectorRegistry, PrefixMetrics] = (
-    weakref.WeakKeyDictionary())
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -9,7 +9,7 @@ nor point a key at other content, and an edited system prompt is a new key.
 implementations of identical semantics (one test suite runs against both):
 
 - ``InMemoryPrefixStore`` here: one process, lost on restart;
-- ``RedisPrefixStore`` (``prefix_store_redis.py``): every ingress and router instance
+- ``RedisPrefixStore`` (``store_redis.py``): every ingress and router instance
   shares it and a restart loses nothing; each update is one Lua script, so atomic.
 
 Semantics, for both:
@@ -292,13 +292,3 @@ class InMemoryPrefixStore:
 
     async def close(self) -> None:
         return None
-
-
-def open_prefix_store(redis_url: str | None, limits: StoreLimits, *,
-                      clock: Callable[[], float] = time.time) -> PrefixStore:
-    """Redis when a URL is configured, else the in-process store."""
-    if redis_url:
-        from serving.prefixes.store_redis import RedisPrefixStore
-
-        return RedisPrefixStore.from_url(redis_url, limits, clock=clock)
-    return InMemoryPrefixStore(limits, clock=clock)

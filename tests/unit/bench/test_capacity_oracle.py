@@ -8,6 +8,7 @@ from bench.oracle import (
     CapacityOracleCache,
     capacity_oracle_from_blocks,
     capacity_oracle_hits,
+    fleet_capacity_blocks,
     oracle_from_blocks,
     oracle_hits,
 )
@@ -59,3 +60,9 @@ def test_token_ids_give_the_same_as_the_infinite_oracle_when_capacity_is_ample()
 def test_capacity_must_be_positive() -> None:
     with pytest.raises(ValueError, match="capacity_blocks"):
         CapacityOracleCache(4, 0)
+
+
+def test_fleet_capacity_is_replicas_times_blocks_per_replica() -> None:
+    # SmolLM2-135M, block 128: 2,949,120 bytes a block, so 1 GiB holds 364 blocks.
+    assert fleet_capacity_blocks(1, 1) == 364
+    assert fleet_capacity_blocks(2, 1) == 728

@@ -1,8 +1,7 @@
-"""bench.live without a service: workload choice, fleet capacity, and the report files."""
+"""bench.live without a service: the policies offered, the workload choice and its trace."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -11,15 +10,11 @@ from bench.live import (
     POLICIES,
     build_parser,
     build_trace,
-    fleet_capacity_blocks,
     main,
     resolve_requests,
     resolve_workload,
-    workload_description,
-    write_outputs,
 )
-from bench.replay import RequestResult
-from bench.report import summarise
+from bench.report import workload_description
 from bench.trace import save_trace
 
 
@@ -91,31 +86,3 @@ def test_a_trace_file_implies_the_trace_workload(tmp_path: Path) -> None:
         resolve_workload(parse("--workload", "trace"))
 
 
-def test_fleet_capacity_is_replicas_times_blocks_per_replica() -> None:
-    # SmolLM2-135M, block 128: 2,949,120 bytes a block, so 1 GiB holds 364 blocks.
-    assert fleet_capacity_blocks(1, 1) == 364
-    assert fleet_capacity_blocks(2, 1) == 728
-
-
-def test_report_json_has_one_object_per_policy_with_the_required_keys(tmp_path: Path) -> None:
-    args = parse("--workload", "documents", "--rate", "0.5", "--out-dir", str(tmp_path),
-                 "--json", str(tmp_path / "out.json"))
-    result = RequestResult(index=0, policy="p", tenant="d00", sent_s=0.0, done_s=1.0,
-                           ttft_s=0.2, e2e_s=0.9, prompt_tokens=300, cached_tokens=256,
-                           completion_tokens=8, error=None)
-    summaries = [summarise(p, [result], oracle_hit_rate=0.9, capacity_oracle_hit_rate=0.8,
-                           engine_hit_rate=0.8, load_skew=1.5, spills=None) for p in POLICIES]
-    from bench.machine import machine_info
-
-    write_outputs(args, machine_info(), "cacheroute bench", workload_description(
-        "documents", args, 1), summaries, {p: [0.2] for p in POLICIES},
-        {p: [(0.0, {"r1": 1.0})] for p in POLICIES}, {}, capacity_blocks=728)
-    data = json.loads((tmp_path / "out.json").read_text())
-    assert [r["policy"] for r in data["results"]] == list(POLICIES)
-    for r in data["results"]:
-        for key in ("policy", "hit_rate", "oracle_hit_rate", "ttft_p50_s", "ttft_p99_s",
-                    "load_skew", "errors", "engine_hit_rate", "capacity_oracle_hit_rate",
-                    "spills", "e2e_p50_s", "output_tokens_per_s"):
-            assert key in r
-    assert data["workload"]["workload"] == "documents"
-    assert data["workload"]["capacity_oracle_blocks"] == 728

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -13,8 +14,10 @@ from bench.report import (
     summarise,
     summary_from_json,
     summary_json,
+    workload_description,
     write_chart,
     write_load_chart,
+    write_outputs,
 )
 from bench.stats import percentile
 
@@ -101,3 +104,29 @@ def test_chart_is_written(tmp_path: Path) -> None:
     write_load_chart(load, {"a": [(0.0, {"r1": 1.0, "r2": 0.0}), (1.0, {"r1": 2.0})],
                             "b": []}, title="test")
     assert load.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_json_has_one_object_per_policy_with_the_required_keys(tmp_path: Path) -> None:
+    from bench.live import POLICIES, build_parser
+
+    args = build_parser().parse_args(["--workload", "documents", "--rate", "0.5", "--out-dir",
+                                      str(tmp_path), "--json", str(tmp_path / "out.json")])
+    result = RequestResult(index=0, policy="p", tenant="d00", sent_s=0.0, done_s=1.0,
+                           ttft_s=0.2, e2e_s=0.9, prompt_tokens=300, cached_tokens=256,
+                           completion_tokens=8, error=None)
+    summaries = [summarise(p, [result], oracle_hit_rate=0.9, capacity_oracle_hit_rate=0.8,
+                           engine_hit_rate=0.8, load_skew=1.5, spills=None) for p in POLICIES]
+    from bench.machine import machine_info
+
+    write_outputs(args, machine_info(), "cacheroute bench", workload_description(
+        "documents", args, 1), summaries, {p: [0.2] for p in POLICIES},
+        {p: [(0.0, {"r1": 1.0})] for p in POLICIES}, {}, capacity_blocks=728)
+    data = json.loads((tmp_path / "out.json").read_text())
+    assert [r["policy"] for r in data["results"]] == list(POLICIES)
+    for r in data["results"]:
+        for key in ("policy", "hit_rate", "oracle_hit_rate", "ttft_p50_s", "ttft_p99_s",
+                    "load_skew", "errors", "engine_hit_rate", "capacity_oracle_hit_rate",
+                    "spills", "e2e_p50_s", "output_tokens_per_s"):
+            assert key in r
+    assert data["workload"]["workload"] == "documents"
+    assert data["workload"]["capacity_oracle_blocks"] == 728

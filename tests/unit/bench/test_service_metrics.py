@@ -79,7 +79,8 @@ def test_a_replica_first_seen_after_the_start_counts_from_zero() -> None:
 
 
 def test_the_apps_own_rendering_parses() -> None:
-    from serving.observability.telemetry import ReplicaView, register_source, render
+    from serving.observability.telemetry import ReplicaView, render
+    from serving.routing.registry import local_routers
 
     class Source:
         def replica_views(self) -> list[ReplicaView]:
@@ -89,7 +90,7 @@ def test_the_apps_own_rendering_parses() -> None:
                                         "request_success": 4})]
 
     source = Source()
-    register_source(source)
+    local_routers().register_source(source)
     snap = parse_metrics(render().decode())
     assert snap.replicas["abc"] == {"prefix_cache_hits": 40, "prefix_cache_queries": 80,
                                     "prompt_tokens": 90, "prompt_tokens_cached": 30,

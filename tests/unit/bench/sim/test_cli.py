@@ -69,7 +69,8 @@ def test_a_load_floor_keeps_a_low_load_trace_on_its_owners(tmp_path: Path) -> No
 
 
 def test_the_simulated_spill_wait_defaults_to_the_service_default() -> None:
-    from bench.sim.cli import SPILL_WAIT_S, build_parser
+    from bench.sim.cli import build_parser
+    from bench.sim.comparison import SPILL_WAIT_S
     from serving.config import RoutingConfig
 
     assert SPILL_WAIT_S == RoutingConfig().spill_wait_s

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench.sim.cli import add_arguments
+from bench.sim.comparison import add_arguments
 from bench.sim.sweep import BASE, SWEEPS, run_sweep, write_chart
 
 

@@ -17,7 +17,7 @@ from ray.llm._internal.serve.core.configs.openai_api_models import (
 )
 from vllm.v1.engine.exceptions import EngineDeadError
 
-from serving.failover.attempt_log import AttemptLog
+from serving.failover.attempts import AttemptLog
 from serving.config import FailoverConfig
 from serving.failover.failover import Failover, classify
 from serving.failover.metrics import FailureReason

@@ -5,6 +5,7 @@ from __future__ import annotations
 from serving.observability import telemetry
 from serving.replica.engine_stats import EngineTotals
 from serving.observability.status import format_table, parse_replicas
+from serving.routing.registry import local_routers
 from tests.unit.serving.observability.test_telemetry import FakeSource, iteration_stats, scheduler_stats
 
 
@@ -16,7 +17,7 @@ def test_rows_from_metrics_text() -> None:
         telemetry.ReplicaView("st-a", totals.snapshot(), in_flight=4, owned_blocks=17),
         telemetry.ReplicaView("st-b", {}),
     ])
-    telemetry.register_source(source)
+    local_routers().register_source(source)
     rows = {r.replica: r for r in parse_replicas(telemetry.render().decode())}
     a, b = rows["st-a"], rows["st-b"]
     assert (a.up, a.hit_rate, a.kv_cache_usage) == (True, 0.75, 0.125)

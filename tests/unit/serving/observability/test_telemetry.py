@@ -18,6 +18,7 @@ from serving.replica import engine_stats
 
 from serving.observability import telemetry
 from serving.routing.baselines import Pow2Router
+from serving.routing.registry import local_routers
 from serving.replica.engine_stats import EngineTotals, HistogramTotals
 
 
@@ -106,7 +107,7 @@ def test_metrics_text_has_each_replica_under_vllm_names() -> None:
                               kv_blocks_removed=4),
         telemetry.ReplicaView("r-b", engine_snapshot(1000, 0)),
     ])
-    telemetry.register_source(source)
+    local_routers().register_source(source)
     got = samples(telemetry.render())
     assert got[("vllm:prefix_cache_queries_total", (("replica", "r-a"),))] == 1000
     assert got[("vllm:prefix_cache_hits_total", (("replica", "r-a"),))] == 750

@@ -93,7 +93,11 @@ def test_tracing_on_installs_the_outermost_middleware_and_the_replica_settings()
     classes = [m.cls for m in app.user_middleware]
     # Outermost (first): requests the key check rejects are traced too.
     assert classes[0] is TracingMiddleware and ApiKeyMiddleware in classes
-    assert app.user_middleware[0].kwargs == {"settings": config.tracing}
+    # The route log the process's routers write (serving/routing/registry.py).
+    from serving.routing.registry import local_routers
+
+    assert app.user_middleware[0].kwargs == {"settings": config.tracing,
+                                             "route_log": local_routers().route_log}
     llm = build_llm_config(config, "/m")
     assert TracingConfig.model_validate(llm.experimental_configs["cacheroute_tracing"]) == (
         config.tracing)

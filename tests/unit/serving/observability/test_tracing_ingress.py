@@ -245,7 +245,7 @@ def test_the_router_records_its_decision_under_the_internal_request_id(
     from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 
     from serving.routing.cacheroute import CacheRouteRequestRouter
-    from serving.observability.tracing import process_route_log
+    from serving.routing.registry import local_routers
 
     config = ServiceConfig.model_validate({"engine": {"block_size": 16},
                                            "tracing": {"enabled": enabled}})
@@ -265,11 +265,12 @@ def test_the_router_records_its_decision_under_the_internal_request_id(
         return tiers[0][0].replica_id.unique_id
 
     chosen = asyncio.run(route())
-    record = process_route_log().pop(f"internal-{enabled}")
+    # The router's record reaches the ingress through this process's LocalRouters.
+    record = local_routers().route_log.pop(f"internal-{enabled}")
     if not enabled:
         assert record is None
         return
     assert record is not None and record.replica_id == chosen
     assert record.prompt_tokens > 16 and record.total_blocks >= 1
     assert record.outcome in {o.value for o in Outcome}
-    assert process_route_log().pop("client-id") is None
+    assert local_routers().route_log.pop("client-id") is None

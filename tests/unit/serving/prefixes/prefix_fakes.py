@@ -14,7 +14,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from router import CacheAwarePolicy, Placement, PolicyConfig, RouteRequest
-from serving.prefixes.registry import PrefixMetrics, PrefixRegistry, Prewarmed, RegistrySettings
+from serving.prefixes.metrics import PrefixMetrics
+from serving.prefixes.registry import PrefixRegistry, Prewarmed, RegistrySettings
 from serving.prefixes.store import InMemoryPrefixStore, PrefixStore, StoreLimits, canonical_json
 
 BLOCK_SIZE = 16

@@ -25,7 +25,7 @@ from serving.prefixes import backend as prefix_backend
 
 from serving.routing import cacheroute as ray_router
 
-from serving.routing import registry as router_registry
+from serving.routing.registry import local_routers
 from serving.config import ServiceConfig
 from serving.prefixes.backend import ServingPrefixBackend
 from serving.prefixes.registry import PrefixError
@@ -73,7 +73,8 @@ def test_prewarm_is_routed_learned_and_forgotten(tiny_model: Path) -> None:
             yield reply(router.last_decision.total_blocks * 16)
 
         backend = ServingPrefixBackend(send_chat=send_chat, tokenizer_path=str(tiny_model),
-                                       deployment=DEPLOYMENT, tracks_placement=True)
+                                       deployment=DEPLOYMENT, tracks_placement=True,
+                                       routers=local_routers())
         ids = await backend.token_ids([SYSTEM], "acme")
         # The router's own tokenisation of the prewarm request: the same prompt.
         assert ids == PromptTokenizer(str(tiny_model)).token_ids(ChatCompletionRequest(
@@ -92,8 +93,8 @@ def test_prewarm_is_routed_learned_and_forgotten(tiny_model: Path) -> None:
 
         assert backend.forget(ids, "acme") == len(ids) // 16
         assert backend.placement(ids, "acme").holders == frozenset()
-        assert router_registry.prefix_placement("LLMServer:other", ids) is None
-        assert router_registry.forget_prefix("LLMServer:other", ids) == 0
+        assert local_routers().prefix_placement("LLMServer:other", ids) is None
+        assert local_routers().forget_prefix("LLMServer:other", ids) == 0
     asyncio.run(main())
 
 
@@ -108,13 +109,15 @@ def test_prewarm_errors_reach_the_client(tiny_model: Path, monkeypatch: pytest.M
 
     async def main() -> None:
         backend = ServingPrefixBackend(send_chat=refused, tokenizer_path=str(tiny_model),
-                                       deployment=DEPLOYMENT, tracks_placement=True)
+                                       deployment=DEPLOYMENT, tracks_placement=True,
+                                       routers=local_routers())
         with pytest.raises(OpenAIHTTPException) as info:
             await backend.prewarm("m", [SYSTEM], None)
         assert (info.value.status_code, info.value.message) == (400, "too long")
         monkeypatch.setattr(prefix_backend, "PREWARM_TIMEOUT_S", 0.05)
         backend = ServingPrefixBackend(send_chat=stuck, tokenizer_path=str(tiny_model),
-                                       deployment=DEPLOYMENT, tracks_placement=True)
+                                       deployment=DEPLOYMENT, tracks_placement=True,
+                                       routers=local_routers())
         with pytest.raises(PrefixError) as timeout:
             await backend.prewarm("m", [SYSTEM], None)
         assert (timeout.value.status, timeout.value.code) == (504, "timeout")
@@ -132,7 +135,7 @@ def test_the_ingress_registers_and_counts_through_its_own_handle(
     from serving.ingress.ingress import CacheRouteIngress
     from serving.prefixes.api import PrefixCreateRequest
     from serving.prefixes.backend import ingress_args
-    from serving.observability.telemetry import REGISTRY
+    from serving.observability.metrics import REGISTRY
 
     config = ServiceConfig.model_validate({"engine": {"block_size": 16},
                                            "routing": {"policy": "pow2"}})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from serving.failover.attempt_log import AttemptLog
+from serving.failover.attempts import AttemptLog
 
 
 def test_records_the_latest_attempt_and_what_to_avoid() -> None:
