@@ -66,7 +66,7 @@ from ray.serve.request_router import RequestRouter
 
 from router import (CacheAwarePolicy, Decision, EmptyRingError, HotPrefix, Outcome,
                     PolicyConfig, RouteRequest, rank_seat)
-from router.kv_events import KVEventBatch, KVEventSubscriber
+from router import KVEventBatch
 from serving.failover.attempt_log import AttemptLog, process_attempt_log
 from serving.config import ServiceConfig
 from serving.contract import ENGINE_PROGRESS_KEY, KV_EVENTS_STATS_KEY, RANK_STATS_KEY
@@ -77,6 +77,7 @@ from serving.routing.prompt_tokens import PromptTokenizer
 from serving.routing.metrics import RouterMetrics
 from serving.routing.registry import register_router
 from serving.routing.in_flight import SentRequests
+from serving.routing.kv_events import KVEventSubscriber
 from serving.routing.slot_waiters import SlotWaiters
 from serving.observability.telemetry import ReplicaView, register_source, views_from
 from serving.observability.tracing import RouteLog, process_route_log

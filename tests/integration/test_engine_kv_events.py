@@ -22,8 +22,9 @@ import pytest
 
 from router import AppliedEvents, CacheAwarePolicy, PolicyConfig, PrefixHasher, RouteRequest
 from router.hashing import to_block_hash
-from router.kv_events import BlockStored, KVEventBatch, KVEventSubscriber
+from router.kv_events import BlockStored, KVEventBatch
 from serving.models.default import build_tiny_model
+from serving.routing.kv_events import KVEventSubscriber
 
 pytestmark = pytest.mark.integration
 

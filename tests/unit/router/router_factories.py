@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from router import CacheAwarePolicy, PolicyConfig, RouteRequest
+from router import CacheAwarePolicy, HashRing, PolicyConfig, RouteRequest
 from router.hashing import BlockHash
 from router.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KVEventBatch
 from router.ownership import OwnershipIndex
@@ -33,6 +33,11 @@ def make_config(**overrides: object) -> PolicyConfig:
     fields: dict[str, object] = {"block_size": 4, "load_floor": 0}
     fields.update(overrides)
     return PolicyConfig(**fields)  # type: ignore[arg-type]
+
+
+def ring_of(*replicas: str) -> HashRing:
+    """The ring ``make_policy`` builds over these replicas (default virtual nodes)."""
+    return HashRing(replicas, virtual_nodes=make_config().virtual_nodes)
 
 
 def make_policy(
