@@ -8,14 +8,26 @@ cached prefix; a consistent-hash ring (``ring``) with bounded loads (``load``)
 places prefixes nobody holds (``selection``); ``membership`` keeps the ring's
 members and the hung replicas off it; ``hot_prefixes`` names what a joining replica
 should prefill first. ``policy`` combines them into one ``Decision`` (``decision``)
-whose ``Outcome`` is also a metric label. ``interface`` names what an adapter may
-call, by use.
+whose ``Outcome`` is also a metric label; ``admission`` holds a request for a slot
+or before a spill and decides again when it is woken. ``interface`` names what an
+adapter may call, by use.
 
 ``__all__`` below is exactly what the serving layer and the benchmarks may import
 (a unit test checks every ``from router... import`` there); the Ray Serve adapter
 and the simulator live outside this package.
 """
 
+from router.admission import (
+    SLOT_WAIT_S,
+    Admission,
+    Hold,
+    Loads,
+    Send,
+    SpillWaitResult,
+    Step,
+    Ticket,
+    WaitKind,
+)
 from router.decision import Decision, Placement, PolicyConfig, RouteRequest
 from router.hashing import DEFAULT_HASH_SEED, BlockHash, PrefixHasher, engine_hash_seed
 from router.hot_prefixes import HotPrefix, HotPrefixTracker
@@ -28,6 +40,8 @@ from router.ring import EmptyRingError, HashRing, rank_seat
 
 __all__ = [
     "DEFAULT_HASH_SEED",
+    "SLOT_WAIT_S",
+    "Admission",
     "AdmissionPolicy",
     "AppliedEvents",
     "BlockHash",
@@ -36,10 +50,12 @@ __all__ = [
     "EmptyRingError",
     "FleetEvents",
     "HashRing",
+    "Hold",
     "HotPrefix",
     "HotPrefixTracker",
     "InFlightCounts",
     "KVEventBatch",
+    "Loads",
     "Outcome",
     "Placement",
     "PolicyConfig",
@@ -47,6 +63,11 @@ __all__ = [
     "PrefixReads",
     "RouteRequest",
     "RoutingPolicy",
+    "Send",
+    "SpillWaitResult",
+    "Step",
+    "Ticket",
+    "WaitKind",
     "decode_batch",
     "engine_hash_seed",
     "rank_seat",

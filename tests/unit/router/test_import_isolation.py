@@ -59,4 +59,5 @@ def test_core_modules_import_without_ray_vllm_torch_transformers_or_zmq() -> Non
         "router.selection",
         "router.membership",
         "router.interface",
+        "router.admission",
     } <= imported
