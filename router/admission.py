@@ -87,6 +87,9 @@ class WaitKind(str, Enum):
     # For an owner of the prefix to free a slot before a spill.
     SPILL = "spill"
 
+    def __str__(self) -> str:
+        return self.value
+
 
 class SpillWaitResult(str, Enum):
     """How a spill wait ended; a metric label (``cacheroute_router_spill_waits_total``)."""
@@ -98,6 +101,10 @@ class SpillWaitResult(str, Enum):
     TIMEOUT = "timeout"
     # Not waited: every owner already had a request waiting.
     BUSY = "busy"
+
+    def __str__(self) -> str:
+        # A metric label: "busy", not "SpillWaitResult.BUSY".
+        return self.value
 
 
 @dataclass(frozen=True, slots=True)
