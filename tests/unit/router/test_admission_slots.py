@@ -52,7 +52,9 @@ def sent(step: object) -> str:
 
 def test_a_request_for_a_replica_with_room_is_sent_at_once() -> None:
     admission, policy, _ = make_admission()
-    assert sent(admission.admit(to("a"), loads(a=0))) == "a"
+    step = admission.admit(to("a"), loads(a=0))
+    assert sent(step) == "a" and step == Send(step.decision)  # type: ignore[union-attr]
+    assert repr(step) == repr(Send(step.decision))  # type: ignore[union-attr]
     assert len(admission) == 0 and policy.decided == [("a", {"a": 0}, False)]
 
 
