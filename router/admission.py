@@ -264,10 +264,6 @@ class Admission:
         self._decisions = 0
 
     @property
-    def spill_wait_s(self) -> float:
-        return self._spill_wait_s
-
-    @property
     def decisions(self) -> int:
         """Decisions made so far (first ones and re-decisions after a wait)."""
         return self._decisions
