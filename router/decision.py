@@ -127,9 +127,9 @@ class Decision:
 
         The chosen replica alone when the request has a cache key: the load bound
         was applied when choosing it, and a full prefill elsewhere costs a slow
-        engine more than the wait for a slot (docs/simulator.md, "Routing under
-        overload"); the caller asks again later and the bound then decides with
-        the new loads. All of ``ranked`` for NO_KEY (nothing cached is at stake)
+        engine more than the wait for a slot (docs/benchmarks/simulator.md); the
+        caller asks again later and the bound then decides with the new loads
+        (router/admission.py). All of ``ranked`` for NO_KEY (nothing cached is at stake)
         and FAILOVER (the chosen replica already failed once).
         """
         if self.outcome is Outcome.NO_KEY or self.outcome is Outcome.FAILOVER:

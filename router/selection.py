@@ -77,7 +77,7 @@ _new = object.__new__
 # whose catch-up is Python work per load change. 128: 7% faster than 32 at 1,000
 # replicas, with or without other work between decisions (bench.decision_rate_ab
 # --between), and 8-12% in the simulator; 256 was slower where a few tenants
-# have hundreds of owners each (docs/benchmarks.md, "Decision rate amid other work").
+# have hundreds of owners each (docs/benchmarks/results.md).
 _VIEW_MIN_OWNERS = 128
 
 

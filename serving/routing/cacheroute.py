@@ -12,15 +12,16 @@ Serve takes the first tier whose replica has a free slot (below
 ``max_ongoing_requests``). A cacheable request whose chosen replica is full waits, so
 the core's load bound, not Serve's cap, decides when it spills: a fall-through to a
 replica without the prefix would be a full prefill, which on slow engines turns
-queueing into misses (docs/simulator.md). With ``routing.spill_wait_s`` a spill
-first waits for an owner of its prefix to free a slot. Both waits are the core's one
-protocol (router/admission.py), parked on this event loop by serving/routing/parking.py
-and woken by Serve's completion hooks; tokens are kept for the re-decision.
+queueing into misses (docs/benchmarks/simulator.md). With ``routing.spill_wait_s``
+a spill first waits for an owner of its prefix to free a slot. Both waits are the
+core's one protocol (router/admission.py), parked on this event loop by
+serving/routing/parking.py and woken by Serve's completion hooks; tokens are kept
+for the re-decision.
 
 Each concern is its own module: prompt tokens once per request (route_requests.py);
 hung replicas out of the ring by their routing stats (hang_ejection.py); a retry
 routed past the replicas that failed it, named by the failover's attempt log
-(serving/failover/attempt_log.py, docs/failover.md); the engines' KV events
+(serving/failover/attempt_log.py, docs/operations/failover.md); the engines' KV events
 (kv_events.py); scale-up prewarm and replication ahead of a spill (prewarm_jobs.py,
 taken and sent by the ingress, prewarm.py); metrics (metrics.py) and trace spans
 (serving/observability/tracing.py).

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import msgspec
 import pytest
@@ -128,10 +129,10 @@ def test_the_follower_keeps_one_subscriber_per_live_replica_and_applies_its_batc
     assert started == ["tcp://a", "tcp://b"]
     request = RouteRequest(token_ids=tuple(range(8)))
     hashes = [int(h) for h in policy.block_hashes(request)]
-    follower._subscribers["b"].on_batch(make_batch(make_stored(hashes)))  # type: ignore[attr-defined]
+    b: Any = follower._subscribers["b"]
+    b.on_batch(make_batch(make_stored(hashes)))
     assert policy.placement(request).holders == {"b"}
-    follower._subscribers["b"].on_batch(make_batch(  # type: ignore[attr-defined]
-        BlockRemoved(block_hashes=hashes[1:], medium="GPU")))
+    b.on_batch(make_batch(BlockRemoved(block_hashes=hashes[1:], medium="GPU")))
     assert [a.stored_blocks for a in applied] == [2, 0] and follower.blocks_removed() == {"b": 1}
     follower.sync([("a", "tcp://a")])  # b left
     assert stopped == ["tcp://b"]
