@@ -42,7 +42,7 @@ def decision_rate(replicas: int, decisions: int, *, seed: int = 0, between: int 
     now = [0.0]
     policy = CacheAwarePolicy(PolicyConfig(block_size=128), replicas=ids, clock=lambda: now[0])
     try:
-        from router.load import InFlightCounts
+        from router import InFlightCounts
 
         in_flight: Any = InFlightCounts(policy.replicas)
         add = in_flight.add

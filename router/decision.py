@@ -5,15 +5,14 @@ the policy sees it, and its answers.
 token ids exactly as the engine will see them, tokenised once upstream; a
 ``Decision`` names the chosen replica, why (``Outcome``, also a metric label) and
 where to go next if it fails; a ``Placement`` says where a prefix lives without
-routing it. ``RoutingPolicy`` is the one method an adapter calls. The policy that
-produces them is ``policy.py``.
+routing it. The policy that produces them is ``policy.py``; what an adapter may call
+on it is ``interface.py``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
 
 from router.hashing import DEFAULT_HASH_SEED
 from router.outcome import Outcome
@@ -128,9 +127,9 @@ class Decision:
 
         The chosen replica alone when the request has a cache key: the load bound
         was applied when choosing it, and a full prefill elsewhere costs a slow
-        engine more than the wait for a slot (docs/simulator.md, "Routing under
-        overload"); the caller asks again later and the bound then decides with
-        the new loads. All of ``ranked`` for NO_KEY (nothing cached is at stake)
+        engine more than the wait for a slot (docs/benchmarks/simulator.md); the
+        caller asks again later and the bound then decides with the new loads
+        (router/admission.py). All of ``ranked`` for NO_KEY (nothing cached is at stake)
         and FAILOVER (the chosen replica already failed once).
         """
         if self.outcome is Outcome.NO_KEY or self.outcome is Outcome.FAILOVER:
@@ -161,9 +160,3 @@ class Placement:
     # ring order, or the ring home of its first block when nobody holds it.
     home: str
     total_blocks: int
-
-
-class RoutingPolicy(Protocol):
-    """The one method a routing adapter needs."""
-
-    def select(self, request: RouteRequest, in_flight: Mapping[str, int]) -> Decision: ...

@@ -347,7 +347,7 @@ class OwnershipIndex:
         # by bisection: one probe for no new block and two for one, against about
         # log2(n) for bisection alone; about 2 log2(n) when nothing is owned. Each
         # probe costs a few cache misses when the router runs amid other work,
-        # where most of a decision's time goes (docs/benchmarks.md).
+        # where most of a decision's time goes (docs/benchmarks/results.md).
         n = len(hashes)
         low, high = 0, n
         back = 1

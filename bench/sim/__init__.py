@@ -15,7 +15,7 @@ engines are modelled. Modules, one concept each:
 * ``routers``: one module per policy behind a one-method interface.
 * ``loop``: the event loop; ``summary``: per-policy numbers, JSON and table.
 * ``cli`` (``cacheroute sim``), ``calibrate`` (fit to a live run) and ``sweep``
-  (the operator charts in docs/simulator.md).
+  (the operator charts in docs/benchmarks/simulator.md).
 
 Nothing in ``router/`` or ``serving/`` imports this package.
 """

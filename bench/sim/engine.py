@@ -47,7 +47,7 @@ from bench.sim.prompts import SimRequest
 @dataclass(frozen=True, kw_only=True)
 class EngineParams:
     """One replica's speed and size; defaults are the fit to the live CPU run
-    (docs/benchmarks.md, "Simulator")."""
+    (docs/benchmarks/simulator.md)."""
 
     block_size: int = 128
     # KV cache size in blocks: 1 GiB of SmolLM2-135M at block 128 (module docstring).

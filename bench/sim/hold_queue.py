@@ -1,17 +1,17 @@
-"""Requests the router could not place yet, first come first served per replica.
+"""Serve's own retries: requests whose candidates were all full, first come first served.
 
 Serve retries a request whose candidates are all at ``max_ongoing_requests``
 until one has room; in the simulator the request waits here, and a replica that
 frees a slot takes the oldest request it may serve. A request that may take any
 replica waits in one FIFO; one limited to candidates (``ray-prefix``: the
 replicas holding its prefix) waits in each candidate's FIFO, and the copies
-left behind when it is taken are skipped when they reach a head.
+left behind when it is taken are skipped when they reach a head. This is Serve's
+behaviour, for every policy; the waits ``cacheroute`` adds itself are the routing
+core's (router/admission.py), simulated by running it.
 
-``add`` returns a ticket; ``take(ticket)`` removes a request still waiting (the
-spill wait's timeout, ``loop.py``). Cost: ``add`` O(candidates); ``pop_for`` O(1)
-amortised (each stale copy is skipped once); ``take`` O(1). A scan of one shared FIFO would be O(waiting) per freed slot,
-which an overloaded ``ray-prefix`` fleet (a hot tenant pinned to one replica)
-turns into hours.
+Cost: ``add`` O(candidates); ``pop_for`` O(1) amortised (each stale copy is skipped
+once). A scan of one shared FIFO would be O(waiting) per freed slot, which an
+overloaded ``ray-prefix`` fleet (a hot tenant pinned to one replica) turns into hours.
 """
 
 from __future__ import annotations
@@ -35,23 +35,16 @@ class HoldQueue:
     def __len__(self) -> int:
         return len(self._any) + len(self._waiting)
 
-    def add(self, request: SimRequest, candidates: Iterable[str] | None) -> int:
-        """Hold ``request`` for any replica (``candidates`` None) or for one of these;
-        returns its ticket."""
+    def add(self, request: SimRequest, candidates: Iterable[str] | None) -> None:
+        """Hold ``request`` for any replica (``candidates`` None) or for one of these."""
         self._seq += 1
         entry = (self._seq, request)
         if candidates is None:
             self._any.append(entry)
-            return self._seq
+            return
         self._waiting[self._seq] = request
         for replica in candidates:
             self._by_replica.setdefault(replica, deque()).append(entry)
-        return self._seq
-
-    def take(self, ticket: int) -> SimRequest | None:
-        """The request held for candidates under ``ticket``, removed; None if a
-        replica took it already."""
-        return self._waiting.pop(ticket, None)
 
     def pop_for(self, replica: str) -> SimRequest | None:
         """The oldest held request that ``replica`` may serve, removed; None if none."""

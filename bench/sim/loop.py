@@ -4,23 +4,29 @@ Events, in time order (ties in the order they were scheduled, so a run is a
 pure function of its inputs and seed):
 
 * arrival: the router decides (the timed call, ``routers``); the request goes to
-  the chosen replica's engine, or into the hold queue when every candidate is at
+  the chosen replica's engine, is held by the router itself (``cacheroute``: the
+  waiting protocol of router/admission.py, a slot wait or a spill wait), or goes
+  into the hold queue, Serve's retry, when every candidate is at
   ``max_ongoing_requests``; an idle engine starts a step;
 * step end (``engine.py``): first tokens (TTFT recorded) and finished requests
-  (end-to-end latency recorded, in-flight count decremented); each freed slot
-  goes to the first held request that may take it, or else wakes the oldest
-  request parked by the spill wait for that replica, which is decided again;
-  the engine starts its next step if it has work;
-* spill-wait timeout: a request still parked is decided again (it spills).
+  (end-to-end latency recorded, in-flight count decremented); the engine starts
+  its next step if it has work; each finished request is reported to the router
+  that sent it, whose held requests it wakes (one per completion) are decided
+  again (timed); then each freed slot goes to the first request in the hold queue
+  that may take it;
+* a held request's deadline: if it is still held, it is decided again (a spill
+  wait that ran out spills; a slot wait that ran out is offered its replica).
 
 Arrivals are pulled lazily from the request iterator and merged with a heap of
 step ends (at most one per replica), so memory holds only requests in flight
 (plus per-request result numbers in flat arrays). Cost per request: one
 decision, the engines' O(blocks) cache work and O(log R) heap work per step on
-R replicas, and O(1) amortised for a held request (``hold_queue.py``).
+R replicas, and O(1) amortised for a held request (``hold_queue.py``,
+router/admission.py).
 
-Only the routing decision is timed (``decision_s``); it excludes hashing (done
-when the request is built, ``prompts.py``) and everything the engines do.
+Only the routing decisions are timed (``decision_s``, first ones and again after a
+wait); they exclude hashing (done when the request is built, ``prompts.py``) and
+everything the engines do.
 """
 
 from __future__ import annotations
@@ -40,8 +46,7 @@ from bench.sim.engine import EngineParams, SimEngine
 from bench.sim.hold_queue import HoldQueue
 from bench.sim.prompts import SimRequest
 from bench.sim.routers import Placement, SimRouter, make_router
-from router import PolicyConfig
-from router.load import InFlightCounts
+from router import Hold, InFlightCounts, PolicyConfig, WaitKind
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,8 +82,9 @@ class RunResult:
     wall_s: float = 0.0
     # Simulated time from the first arrival to the last finish.
     duration_s: float = 0.0
+    # Requests that waited for a slot (held by the router or by Serve), once each.
     held: int = 0
-    # Decisions made again after a spill wait (also in ``decisions``).
+    # Decisions made again after a wait, or a retry after one (also in ``decisions``).
     decided_again: int = 0
     outcomes: dict[str, int] = field(default_factory=dict)
 
@@ -149,13 +155,20 @@ class _Run:
         replicas = getattr(router, "replicas", None)
         self.in_flight = InFlightCounts(replicas if replicas is not None else frozenset(ids))
         # (step end, sequence number, engine index): at most one per engine; and
-        # (spill-wait deadline, sequence number, -ticket) for parked requests.
+        # (a hold's deadline, sequence number, -sequence number) for held requests.
         self.heap: list[tuple[float, int, int]] = []
         self.seq = 0
+        # Serve's retries: requests whose candidates were all full.
         self.held = HoldQueue()
-        # Requests parked by the spill wait, for a completion on one of their owners.
-        self.parked = HoldQueue()
-        self.spill_wait_s = float(getattr(router, "spill_wait_s", 0.0))
+        # Requests the router holds, by index, with their current hold; and the hold
+        # each deadline on the heap belongs to (stale once the request was woken).
+        self.parked: dict[int, Hold] = {}
+        self.deadlines: dict[int, tuple[SimRequest, Hold]] = {}
+        # Requests held once already (``RunResult.held`` counts each once).
+        self.waited: set[int] = set()
+        # A router that holds requests itself (router/admission.py): its wake hooks.
+        self.wake = getattr(router, "on_completed", None)
+        self.free_slots = getattr(router, "on_free_slots", None)
         self.decision_s = 0.0
         self.result = RunResult(policy=router.name, replicas=len(ids),
                                 requests_by_replica=[0] * len(ids))
@@ -189,10 +202,7 @@ class _Run:
                 placement = route(request, in_flight, max_ongoing)
                 self.decision_s += perf() - tick
                 count += 1
-                if placement.wait_for is not None:
-                    self._park(request, placement.wait_for, now)
-                else:
-                    self._place(request, placement, now)
+                self._place(request, placement, now)
                 if progress is not None and not count & 1023:
                     progress(count)
                 upcoming = next(arrivals, None)
@@ -202,13 +212,17 @@ class _Run:
             if index >= 0:
                 self._step_end(index, at)
             else:
-                request = self.parked.take(-index)
-                if request is not None:  # else a completion woke it before its timeout
-                    self._decide_again(request, at, woken=False)
+                request, hold = self.deadlines.pop(-index)
+                if self.parked.get(request.index) is hold:  # else woken before it
+                    del self.parked[request.index]
+                    self._resume(request, at)
         if progress is not None:
             progress(count)
+        # Nothing is left waiting: every wait ends at a wake or a deadline.
+        assert not self.parked and not self.held, "requests were left waiting"
         result.requests = count
-        result.decisions = count + result.decided_again
+        result.decisions = getattr(self.router, "decisions", count)
+        result.decided_again = result.decisions - count
         result.decision_s = self.decision_s
         result.wall_s = perf() - started
         result.duration_s = clock.now - (first_arrival or 0.0)
@@ -216,26 +230,34 @@ class _Run:
         result.outcomes = dict(getattr(self.router, "outcomes", Counter()))
         return result
 
-    def _park(self, request: SimRequest, owners: frozenset[str], now: float) -> None:
-        ticket = self.parked.add(request, owners)
-        self.seq += 1
-        heapq.heappush(self.heap, (now + self.spill_wait_s, self.seq, -ticket))
-
-    def _decide_again(self, request: SimRequest, now: float, *, woken: bool) -> None:
+    def _resume(self, request: SimRequest, now: float) -> None:
+        """A request the router held: woken, or at its deadline; decided again."""
         perf = time.perf_counter
         tick = perf()
-        placement = self.router.decide_again(  # type: ignore[attr-defined]
-            request, self.in_flight, self.max_ongoing, woken=woken)
+        placement = self.router.resume(  # type: ignore[attr-defined]
+            request, self.in_flight, self.max_ongoing)
         self.decision_s += perf() - tick
-        self.result.decided_again += 1
         self._place(request, placement, now)
 
     def _place(self, request: SimRequest, placement: Placement, now: float) -> None:
-        """Send the request where the router placed it, or hold it for its candidates."""
+        """Send the request where the router placed it, or hold it: in the router
+        (until a wake or its deadline) or, for Serve's retry, for its candidates."""
         if placement.replica is not None:
             self._dispatch(request, placement.replica, now)
-        else:
+            return
+        hold = placement.hold
+        if hold is None:
             self.held.add(request, placement.candidates)
+        else:
+            self.parked[request.index] = hold
+            if hold.until_s != math.inf:
+                self.seq += 1
+                self.deadlines[self.seq] = (request, hold)
+                heapq.heappush(self.heap, (hold.until_s, self.seq, -self.seq))
+            if hold.kind is not WaitKind.SLOT:
+                return  # a spill wait is no wait for a slot
+        if request.index not in self.waited:
+            self.waited.add(request.index)
             self.result.held += 1
 
     def _kick(self, engine: SimEngine, now: float) -> None:
@@ -246,6 +268,7 @@ class _Run:
 
     def _dispatch(self, request: SimRequest, replica: str, now: float) -> None:
         index = self.index_of[replica]
+        self.waited.discard(request.index)
         self.in_flight.add(replica, 1)
         self.result.requests_by_replica[index] += 1
         engine = self.engines[index]
@@ -269,26 +292,32 @@ class _Run:
         # The engine schedules its next step before held requests arrive, as a
         # request sent now reaches vLLM's queue during the step that just began.
         self._kick(engine, now)
-        if done:
-            # One wake per completion, as live: a held request that may take the
-            # freed slot first, else the oldest request parked before a spill.
-            wakes = len(done) - self._release_held(replica, now)
-            parked = self.parked
-            while wakes > 0 and parked:
-                request = parked.pop_for(replica)
-                if request is None:
-                    break
-                wakes -= 1
-                self._decide_again(request, now, woken=True)
+        if not done:
+            return
+        if self.wake is not None:
+            # Every completion reaches the router that sent it, as Serve's hook does
+            # live; what it wakes decides again once all are woken (live, the woken
+            # run after the hooks). Before Serve's retries: those back off first.
+            self._resume_all([w for seq in done for w in self.wake(seq.request, replica)],
+                             now)
+        self._release_held(replica, now)
+        if (self.free_slots is not None and self.parked and self.max_ongoing is not None
+                and not self.in_flight[replica]):
+            # Idle with requests still waiting for it (those woken went elsewhere): no
+            # completion there will wake them, its free slots do (bench/sim/routers/
+            # cacheroute.py).
+            self._resume_all(self.free_slots(replica, self.max_ongoing), now)
 
-    def _release_held(self, replica: str, now: float) -> int:
+    def _resume_all(self, woken: list[SimRequest], now: float) -> None:
+        for request in woken:
+            del self.parked[request.index]
+            self._resume(request, now)
+
+    def _release_held(self, replica: str, now: float) -> None:
         held = self.held
         max_ongoing = self.max_ongoing
-        released = 0
         while held and (max_ongoing is None or self.in_flight[replica] < max_ongoing):
             request = held.pop_for(replica)
             if request is None:
                 break
             self._dispatch(request, replica, now)
-            released += 1
-        return released

@@ -40,7 +40,8 @@ from bench.sim.routers import POLICIES
 from bench.sim.summary import SimSummary, summary_json
 
 # The base scenario: a fleet sized so that cache-aware routing keeps it out of
-# overload at the base point while cache-blind routing does not (see docs/simulator.md).
+# overload at the base point while cache-blind routing does not
+# (docs/benchmarks/simulator.md).
 BASE = {"replicas": 16, "tenants": 64, "zipf": 1.1, "rate": 8.0, "requests": 8000,
         "policies": ["cacheroute", "pow2", "ray-prefix"], "no_progress": True}
 

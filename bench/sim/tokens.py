@@ -13,9 +13,9 @@ hundred requests, hours for a million. ``SyntheticTokenizer`` stands in for it:
 
 What matters to routing and caching is kept exactly: equal text gives equal ids,
 and requests sharing a system prompt share a token prefix that ends where the
-prompt ends. Lengths differ from the real tokenizer's (docs/benchmarks.md,
-"Simulator"). Every message but the last (the shared part of a chat: system
-prompt, earlier turns) is encoded once while it is in a bounded memo, which
+prompt ends. Lengths differ from the real tokenizer's
+(docs/benchmarks/simulator.md). Every message but the last (the shared part of a
+chat: system prompt, earlier turns) is encoded once while it is in a bounded memo, which
 returns the *same* tuple object for the same text; that lets
 ``prompts.PromptHasher`` memoise a shared prefix by identity. The last message,
 new in every request, is encoded without the memo.

@@ -11,7 +11,8 @@ How, with ``failover.prewarm_on_scale_up`` on:
 
 1. The router (serving/routing/cacheroute.py) counts every routed request in the policy's
    hot-prefix table (router/hot_prefixes.py) and notes each replica that joins after
-   its first replica list (a scale-up, or a replacement of a dead replica).
+   its first replica list (a scale-up, or a replacement of a dead replica); that
+   bookkeeping is serving/routing/prewarm_jobs.py.
 2. This module's ``Prewarmer`` runs in the ingress, the process that holds both the
    deployment handle and that router (serving/routing/registry.py). Every
    ``POLL_INTERVAL_S`` it takes the joined replicas from the router

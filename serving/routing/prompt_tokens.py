@@ -11,8 +11,8 @@ vLLM's OpenAI frontend does:
 An integration test compares these ids with the `prompt_token_ids` vLLM returns.
 
 Cost: encoding is the router's most expensive step (about 10 ms for a 7k-token
-prompt on one core, docs/benchmarks.md), so text is encoded segment by segment between
-special tokens, with repeated segments (system prompts, few-shot blocks) cached
+prompt on one core, docs/benchmarks/results.md), so text is encoded segment by
+segment between special tokens, with repeated segments (system prompts, few-shot blocks) cached
 (`segment_tokens.py`): a request whose system prompt was seen before pays only for its
 new turns. Long prompts run in a worker thread so the router's event loop keeps
 routing other requests meanwhile.

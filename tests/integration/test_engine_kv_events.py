@@ -22,7 +22,8 @@ import pytest
 
 from router import AppliedEvents, CacheAwarePolicy, PolicyConfig, PrefixHasher, RouteRequest
 from router.hashing import to_block_hash
-from router.kv_events import BlockStored, KVEventBatch, KVEventSubscriber
+from router.kv_events import BlockStored, KVEventBatch
+from serving.routing.kv_events import KVEventSubscriber
 from tests.tiny_model import build_tiny_model
 
 pytestmark = pytest.mark.integration

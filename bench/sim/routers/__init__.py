@@ -1,6 +1,7 @@
 """The simulated routing policies, one per module, behind ``base.SimRouter``.
 
-* ``cacheroute``: the real ``router.CacheAwarePolicy`` (``cacheroute.py``).
+* ``cacheroute``: the real ``router.CacheAwarePolicy`` and its waits, ``router.Admission``
+  (``cacheroute.py``).
 * ``pow2``: Ray Serve's power of two choices (``pow2.py``).
 * ``ray-prefix``: Ray's ``PrefixCacheAffinityRouter`` (``ray_prefix.py``).
 * ``random``: a uniformly random replica (``random_choice.py``).

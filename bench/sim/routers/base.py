@@ -1,13 +1,18 @@
-"""What a simulated router is: one ``route`` call per request, plus two hooks.
+"""What a simulated router is: one ``route`` call per request, plus hooks.
 
 Each router models one live policy *including* the part of Ray Serve that acts on
 its answer, because that part changes where requests land under load: Serve sends
 a request only to a replica with fewer than ``max_ongoing_requests`` in flight,
 trying the router's candidate tiers in order and, within a tier, the replica with
 the fewest in flight (the first of equals); when no candidate has room it backs
-off and asks again. The simulator replaces the back-off with a hold queue
-(``loop.py``): a held request goes to the first replica that frees a slot among
-its ``Placement.candidates``.
+off and asks again. The simulator replaces that back-off with a hold queue
+(``loop.py``, ``hold_queue.py``): a held request goes to the first replica that
+frees a slot among its ``Placement.candidates``.
+
+A router that waits itself, as ``cacheroute`` does live (router/admission.py),
+answers with ``Placement.hold`` instead and implements ``WaitingRouter``: the loop
+reports every completion to the router that sent the request (``on_completed``)
+and ``resume``s what it wakes, or what reached its deadline.
 
 Routers see in-flight counts as Serve's queue-length cache would hold them: the
 requests sent to a replica and not yet finished, exact and never stale.
@@ -21,7 +26,7 @@ from typing import Protocol
 
 from bench.sim.block_cache import Allocation
 from bench.sim.prompts import SimRequest
-from router.load import InFlightCounts
+from router import Hold, InFlightCounts
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,11 +37,11 @@ class Placement:
     replica: str | None
     # Why, as a bounded label (cacheroute's Outcome values; see each router).
     outcome: str
-    # While held, the replicas that may take it; None means any.
+    # While held by Serve, the replicas that may take it; None means any.
     candidates: frozenset[str] | None = None
-    # The spill wait: park until a request completes on one of these (or the wait
-    # times out), then ``decide_again``; None: no wait.
-    wait_for: frozenset[str] | None = None
+    # Held by the router itself (a ``WaitingRouter``) until a completion on one of
+    # ``hold.replicas`` wakes it or ``hold.until_s`` passes; then ``resume``.
+    hold: Hold | None = None
 
 
 class SimRouter(Protocol):
@@ -53,6 +58,30 @@ class SimRouter(Protocol):
 
     def on_kv_events(self, replica: str, allocation: Allocation, now_s: float) -> None:
         """``replica``'s engine cached and evicted blocks (its KV events)."""
+        ...
+
+
+class WaitingRouter(SimRouter, Protocol):
+    """A router that holds requests itself (``Placement.hold``)."""
+
+    @property
+    def decisions(self) -> int:
+        """Decisions made, first ones and again after a wait."""
+        ...
+
+    def resume(self, request: SimRequest, in_flight: InFlightCounts,
+               max_ongoing: int | None) -> Placement:
+        """Decide again for a held request, woken or at its deadline (timed)."""
+        ...
+
+    def on_completed(self, request: SimRequest, replica: str) -> list[SimRequest]:
+        """``request``, which this router placed, finished on ``replica``; returns the
+        held requests that wake (to ``resume``)."""
+        ...
+
+    def on_free_slots(self, replica: str, free: int) -> list[SimRequest]:
+        """``replica`` has ``free`` slots (Serve's queue-length information); returns
+        the held requests that wake."""
         ...
 
 

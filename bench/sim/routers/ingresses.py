@@ -21,8 +21,11 @@ Loads are the same exact in-flight counts for every instance (``base.py``): live
 each router adds its own sends to Serve's shared queue-length cache, so this
 leaves out only that cache's staleness, for every policy alike.
 
-A decision's follow-ups (``on_placed``, and ``decide_again`` after a spill wait)
-go to the instance that made it, tracked per request until it is placed.
+A decision's follow-ups (``on_placed``, and ``resume`` of a request the router
+held) go to the instance that made it, tracked per request until it is placed; a
+completion goes to the instance that placed the request (``on_completed``), as
+Serve calls the completion hook of the router that sent it, so it wakes only that
+instance's waiters (router/admission.py).
 
 ``decisions_per_s`` with K > 1 counts the same work per decision as with one: every
 instance's replica set is an equal copy of the one the loop's in-flight counts
@@ -42,7 +45,7 @@ from collections.abc import Sequence
 from bench.sim.block_cache import Allocation
 from bench.sim.prompts import SimRequest
 from bench.sim.routers.base import Placement, SimRouter
-from router.load import InFlightCounts
+from router import InFlightCounts
 
 
 class Ingresses:
@@ -53,14 +56,24 @@ class Ingresses:
             raise ValueError("Ingresses needs at least two routers; use the router itself")
         self.routers = tuple(routers)
         self.name = routers[0].name
-        self.spill_wait_s = float(getattr(routers[0], "spill_wait_s", 0.0))
         self._rng = rng
         # request index -> the instance that decided it, until the request is placed.
         self._decided_by: dict[int, SimRouter] = {}
+        # Routers that hold requests themselves hear of completions: request index ->
+        # the instance that placed it, until it completes.
+        self._waits = hasattr(routers[0], "on_completed")
+        self._placed_by: dict[int, SimRouter] = {}
+        self._routed = 0
 
     @property
     def replicas(self) -> frozenset[str] | None:
         return getattr(self.routers[0], "replicas", None)
+
+    @property
+    def decisions(self) -> int:
+        if self._waits:
+            return sum(router.decisions for router in self.routers)  # type: ignore[attr-defined]
+        return self._routed
 
     @property
     def outcomes(self) -> Counter[str]:
@@ -73,16 +86,32 @@ class Ingresses:
               max_ongoing: int | None) -> Placement:
         router = self.routers[self._rng.randrange(len(self.routers))]
         self._decided_by[request.index] = router
+        self._routed += 1
         return router.route(request, in_flight, max_ongoing)
 
-    def decide_again(self, request: SimRequest, in_flight: InFlightCounts,
-                     max_ongoing: int | None, *, woken: bool) -> Placement:
+    def resume(self, request: SimRequest, in_flight: InFlightCounts,
+               max_ongoing: int | None) -> Placement:
         router = self._decided_by[request.index]
-        return router.decide_again(  # type: ignore[attr-defined]
-            request, in_flight, max_ongoing, woken=woken)
+        return router.resume(request, in_flight, max_ongoing)  # type: ignore[attr-defined]
 
     def on_placed(self, request: SimRequest, replica: str, now_s: float) -> None:
-        self._decided_by.pop(request.index).on_placed(request, replica, now_s)
+        router = self._decided_by.pop(request.index)
+        if self._waits:
+            self._placed_by[request.index] = router
+        router.on_placed(request, replica, now_s)
+
+    def on_completed(self, request: SimRequest, replica: str) -> list[SimRequest]:
+        if not self._waits:
+            return []
+        router = self._placed_by.pop(request.index)
+        return router.on_completed(request, replica)  # type: ignore[attr-defined]
+
+    def on_free_slots(self, replica: str, free: int) -> list[SimRequest]:
+        """Every instance learns the replica's queue length (each probes it live)."""
+        if not self._waits:
+            return []
+        return [woken for router in self.routers
+                for woken in router.on_free_slots(replica, free)]  # type: ignore[attr-defined]
 
     def on_kv_events(self, replica: str, allocation: Allocation, now_s: float) -> None:
         for router in self.routers:

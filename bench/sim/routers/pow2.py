@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from bench.sim.prompts import SimRequest
 from bench.sim.routers.base import NoHooks, Placement, least_busy
-from router.load import InFlightCounts
+from router import InFlightCounts
 
 
 def two_choices(replicas: Sequence[str], rng: random.Random) -> tuple[str, ...]:

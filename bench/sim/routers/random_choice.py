@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from bench.sim.prompts import SimRequest
 from bench.sim.routers.base import NoHooks, Placement
-from router.load import InFlightCounts
+from router import InFlightCounts
 
 
 class RandomRouter(NoHooks):

@@ -35,7 +35,7 @@ from bench.sim.char_tree import CharPrefixTree
 from bench.sim.prompts import SimRequest
 from bench.sim.routers.base import Placement, least_busy
 from bench.sim.routers.pow2 import two_choices
-from router.load import InFlightCounts
+from router import InFlightCounts
 
 # Ray's defaults (PrefixCacheAffinityRouter.initialize_state).
 DEFAULT_MATCH_RATE_THRESHOLD = 0.1

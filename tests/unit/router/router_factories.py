@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
-from router import CacheAwarePolicy, PolicyConfig, RouteRequest
+from router import CacheAwarePolicy, Decision, HashRing, Outcome, PolicyConfig, RouteRequest
 from router.hashing import BlockHash
 from router.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KVEventBatch
 from router.ownership import OwnershipIndex
@@ -33,6 +33,11 @@ def make_config(**overrides: object) -> PolicyConfig:
     fields: dict[str, object] = {"block_size": 4, "load_floor": 0}
     fields.update(overrides)
     return PolicyConfig(**fields)  # type: ignore[arg-type]
+
+
+def ring_of(*replicas: str) -> HashRing:
+    """The ring ``make_policy`` builds over these replicas (default virtual nodes)."""
+    return HashRing(replicas, virtual_nodes=make_config().virtual_nodes)
 
 
 def make_policy(
@@ -102,3 +107,44 @@ def make_batch(
     *events: BlockStored | BlockRemoved | AllBlocksCleared, ts: float = 1.0
 ) -> KVEventBatch:
     return KVEventBatch(ts=ts, events=list(events))
+
+
+class ScriptedPolicy:
+    """A fake ``AdmissionPolicy`` for the waiting protocol's tests: a request goes to the
+    replica its session id names (an OWNER_HIT, the other replicas ranked after it), or
+    to the next of the (replica, outcome) pairs scripted for that session id. Records
+    every decision's loads and every commit."""
+
+    def __init__(self, replicas: Sequence[str] = ("a", "b", "c"), *,
+                 script: dict[str, list[tuple[str, Outcome]]] | None = None,
+                 owners: dict[str, frozenset[str]] | None = None) -> None:
+        self.replicas = tuple(replicas)
+        self._script = {k: list(v) for k, v in (script or {}).items()}
+        self._owners = owners or {}
+        self.decided: list[tuple[str, dict[str, int], bool]] = []
+        self.commits: list[str] = []
+
+    def block_hashes(self, request: RouteRequest) -> list[BlockHash]:
+        return make_hashes(1)
+
+    def select(self, request: RouteRequest, in_flight: Mapping[str, int], *,
+               hold_spill: bool = False) -> Decision:
+        return self.select_hashed(request, self.block_hashes(request), in_flight,
+                                  hold_spill=hold_spill)
+
+    def select_hashed(self, request: RouteRequest, hashes: Sequence[BlockHash],
+                      in_flight: Mapping[str, int], *, hold_spill: bool = False) -> Decision:
+        key = request.session_id or ""
+        scripted = self._script.get(key)
+        chosen, outcome = scripted.pop(0) if scripted else (key, Outcome.OWNER_HIT)
+        self.decided.append((chosen, dict(in_flight), hold_spill))
+        return Decision(replica_id=chosen, outcome=outcome, matched_blocks=1, total_blocks=1,
+                        ranked=(chosen, *(r for r in self.replicas if r != chosen)))
+
+    def spill_owners(self, request: RouteRequest,
+                     hashes: Sequence[BlockHash] | None = None) -> frozenset[str]:
+        return self._owners.get(request.session_id or "", frozenset())
+
+    def commit(self, request: RouteRequest, decision: Decision,
+               hashes: Sequence[BlockHash] | None = None) -> None:
+        self.commits.append(decision.replica_id)

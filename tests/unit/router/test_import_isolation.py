@@ -56,4 +56,8 @@ def test_core_modules_import_without_ray_vllm_torch_transformers_or_zmq() -> Non
         "router.kv_events",
         "router.outcome",
         "router.policy",
+        "router.selection",
+        "router.membership",
+        "router.interface",
+        "router.admission",
     } <= imported

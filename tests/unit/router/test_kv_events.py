@@ -1,9 +1,7 @@
-"""KV-event wire structs, applying batches, and the ZMQ subscriber on loopback."""
+"""KV-event wire structs, decoding, and applying batches to the ownership index (the ZMQ
+subscriber is the serving layer's: tests/unit/serving/routing/test_kv_events.py)."""
 
 from __future__ import annotations
-
-import threading
-import time
 
 import msgspec
 import pytest
@@ -15,7 +13,6 @@ from router.kv_events import (
     AppliedEvents,
     BlockRemoved,
     KVEventBatch,
-    KVEventSubscriber,
     apply_batch,
     decode_batch,
 )
@@ -107,79 +104,3 @@ def test_other_media_groups_and_block_sizes_are_skipped() -> None:
     )
     assert applied.skipped_events == 4 and applied.stored_blocks == 1
     assert index.owners(make_hashes(5)[0]) == {"a"} and len(index) == 1
-
-
-def _publish_until_received(pub: object, payload: bytes, done: threading.Event) -> int:
-    """Publish with consecutive sequence numbers until ``done``; return the next seq.
-
-    PUB/SUB drops messages until the subscription has propagated ("slow
-    joiner"), so keep sending; once one arrives, later ones arrive in order.
-    """
-    seq = 0
-    deadline = time.monotonic() + 5.0
-    while not done.is_set() and time.monotonic() < deadline:
-        pub.send_multipart([b"", seq.to_bytes(8, "big"), payload])  # type: ignore[attr-defined]
-        seq += 1
-        done.wait(0.05)
-    assert done.is_set(), "subscriber never connected"
-    return seq
-
-
-def test_subscriber_delivers_batches_and_counts_gaps() -> None:
-    zmq = pytest.importorskip("zmq")
-    context = zmq.Context.instance()
-    pub = context.socket(zmq.PUB)
-    pub.setsockopt(zmq.LINGER, 0)
-    port = pub.bind_to_random_port("tcp://127.0.0.1")
-    received: list[KVEventBatch] = []
-    gaps: list[tuple[int, int]] = []
-    got_first = threading.Event()
-
-    def on_batch(batch: KVEventBatch) -> None:
-        received.append(batch)
-        got_first.set()
-
-    subscriber = KVEventSubscriber(
-        f"tcp://127.0.0.1:{port}",
-        on_batch,
-        on_gap=lambda expected, seen: gaps.append((expected, seen)),
-        poll_interval_s=0.01,
-    )
-    payload = ENCODER.encode(make_batch(make_stored([1])))
-    try:
-        with subscriber:
-            next_seq = _publish_until_received(pub, payload, got_first)
-            pub.send_multipart([b"", (next_seq + 4).to_bytes(8, "big"), payload])  # skips 4
-            pub.send_multipart([b"", (next_seq + 5).to_bytes(8, "big"), b"garbage"])
-            pub.send_multipart([b"only-one-frame"])
-            deadline = time.monotonic() + 5
-            while subscriber.decode_errors < 2 and time.monotonic() < deadline:
-                time.sleep(0.01)
-    finally:
-        pub.close(linger=0)
-    assert received[0] == make_batch(make_stored([1]))
-    assert gaps == [(next_seq, next_seq + 4)]
-    assert subscriber.decode_errors == 2
-    assert subscriber._thread is not None and not subscriber._thread.is_alive()
-
-
-def test_subscriber_survives_a_failing_callback() -> None:
-    zmq = pytest.importorskip("zmq")
-    context = zmq.Context.instance()
-    pub = context.socket(zmq.PUB)
-    pub.setsockopt(zmq.LINGER, 0)
-    port = pub.bind_to_random_port("tcp://127.0.0.1")
-    calls = threading.Event()
-
-    def on_batch(batch: KVEventBatch) -> None:
-        calls.set()
-        raise RuntimeError("boom")
-
-    subscriber = KVEventSubscriber(f"tcp://127.0.0.1:{port}", on_batch, poll_interval_s=0.01)
-    try:
-        with subscriber:
-            _publish_until_received(pub, ENCODER.encode(make_batch()), calls)
-            assert subscriber._thread is not None and subscriber._thread.is_alive()
-    finally:
-        pub.close(linger=0)
-    assert subscriber.callback_errors >= 1

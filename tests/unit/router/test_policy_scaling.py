@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from router_factories import FakeClock, make_policy, make_replica_ids, make_request
 
-import router.policy
+import router.selection
 from router import CacheAwarePolicy, Outcome, RouteRequest
 from router.load import InFlightCounts, choose_bounded, load_capacity
 from router.ring import stable_key
@@ -131,11 +131,11 @@ def test_hot_prefix_views_decide_as_the_full_walk(seed: int) -> None:
     # from 16 owners, so that 48 replicas put blocks on both sides of the threshold
     # (views, and the ring-ordered owners of OwnerOrder below it).
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(router.policy, "_VIEW_MIN_OWNERS", 16)
+        patch.setattr(router.selection, "_VIEW_MIN_OWNERS", 16)
         policy = make_policy(replicas, clock=clock, load_epsilon=0.0)
         _decide_hot_prefixes(rng, policy, replicas, clock)
-    assert len(policy._owner_loads) > 0  # the views were in play
-    assert len(policy._owner_order) > 0  # and the ring-ordered owners
+    assert len(policy._selection._owner_loads) > 0  # the views were in play
+    assert len(policy._selection._owner_order) > 0  # and the ring-ordered owners
 
 
 def _decide_hot_prefixes(rng: random.Random, policy: CacheAwarePolicy, replicas: list[str],

@@ -18,8 +18,7 @@ from bench.sim.routers.cacheroute import CacheRouteRouter
 from bench.sim.routers.ingresses import Ingresses
 from bench.sim.routers.ray_prefix import RayPrefixRouter
 from bench.sim.summary import summarise
-from router import PolicyConfig
-from router.load import InFlightCounts
+from router import InFlightCounts, PolicyConfig
 from tests.unit.bench.sim.sim_factories import (
     make_engine_params,
     make_hashes,
@@ -55,9 +54,17 @@ class _Recorder:
         self.calls.append(("route", request.index))
         return Placement("r0", self.tag)
 
-    def decide_again(self, request, in_flight, max_ongoing, *, woken):  # type: ignore[no-untyped-def]
-        self.calls.append(("decide_again", request.index))
+    def resume(self, request, in_flight, max_ongoing):  # type: ignore[no-untyped-def]
+        self.calls.append(("resume", request.index))
         return Placement("r0", self.tag)
+
+    def on_completed(self, request, replica):  # type: ignore[no-untyped-def]
+        self.calls.append(("on_completed", request.index))
+        return [request]
+
+    @property
+    def decisions(self) -> int:
+        return sum(1 for call, _ in self.calls if call in ("route", "resume"))
 
     def on_placed(self, request, replica, now_s):  # type: ignore[no-untyped-def]
         self.calls.append(("on_placed", request.index))
@@ -77,15 +84,21 @@ def test_follow_ups_go_to_the_deciding_instance_and_events_to_all() -> None:
     in_flight = InFlightCounts(frozenset(REPLICAS))
     ingresses.route(make_request(0), in_flight, None)
     ingresses.route(make_request(1), in_flight, None)
-    ingresses.decide_again(make_request(1), in_flight, None, woken=True)
+    ingresses.resume(make_request(1), in_flight, None)
     ingresses.on_placed(make_request(1), "r0", 0.0)
     ingresses.on_placed(make_request(0), "r0", 0.0)
     ingresses.on_kv_events("r0", _stored(1), 0.0)
+    # A completion wakes waiters of the instance that placed the request only.
+    assert ingresses.on_completed(make_request(1), "r0") == [make_request(1)]
     assert a.calls == [("route", 0), ("on_placed", 0), ("kv", -1)]
-    assert b.calls == [("route", 1), ("decide_again", 1), ("on_placed", 1), ("kv", -1)]
+    assert b.calls == [("route", 1), ("resume", 1), ("on_placed", 1), ("kv", -1),
+                       ("on_completed", 1)]
     assert ingresses.outcomes == Counter({"a": 1, "b": 1})
+    assert ingresses.decisions == 3
     with pytest.raises(KeyError):  # placed once only
         ingresses.on_placed(make_request(0), "r0", 0.0)
+    with pytest.raises(KeyError):  # completed once only
+        ingresses.on_completed(make_request(1), "r0")
 
 
 def test_an_instance_learns_another_instances_placement_from_the_kv_events() -> None:

@@ -1,4 +1,5 @@
-"""The event loop: exact TTFTs, the hold queue, the oracle bound, bounded loads, seeds."""
+"""The event loop: exact TTFTs, the router's waits and Serve's hold queue, the oracle
+bound, bounded loads, seeds."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ import pytest
 
 from bench.sim.loop import FleetParams, simulate
 from bench.sim.routers import POLICIES
-from bench.sim.routers.base import Placement
+from bench.sim.prompts import SimRequest
+from bench.sim.routers.base import NoHooks, Placement
 from bench.sim.routers.cacheroute import CacheRouteRouter
 from bench.sim.summary import summarise
-from router import PolicyConfig
-from router.load import InFlightCounts
+from router import Hold, InFlightCounts, PolicyConfig, Ticket, WaitKind
 from tests.unit.bench.sim.sim_factories import make_engine_params, make_request, make_workload
 
 
@@ -43,6 +44,55 @@ def test_a_replica_at_max_ongoing_requests_holds_requests_in_the_router() -> Non
     assert run.held == 2
     # 5 tokens each, no hits: 6 s apiece, one after another.
     assert list(run.ttft_s) == [6.0, 12.0, 18.0]
+
+
+def test_a_held_request_is_decided_again_when_a_completion_wakes_it() -> None:
+    # The first request finishes at 6 s; the second, held for the one replica in the
+    # router's queue (router/admission.py), is woken then and decided again: its
+    # prefix is known there by now, an owner hit.
+    requests = [make_request(0, blocks=(1,)), make_request(1, blocks=(2,))]
+    run = simulate("cacheroute", requests, make_fleet(max_ongoing_requests=1))
+    assert list(run.ttft_s) == [6.0, 12.0]
+    assert (run.decisions, run.decided_again, run.held) == (3, 1, 1)
+    assert run.outcomes == {"ring_home": 1, "owner_hit": 1}
+
+
+class _WakesNobody(NoHooks):
+    """Sends the first request to the one replica and holds the second for it; no
+    completion wakes the held one (as when the woken went elsewhere)."""
+
+    name = "wakes-nobody"
+    decisions = 2
+
+    def __init__(self) -> None:
+        self.freed: list[tuple[str, int]] = []
+        self.waiting: SimRequest | None = None
+
+    def route(self, request, in_flight, max_ongoing):  # type: ignore[no-untyped-def]
+        if request.index == 0:
+            return Placement("replica-0000", "first")
+        self.waiting = request
+        return Placement(None, "slot", hold=Hold(Ticket(1), WaitKind.SLOT,
+                                                 frozenset({"replica-0000"}), math.inf))
+
+    def resume(self, request, in_flight, max_ongoing):  # type: ignore[no-untyped-def]
+        return Placement("replica-0000", "resumed")
+
+    def on_completed(self, request, replica):  # type: ignore[no-untyped-def]
+        return []
+
+    def on_free_slots(self, replica, free):  # type: ignore[no-untyped-def]
+        self.freed.append((replica, free))
+        return [self.waiting]
+
+
+def test_a_replica_that_goes_idle_wakes_the_requests_still_waiting_for_it() -> None:
+    router = _WakesNobody()
+    requests = [make_request(0, blocks=(1,)), make_request(1, blocks=(2,))]
+    run = simulate("cacheroute", requests, make_fleet(max_ongoing_requests=1),
+                   router_factory=lambda ids, clock: router)
+    assert router.freed == [("replica-0000", 1)]
+    assert list(run.ttft_s) == [6.0, 12.0] and run.held == 1
 
 
 @pytest.mark.parametrize("policy", POLICIES)

@@ -14,8 +14,7 @@ from bench.sim.routers.base import Placement, least_busy
 from bench.sim.routers.cacheroute import CacheRouteRouter
 from bench.sim.routers.pow2 import Pow2Router, two_choices
 from bench.sim.routers.ray_prefix import RayPrefixRouter
-from router import PolicyConfig
-from router.load import InFlightCounts
+from router import InFlightCounts, PolicyConfig, WaitKind
 from tests.unit.bench.sim.sim_factories import make_hashes, make_request
 
 REPLICAS = ("r0", "r1", "r2")
@@ -94,11 +93,19 @@ def test_cacheroute_holds_a_cacheable_request_for_its_full_choice() -> None:
     home = router.route(make_request(blocks=(1, 2)), in_flight, None).replica
     assert home is not None
     in_flight.add(home, 2)
-    placed = router.route(make_request(blocks=(1, 2)), in_flight, 2)
-    # Waiting for the owner beats a full prefill on a replica that has room.
-    assert (placed.replica, placed.outcome, placed.candidates) == (
-        None, "owner_hit", frozenset({home}))
+    waiting = make_request(1, blocks=(1, 2))
+    placed = router.route(waiting, in_flight, 2)
+    # Waiting for the owner beats a full prefill on a replica that has room: the
+    # router holds it in that replica's queue (router/admission.py), not Serve.
+    assert (placed.replica, placed.candidates) == (None, None)
+    assert placed.hold is not None and (placed.hold.kind, placed.hold.replicas) == (
+        WaitKind.SLOT, frozenset({home}))
     assert router.outcomes["fallthrough"] == 0  # type: ignore[attr-defined]
+    # A completion there wakes it, and it is decided again with the freed slot.
+    in_flight.add(home, -1)
+    assert router.on_completed(make_request(0), home) == [waiting]  # type: ignore[attr-defined]
+    resumed = router.resume(waiting, in_flight, 2)  # type: ignore[attr-defined]
+    assert (resumed.replica, resumed.outcome) == (home, "owner_hit")
 
 
 def test_cacheroute_falls_through_the_ranked_list_for_a_keyless_request() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from ray.serve.llm.deployment import LLMServer
 from ray.serve.request_router import RequestRouter
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 
-from router import Outcome
+from router import Outcome, RouteRequest
 from serving.config import ServiceConfig
 from serving.routing.cacheroute import CacheRouteRequestRouter, policy_config
 from tests.tiny_model import build_tiny_model
@@ -75,6 +76,17 @@ def choose(router: CacheRouteRequestRouter, pending: PendingRequest | None) -> l
 
 
 SYSTEM = "You are the assistant of Acme Corp. " * 30
+
+
+def route_request(router: CacheRouteRequestRouter, pending: PendingRequest) -> RouteRequest:
+    """The request as the router's core sees it (tokenised once, kept until it completes)."""
+    return LOOP.run_until_complete(router._routes.of(pending))
+
+
+def in_flight(router: CacheRouteRequestRouter,
+              replicas: list[FakeRunningReplica]) -> Mapping[str, int]:
+    """The loads the router decides with."""
+    return router._loads({r.replica_id.unique_id: r for r in replicas}).in_flight
 
 
 def test_a_cacheable_request_is_offered_its_chosen_replica_alone(tiny_model: Path) -> None:
@@ -160,8 +172,8 @@ def test_router_metrics_and_replica_views_follow_decisions(tiny_model: Path) -> 
         before["owner_hit"] + 1)
     owned = {v.replica: v.owned_blocks for v in router.replica_views()}
     # Both chains were learned on the home: shared blocks once, each tail once.
-    blocks = len({h for p in pendings for h in router._policy.block_hashes(
-        LOOP.run_until_complete(router.route_request(p)))})
+    blocks = len({h for p in pendings for h in router.policy.block_hashes(
+        route_request(router, p))})
     assert owned == {r.replica_id.unique_id: (blocks if r.replica_id.unique_id == home else 0)
                      for r in replicas}
     on_loop(router.on_replica_actor_died, replicas[0].replica_id)
@@ -251,7 +263,7 @@ def test_a_missed_wake_up_falls_back_to_serve_after_the_timeout(
         tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import serving.routing.cacheroute as ray_router
 
-    monkeypatch.setattr(ray_router, "_SLOT_WAIT_TIMEOUT_S", 0.05)
+    monkeypatch.setattr(ray_router, "SLOT_WAIT_S", 0.05)
     replicas = [FakeRunningReplica(f"replica-{i}", max_ongoing_requests=1) for i in range(2)]
     router = make_router(tiny_model, replicas)
     home = choose(router, make_pending(SYSTEM, "warm"))[0][0]
@@ -264,8 +276,9 @@ def test_a_missed_wake_up_falls_back_to_serve_after_the_timeout(
 def test_a_waiting_request_is_tokenized_once(tiny_model: Path) -> None:
     router = make_router(tiny_model, make_replicas(2))
     calls: list[object] = []
-    real = router._tokenizer.packed_ids
-    router._tokenizer.packed_ids = lambda body: calls.append(body) or real(body)
+    tokenizer = router._routes.tokenizer
+    real = tokenizer.packed_ids
+    tokenizer.packed_ids = lambda body: calls.append(body) or real(body)
     pending = make_pending(SYSTEM, "asked twice")
     first = choose(router, pending)
     assert choose(router, pending) == first
@@ -286,7 +299,7 @@ def test_in_flight_counts_outlive_the_queue_length_cache_timeout(tiny_model: Pat
     # Serve's cache forgets an entry after 10 s without news; the router's own count
     # of what it sent and saw no completion of stays.
     router._replica_queue_len_cache.invalidate_key(busy.replica_id)
-    assert router._in_flight(replicas)[home] == 2
+    assert in_flight(router, replicas)[home] == 2
     # 2 of 2 in flight there, capacity ceil(1.25 x 3 / 2) = 2: the bound sends the
     # next request of the prefix away instead of onto a replica it thinks idle.
     choose(router, make_pending(SYSTEM, "third"))
@@ -294,4 +307,4 @@ def test_in_flight_counts_outlive_the_queue_length_cache_timeout(tiny_model: Pat
         home, Outcome.OWNER_HIT)
     for i in range(2):
         on_loop(router.on_request_completed, busy.replica_id, f"i-long-{i}")
-    assert router._in_flight(replicas)[home] == 0
+    assert in_flight(router, replicas)[home] == 0

@@ -61,7 +61,7 @@ def test_a_replica_reporting_no_progress_leaves_the_ring_until_it_progresses(
         tiny_model: Path) -> None:
     replicas = make_stats_replicas(3)
     router = make_router(tiny_model, replicas)
-    timeout = router._progress_timeout_s
+    timeout = router._hangs.progress_timeout_s
     ejected_before = counter("cacheroute_failover_ejections_total", change="ejected")
     home = choose(router, make_pending(SYSTEM, "q"))[0][0]
     hung = next(r for r in replicas if r.replica_id.unique_id == home)

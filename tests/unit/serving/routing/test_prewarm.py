@@ -263,7 +263,7 @@ def test_failed_prewarms_are_counted_and_teach_nothing(tiny_model: Path) -> None
     for _, body in deployment.sent:
         choose(router, completion(body["prompt"] + [7]))
         assert router.last_decision.replica_id != "replica-2"
-    assert not router._pinned  # every issued id was reported back
+    assert not router._prewarm.pinned  # every issued id was reported back
 
 
 class StuckRouter:

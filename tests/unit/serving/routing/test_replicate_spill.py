@@ -82,7 +82,7 @@ def test_the_prewarmer_sends_it_there_and_the_spill_becomes_an_owner_hit(
     assert choose(router, completion(prompt(1, 3))) == [[other]]
     assert (router.last_decision.outcome, router.last_decision.matched_blocks) == (
         Outcome.OWNER_HIT, 3)
-    assert not router._replicating  # the finished prefill was reported
+    assert not router._prewarm.replicating  # the finished prefill was reported
 
 
 def test_a_failed_replication_teaches_nothing_and_may_be_queued_again(
@@ -98,7 +98,7 @@ def test_a_failed_replication_teaches_nothing_and_may_be_queued_again(
     assert sample(registry, "cacheroute_replications_total", result="failed") == 1
     choose(router, completion(prompt(1, 3)))
     assert router.last_decision.outcome is Outcome.SPILL
-    assert not router._replicating
+    assert not router._prewarm.replicating
 
 
 def test_replication_is_off_by_default(tiny_model: Path) -> None:

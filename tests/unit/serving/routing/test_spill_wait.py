@@ -1,5 +1,6 @@
-"""The spill wait (``_wait_before_spill`` in serving/routing/cacheroute.py) on Ray's fake
-replicas; its parking primitive, ``SlotWaiters.wait_any``, is in test_slot_waiters.py."""
+"""The spill wait through the Ray adapter on Ray's fake replicas: the core's protocol
+(router/admission.py, tests/unit/router/test_admission_spill.py) parked on Serve's
+event loop (serving/routing/parking.py) and woken by Serve's hooks."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from tests.unit.serving.routing.test_cacheroute import (
     make_replicas,
     make_router,
     on_loop,
+    route_request,
 )
 from tests.unit.serving.routing.test_cacheroute import tiny_model as tiny_model  # noqa: F401 (fixture)
 
@@ -73,7 +75,7 @@ def test_a_spill_waits_for_the_owner_and_becomes_a_hit_when_it_frees_a_slot(
 
 
 def make_tokens_request(router):
-    return LOOP.run_until_complete(router.route_request(make_pending(SYSTEM, "probe")))
+    return route_request(router, make_pending(SYSTEM, "probe"))
 
 
 def test_a_spill_goes_when_no_owner_frees_a_slot_in_time(tiny_model: Path) -> None:  # noqa: F811
