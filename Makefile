@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup serve test test-unit model deploy-check dashboards clean
+.PHONY: setup serve test test-unit model deploy-check dashboards results clean
 
 setup: $(STAMP) model
 
@@ -45,6 +45,10 @@ dashboards: $(STAMP)
 	$(PY) tools/gen_dashboards.py
 	tools/fetch-helm.sh
 	$(PY) tools/gen_k8s.py
+
+# Regenerates docs/benchmarks/results.md from the committed docs/benchmarks/results/*.json.
+results: $(STAMP)
+	$(PY) -m bench.results
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
