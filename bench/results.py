@@ -225,7 +225,7 @@ def _pct(v: Any) -> str:
 
 
 def _sec(v: Any) -> str:
-    return f"{v:.3f}"
+    return f"{v:,.3f}"
 
 
 def _f1(v: Any) -> str:
@@ -245,6 +245,8 @@ def _counts(v: Any) -> str:
 
 
 Column = tuple[str, str, Callable[[Any], str]]
+# Formats whose cells are text (left-aligned); every other column holds numbers.
+_TEXT: tuple[Callable[[Any], str], ...] = (str, _counts)
 
 # The columns each benchmark's table shows; every figure is in the JSON file.
 COLUMNS: dict[str, list[Column]] = {
@@ -289,7 +291,7 @@ def _cell(value: Any, fmt: Callable[[Any], str]) -> str:
 def table(benchmark: str, rows: Sequence[Mapping[str, Any]]) -> str:
     columns = _columns(benchmark, rows)
     out = ["| " + " | ".join(title for _, title, _ in columns) + " |",
-           "|" + "|".join("---" if fmt is str else "---:" for _, _, fmt in columns) + "|"]
+           "|" + "|".join("---" if fmt in _TEXT else "---:" for _, _, fmt in columns) + "|"]
     for row in rows:
         out.append("| " + " | ".join(_cell(row.get(key), fmt) for key, _, fmt in columns) + " |")
     return "\n".join(out)
