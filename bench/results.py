@@ -307,7 +307,10 @@ def _revision_text(rev: Mapping[str, Any]) -> str:
 def _machine_text(m: Mapping[str, Any]) -> str:
     packages = ", ".join(f"{k} {v}" for k, v in sorted(m["packages"].items()))
     memory = "" if m["memory_gib"] is None else f", {m['memory_gib']} GiB"
-    return (f"{m['cores']} cores ({m['cpu_model']}){memory}, Python {m['python']}"
+    # On a shared machine the load at the start says whether other work competed.
+    load = m.get("loadavg_at_start") or []
+    load_text = f", load average {load[0]:.2f} at the start" if load else ""
+    return (f"{m['cores']} cores ({m['cpu_model']}){memory}, Python {m['python']}{load_text}"
             + (f"; {packages}" if packages else ""))
 
 

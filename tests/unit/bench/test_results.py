@@ -158,3 +158,11 @@ def test_a_live_report_writes_its_result_file(tmp_path: Path) -> None:
     assert data["parameters"]["workload"]["capacity_oracle_blocks"] == 728
     if data["chart"] is not None:  # matplotlib installed: the chart travels with the file
         assert (path.parent / data["chart"]).is_file()
+
+
+def test_committed_results_page_is_up_to_date() -> None:
+    """docs/benchmarks/results.md is generated from the committed result files."""
+    committed = results.load_results(results.RESULTS_DIR)
+    assert committed, "docs/benchmarks/results/ holds no result file"
+    assert results.RESULTS_PAGE.read_text(encoding="utf-8") == results.render(committed), (
+        "docs/benchmarks/results.md is stale: run `make results`")
