@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup serve test test-unit model deploy-check generate dashboards clean
+.PHONY: setup serve test test-unit model deploy-check generate dashboards results clean
 
 setup: $(STAMP) model
 
@@ -53,6 +53,10 @@ generate: $(STAMP)
 
 # The former name of `generate`.
 dashboards: generate
+
+# Regenerates docs/benchmarks/results.md from the committed docs/benchmarks/results/*.json.
+results: $(STAMP)
+	$(PY) -m bench.results
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -220,17 +220,23 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{check['every_block_worst_p99_us']} µs")
     for title, text in profiles.items():
         print(f"\nProfile of {title} (300 calls):\n```\n{text}\n```")
+    report = {
+        "machine": machine,
+        "command": shlex.join(["python", "-m", "bench.decision_cost", *(argv or sys.argv[1:])]),
+        "target": check,
+        "rows": [asdict(r) for r in rows],
+        "profiles": profiles,
+    }
     if args.json:
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({
-            "machine": machine,
-            "command": shlex.join(["python", "-m", "bench.decision_cost", *(argv or sys.argv[1:])]),
-            "target": check,
-            "rows": [asdict(r) for r in rows],
-            "profiles": profiles,
-        }, indent=2) + "\n")
+        path.write_text(json.dumps(report, indent=2) + "\n")
         print(f"\nwrote {path}", file=sys.stderr)
+    from bench.results import write_result  # the run's result file (bench/results.py)
+
+    write_result("decision_cost", "tenant-prompts", command=report["command"], machine=machine,
+                 parameters={k: v for k, v in vars(args).items() if k != "json"},
+                 results=report["rows"], summary=check)
     return 0
 
 

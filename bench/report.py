@@ -36,7 +36,9 @@ from typing import Any
 
 from bench.machine import describe
 from bench.oracle import DEFAULT_ORACLE_BLOCK_SIZE
+from bench.policy_run import settings_from
 from bench.replay import RequestResult
+from bench.results import write_result
 from bench.stats import percentile
 
 
@@ -270,11 +272,13 @@ def write_outputs(args: argparse.Namespace, machine: dict[str, Any], command: st
     title = title_of(description, machine)
     json_path = args.json or args.out_dir / "live.json"
     json_path.parent.mkdir(parents=True, exist_ok=True)
+    workload = {**description, "capacity_oracle_blocks": capacity_blocks}
+    rows = [{**summary_json(s), **extra.get(s.policy, {})} for s in summaries]
     json_path.write_text(json.dumps({
         "machine": machine,
         "command": command,
-        "workload": {**description, "capacity_oracle_blocks": capacity_blocks},
-        "results": [{**summary_json(s), **extra.get(s.policy, {})} for s in summaries],
+        "workload": workload,
+        "results": rows,
     }, indent=2) + "\n")
     print(f"Machine: {describe(machine)}\nWorkload: {title.split(' -- ')[0]}\n")
     print(markdown_table(summaries))
@@ -287,3 +291,7 @@ def write_outputs(args: argparse.Namespace, machine: dict[str, Any], command: st
         charts = []
     print(f"\nwrote {json_path}{''.join(', ' + str(c) for c in charts)}; per-request data "
           f"in {args.out_dir}/<policy>/", file=sys.stderr)
+    # The run's result file (bench/results.py, docs/benchmarks/README.md).
+    write_result("live", str(description["workload"]), command=command, machine=machine,
+                 parameters={"workload": workload, "service": asdict(settings_from(args))},
+                 results=rows, chart=charts[0] if charts else None)

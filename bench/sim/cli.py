@@ -85,10 +85,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cacheroute sim: {err}", file=sys.stderr)
         return 2
     print(markdown_table(summaries))
+    report = report_json(args, summaries, argv)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report_json(args, summaries, argv), indent=2) + "\n")
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.json}", file=sys.stderr)
+    from bench.results import write_result  # the run's result file (bench/results.py)
+
+    write_result("sim", "tenants" if args.trace is None else f"trace-{args.trace.stem}",
+                 command=report["command"], machine=report["machine"],
+                 parameters={"workload": report["workload"], "fleet": report["fleet"]},
+                 results=report["results"])
     return 0
 
 
