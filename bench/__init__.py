@@ -32,6 +32,6 @@ Modules, one concept each:
   between decisions (``--between``), as a server's or the simulator's other work does.
 * ``stats`` and ``machine``: percentiles, and what machine a number came from.
 
-Nothing here is imported by ``router/`` or ``serving/``; results go to
-``docs/benchmarks.md`` with the command that produced them.
+Nothing here is imported by ``router/`` or ``serving/``; the main benchmarks write
+result files (``results``, docs/benchmarks/README.md).
 """

@@ -9,7 +9,7 @@ tokenising, the engine model) pushes them out, and each read becomes a miss.
 (``bench.decision_rate``, ``bench.decision_rate_ab``): K objects of a pool far
 larger than those caches, read in turn, so that each has left them by its next
 read. The simulator's own rate at 1,000 replicas matches K of about 2,000
-(docs/benchmarks.md).
+(docs/benchmarks/notes/2026-12-07-measurements-to-date.md).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """One chart and one table for policies from several ``cacheroute bench`` runs.
 
-    python -m bench.compare_runs --chart docs/img/live-kvp-4r-floor.png \\
+    python -m bench.compare_runs --chart docs/benchmarks/img/live-kvp-4r-floor.png \\
         "pow2=out/bench-kvp-4r/pow2" "floor 4=out/bench-kvp-4r-floor4/cacheroute"
 
 Each argument is ``LABEL=FOLDER/POLICY``: the policy's row of ``FOLDER/live.json``

@@ -17,7 +17,7 @@ import random
 from dataclasses import dataclass
 
 # Seed of the conversation. Changing it changes every user turn, so the numbers in
-# docs/benchmarks.md ("KV cache cost") no longer come from the same prompts.
+# docs/benchmarks/notes/2026-12-07-measurements-to-date.md no longer come from the same prompts.
 KVBENCH_SEED = 0
 
 SYSTEM_PROMPT = (

@@ -60,7 +60,7 @@ class UsageError(ValueError):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _OneLineParser(prog=PROG, description="What the KV cache costs in memory and saves "
-                                              "in time, turn by turn (docs/benchmarks.md).")
+                                              "in time, turn by turn (docs/benchmarks/README.md).")
     p.add_argument("--turns", type=int, default=10, help=f"user turns, 1-{MAX_TURNS} (default 10)")
     p.add_argument("--new-tokens", type=int, default=24,
                    help=f"tokens generated per turn, 2-{MAX_NEW_TOKENS} (default 24)")

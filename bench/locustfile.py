@@ -1,7 +1,7 @@
 """Locust load test of the prefix registry: latency warm versus cold, hit rate over time.
 
 Run against a running service (`cacheroute serve`), once per mode, with the same
-settings (docs/benchmarks.md has the full recipe):
+settings (docs/benchmarks/README.md has the recipe):
 
     CACHEROUTE_BENCH_MODE=warm .venv/bin/locust -f bench/locustfile.py --headless \
         --host http://127.0.0.1:8000 -u 4 -r 1 -t 3m --csv out/locust-warm

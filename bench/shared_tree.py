@@ -1,7 +1,7 @@
 """Routing cost with several ingresses: Ray's shared prefix tree against cacheroute.
 
     python -m bench.shared_tree --ingresses 1,2,4 --n 300 --json out/shared_tree.json \\
-        --chart docs/img/shared-tree.png
+        --chart docs/benchmarks/img/shared-tree.png
 
 Every Ray Serve ingress replica has its own request router. Ray's
 ``PrefixCacheAffinityRouter`` keeps its prefix tree in one named

@@ -125,7 +125,7 @@ def build_llm_config(config: ServiceConfig, model_path: str) -> LLMConfig:
         # replica would make the router fall back to random choice under modest load.
         "max_ongoing_requests": max(8, config.engine.max_num_seqs * 2),
         # A leaving replica (scale-down) first leaves every router's ring, then gets
-        # this long to finish its in-flight generations (docs/failover.md).
+        # this long to finish its in-flight generations (docs/operations/failover.md).
         "graceful_shutdown_timeout_s": config.failover.drain_timeout_s,
         "health_check_period_s": 10,
         "health_check_timeout_s": 60,

@@ -20,7 +20,7 @@ Token counts come from the engine: the upstream request always asks for per-chun
 usage (`stream_options.continuous_usage_stats`), which is stripped again unless the
 client asked for it. Cost: one JSON parse and dump per chunk, O(chunk size).
 
-Limits (docs/failover.md): one choice (`n` = 1) and plain text only (no tools, no
+Limits (docs/operations/failover.md): one choice (`n` = 1) and plain text only (no tools, no
 structured output, no `echo`, a single text prompt); the continuation re-tokenises
 the text so far, so a token boundary may differ from the first engine's; with
 temperature > 0 the continuation samples anew from the same text (and a `seed` does

@@ -56,12 +56,6 @@ class ReplicaSource(Protocol):
     def replica_views(self) -> list[ReplicaView]: ...
 
 
-def register_source(source: ReplicaSource) -> None:
-    """``local_routers().register_source`` under its former name, for the request
-    routers (serving/routing/) until they call that themselves; then this goes."""
-    local_routers().register_source(source)
-
-
 def current_views(routers: LocalRouters | None = None) -> list[ReplicaView]:
     """Per-replica views of every live router in this process, one per replica."""
     by_replica: dict[str, ReplicaView] = {}

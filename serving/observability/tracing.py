@@ -54,7 +54,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.config import TracingConfig
 from serving.observability.route_log import RouteLog, RouteRecord
-from serving.routing.registry import local_routers
 
 T = TypeVar("T")
 
@@ -128,12 +127,6 @@ def process_tracer_provider(settings: TracingConfig) -> TracerProvider:
 
 
 # --- routing decisions ------------------------------------------------------------
-
-
-def process_route_log() -> RouteLog:
-    """``local_routers().route_log`` under its former name, for
-    serving/routing/cacheroute.py until it reads that itself; then this goes."""
-    return local_routers().route_log
 
 
 def route_attributes(record: RouteRecord) -> dict[str, Any]:

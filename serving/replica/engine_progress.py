@@ -15,7 +15,7 @@ why `needs_probe` asks the replica to send the engine a one-token generation.
 
 The replica ships `stalled_s` in Serve's routing stats (serving/replica/server.py); the router
 ejects a replica whose value passed `failover.progress_timeout_s` and readmits it at 0
-(serving/routing/cacheroute.py). Steps are reported by the engine's stat logger
+(serving/routing/hang_ejection.py). Steps are reported by the engine's stat logger
 (serving/replica/engine_stats.py), once per engine step, in the replica process. O(1) per
 event; the clock is injected for tests.
 """

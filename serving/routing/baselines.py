@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import random
 
-from ray.serve._private.request_router.pow_2_router import (
-    PowerOfTwoChoicesRequestRouter,
-)
 from ray.serve.llm.request_router import PrefixCacheAffinityRouter
 from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
 
+from serving.observability.telemetry import ReplicaView, views_from
+from serving.ray_private import PowerOfTwoChoicesRequestRouter
 from serving.routing.in_flight import SentRequests
-from serving.observability.telemetry import ReplicaView, register_source, views_from
+from serving.routing.registry import local_routers
 
 
 class _ReplicaTelemetry(SentRequests):
@@ -32,7 +31,7 @@ class _ReplicaTelemetry(SentRequests):
 
     def update_replicas(self, replicas: list[RunningReplica]) -> None:
         super().update_replicas(replicas)  # type: ignore[misc]
-        register_source(self)  # idempotent (a set); the first update is the earliest hook
+        local_routers().register_source(self)  # idempotent (a set); the first update is the earliest hook
 
     def replica_views(self) -> list[ReplicaView]:
         return views_from(list(self.curr_replicas.values()),  # type: ignore[attr-defined]

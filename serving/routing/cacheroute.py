@@ -21,7 +21,7 @@ for the re-decision.
 Each concern is its own module: prompt tokens once per request (route_requests.py);
 hung replicas out of the ring by their routing stats (hang_ejection.py); a retry
 routed past the replicas that failed it, named by the failover's attempt log
-(serving/failover/attempt_log.py, docs/operations/failover.md); the engines' KV events
+(serving/failover/attempts.py, docs/operations/failover.md); the engines' KV events
 (kv_events.py); scale-up prewarm and replication ahead of a spill (prewarm_jobs.py,
 taken and sent by the ingress, prewarm.py); metrics (metrics.py) and trace spans
 (serving/observability/tracing.py).
@@ -41,17 +41,13 @@ from __future__ import annotations
 import time
 from typing import List, Optional
 
-from ray.serve._private.common import ReplicaID
-from ray.serve._private.request_router.common import PendingRequest
-from ray.serve._private.request_router.replica_wrapper import RunningReplica
-from ray.serve.request_router import RequestRouter
+from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
 
 from router import (SLOT_WAIT_S, Admission, CacheAwarePolicy, Decision, HotPrefix, Loads,
                     PolicyConfig)
 from serving.config import ServiceConfig
-from serving.failover.attempt_log import process_attempt_log
-from serving.observability.telemetry import ReplicaView, register_source, views_from
-from serving.observability.tracing import RouteLog, process_route_log
+from serving.observability.route_log import RouteLog
+from serving.observability.telemetry import ReplicaView, views_from
 from serving.routing.hang_ejection import HangEjection
 from serving.routing.in_flight import SentRequests
 from serving.routing.kv_events import KVEventFollower
@@ -59,7 +55,7 @@ from serving.routing.metrics import RouterMetrics
 from serving.routing.parking import Parking
 from serving.routing.prewarm import PrewarmJob
 from serving.routing.prewarm_jobs import PrewarmJobs
-from serving.routing.registry import register_router
+from serving.routing.registry import local_routers
 from serving.routing.replica_stats import kv_event_endpoints, rank_seats
 from serving.routing.route_requests import RouteRequests
 
@@ -109,7 +105,10 @@ class CacheRouteRequestRouter(SentRequests, RequestRouter):
         self._kv_events = KVEventFollower(self._policy, self._metrics.on_kv_events)
         # Failover (serving/failover/failover.py): where each request went, what its
         # retry must avoid, and which replicas are out of the ring for lack of progress.
-        self._attempts = process_attempt_log()
+        # The one state this router shares with the ingress of its process
+        # (serving/routing/registry.py).
+        routers = local_routers()
+        self._attempts = routers.attempts
         self._hangs = HangEjection(self._policy, self._attempts,
                                    progress_timeout_s=config.failover.progress_timeout_s)
         self._eject_hung = config.failover.enabled
@@ -121,9 +120,9 @@ class CacheRouteRequestRouter(SentRequests, RequestRouter):
         self.last_decision: Optional[Decision] = None
         # Decisions for the ingress's trace spans (serving/observability/tracing.py); None when off.
         self._route_log: Optional[RouteLog] = (
-            process_route_log() if config.tracing.enabled else None)
-        register_source(self)
-        register_router(self._deployment_id.name, self)
+            routers.route_log if config.tracing.enabled else None)
+        routers.register_source(self)
+        routers.register_router(self._deployment_id.name, self)
 
     # --- Serve's hooks: membership and slots --------------------------------------
 

@@ -20,7 +20,7 @@ from ray.serve.request_router import RunningReplica
 
 from router import FleetEvents
 from serving.contract import ENGINE_PROGRESS_KEY
-from serving.failover.attempt_log import AttemptLog
+from serving.failover.attempts import AttemptLog
 from serving.failover.metrics import FailoverMetrics
 from serving.replica.engine_progress import is_hung
 from serving.routing.replica_stats import routing_stat

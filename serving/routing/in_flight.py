@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ray.serve._private.common import ReplicaID
+from ray.serve.request_router import ReplicaID
 
 
 class SentRequests:

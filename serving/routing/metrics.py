@@ -12,8 +12,8 @@ Names as scraped (serving/observability/telemetry.py serves them):
   `removed` from the ring (a death, a drain or a scale event).
 - `cacheroute_router_kv_events_total{kind}`: KV-event blocks applied (stored,
   removed) and caches cleared.
-- `cacheroute_router_spill_waits_total{result}`: spill waits (`_wait_before_spill`
-  in serving/routing/cacheroute.py) by how they ended: `owner_hit` (an owner freed a slot:
+- `cacheroute_router_spill_waits_total{result}`: spill waits (router/admission.py,
+  driven by serving/routing/cacheroute.py) by how they ended: `owner_hit` (an owner freed a slot:
   no spill), `spill` (an owner finished a request and was still at the bound),
   `timeout`, `busy` (not waited: every owner already had a request waiting).
 - `cacheroute_replicas_wanted`: the replicas the configuration asks for (the ingress

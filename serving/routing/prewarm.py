@@ -44,14 +44,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from router import HotPrefix
+from serving.routing.metrics import PrewarmMetrics
 
 logger = logging.getLogger("ray.serve")
 
@@ -69,7 +68,6 @@ PREWARM_TIMEOUT_S = 120.0
 REQUEST_ID_PREFIX = "cacheroute-prewarm-"
 
 # Seconds a joining replica's prewarm took, from its first prefill sent to its last done.
-_SECONDS_BUCKETS = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,42 +91,6 @@ class PrewarmRouter(Protocol):
 
     def on_prewarmed(self, request_id: str, prefix: HotPrefix, ok: bool) -> None:
         """The prewarm with that id finished; on success the replica owns ``prefix``."""
-
-
-_METRICS_BY_REGISTRY: weakref.WeakKeyDictionary[CollectorRegistry, PrewarmMetrics] = (
-    weakref.WeakKeyDictionary())
-
-
-class PrewarmMetrics:
-    """``cacheroute_prewarm_*``: prefixes sent and their results, replicas prewarmed,
-    and how long each replica's prewarm took."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.sent = Counter("cacheroute_prewarm_sent", "Hot prefixes sent to a joining "
-                            "replica as prefill-only requests.", registry=registry)
-        self.results = Counter("cacheroute_prewarm_prefixes", "Prewarm prefills finished, "
-                               "by result (succeeded: the replica now owns the prefix).",
-                               ["result"], registry=registry)
-        self.replicas = Counter("cacheroute_prewarm_replicas", "Joining replicas prewarmed "
-                                "(with at least one hot prefix to send).", registry=registry)
-        self.seconds = Histogram("cacheroute_prewarm_seconds", "Time a joining replica's "
-                                 "prewarm took, first prefill sent to last done.",
-                                 buckets=_SECONDS_BUCKETS, registry=registry)
-        self.replications = Counter("cacheroute_replications", "Prefixes prefilled on the "
-                                    "replica their next request would spill to, by result "
-                                    "(sent; succeeded: the replica now owns the prefix; "
-                                    "failed).", ["result"], registry=registry)
-        for result in ("succeeded", "failed"):  # rate() sees a 0 before the first one
-            self.results.labels(result=result)
-            self.replications.labels(result=result)
-        self.replications.labels(result="sent")
-
-    @classmethod
-    def for_registry(cls, registry: CollectorRegistry) -> PrewarmMetrics:
-        """The one instance per Prometheus registry (a name registers only once)."""
-        if registry not in _METRICS_BY_REGISTRY:
-            _METRICS_BY_REGISTRY[registry] = cls(registry)
-        return _METRICS_BY_REGISTRY[registry]
 
 
 def prefill_body(model: str, prefix: HotPrefix, request_id: str) -> dict[str, Any]:

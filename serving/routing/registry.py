@@ -95,16 +95,3 @@ _LOCAL_ROUTERS = LocalRouters()
 def local_routers() -> LocalRouters:
     """This process's one ``LocalRouters`` (module docstring: why a process-wide one)."""
     return _LOCAL_ROUTERS
-
-
-# Until serving/routing/cacheroute.py and serving/routing/baselines.py take
-# ``local_routers()`` themselves, they reach it through these and the equivalents in
-# serving/failover/attempt_log.py, serving/observability/tracing.py
-# (``process_route_log``) and serving/observability/telemetry.py (``register_source``).
-
-def register_router(deployment: str, router: Any) -> None:
-    local_routers().register_router(deployment, router)
-
-
-def router_of(deployment: str) -> Any | None:
-    return local_routers().router_of(deployment)

@@ -4,7 +4,7 @@ Every request sent while a fault happens must succeed, and every stream must end
 one stream: one id, one role chunk, no error chunk, exactly one `[DONE]` (last), and
 usage adding up (the prompt's tokens as the client sent it, every requested token).
 The failover metrics on /metrics must show that the fault was actually hit
-(docs/failover.md), so a test cannot pass because the fault missed every request.
+(docs/operations/failover.md), so a test cannot pass because the fault missed every request.
 """
 
 from __future__ import annotations

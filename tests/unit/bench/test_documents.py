@@ -1,5 +1,5 @@
 """bench/documents.py: the summary of each mode and its questions (the live part is
-run by hand against a service, docs/benchmarks.md)."""
+run by hand against a service, docs/benchmarks/README.md)."""
 
 from __future__ import annotations
 

@@ -17,13 +17,6 @@ ROOT = Path(__file__).resolve().parents[3]
 SCANNED = ("serving", "bench", "chaos", "router", "monitoring")
 ALLOWED = {
     "serving/ray_private.py",
-    # Still import ray.serve._private until the request-router adapters switch to
-    # ray.serve.request_router (ReplicaID, PendingRequest, RunningReplica), a literal
-    # "ray.serve" logger and serving.ray_private (PowerOfTwoChoicesRequestRouter);
-    # remove each from this set once it has.
-    "serving/routing/cacheroute.py",
-    "serving/routing/in_flight.py",
-    "serving/routing/baselines.py",
 }
 
 

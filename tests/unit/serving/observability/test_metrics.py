@@ -20,9 +20,6 @@ PROMETHEUS_MAKERS = {"Counter", "Gauge", "Histogram", "Summary", "Info", "Enum",
                      "GaugeHistogramMetricFamily", "UnknownMetricFamily"}
 ALLOWED = {
     "serving/observability/metrics.py",
-    # Its own PrewarmMetrics predates serving/routing/metrics.py's, which the app uses;
-    # remove it from this set once prewarm.py imports that one instead.
-    "serving/routing/prewarm.py",
 }
 
 

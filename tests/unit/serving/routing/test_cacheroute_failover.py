@@ -9,7 +9,7 @@ from typing import Any
 from ray.serve._private.test_utils import FakeRunningReplica
 
 from router import Outcome
-from serving.failover.attempt_log import process_attempt_log
+from serving.routing.registry import local_routers
 from serving.contract import ENGINE_PROGRESS_KEY
 from tests.unit.serving.routing.test_cacheroute import (  # noqa: F401  (tiny_model is a fixture)
     SYSTEM,
@@ -42,7 +42,7 @@ def test_a_retry_goes_to_the_next_replica_that_has_not_failed_it(tiny_model: Pat
     router = make_router(tiny_model, make_stats_replicas(3))
     pending = make_pending(SYSTEM, "retried question")
     key = pending.metadata.internal_request_id
-    log = process_attempt_log()
+    log = local_routers().attempts
     first = choose(router, pending)[0][0]
     assert log.replica_of(key) == first
     log.avoid(key, first)
@@ -70,13 +70,13 @@ def test_a_replica_reporting_no_progress_leaves_the_ring_until_it_progresses(
     assert home in router.policy.replicas  # busy or briefly stalled: stays
     hung.stats = {ENGINE_PROGRESS_KEY: {"stalled_s": timeout + 1, "active": 2}}
     on_loop(router.update_replicas, replicas)
-    assert home not in router.policy.replicas and process_attempt_log().is_ejected(home)
+    assert home not in router.policy.replicas and local_routers().attempts.is_ejected(home)
     assert home not in [t[0] for t in choose(router, make_pending(SYSTEM, "q"))]
     assert counter("cacheroute_failover_ejections_total", change="ejected") == ejected_before + 1
     assert counter("cacheroute_router_ejected_replicas") == 1
     hung.stats = {ENGINE_PROGRESS_KEY: {"stalled_s": 0.0, "active": 0}}
     on_loop(router.update_replicas, replicas)
-    assert home in router.policy.replicas and not process_attempt_log().is_ejected(home)
+    assert home in router.policy.replicas and not local_routers().attempts.is_ejected(home)
     # Back with its arcs and its cache: the prefix goes home again.
     assert choose(router, make_pending(SYSTEM, "q"))[0][0] == home
     assert counter("cacheroute_router_ejected_replicas") == 0
@@ -87,7 +87,7 @@ def test_a_retry_whose_choice_already_moved_keeps_it(tiny_model: Path) -> None:
     router = make_router(tiny_model, replicas)
     pending = make_pending(SYSTEM, "moved question")
     key = pending.metadata.internal_request_id
-    log = process_attempt_log()
+    log = local_routers().attempts
     first = choose(router, pending)[0][0]
     log.avoid(key, first)
     on_loop(router.on_replica_actor_died,

@@ -22,14 +22,14 @@ from serving.routing.prewarm import (
     REQUEST_ID_PREFIX,
     Prewarmer,
     PrewarmJob,
-    PrewarmMetrics,
     prefill_body,
     reply_ok,
 )
 from serving.contract import RANK_STATS_KEY
+from serving.routing.metrics import PrewarmMetrics
 from serving.routing.cacheroute import CacheRouteRequestRouter, policy_config
 from serving.ingress.request_models import CompletionRequest
-from serving.routing.registry import router_of
+from serving.routing.registry import local_routers
 from tests.unit.serving.routing import test_cacheroute as test_ray_router
 from tests.unit.serving.routing.test_cacheroute import LOOP, choose, make_router, on_loop
 from tests.unit.serving.routing.test_cacheroute_failover import StatsReplica
@@ -235,7 +235,7 @@ def test_the_prewarmer_sends_each_hot_prefix_to_the_joiner_then_it_owns_them(
         tiny_model: Path) -> None:
     router, _ = scaled_up_router(tiny_model)
     # The ingress finds this process's router of its deployment by name.
-    assert router_of("LLMServer:m") is router
+    assert local_routers().router_of("LLMServer:m") is router
     deployment = FakeDeployment(router)
     registry = CollectorRegistry()
     prewarmer = make_prewarmer(router, deployment, registry, concurrency=2)
