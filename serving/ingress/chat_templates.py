@@ -10,8 +10,9 @@ ever refused it. So the ingress refuses, before any routing:
 
 - a request-level `chat_template`;
 - any `chat_template_kwargs` key the served model's own templates do not read (found
-  once, at start, with Jinja's own parser: the template's undeclared variables, less
-  those the renderer itself sets), `chat_template` among them;
+  once, at start, from the served tokenizer's templates with Jinja's own parser: the
+  templates' undeclared variables, less those the renderer itself sets),
+  `chat_template` among them;
 - an allowed key whose value is not a JSON scalar (a template variable such as
   `enable_thinking` is a flag or a short string; a nested value is work the renderer
   would iterate over).
@@ -22,10 +23,8 @@ request; the templates are parsed once per ingress.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 # Variables the renderer sets itself (transformers' apply_chat_template and vLLM's):
@@ -58,23 +57,23 @@ def template_variables(source: str) -> frozenset[str]:
     return frozenset(meta.find_undeclared_variables(jinja2.Environment().parse(source)))
 
 
-def model_templates(model_dir: str | Path) -> list[str]:
-    """The chat templates a Hugging Face model folder ships: `chat_template.jinja` and
-    the `chat_template` of tokenizer_config.json (a string, or a list of named ones)."""
-    folder = Path(model_dir)
-    sources: list[str] = []
-    jinja_file = folder / "chat_template.jinja"
-    if jinja_file.is_file():
-        sources.append(jinja_file.read_text(encoding="utf-8"))
-    config_file = folder / "tokenizer_config.json"
-    if config_file.is_file():
-        template = json.loads(config_file.read_text(encoding="utf-8")).get("chat_template")
-        if isinstance(template, str):
-            sources.append(template)
-        elif isinstance(template, list):
-            sources.extend(t["template"] for t in template
-                           if isinstance(t, dict) and isinstance(t.get("template"), str))
-    return sources
+def tokenizer_templates(tokenizer: Any) -> list[str]:
+    """The chat templates a loaded Hugging Face tokenizer holds: one, or several by name
+    (a tool-use template beside the default, say)."""
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, str):
+        return [template]
+    if isinstance(template, Mapping):
+        return [t for t in template.values() if isinstance(t, str)]
+    return []
+
+
+class TemplateRefused(Exception):
+    """A request's template inputs were refused; the ingress answers 400 with these."""
+
+    def __init__(self, refusal: TemplateRefusal) -> None:
+        super().__init__(refusal.message)
+        self.refusal = refusal
 
 
 class ChatTemplateGuard:
@@ -87,8 +86,14 @@ class ChatTemplateGuard:
         self.allowed_kwargs = frozenset(read - RENDERER_VARIABLES)
 
     @classmethod
-    def for_model(cls, model_dir: str | Path) -> ChatTemplateGuard:
-        return cls(model_templates(model_dir))
+    def for_tokenizer(cls, tokenizer: Any) -> ChatTemplateGuard:
+        return cls(tokenizer_templates(tokenizer))
+
+    def check(self, body: Any) -> None:
+        """Raise ``TemplateRefused`` when ``body``'s template inputs may not render."""
+        refusal = self.refusal(body)
+        if refusal is not None:
+            raise TemplateRefused(refusal)
 
     def refusal(self, body: Any) -> TemplateRefusal | None:
         """None when ``body``'s template inputs may reach a renderer."""

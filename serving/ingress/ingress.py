@@ -40,6 +40,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ray import serve
 from ray.serve.llm import LLMConfig
 from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
+from ray.serve.llm.openai_api_models import EmbeddingRequest
 from ray.serve.schema import ApplicationStatus
 
 from serving.ingress import openapi as api_schema
@@ -58,7 +59,9 @@ from serving.prefixes.backend import build_registry, ingress_args
 from serving.prefixes.metrics import PrefixMetrics
 from serving.prefixes.registry import PrefixError
 from serving.routing.prewarm import Prewarmer
+from serving.routing.prompt_tokens import load_tokenizer
 # Upstream's request bodies, with validation that cannot crash (serving/ingress/request_models.py).
+from serving.ingress.chat_templates import ChatTemplateGuard, TemplateRefused
 from serving.ingress.request_models import ChatCompletionRequest, CompletionRequest
 from serving.routing.metrics import REPLICAS_WANTED, PrewarmMetrics
 from serving.routing.registry import local_routers
@@ -165,6 +168,12 @@ async def _on_prefix_error(request: Request, exc: PrefixError) -> JSONResponse:
     return openai_error(exc.status, exc.message, type_=type_, code=exc.code, param=exc.param)
 
 
+async def _on_template_refused(request: Request, exc: TemplateRefused) -> JSONResponse:
+    # Before any routing: the router would otherwise render the client's template.
+    return openai_error(400, exc.refusal.message, code="unsupported_parameter",
+                        param=exc.refusal.param)
+
+
 async def _on_engine_client_error(request: Request, exc: Exception) -> JSONResponse:
     # vLLM's own request-validation errors (raised in the replica, re-raised here).
     message = str(getattr(exc, "cause", None) or exc).strip() or type(exc).__name__
@@ -181,6 +190,7 @@ def build_fastapi_app(config: ServiceConfig) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)
     app.add_exception_handler(OpenAIHTTPException, _on_openai_exception)
+    app.add_exception_handler(TemplateRefused, _on_template_refused)
     app.add_exception_handler(PrefixError, _on_prefix_error)
     for exc_type in VLLM_CLIENT_ERRORS:
         app.add_exception_handler(exc_type, _on_engine_client_error)
@@ -213,6 +223,10 @@ class CacheRouteIngress(DocumentRoutes, PrefixRoutes, OpenAiIngress):
         self._failover = (Failover(failover_config, attempts=routers.attempts)
                           if failover_config.enabled else None)
         self._app_name = app_name
+        # Which template inputs a client may send (serving/ingress/chat_templates.py):
+        # checked on every request that a router or engine renders a template for.
+        self._templates = ChatTemplateGuard.for_tokenizer(
+            load_tokenizer(prefixes["tokenizer_path"]))
         self._llm_deployment = llm_deployment
         self._num_replicas = num_replicas
         REPLICAS_WANTED.set(num_replicas)
@@ -256,6 +270,7 @@ class CacheRouteIngress(DocumentRoutes, PrefixRoutes, OpenAiIngress):
             yield item
 
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
+        self._templates.check(body)
         document = request.headers.get(DOCUMENT_HEADER)
         if document is not None:  # a chat about an uploaded document
             return await self.chat_about_document(document, body, request)
@@ -267,6 +282,11 @@ class CacheRouteIngress(DocumentRoutes, PrefixRoutes, OpenAiIngress):
         use = self._prefix_registry.match(body.model, body.messages, body.cache_salt)
         response = await super().chat(body, request)
         return observe_response(self._prefix_registry, use, response) if use else response
+
+    async def embeddings(self, body: EmbeddingRequest, request: Request) -> Response:
+        # An embeddings request may be a chat, rendered with a template like one.
+        self._templates.check(body)
+        return await super().embeddings(body, request)
 
     async def completions(self, body: CompletionRequest, request: Request) -> Response:
         # Only the body's type differs from upstream's route (serving/ingress/request_models.py).

@@ -14,8 +14,8 @@ Cost: encoding is the router's most expensive step (about 10 ms for a 7k-token
 prompt on one core, docs/benchmarks/results.md), so text is encoded segment by
 segment between special tokens, with repeated segments (system prompts, few-shot blocks) cached
 (`segment_tokens.py`): a request whose system prompt was seen before pays only for its
-new turns. Long prompts run in a worker thread so the router's event loop keeps
-routing other requests meanwhile.
+new turns. The router calls this in a worker thread, under a time budget
+(serving/routing/route_requests.py), so its event loop keeps routing meanwhile.
 """
 
 from __future__ import annotations

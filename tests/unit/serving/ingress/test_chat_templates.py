@@ -3,13 +3,14 @@ template variables never reach a renderer unless the served model's template rea
 
 from __future__ import annotations
 
-import json
+from types import SimpleNamespace
 
 import pytest
 from ray.serve.llm.openai_api_models import ChatCompletionRequest
 
 from serving.ingress.chat_templates import (MAX_KWARG_CHARS, ChatTemplateGuard,
-                                            model_templates, template_variables)
+                                            TemplateRefused, template_variables,
+                                            tokenizer_templates)
 
 # A template reading one client variable (as Qwen3's reads `enable_thinking`).
 THINKING = ("{% for m in messages %}{{ bos_token }}{{ m['content'] }}{% endfor %}"
@@ -68,16 +69,23 @@ def test_allowed_kwargs_take_short_scalars_only(value):
     assert refusal is not None and refusal.param == "chat_template_kwargs.enable_thinking"
 
 
-def test_model_templates_reads_the_jinja_file_and_every_named_config_template(tmp_path):
-    (tmp_path / "chat_template.jinja").write_text(PLAIN)
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": [
-        {"name": "default", "template": THINKING}, {"name": "tool_use", "template": PLAIN}]}))
-    assert model_templates(tmp_path) == [PLAIN, THINKING, PLAIN]
-    assert ChatTemplateGuard.for_model(tmp_path).allowed_kwargs == {"enable_thinking"}
+def test_every_named_template_of_the_tokenizer_counts():
+    named = SimpleNamespace(chat_template={"default": PLAIN, "tool_use": THINKING})
+    assert tokenizer_templates(named) == [PLAIN, THINKING]
+    assert ChatTemplateGuard.for_tokenizer(named).allowed_kwargs == {"enable_thinking"}
+    assert tokenizer_templates(SimpleNamespace(chat_template=None)) == []
+
+
+def test_check_raises_with_the_refusal():
+    with pytest.raises(TemplateRefused) as refused:
+        ChatTemplateGuard([PLAIN]).check(chat(chat_template=HOSTILE))
+    assert refused.value.refusal.param == "chat_template"
+    ChatTemplateGuard([PLAIN]).check(chat())  # nothing to refuse
 
 
 def test_the_default_model_accepts_no_template_kwargs():
     from serving.models.default import ensure_default_model
+    from serving.routing.prompt_tokens import load_tokenizer
 
-    guard = ChatTemplateGuard.for_model(ensure_default_model())
+    guard = ChatTemplateGuard.for_tokenizer(load_tokenizer(str(ensure_default_model())))
     assert guard.allowed_kwargs == frozenset()
