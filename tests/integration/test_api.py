@@ -11,6 +11,7 @@ import openai
 import pytest
 
 from tests.integration.conftest import Stack
+from tests.integration.replicas import ReplicaSnapshot, assert_no_restart, snapshot
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +22,14 @@ SYSTEM_PROMPT = " ".join(
 )
 
 
-def test_ready_endpoint_reports_every_replica_warm(stack: Stack) -> None:
+@pytest.fixture(scope="module")
+def replicas_at_start(stack: Stack) -> ReplicaSnapshot:
+    """Taken by the module's first test, before any error case below."""
+    return snapshot(stack)
+
+
+def test_ready_endpoint_reports_every_replica_warm(stack: Stack,
+                                                   replicas_at_start: ReplicaSnapshot) -> None:
     resp = httpx.get(f"{stack.base_url}/ready", timeout=30)  # public: no key needed
     assert resp.status_code == 200
     assert resp.json() == {"status": "ready", "ready": True, "replicas_ready": 2,
@@ -192,7 +200,7 @@ def test_wrong_key_via_client_is_authentication_error(stack: Stack) -> None:
         client.models.list()
 
 
-def test_service_survives_bad_input(stack: Stack) -> None:
+def test_service_survives_bad_input(stack: Stack, replicas_at_start: ReplicaSnapshot) -> None:
     """After every error case above, both replicas still serve and none restarted."""
     with stack.http() as http:
         ready = http.get("/ready").json()
@@ -200,3 +208,4 @@ def test_service_survives_bad_input(stack: Stack) -> None:
     out = stack.client().completions.create(model=stack.model, prompt="Still alive?",
                                             max_tokens=3)
     assert out.choices[0].text is not None
+    assert_no_restart(replicas_at_start, snapshot(stack))
