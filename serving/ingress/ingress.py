@@ -206,8 +206,9 @@ def build_fastapi_app(config: ServiceConfig) -> FastAPI:
     if config.tracing.enabled:
         # Added last, so outermost: rejected (401) requests are traced too. Absent
         # when tracing is off, so it costs nothing then.
-        app.add_middleware(TracingMiddleware, settings=config.tracing,
-                           route_log=local_routers().route_log)
+        # Its route log is the serving process's own, found when the stack is built
+        # there (the app is pickled from the CLI to the ingress replica).
+        app.add_middleware(TracingMiddleware, settings=config.tracing)
     return app
 
 

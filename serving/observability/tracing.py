@@ -54,6 +54,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.config import TracingConfig
 from serving.observability.route_log import RouteLog, RouteRecord
+from serving.routing.registry import local_routers
 
 T = TypeVar("T")
 
@@ -154,12 +155,16 @@ class TracingMiddleware:
 
     def __init__(self, app: ASGIApp, *, settings: TracingConfig,
                  tracer_provider: TracerProvider | None = None,
-                 route_log: RouteLog,
+                 route_log: RouteLog | None = None,
                  request_key: Callable[[Scope], str] = serve_request_key) -> None:
         self.app = app
         provider = tracer_provider or process_tracer_provider(settings)
         self._tracer = provider.get_tracer("cacheroute.ingress")
-        self._route_log = route_log
+        # None: the RouteLog of the process serving requests, looked up here, when
+        # Starlette builds the middleware stack in that process. The app is built in the
+        # CLI and pickled to the ingress replica, so an object given at build time would
+        # be a copy that the ingress process's router never writes to.
+        self._route_log = route_log if route_log is not None else local_routers().route_log
         self._request_key = request_key
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

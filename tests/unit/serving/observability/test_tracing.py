@@ -93,11 +93,9 @@ def test_tracing_on_installs_the_outermost_middleware_and_the_replica_settings()
     classes = [m.cls for m in app.user_middleware]
     # Outermost (first): requests the key check rejects are traced too.
     assert classes[0] is TracingMiddleware and ApiKeyMiddleware in classes
-    # The route log the process's routers write (serving/routing/registry.py).
-    from serving.routing.registry import local_routers
-
-    assert app.user_middleware[0].kwargs == {"settings": config.tracing,
-                                             "route_log": local_routers().route_log}
+    # No route log given at build time: the app is pickled to the ingress replica, and
+    # the middleware finds that process's own when it is built there.
+    assert app.user_middleware[0].kwargs == {"settings": config.tracing}
     llm = build_llm_config(config, "/m")
     assert TracingConfig.model_validate(llm.experimental_configs["cacheroute_tracing"]) == (
         config.tracing)
@@ -199,3 +197,21 @@ def test_vllm_reads_the_w3c_headers_and_takes_an_otlp_endpoint() -> None:
     assert extract_trace_headers({"traceparent": CLIENT_TRACEPARENT, "x": "y"}) == {
         "traceparent": CLIENT_TRACEPARENT}
     assert "otlp_traces_endpoint" in {f.name for f in dataclasses.fields(EngineArgs)}
+
+
+def test_the_middleware_reads_the_route_log_of_the_process_that_serves() -> None:
+    """The app is built in the CLI and pickled to the ingress replica: the middleware
+    must read the route log the router of *that* process writes, not a copy of the
+    builder's."""
+    from ray import cloudpickle
+
+    from serving.ingress.ingress import build_fastapi_app
+    from serving.routing.registry import local_routers
+
+    config = ServiceConfig.model_validate({"tracing": {"enabled": True}})
+    middleware = build_fastapi_app(config).user_middleware[0]
+    assert middleware.cls is TracingMiddleware
+    # What travels with the app: the middleware's arguments, pickled and unpickled.
+    args, kwargs = cloudpickle.loads(cloudpickle.dumps((middleware.args, middleware.kwargs)))
+    built = middleware.cls(lambda *a: None, *args, **kwargs)
+    assert built._route_log is local_routers().route_log
