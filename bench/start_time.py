@@ -75,7 +75,8 @@ def run_once(*, replicas: int, work: Path, env: dict[str, str], label: str,
                              env=env)
     with service:
         ready_s = service.startup_s
-    facts = engine_log_facts(Path(env["RAY_TMPDIR"]) / "session_latest" / "logs", since)
+    # Ray keeps its sessions under <RAY_TMPDIR>/ray/.
+    facts = engine_log_facts(Path(env["RAY_TMPDIR"]) / "ray" / "session_latest" / "logs", since)
     init = facts["engine_init_s"]
     print(f"{label}: ready in {ready_s:.1f} s; engine init {init} s; "
           f"compiled {facts['compiled']}, loaded {facts['loaded']}", file=sys.stderr)
