@@ -108,11 +108,13 @@ class ChatTemplateGuard:
             return TemplateRefusal("chat_template_kwargs",
                                    "chat_template_kwargs must be an object.")
         for key, value in kwargs.items():
-            param = f"chat_template_kwargs.{key}"
+            # The key is the client's: echoed back at most MAX_KWARG_CHARS of it.
+            shown = str(key)[:MAX_KWARG_CHARS]
+            param = f"chat_template_kwargs.{shown}"
             if key not in self.allowed_kwargs:
                 allowed = ", ".join(sorted(self.allowed_kwargs)) or "none"
                 return TemplateRefusal(
-                    param, f"The served model's chat template does not read {key!r}; "
+                    param, f"The served model's chat template does not read {shown!r}; "
                     f"accepted chat_template_kwargs: {allowed}.")
             if not _scalar(value):
                 return TemplateRefusal(

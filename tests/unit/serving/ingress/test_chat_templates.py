@@ -89,3 +89,11 @@ def test_the_default_model_accepts_no_template_kwargs():
 
     guard = ChatTemplateGuard.for_tokenizer(load_tokenizer(str(ensure_default_model())))
     assert guard.allowed_kwargs == frozenset()
+
+
+def test_a_long_unread_key_is_echoed_back_cut_short():
+    key = "k" * (10 * MAX_KWARG_CHARS)
+    refusal = ChatTemplateGuard([PLAIN]).refusal(chat(chat_template_kwargs={key: True}))
+    assert refusal is not None
+    assert refusal.param == "chat_template_kwargs." + "k" * MAX_KWARG_CHARS
+    assert len(refusal.message) < 3 * MAX_KWARG_CHARS
