@@ -11,9 +11,16 @@ from serving.config import POLICIES, ConfigError, load_config
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from serving.runtime import base_url, run_service
+    from serving.tenants.identity import Tenants
 
     config = load_config(args.config).with_overrides(
         replicas=args.replicas, policy=args.policy, port=args.port, model_source=args.model)
+    try:
+        tenants = Tenants.from_config(config)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    # Before anything starts: an operator sees at once whether callers are kept apart.
+    print(f"cacheroute: {tenants.describe()}", flush=True)
 
     def on_ready(info: dict) -> None:
         print(f"cacheroute: ready at {base_url(config)}/v1 -- {info.get('replicas_ready')} "

@@ -29,6 +29,7 @@ from serving.observability.config import TracingConfig
 from serving.prefixes.config import REDIS_URL_ENV, PrefixConfig
 from serving.replica.config import EngineConfig
 from serving.routing.config import POLICIES, Policy, RoutingConfig
+from serving.tenants.config import TenantConfig, TenantLimits
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -46,6 +47,8 @@ __all__ = [
     "RoutingConfig",
     "ServerConfig",
     "ServiceConfig",
+    "TenantConfig",
+    "TenantLimits",
     "TracingConfig",
     "load_config",
     "reference_markdown",
@@ -70,6 +73,7 @@ class ServiceConfig(ConfigSection):
     engine: EngineConfig = Field(default_factory=EngineConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
+    tenant_limits: TenantLimits = Field(default_factory=TenantLimits)
     tracing: TracingConfig = Field(default_factory=TracingConfig)
     prefixes: PrefixConfig = Field(default_factory=PrefixConfig)
     failover: FailoverConfig = Field(default_factory=FailoverConfig)

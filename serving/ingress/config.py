@@ -7,11 +7,12 @@ starts Ray and Serve with the rest.
 
 from __future__ import annotations
 
-import os
+import re
 
 from pydantic import Field, field_validator
 
 from serving.config_section import ConfigSection
+from serving.tenants.config import TENANT_NAME_PATTERN, TenantConfig, resolve_keys
 
 
 class ServerConfig(ConfigSection):
@@ -23,11 +24,19 @@ class ServerConfig(ConfigSection):
     port: int = Field(8000, ge=1, le=65535)
     """Port of the OpenAI API and of /ready and /health."""
     api_keys: tuple[str, ...] = ()
-    """Accepted bearer tokens; with none here or in `api_keys_env`, no authentication.
-    Prefer `api_keys_env`, which keeps the keys out of the file."""
+    """Bearer tokens of the tenant named `default`. With no key here, in
+    `api_keys_env` or in `tenants`, there is no authentication and every caller is one
+    anonymous tenant. Prefer `api_keys_env`, which keeps the keys out of the file."""
     api_keys_env: str | None = "CACHEROUTE_API_KEYS"
-    """Environment variable holding comma-separated keys (added to `api_keys`); null
-    reads none."""
+    """Environment variable holding comma-separated keys of the `default` tenant (added
+    to `api_keys`); null reads none."""
+    tenants: dict[str, TenantConfig] = Field(default_factory=dict)
+    """Tenants by name, each with its own API keys: a tenant sees and evicts only its
+    own cache, prefixes and documents (docs/security.md)."""
+    max_concurrent_requests: int = Field(256, ge=1)
+    """Requests one ingress holds at once, every tenant together (503 with
+    `Retry-After` above it): bounds the ingress's memory, since each may buffer a body
+    of up to `max_body_bytes`."""
     metrics_port: int | None = Field(None, ge=1, le=65535)
     """Port of Ray's Prometheus export (/metrics): engine metrics per replica (`ReplicaId`
     label) and Serve's own. Null picks a free port, printed in the ready line; set it
@@ -56,8 +65,15 @@ class ServerConfig(ConfigSection):
             raise ValueError("API keys must be non-empty and without surrounding spaces")
         return value
 
+    @field_validator("tenants")
+    @classmethod
+    def _tenant_names(cls, value: dict[str, TenantConfig]) -> dict[str, TenantConfig]:
+        for name in value:
+            if not re.match(TENANT_NAME_PATTERN, name):
+                raise ValueError(f"tenant name {name!r}: letters, digits, '_', '.', '-', "
+                                 "at most 64")
+        return value
+
     def resolved_api_keys(self) -> tuple[str, ...]:
-        keys = list(self.api_keys)
-        if self.api_keys_env:
-            keys += [k.strip() for k in os.environ.get(self.api_keys_env, "").split(",") if k.strip()]
-        return tuple(dict.fromkeys(keys))
+        """The `default` tenant's keys: `api_keys` plus those in `api_keys_env`."""
+        return resolve_keys(self.api_keys, self.api_keys_env)

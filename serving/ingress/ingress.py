@@ -27,7 +27,6 @@ with a 4xx status for anything the client can fix.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 from typing import Any
 
@@ -65,6 +64,7 @@ from serving.ingress.chat_templates import ChatTemplateGuard, TemplateRefused
 from serving.ingress.request_models import ChatCompletionRequest, CompletionRequest
 from serving.routing.metrics import REPLICAS_WANTED, PrewarmMetrics
 from serving.routing.registry import local_routers
+from serving.tenants.identity import STATE_KEY as TENANT_STATE_KEY, Tenants
 from serving.observability.tracing import TracingMiddleware
 
 logger = logging.getLogger("ray.serve")
@@ -82,33 +82,36 @@ def openai_error(status: int, message: str, *, type_: str = "invalid_request_err
     )
 
 
-class ApiKeyMiddleware:
-    """Bearer-token check in front of every non-public path (constant-time compare)."""
+class TenantMiddleware:
+    """Finds the tenant of every request (serving/tenants/identity.py) and puts it in
+    the scope, where `tenant_of(request)` reads it: the bearer token's tenant (a
+    constant-time compare against every key), or the anonymous tenant of a service
+    without keys. Public paths need no key."""
 
-    def __init__(self, app: ASGIApp, *, api_keys: tuple[str, ...]) -> None:
+    def __init__(self, app: ASGIApp, *, tenants: Tenants) -> None:
         self.app = app
-        self._keys = [k.encode() for k in api_keys]
+        self._tenants = tenants
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self._keys or scope.get("path") in PUBLIC_PATHS:
+        if scope["type"] != "http" or scope.get("path") in PUBLIC_PATHS:
             await self.app(scope, receive, send)
             return
-        token = b""
-        for name, value in scope.get("headers", []):
-            if name.lower() == b"authorization":
-                scheme, _, rest = value.partition(b" ")
-                if scheme.lower() == b"bearer":
-                    token = rest.strip()
-                break
-        # Compare against every key so timing does not reveal which prefix matched.
-        ok = False
-        for key in self._keys:
-            ok |= hmac.compare_digest(token, key)
-        if not ok:
-            message = ("Missing API key: send 'Authorization: Bearer <key>'." if not token
-                       else "Incorrect API key provided.")
-            await openai_error(401, message, code="invalid_api_key")(scope, receive, send)
-            return
+        tenant = self._tenants.anonymous
+        if tenant is None:
+            token = b""
+            for name, value in scope.get("headers", []):
+                if name.lower() == b"authorization":
+                    scheme, _, rest = value.partition(b" ")
+                    if scheme.lower() == b"bearer":
+                        token = rest.strip()
+                    break
+            tenant = self._tenants.resolve(token)
+            if tenant is None:
+                message = ("Missing API key: send 'Authorization: Bearer <key>'." if not token
+                           else "Incorrect API key provided.")
+                await openai_error(401, message, code="invalid_api_key")(scope, receive, send)
+                return
+        scope.setdefault("state", {})[TENANT_STATE_KEY] = tenant
         await self.app(scope, receive, send)
 
 
@@ -194,15 +197,14 @@ def build_fastapi_app(config: ServiceConfig) -> FastAPI:
     app.add_exception_handler(PrefixError, _on_prefix_error)
     for exc_type in VLLM_CLIENT_ERRORS:
         app.add_exception_handler(exc_type, _on_engine_client_error)
-    keys = config.server.resolved_api_keys()
+    tenants = Tenants.from_config(config)
     # Input limits and the API description (serving/ingress/limits.py, serving/ingress/openapi.py).
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=config.server.max_body_bytes,
                        max_json_depth=config.server.max_json_depth)
-    api_schema.install(app, public_paths=PUBLIC_PATHS, authenticated=bool(keys),
+    api_schema.install(app, public_paths=PUBLIC_PATHS, authenticated=tenants.authenticated,
                        max_body_bytes=config.server.max_body_bytes)
-    if keys:
-        # Outside the body limit: a caller without a key learns nothing, not even the limit.
-        app.add_middleware(ApiKeyMiddleware, api_keys=keys)
+    # Outside the body limit: a caller without a key learns nothing, not even the limit.
+    app.add_middleware(TenantMiddleware, tenants=tenants)
     if config.tracing.enabled:
         # Added last, so outermost: rejected (401) requests are traced too. Absent
         # when tracing is off, so it costs nothing then.

@@ -86,13 +86,13 @@ def test_tracing_off_installs_nothing() -> None:
 
 def test_tracing_on_installs_the_outermost_middleware_and_the_replica_settings() -> None:
     from serving.app import build_llm_config
-    from serving.ingress.ingress import ApiKeyMiddleware, build_fastapi_app
+    from serving.ingress.ingress import TenantMiddleware, build_fastapi_app
 
     config = validate_config({"server": {"api_keys": ["k"]}, "tracing": {"enabled": True}})
     app = build_fastapi_app(config)
     classes = [m.cls for m in app.user_middleware]
     # Outermost (first): requests the key check rejects are traced too.
-    assert classes[0] is TracingMiddleware and ApiKeyMiddleware in classes
+    assert classes[0] is TracingMiddleware and TenantMiddleware in classes
     # No route log given at build time: the app is pickled to the ingress replica, and
     # the middleware finds that process's own when it is built there.
     assert app.user_middleware[0].kwargs == {"settings": config.tracing}
