@@ -37,6 +37,11 @@ What has no public counterpart, and why each is needed:
     What a replica's chat/completions call receives besides the body (headers); the
     replica's trace span (serving/observability/tracing.py) builds one when upstream
     passed none.
+``VLLMEngine`` (``ray.llm._internal.serve.engines.vllm.vllm_engine``)
+    The engine ``LLMServer`` starts. A replica starts a subclass of it
+    (serving/replica/engine.py) that skips the download task for a model already on
+    the node's disk; ``LLMServer`` takes the class (its ``_engine_cls``), but upstream
+    exports neither the class nor a setting for the skip.
 ``PowerOfTwoChoicesRequestRouter``
 (``ray.serve._private.request_router.pow_2_router``)
     Serve's default router, the ``pow2`` baseline (serving/routing/baselines.py);
@@ -81,6 +86,7 @@ PRIVATE_NAMES: dict[str, tuple[str, str]] = {
     "DEFAULT_ENDPOINTS": ("ray.llm._internal.serve.core.ingress.ingress", "DEFAULT_ENDPOINTS"),
     "VLLM_CLIENT_ERRORS": ("ray.llm._internal.common.errors", "VLLM_CLIENT_ERRORS"),
     "RawRequestInfo": ("ray.llm._internal.serve.core.protocol", "RawRequestInfo"),
+    "VLLMEngine": ("ray.llm._internal.serve.engines.vllm.vllm_engine", "VLLMEngine"),
     "PowerOfTwoChoicesRequestRouter": ("ray.serve._private.request_router.pow_2_router",
                                        "PowerOfTwoChoicesRequestRouter"),
     "PrefixTree": ("ray.llm._internal.serve.routing_policies.prefix_aware.prefix_tree",
@@ -102,6 +108,7 @@ if TYPE_CHECKING:
     from ray.llm._internal.serve.core.ingress.ingress import DEFAULT_ENDPOINTS
     from ray.llm._internal.serve.core.ingress.ingress import init as init_upstream_app
     from ray.llm._internal.serve.core.protocol import RawRequestInfo
+    from ray.llm._internal.serve.engines.vllm.vllm_engine import VLLMEngine
     from ray.llm._internal.serve.routing_policies.prefix_aware.prefix_tree import (
         PrefixTree,
         PrefixTreeActor,
@@ -123,6 +130,7 @@ __all__ = [
     "PrefixTree",
     "PrefixTreeActor",
     "RawRequestInfo",
+    "VLLMEngine",
     "init_upstream_app",
     "serve_request_id",
     "to_model_metadata",

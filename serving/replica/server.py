@@ -34,8 +34,8 @@ from ray.serve.llm.deployment import LLMServer
 from ray.serve.llm.openai_api_models import CompletionRequest
 
 from serving.replica import engine_progress
-
 from serving.replica import engine_stats
+from serving.replica.engine import engine_class
 from serving.config import TracingConfig
 from serving.contract import (ENGINE_PROGRESS_KEY, ENGINE_STATS_KEY, KV_EVENTS_STATS_KEY,
                               RANK_STATS_KEY)
@@ -99,6 +99,10 @@ class CacheRouteServer(LLMServer):
         if self._llm_config.experimental_configs.get("cacheroute_kv_events"):
             self._enable_kv_events()
         self._generation_tracer = _generation_tracer(self._llm_config)
+        from serving.ray_private import VLLMEngine
+
+        if self._engine_cls is VLLMEngine:  # upstream's, started lighter; not another
+            self._engine_cls = engine_class()
         await super().start()
         await self._warm_up()
 
