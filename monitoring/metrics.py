@@ -131,6 +131,10 @@ DOCUMENT_ASSEMBLY_SECONDS = Metric("cacheroute_document_assembly_seconds", Kind.
 DOCUMENT_ASK_SECONDS = Metric("cacheroute_document_ask_seconds", Kind.HISTOGRAM, ("order",))
 DOCUMENT_UPLOAD_SECONDS = Metric("cacheroute_document_upload_seconds", Kind.HISTOGRAM)
 DOCUMENT_EVICTIONS = Metric("cacheroute_document_evictions_total", Kind.COUNTER, ("reason",))
+# Requests the ingress's admission limits refused (`rate`, `tenant_concurrency`,
+# `ingress_concurrency`); no tenant label, /metrics is public.
+INGRESS_REFUSED = Metric("cacheroute_ingress_refused_requests_total", Kind.COUNTER,
+                         ("reason",))
 
 UNCHARTED: tuple[Metric, ...] = (
     ROUTER_SPILL_WAITS, ROUTER_EJECTED_REPLICAS, REPLICA_UP,
@@ -138,7 +142,7 @@ UNCHARTED: tuple[Metric, ...] = (
     PREWARM_SENT, PREWARM_PREFIXES, PREWARM_REPLICAS, PREWARM_SECONDS, REPLICATIONS,
     PREFIX_HITS, PREFIX_MISSES, PREFIX_REWARMS, PREFIXES_REGISTERED,
     DOCUMENTS, DOCUMENT_PROMPT_TOKENS, DOCUMENT_CACHED_TOKENS, DOCUMENT_ASSEMBLY_SECONDS,
-    DOCUMENT_ASK_SECONDS, DOCUMENT_UPLOAD_SECONDS, DOCUMENT_EVICTIONS,
+    DOCUMENT_ASK_SECONDS, DOCUMENT_UPLOAD_SECONDS, DOCUMENT_EVICTIONS, INGRESS_REFUSED,
 )
 
 

@@ -34,9 +34,11 @@ class ServerConfig(ConfigSection):
     """Tenants by name, each with its own API keys: a tenant sees and evicts only its
     own cache, prefixes and documents (docs/security.md)."""
     max_concurrent_requests: int = Field(256, ge=1)
-    """Requests one ingress holds at once, every tenant together (503 with
-    `Retry-After` above it): bounds the ingress's memory, since each may buffer a body
-    of up to `max_body_bytes`."""
+    """Requests one ingress replica holds at once, every tenant together, each from
+    before its body is read until its response's last byte (503 `server_overloaded`,
+    `Retry-After: 1`, above it): bounds the ingress's memory, since each may buffer a
+    body of up to `max_body_bytes`. Also each tenant's cap unless
+    `tenant_limits.max_concurrent_requests` sets a smaller one."""
     metrics_port: int | None = Field(None, ge=1, le=65535)
     """Port of Ray's Prometheus export (/metrics): engine metrics per replica (`ReplicaId`
     label) and Serve's own. Null picks a free port, printed in the ready line; set it

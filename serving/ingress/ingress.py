@@ -51,6 +51,7 @@ from serving.documents.api import (DOCUMENT_ENDPOINTS, DOCUMENT_HEADER, Document
                                    build_documents)
 from serving.documents.metrics import DocumentMetrics
 from serving.failover.failover import Failover
+from serving.ingress.admission_limits import AdmissionLimitMiddleware
 from serving.ingress.forwarding import refuse_unforwardable
 from serving.ingress.limits import BodyLimitMiddleware
 from serving.prefixes.api import PREFIX_ENDPOINTS, PrefixRoutes, observe_response
@@ -203,6 +204,11 @@ def build_fastapi_app(config: ServiceConfig) -> FastAPI:
                        max_json_depth=config.server.max_json_depth)
     api_schema.install(app, public_paths=PUBLIC_PATHS, authenticated=tenants.authenticated,
                        max_body_bytes=config.server.max_body_bytes)
+    # Inside the tenant middleware (it limits by tenant), outside the body limit: a
+    # refused request is answered before its body is read
+    # (serving/ingress/admission_limits.py).
+    app.add_middleware(AdmissionLimitMiddleware, public_paths=PUBLIC_PATHS,
+                       max_concurrent_requests=config.server.max_concurrent_requests)
     # Outside the body limit: a caller without a key learns nothing, not even the limit.
     app.add_middleware(TenantMiddleware, tenants=tenants)
     if config.tracing.enabled:

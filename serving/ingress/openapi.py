@@ -6,7 +6,8 @@ this service, and a client generated from it (or a contract test) would be wrong
 - Request validation fails with 422 and FastAPI's `HTTPValidationError` list; the
   ingress answers 400 with OpenAI's error object instead (serving/ingress/ingress.py).
 - Nothing mentions the bearer-token check (401) in front of every non-public path,
-  nor the body-size limit (413, serving/ingress/limits.py), nor unknown models (404), nor
+  nor the admission limits there (429, 503: serving/ingress/admission_limits.py), nor
+  the body-size limit (413, serving/ingress/limits.py), nor unknown models (404), nor
   the server-sent events a `"stream": true` request gets instead of JSON.
 - Its Swagger UI and ReDoc pages load their scripts from a CDN at view time: they fail
   on hosts without internet access, and behind the API key a browser cannot open them
@@ -56,12 +57,21 @@ _REASONS = {
     404: "Unknown model or resource.",
     408: "The request timed out in the service.",
     413: "Request body (or registered prefix) too large.",
+    429: "The tenant is over its request rate or its requests in flight; see Retry-After.",
+    503: "The service holds as many requests as it takes; see Retry-After.",
 }
 
 
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.",
+                                 "schema": {"type": "integer", "minimum": 1}}}
+
+
 def _error_response(status: int) -> dict[str, Any]:
-    return {"description": _REASONS[status],
-            "content": {"application/json": {"schema": dict(_ERROR_REF)}}}
+    response: dict[str, Any] = {"description": _REASONS[status],
+                                "content": {"application/json": {"schema": dict(_ERROR_REF)}}}
+    if status in (429, 503):
+        response["headers"] = dict(_RETRY_AFTER)
+    return response
 
 
 def _body_schema(document: dict[str, Any], operation: dict[str, Any]) -> dict[str, Any]:
@@ -98,9 +108,12 @@ def correct_document(document: dict[str, Any], *, public_paths: frozenset[str],
                 statuses += [400, 404, 408, 413]
             elif "{" in path:
                 statuses.append(404)  # the addressed model or prefix does not exist
-            if authenticated and path not in public_paths:
-                statuses.append(401)
-                operation["security"] = [{"bearerAuth": []}]
+            if path not in public_paths:
+                # Admission limits (serving/ingress/admission_limits.py).
+                statuses += [429, 503]
+                if authenticated:
+                    statuses.append(401)
+                    operation["security"] = [{"bearerAuth": []}]
             for status in sorted(statuses):
                 responses.setdefault(str(status), _error_response(status))
             if "stream" in _body_schema(document, operation).get("properties", {}):

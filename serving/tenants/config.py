@@ -33,14 +33,18 @@ class TenantLimits(ConfigSection):
     max_document_tokens: int | None = Field(None, ge=1)
     """Tokens of one tenant's documents together. Null: `documents.max_total_tokens`."""
     requests_per_s: float | None = Field(None, gt=0, allow_inf_nan=False)
-    """Sustained requests per second one tenant may send (429 with `Retry-After` above
-    it). Null: no rate limit."""
+    """Sustained requests per second one tenant may send to each ingress replica, a
+    token bucket (429 `rate_limit_exceeded` above it, `Retry-After` saying when the
+    next is allowed). Null: no rate limit, so a service whose tenants are not set up
+    refuses nothing by rate."""
     burst: int | None = Field(None, ge=1)
-    """Requests a tenant may send at once above `requests_per_s` before the limit
-    applies. Null: one second's worth."""
+    """Requests a tenant that has been idle may send back to back before
+    `requests_per_s` applies (the bucket's size). Null: one second's worth,
+    `requests_per_s` rounded up, at least 1."""
     max_concurrent_requests: int | None = Field(None, ge=1)
-    """Requests of one tenant in flight at once (429 with `Retry-After` above it).
-    Null: `server.max_concurrent_requests`."""
+    """Requests of one tenant in flight at once in each ingress replica, a stream until
+    its last chunk (429 `rate_limit_exceeded`, `Retry-After: 1`, above it). Null:
+    `server.max_concurrent_requests`, so one tenant alone may fill the ingress."""
 
     def over(self, override: "TenantLimits | None") -> "TenantLimits":
         """These limits with every field `override` sets replaced by its value."""
