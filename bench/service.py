@@ -64,10 +64,12 @@ def write_config(path: Path, *, model_id: str, policy: str, replicas: int, port:
                  spill_wait_s: float | None = None,
                  model_source: str = "default",
                  api_keys: Sequence[str] = (),
+                 tenants: Mapping[str, Any] | None = None,
                  routing: Mapping[str, Any] | None = None,
                  sections: Mapping[str, Any] | None = None) -> Path:
-    """The stack's config file. ``routing``: more keys of the routing section (they win
-    over the named ones); ``sections``: more top-level sections (they win too)."""
+    """The stack's config file. ``tenants``: ``server.tenants`` (written only when
+    given); ``routing``: more keys of the routing section (they win over the named
+    ones); ``sections``: more top-level sections (they win too)."""
     routing_section: dict[str, Any] = {"policy": policy}
     if load_epsilon is not None:
         routing_section["load_epsilon"] = load_epsilon
@@ -90,7 +92,8 @@ def write_config(path: Path, *, model_id: str, policy: str, replicas: int, port:
         # is removed from the service's environment too).
         "server": {"host": "127.0.0.1", "port": port, "metrics_port": metrics_port,
                    "api_keys": list(api_keys), "api_keys_env": None,
-                   "ready_timeout_s": ready_timeout_s},
+                   "ready_timeout_s": ready_timeout_s,
+                   **({"tenants": dict(tenants)} if tenants else {})},
         **(sections or {}),
     }
     path.write_text(yaml.safe_dump(config, sort_keys=False, default_flow_style=None),

@@ -2,7 +2,8 @@
 
 `cacheroute serve` runs as a subprocess exactly as a user starts it (Ray head, Serve,
 2 vLLM CPU replicas of the embedded default model), configured with an API key so the
-auth tests need no second stack. The local-stack starter is bench/service.py's (the
+auth tests need no second stack, and a rate-limited tenant of its own key (`TENANTS`)
+for the admission-limit tests. The local-stack starter is bench/service.py's (the
 benchmarks and drills start theirs with it too); this module adds the tier's config
 and the `Stack` conveniences. The first completion is sent the moment the ready line
 appears and its latency recorded for the readiness test.
@@ -29,6 +30,13 @@ from bench.service import (
 )
 
 API_KEY = "test-key-0123456789"
+# A tenant of its own, rate-limited, beside the `default` tenant of API_KEY
+# (tests/hostile/test_tenant_limits.py): a token every 5 s, so back-to-back requests
+# past its burst are refused however slow the machine.
+METERED_KEY = "test-metered-key-0123456789"
+METERED_BURST = 2
+TENANTS = {"metered": {"api_keys": [METERED_KEY],
+                       "limits": {"requests_per_s": 0.2, "burst": METERED_BURST}}}
 MODEL_ID = "smollm2-135m-instruct"
 START_TIMEOUT_S = float(os.environ.get("CACHEROUTE_TEST_START_TIMEOUT_S", "900"))
 # Engine metrics reach /metrics every second instead of every ten, so tests that read
@@ -78,7 +86,7 @@ def start_stack(tmp: Path, *, policy: str = "cacheroute", replicas: int = 2,
     config = write_config(
         tmp / "cacheroute.yaml", model_id=MODEL_ID, policy=policy, replicas=replicas,
         port=port, metrics_port=metrics_port, ready_timeout_s=START_TIMEOUT_S,
-        max_model_len=max_model_len, api_keys=[API_KEY],
+        max_model_len=max_model_len, api_keys=[API_KEY], tenants=TENANTS,
         routing=yaml.safe_load(f"{{{routing_yaml}}}"), sections=yaml.safe_load(extra_yaml))
     log_path = tmp / "serve.log"
     service = ServiceProcess(config_path=config, policy=policy, port=port, log_path=log_path,

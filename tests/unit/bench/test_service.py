@@ -39,6 +39,20 @@ def test_benchmark_config_is_valid_for_the_service(tmp_path: Path) -> None:
     assert config.routing.load_floor == 4  # the default, written so the run records it
 
 
+def test_stack_config_carries_tenants_with_their_limits(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "c.yaml", model_id="m", policy="cacheroute", replicas=1,
+                        port=18123, metrics_port=18124, ready_timeout_s=300.0,
+                        api_keys=["k-default"], tenants={"metered": {
+                            "api_keys": ["k-metered"],
+                            "limits": {"requests_per_s": 0.5, "burst": 2}}})
+    server = load_config(path).server
+    assert server.resolved_api_keys() == ("k-default",)
+    metered = server.tenants["metered"]
+    assert metered.resolved_api_keys() == ("k-metered",)
+    assert metered.limits is not None
+    assert (metered.limits.requests_per_s, metered.limits.burst) == (0.5, 2)
+
+
 def test_benchmark_config_carries_the_load_epsilon(tmp_path: Path) -> None:
     path = write_config(tmp_path / "c.yaml", model_id="m", policy="cacheroute", replicas=2,
                         port=18123, metrics_port=18124, ready_timeout_s=300.0, load_epsilon=1.5,
