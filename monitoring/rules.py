@@ -50,7 +50,7 @@ DEFAULTS: dict[str, str | float] = {
     # Share of decisions spilled past a full replica above this for 15m.
     "maxSpillRatio": 0.3,
     # A replica's delivered over predicted cached tokens (5m) below this for 15m. In
-    # parity a predicted token goes undelivered only when its block is evicted between
+    # parity a predicted token goes undelivered mainly when its block is evicted between
     # the engine's removal and the router applying that KV event, a small share even
     # under churn; when the router's tokens or block hashes drift from the engine's,
     # predictions stop matching anything the engine holds and the ratio falls towards
@@ -191,8 +191,8 @@ def performance_alerts(f: Flavour) -> list[dict]:
                f"{a('$value | humanizePercentage')} of the prompt tokens the router "
                f"predicted it held (threshold {v('minPredictionDeliveredRatio')}, for 15m, "
                f"while the router predicts over {v('minPredictedCachedTokensRate')} "
-               f"tokens/s there). In parity only evictions racing the KV events lose "
-               f"predicted tokens; this much means the router's tokens or block hashes "
+               f"tokens/s there). In parity, predicted tokens are lost mainly to evictions "
+               f"racing the KV events; this much means the router's tokens or block hashes "
                f"differ from the engine's, and requests are routed for hits that do not "
                f"happen. Check the chat template and tokenizer, engine.block_size against "
                f"the engine's own block size, and the hash seed and algorithm "
