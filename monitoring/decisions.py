@@ -4,7 +4,10 @@ Each routing decision carries one outcome (router/outcome.py): many `spill`s mea
 load bound is too tight for the fleet; `ring_home` dominating a repetitive workload
 means the ownership index misses prefixes it should know; `failover` comes with
 replicas leaving. The router's predicted hit rate (matched tokens) should track the
-engines' real one (cached tokens); a gap means the index is stale.
+engines' real one (cached tokens); a gap means the index is stale. Per replica, the
+cached tokens predicted for a request against those its engine delivered (the same
+requests on both sides) show a router whose tokens or block hashes drifted from the
+engine's: predicted far above delivered (`CacheRouteRoutingPredictionDiverged`).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from monitoring.panels import RATE, Board, Query, timeseries
 from monitoring.promql import (
     aggregate,
     predicted_hit_rate,
+    prediction_delivered_ratio,
     quantile,
     spill_ratio,
     sum_increase,
@@ -67,6 +71,24 @@ def build() -> Board:
                    [Query(predicted_hit_rate(JOB, RATE), "predicted (router)"),
                     Query(token_hit_rate(JOB, RATE), "cached (engines)")],
                    min_value=0, max_value=1),
+        timeseries("Cached tokens/s per replica: predicted vs delivered", "For the same "
+                   "requests: prompt tokens the router predicted the replica holds, and "
+                   "prompt tokens its engine served from cache (usage.cached_tokens). "
+                   "Delivered far below predicted: the router's tokens or block hashes "
+                   "differ from the engine's (chat template, tokenizer, block size, hash "
+                   "seed).", "short",
+                   [Query(sum_rate(m.PREDICTED_CACHED_TOKENS, JOB, RATE, by=("replica",)),
+                          "{{replica}} predicted"),
+                    Query(sum_rate(m.DELIVERED_CACHED_TOKENS, JOB, RATE, by=("replica",)),
+                          "{{replica}} delivered")], min_value=0),
+        timeseries("Delivered / predicted cached tokens", "Per replica, and by the "
+                   "decision's outcome over all replicas: near 1 in parity, towards 0 "
+                   "when predicted hits are not delivered (the alert's threshold is "
+                   "prometheusRule.minPredictionDeliveredRatio).", "percentunit",
+                   [Query(prediction_delivered_ratio(JOB, RATE, by=("replica",)),
+                          "{{replica}}"),
+                    Query(prediction_delivered_ratio(JOB, RATE, by=("outcome",)),
+                          "{{outcome}}")], min_value=0),
     )
     board.row("Membership and KV events").add(
         timeseries("Replicas: ring vs wanted", "Replicas on the consistent-hash ring and "

@@ -66,6 +66,14 @@ REPLICAS_WANTED = Metric("cacheroute_replicas_wanted", Kind.GAUGE)
 ROUTER_MEMBERSHIP_CHANGES = Metric("cacheroute_router_membership_changes_total", Kind.COUNTER,
                                    ("change",))
 ROUTER_KV_EVENTS = Metric("cacheroute_router_kv_events_total", Kind.COUNTER, ("kind",))
+# Per attempt whose usage reported cached tokens, by the replica and outcome of its
+# decision: the tokens the router predicted cached there, and the tokens the engine
+# served from cache (serving/observability/route_accuracy.py). Counted for the same
+# attempts, so their ratio is the router's accuracy.
+PREDICTED_CACHED_TOKENS = Metric("cacheroute_predicted_cached_tokens_total", Kind.COUNTER,
+                                 ("replica", "outcome"))
+DELIVERED_CACHED_TOKENS = Metric("cacheroute_delivered_cached_tokens_total", Kind.COUNTER,
+                                 ("replica", "outcome"))
 
 # -- per engine replica (label `replica`) ------------------------------------------------
 # Prefix-cache lookups and hits, in tokens, as the engine's scheduler counts them.
@@ -95,6 +103,7 @@ UP = Metric("up", Kind.GAUGE)
 CATALOGUE: tuple[Metric, ...] = (
     ROUTER_DECISIONS, ROUTER_MATCHED_TOKENS, ROUTER_PROMPT_TOKENS, ROUTER_DECISION_SECONDS,
     ROUTER_REPLICAS, REPLICAS_WANTED, ROUTER_MEMBERSHIP_CHANGES, ROUTER_KV_EVENTS,
+    PREDICTED_CACHED_TOKENS, DELIVERED_CACHED_TOKENS,
     PREFIX_CACHE_QUERIES, PREFIX_CACHE_HITS, PROMPT_TOKENS, PROMPT_TOKENS_CACHED,
     GENERATION_TOKENS, REQUEST_SUCCESS, KV_CACHE_USAGE, REQUESTS_RUNNING, REQUESTS_WAITING,
     TTFT_SECONDS, E2E_SECONDS, REPLICA_OWNED_BLOCKS, REPLICA_IN_FLIGHT, REPLICA_BLOCKS_REMOVED,

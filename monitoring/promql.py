@@ -91,6 +91,14 @@ def predicted_hit_rate(matchers: str, window: str, *, by: Sequence[str] = ()) ->
                  sum_rate(m.ROUTER_PROMPT_TOKENS, matchers, window, by=by))
 
 
+def prediction_delivered_ratio(matchers: str, window: str, *,
+                               by: Sequence[str] = ()) -> str:
+    """Cached tokens the engines delivered over those the router predicted, for the same
+    requests: near 1 while the router and the engines agree on tokens and block hashes."""
+    return ratio(sum_rate(m.DELIVERED_CACHED_TOKENS, matchers, window, by=by),
+                 sum_rate(m.PREDICTED_CACHED_TOKENS, matchers, window, by=by))
+
+
 def spill_ratio(matchers: str, window: str, *, by: Sequence[str] = ()) -> str:
     """Decisions that left the preferred replica because it was at its load cap."""
     spill = f'outcome="{Outcome.SPILL.value}"'

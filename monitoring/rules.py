@@ -21,6 +21,7 @@ from monitoring import metrics as m
 from monitoring.promql import (
     aggregate,
     predicted_hit_rate,
+    prediction_delivered_ratio,
     prefix_cache_hit_rate,
     quantile,
     selector,
@@ -48,6 +49,18 @@ DEFAULTS: dict[str, str | float] = {
     "maxKvCacheUsage": 0.9,
     # Share of decisions spilled past a full replica above this for 15m.
     "maxSpillRatio": 0.3,
+    # A replica's delivered over predicted cached tokens (5m) below this for 15m. In
+    # parity a predicted token goes undelivered mainly when its block is evicted between
+    # the engine's removal and the router applying that KV event, a small share even
+    # under churn; when the router's tokens or block hashes drift from the engine's,
+    # predictions stop matching anything the engine holds and the ratio falls towards
+    # 0. Half sits between the two: a drift that costs at least half the predicted hits
+    # fires, churn does not.
+    "minPredictionDeliveredRatio": 0.5,
+    # ... while the router predicts at least this many cached tokens/s on that replica:
+    # 15,000 tokens in the 5m window, over three times the longest prompt the default
+    # max_model_len (4,096) admits, so no single request's loss decides the ratio.
+    "minPredictedCachedTokensRate": 50,
 }
 
 TOKEN_HIT_RATE = "cacheroute:token_hit_rate:ratio_rate5m"
@@ -56,6 +69,9 @@ REPLICA_PREFIX_CACHE_HIT_RATE = "cacheroute:replica_prefix_cache_hit_rate:ratio_
 PREDICTED_HIT_RATE = "cacheroute:router_predicted_hit_rate:ratio_rate5m"
 DECISIONS_RATE = "cacheroute:router_decisions:rate5m"
 SPILL_RATIO = "cacheroute:router_spill:ratio_rate5m"
+PREDICTION_DELIVERED = "cacheroute:prediction_delivered:ratio_rate5m"
+REPLICA_PREDICTION_DELIVERED = "cacheroute:replica_prediction_delivered:ratio_rate5m"
+REPLICA_PREDICTED_CACHED_TOKENS = "cacheroute:replica_predicted_cached_tokens:rate5m"
 TTFT_P50 = "cacheroute:ttft_seconds:p50_rate5m"
 TTFT_P99 = "cacheroute:ttft_seconds:p99_rate5m"
 
@@ -100,6 +116,11 @@ def recording_rules(f: Flavour) -> list[dict]:
         _record(PREDICTED_HIT_RATE, predicted_hit_rate(sel, WINDOW, by=BY)),
         _record(DECISIONS_RATE, sum_rate(m.ROUTER_DECISIONS, sel, WINDOW, by=(*BY, "outcome"))),
         _record(SPILL_RATIO, spill_ratio(sel, WINDOW, by=BY)),
+        _record(PREDICTION_DELIVERED, prediction_delivered_ratio(sel, WINDOW, by=BY)),
+        _record(REPLICA_PREDICTION_DELIVERED,
+                prediction_delivered_ratio(sel, WINDOW, by=(*BY, "replica"))),
+        _record(REPLICA_PREDICTED_CACHED_TOKENS,
+                sum_rate(m.PREDICTED_CACHED_TOKENS, sel, WINDOW, by=(*BY, "replica"))),
         _record(TTFT_P50, quantile(0.5, m.TTFT_SECONDS, sel, WINDOW, by=BY)),
         _record(TTFT_P99, quantile(0.99, m.TTFT_SECONDS, sel, WINDOW, by=BY)),
     ]
@@ -160,6 +181,22 @@ def performance_alerts(f: Flavour) -> list[dict]:
                f"{a('$value | humanizePercentage')} of routing decisions went past a "
                f"replica at its load cap (threshold {v('maxSpillRatio')}): cache affinity "
                f"is traded for load. Add replicas or raise routing.load_epsilon."),
+        _alert("CacheRouteRoutingPredictionDiverged",
+               f"{selector(REPLICA_PREDICTION_DELIVERED, sel)} < "
+               f"{v('minPredictionDeliveredRatio')}\nand\n"
+               f"{selector(REPLICA_PREDICTED_CACHED_TOKENS, sel)} > "
+               f"{v('minPredictedCachedTokensRate')}", "15m", "warning",
+               "The router predicts cache hits the engine does not deliver",
+               f"Replica {a('$labels.replica')} served only "
+               f"{a('$value | humanizePercentage')} of the prompt tokens the router "
+               f"predicted it held (threshold {v('minPredictionDeliveredRatio')}, for 15m, "
+               f"while the router predicts over {v('minPredictedCachedTokensRate')} "
+               f"tokens/s there). In parity, predicted tokens are lost mainly to evictions "
+               f"racing the KV events; this much means the router's tokens or block hashes "
+               f"differ from the engine's, and requests are routed for hits that do not "
+               f"happen. Check the chat template and tokenizer, engine.block_size against "
+               f"the engine's own block size, and the hash seed and algorithm "
+               f"(docs/operations/metrics.md)."),
     ]
 
 

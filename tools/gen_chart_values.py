@@ -218,6 +218,8 @@ def values_schema() -> dict:
                 "maxTtftP99Seconds": {"type": "number", "exclusiveMinimum": 0},
                 "maxKvCacheUsage": {"type": "number", "minimum": 0, "maximum": 1},
                 "maxSpillRatio": {"type": "number", "minimum": 0, "maximum": 1},
+                "minPredictionDeliveredRatio": {"type": "number", "minimum": 0, "maximum": 1},
+                "minPredictedCachedTokensRate": {"type": "number", "minimum": 0},
             }, ["enabled"]),
             "dashboards": obj({
                 "enabled": BOOL,

@@ -52,6 +52,7 @@ from serving.documents.api import (DOCUMENT_ENDPOINTS, DOCUMENT_HEADER, Document
 from serving.documents.metrics import DocumentMetrics
 from serving.failover.failover import Failover
 from serving.ingress.admission_limits import AdmissionLimitMiddleware
+from serving.observability.route_accuracy import RouteAccuracy
 from serving.ingress.forwarding import refuse_unforwardable
 from serving.ingress.limits import BodyLimitMiddleware
 from serving.prefixes.api import PREFIX_ENDPOINTS, PrefixRoutes, observe_response
@@ -231,6 +232,7 @@ class CacheRouteIngress(DocumentRoutes, PrefixRoutes, OpenAiIngress):
         routers = local_routers()
         self._failover = (Failover(failover_config, attempts=routers.attempts)
                           if failover_config.enabled else None)
+        self._accuracy = RouteAccuracy(routers.predictions)
         self._app_name = app_name
         # Which template inputs a client may send (serving/ingress/chat_templates.py):
         # checked on every request that a router or engine renders a template for.
@@ -265,18 +267,26 @@ class CacheRouteIngress(DocumentRoutes, PrefixRoutes, OpenAiIngress):
     async def _get_response(self, *, body: Any, call_method: str,
                             raw_request: Request | None = None):
         # Every chat and completion call to the engines, the prefix registry's
-        # included, goes through failover (serving/failover/failover.py).
-        def send(attempt_body: Any):
-            return super(CacheRouteIngress, self)._get_response(
-                body=attempt_body, call_method=call_method, raw_request=raw_request)
+        # included, goes through failover (serving/failover/failover.py), and each of
+        # its attempts past the routing-accuracy counters
+        # (serving/observability/route_accuracy.py).
+        generates = call_method in ("chat", "completions")
+        key = serve_request_id() if generates else ""
 
-        if self._failover is None or call_method not in ("chat", "completions"):
-            stream = send(body)
-        else:
-            stream = self._failover.run(body, call_method, send,
-                                        request_key=serve_request_id())
-        async for item in refuse_unforwardable(stream):
-            yield item
+        def send(attempt_body: Any):
+            items = super(CacheRouteIngress, self)._get_response(
+                body=attempt_body, call_method=call_method, raw_request=raw_request)
+            return self._accuracy.observe(items, key) if key else items
+
+        try:
+            if self._failover is None or not generates:
+                stream = send(body)
+            else:
+                stream = self._failover.run(body, call_method, send, request_key=key)
+            async for item in refuse_unforwardable(stream):
+                yield item
+        finally:
+            self._accuracy.end(key)
 
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
         self._templates.check(body)

@@ -36,10 +36,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from opentelemetry import context as otel_context
@@ -54,6 +53,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.config import TracingConfig
 from serving.observability.route_log import RouteLog, RouteRecord
+from serving.observability.usage import Usage, usage_of
 from serving.routing.registry import local_routers
 
 T = TypeVar("T")
@@ -234,52 +234,13 @@ class TracingMiddleware:
 # --- replica ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Usage:
-    prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int | None
-
-    def attributes(self) -> dict[str, Any]:
-        out: dict[str, Any] = {ATTR_INPUT_TOKENS: self.prompt_tokens,
-                               ATTR_OUTPUT_TOKENS: self.completion_tokens}
-        if self.cached_tokens is not None:
-            out[ATTR_CACHED_TOKENS] = self.cached_tokens
-        return out
-
-
-def _usage_from_dict(usage: Mapping[str, Any]) -> Usage:
-    details = usage.get("prompt_tokens_details") or {}
-    return Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0),
-                 details.get("cached_tokens"))
-
-
-def usage_of(item: Any) -> Usage | None:
-    """The usage an output item carries: a response object (non-streaming), an SSE
-    string `data: {...}` (streaming, with `stream_options.include_usage`), or a list of
-    them (ray.serve.llm batches streamed chunks)."""
-    if isinstance(item, list):
-        found = None
-        for part in item:
-            found = usage_of(part) or found
-        return found
-    if isinstance(item, str):
-        # Cheap pre-check: only the usage chunk names prompt_tokens.
-        if '"prompt_tokens"' not in item:
-            return None
-        found = None
-        for line in item.splitlines():
-            if line.startswith("data: {"):
-                usage = json.loads(line[len("data: "):]).get("usage")
-                if usage:
-                    found = _usage_from_dict(usage)
-        return found
-    usage = getattr(item, "usage", None)
-    if usage is None:
-        return None
-    details = getattr(usage, "prompt_tokens_details", None)
-    return Usage(usage.prompt_tokens or 0, usage.completion_tokens or 0,
-                 getattr(details, "cached_tokens", None))
+def usage_attributes(usage: Usage) -> dict[str, Any]:
+    """The `llm.generate` span's attributes for the response's usage."""
+    out: dict[str, Any] = {ATTR_INPUT_TOKENS: usage.prompt_tokens,
+                           ATTR_OUTPUT_TOKENS: usage.completion_tokens}
+    if usage.cached_tokens is not None:
+        out[ATTR_CACHED_TOKENS] = usage.cached_tokens
+    return out
 
 
 def error_of(item: Any) -> str | None:
@@ -351,7 +312,7 @@ class GenerationTracer:
             raise
         finally:
             if usage is not None:
-                span.set_attributes(usage.attributes())
+                span.set_attributes(usage_attributes(usage))
             span.end()
             # Closing this wrapper (Serve does on cancellation) must reach the engine's
             # stream, which aborts the request when closed.

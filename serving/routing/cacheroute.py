@@ -23,8 +23,9 @@ hung replicas out of the ring by their routing stats (hang_ejection.py); a retry
 routed past the replicas that failed it, named by the failover's attempt log
 (serving/failover/attempts.py, docs/operations/failover.md); the engines' KV events
 (kv_events.py); scale-up prewarm and replication ahead of a spill (prewarm_jobs.py,
-taken and sent by the ingress, prewarm.py); metrics (metrics.py) and trace spans
-(serving/observability/tracing.py).
+taken and sent by the ingress, prewarm.py); metrics (metrics.py), trace spans
+(serving/observability/tracing.py) and the predicted cached tokens the ingress
+compares with the engine's (serving/observability/route_accuracy.py).
 
 Hooks used (contract-tested in tests/unit/serving/routing/test_cacheroute.py):
 `initialize_state`, `choose_replicas`, `update_replicas`, `on_replica_actor_died`,
@@ -121,6 +122,9 @@ class CacheRouteRequestRouter(SentRequests, RequestRouter):
         # Decisions for the ingress's trace spans (serving/observability/tracing.py); None when off.
         self._route_log: Optional[RouteLog] = (
             routers.route_log if config.tracing.enabled else None)
+        # What each decision predicts, against what the engine delivers (always on).
+        self._predictions = routers.predictions
+        self._block_size = config.engine.block_size
         routers.register_source(self)
         routers.register_router(self._deployment_id.name, self)
 
@@ -231,6 +235,8 @@ class CacheRouteRequestRouter(SentRequests, RequestRouter):
                                   tokenize_s=tokenized - started, decide_s=decide_s)
         self.last_decision = decision
         self._attempts.record(key, decision.replica_id)
+        self._predictions.record(key, decision, prompt_tokens=len(request.token_ids or ()),
+                                 block_size=self._block_size)
         if self._route_log is not None and pending_request is not None:
             self._route_log.record(key, decision, prompt_tokens=len(request.token_ids or ()),
                                    elapsed_s=time.perf_counter() - started)

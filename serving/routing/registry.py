@@ -12,6 +12,9 @@ and Serve's router share:
                   each request went; the ingress marks what a retry must avoid
     route_log     tracing (serving/observability/route_log.py): the router records
                   each decision; the ingress writes it as the request's route span
+    predictions   routing accuracy (serving/observability/predictions.py): the router
+                  records the cached tokens each decision predicts; the ingress
+                  counts them against the engine's usage
     routers       the ``cacheroute`` router of each deployment: the prefix registry
                   (serving/prefixes/backend.py) asks where a prefix lives or makes it
                   forget one; the prewarm (serving/routing/prewarm.py) takes jobs
@@ -33,6 +36,7 @@ from typing import Any, Optional, Sequence
 
 from router import Placement, RouteRequest
 from serving.failover.attempts import AttemptLog
+from serving.observability.predictions import PredictionLog
 from serving.observability.route_log import RouteLog
 
 
@@ -40,6 +44,7 @@ class LocalRouters:
     def __init__(self) -> None:
         self.attempts = AttemptLog()
         self.route_log = RouteLog()
+        self.predictions = PredictionLog()
         self._routers: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
         self._sources: weakref.WeakSet[Any] = weakref.WeakSet()
         self._lock = threading.Lock()

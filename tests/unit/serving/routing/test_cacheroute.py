@@ -118,6 +118,26 @@ def test_same_system_prompt_same_replica_and_owner_hit(tiny_model: Path) -> None
     assert router.last_decision.matched_blocks >= 1
 
 
+def test_every_decision_leaves_its_prediction_for_the_ingress(tiny_model: Path) -> None:
+    # Tracing off (the default): the routing-accuracy counters still get each
+    # decision's predicted cached tokens, under Serve's internal request id.
+    from serving.routing.registry import local_routers
+
+    predictions = local_routers().predictions
+    router = make_router(tiny_model, make_replicas(4))
+    choose(router, make_pending(SYSTEM, "first question"))
+    first = predictions.pop("i-first question")
+    assert first is not None
+    assert (first.replica_id, first.outcome, first.cached_tokens) == (
+        router.last_decision.replica_id, "ring_home", 0)
+    choose(router, make_pending(SYSTEM, "another question"))
+    again = predictions.pop("i-another question")
+    decision = router.last_decision
+    assert again is not None and decision.outcome is Outcome.OWNER_HIT
+    assert (again.replica_id, again.outcome) == (decision.replica_id, "owner_hit")
+    assert again.cached_tokens == decision.matched_blocks * 16 > 0
+
+
 def test_two_router_instances_agree_without_shared_state(tiny_model: Path) -> None:
     a = make_router(tiny_model, make_replicas(5))
     b = make_router(tiny_model, make_replicas(5))
