@@ -56,6 +56,7 @@ CHART_NOTES = {
     "server.port": "Serve HTTP port in every pod (the container port named `serve`).",
     "server.api_keys": "Must stay empty here: keys are never inlined; use secrets.apiKeys.",
     "server.api_keys_env": "Filled from secrets.apiKeys.",
+    "server.metrics_token_env": "Set it (e.g. CACHEROUTE_METRICS_TOKEN) with secrets.metricsToken.",
     "server.metrics_port": "Ignored in the cluster: Ray exports metrics on port `metrics` "
                            "of every pod.",
     "server.ready_timeout_s": "Ignored in the cluster (used by the local `cacheroute serve`).",
@@ -197,8 +198,9 @@ def values_schema() -> dict:
                 "targetOngoingRequests": {"type": "number", "exclusiveMinimum": 0},
                 "idleTimeoutSeconds": {"type": "integer", "minimum": 0},
             }, ["enabled", "maxReplicas", "targetOngoingRequests", "idleTimeoutSeconds"]),
-            "secrets": obj({"hfToken": SECRET_REF, "apiKeys": SECRET_REF},
-                           ["hfToken", "apiKeys"]),
+            "secrets": obj({"hfToken": SECRET_REF, "apiKeys": SECRET_REF,
+                            "metricsToken": SECRET_REF},
+                           ["hfToken", "apiKeys", "metricsToken"]),
             "service": obj({
                 "type": {"enum": ["ClusterIP", "NodePort", "LoadBalancer"]},
                 "port": {"type": "integer", "minimum": 1, "maximum": 65535},

@@ -7,6 +7,7 @@ starts Ray and Serve with the rest.
 
 from __future__ import annotations
 
+import os
 import re
 
 from pydantic import Field, field_validator
@@ -39,6 +40,11 @@ class ServerConfig(ConfigSection):
     `Retry-After: 1`, above it): bounds the ingress's memory, since each may buffer a
     body of up to `max_body_bytes`. Also each tenant's cap unless
     `tenant_limits.max_concurrent_requests` sets a smaller one."""
+    metrics_token_env: str | None = None
+    """Environment variable holding a bearer token that GET /metrics then requires (no
+    tenant's key opens it): for a cluster whose API port is public and whose Prometheus
+    sends the token. Null: /metrics needs no key, like /ready; it carries no tenant
+    name and no content hash (docs/security.md)."""
     metrics_port: int | None = Field(None, ge=1, le=65535)
     """Port of Ray's Prometheus export (/metrics): engine metrics per replica (`ReplicaId`
     label) and Serve's own. Null picks a free port, printed in the ready line; set it
@@ -75,6 +81,11 @@ class ServerConfig(ConfigSection):
                 raise ValueError(f"tenant name {name!r}: letters, digits, '_', '.', '-', "
                                  "at most 64")
         return value
+
+    def resolved_metrics_token(self) -> str | None:
+        """The token /metrics requires, from `metrics_token_env`; None when unset."""
+        token = os.environ.get(self.metrics_token_env, "").strip() if self.metrics_token_env else ""
+        return token or None
 
     def resolved_api_keys(self) -> tuple[str, ...]:
         """The `default` tenant's keys: `api_keys` plus those in `api_keys_env`."""

@@ -34,7 +34,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ray import serve
 from ray.serve.llm import LLMConfig
@@ -52,6 +51,7 @@ from serving.documents.api import (DOCUMENT_ENDPOINTS, DOCUMENT_HEADER, Document
 from serving.documents.metrics import DocumentMetrics
 from serving.failover.failover import Failover
 from serving.ingress.admission_limits import AdmissionLimitMiddleware
+from serving.ingress.auth import PUBLIC_PATHS, TenantMiddleware, openai_error
 from serving.observability.route_accuracy import RouteAccuracy
 from serving.ingress.forwarding import refuse_unforwardable
 from serving.ingress.limits import BodyLimitMiddleware
@@ -66,55 +66,11 @@ from serving.ingress.chat_templates import ChatTemplateGuard, TemplateRefused
 from serving.ingress.request_models import ChatCompletionRequest, CompletionRequest
 from serving.routing.metrics import REPLICAS_WANTED, PrewarmMetrics
 from serving.routing.registry import local_routers
-from serving.tenants.identity import STATE_KEY as TENANT_STATE_KEY, Tenants
+from serving.tenants.identity import Tenants
 from serving.observability.tracing import TracingMiddleware
 
 logger = logging.getLogger("ray.serve")
 
-# Paths a probe or scraper must reach without a key; the API description is public
-# so tools can read it (serving/ingress/openapi.py says why).
-PUBLIC_PATHS = frozenset({"/ready", "/health", "/metrics", api_schema.OPENAPI_PATH})
-
-
-def openai_error(status: int, message: str, *, type_: str = "invalid_request_error",
-                 code: str | None = None, param: str | None = None) -> JSONResponse:
-    return JSONResponse(
-        status_code=status,
-        content={"error": {"message": message, "type": type_, "param": param, "code": code}},
-    )
-
-
-class TenantMiddleware:
-    """Finds the tenant of every request (serving/tenants/identity.py) and puts it in
-    the scope, where `tenant_of(request)` reads it: the bearer token's tenant (a
-    constant-time compare against every key), or the anonymous tenant of a service
-    without keys. Public paths need no key."""
-
-    def __init__(self, app: ASGIApp, *, tenants: Tenants) -> None:
-        self.app = app
-        self._tenants = tenants
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path") in PUBLIC_PATHS:
-            await self.app(scope, receive, send)
-            return
-        tenant = self._tenants.anonymous
-        if tenant is None:
-            token = b""
-            for name, value in scope.get("headers", []):
-                if name.lower() == b"authorization":
-                    scheme, _, rest = value.partition(b" ")
-                    if scheme.lower() == b"bearer":
-                        token = rest.strip()
-                    break
-            tenant = self._tenants.resolve(token)
-            if tenant is None:
-                message = ("Missing API key: send 'Authorization: Bearer <key>'." if not token
-                           else "Incorrect API key provided.")
-                await openai_error(401, message, code="invalid_api_key")(scope, receive, send)
-                return
-        scope.setdefault("state", {})[TENANT_STATE_KEY] = tenant
-        await self.app(scope, receive, send)
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
@@ -211,7 +167,8 @@ def build_fastapi_app(config: ServiceConfig) -> FastAPI:
     app.add_middleware(AdmissionLimitMiddleware, public_paths=PUBLIC_PATHS,
                        max_concurrent_requests=config.server.max_concurrent_requests)
     # Outside the body limit: a caller without a key learns nothing, not even the limit.
-    app.add_middleware(TenantMiddleware, tenants=tenants)
+    app.add_middleware(TenantMiddleware, tenants=tenants,
+                       metrics_token=config.server.resolved_metrics_token())
     if config.tracing.enabled:
         # Added last, so outermost: rejected (401) requests are traced too. Absent
         # when tracing is off, so it costs nothing then.

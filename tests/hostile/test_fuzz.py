@@ -33,7 +33,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from serving.ingress.ingress import PUBLIC_PATHS
+from serving.ingress.auth import PUBLIC_PATHS
 from tests.integration.conftest import Stack
 from tests.integration.replicas import ReplicaSnapshot, assert_no_restart, snapshot
 

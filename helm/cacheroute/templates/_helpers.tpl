@@ -57,6 +57,9 @@ app.kubernetes.io/part-of: cacheroute
 {{- if and .Values.autoscaling.enabled (lt (int .Values.autoscaling.maxReplicas) (int $c.replicas)) }}
 {{- fail (printf "autoscaling.maxReplicas (%d) is below config.replicas (%d)" (int .Values.autoscaling.maxReplicas) (int $c.replicas)) }}
 {{- end }}
+{{- if and .Values.secrets.metricsToken.secretName (not $c.server.metrics_token_env) }}
+{{- fail "secrets.metricsToken.secretName needs config.server.metrics_token_env (the variable the token goes to)" }}
+{{- end }}
 {{- if and .Values.secrets.apiKeys.secretName (not $c.server.api_keys_env) }}
 {{- fail "secrets.apiKeys.secretName needs config.server.api_keys_env (the variable the keys go to)" }}
 {{- end }}
@@ -104,6 +107,13 @@ app.kubernetes.io/part-of: cacheroute
     secretKeyRef:
       name: {{ .Values.secrets.apiKeys.secretName }}
       key: {{ .Values.secrets.apiKeys.key }}
+{{- end }}
+{{- if .Values.secrets.metricsToken.secretName }}
+- name: {{ .Values.config.server.metrics_token_env }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.secrets.metricsToken.secretName }}
+      key: {{ .Values.secrets.metricsToken.key }}
 {{- end }}
 {{- with .Values.ray.extraEnv }}
 {{ toYaml . }}

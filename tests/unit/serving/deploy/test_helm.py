@@ -193,6 +193,24 @@ def test_monitors_scrape_ray_pods_and_the_app_metrics() -> None:
     assert ("ServiceMonitor", RELEASE) not in chart_objects("default")
 
 
+def test_a_metrics_token_reaches_the_pods_and_the_service_monitor() -> None:
+    out = helm("template", RELEASE, str(CHART), "-f", str(values_file("gpu")),
+               "--set", "secrets.metricsToken.secretName=scrape",
+               "--set", "config.server.metrics_token_env=CACHEROUTE_METRICS_TOKEN")
+    objs = {(d["kind"], d["metadata"]["name"]): d for d in yaml_docs(out.stdout)}
+    [endpoint] = objs[("ServiceMonitor", RELEASE)]["spec"]["endpoints"]
+    assert endpoint["authorization"] == {
+        "type": "Bearer", "credentials": {"name": "scrape", "key": "metrics-token"}}
+    [rs] = [d for d in objs.values() if d["kind"] == "RayService"]
+    for group in pod_templates(rs):
+        env = {e["name"]: e for e in group["template"]["spec"]["containers"][0]["env"]}
+        assert env["CACHEROUTE_METRICS_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+            "name": "scrape", "key": "metrics-token"}
+    # Without it, Prometheus scrapes with no credentials, as before.
+    [plain] = chart_objects("gpu")[("ServiceMonitor", RELEASE)]["spec"]["endpoints"]
+    assert "authorization" not in plain
+
+
 # -- values.schema.json through helm ----------------------------------------------------
 
 @pytest.mark.parametrize("setting, message", [
@@ -213,6 +231,7 @@ def test_values_schema_rejects_bad_values(setting: str, message: str) -> None:
 @pytest.mark.parametrize("settings, message", [
     (["config.engine.enable_prefix_caching=false"], "needs config.engine.enable_prefix_caching"),
     (["autoscaling.enabled=true", "autoscaling.maxReplicas=1"], "autoscaling.maxReplicas (1)"),
+    (["secrets.metricsToken.secretName=scrape"], "needs config.server.metrics_token_env"),
 ])
 def test_cross_field_checks_fail_the_render(settings: list[str], message: str) -> None:
     args = [a for s in settings for a in ("--set", s)]

@@ -56,7 +56,7 @@ def test_no_422_and_bodies_document_400_and_413(document: dict[str, Any]) -> Non
 
 
 def test_errors_are_openai_shaped(document: dict[str, Any]) -> None:
-    from serving.ingress.ingress import openai_error
+    from serving.ingress.auth import openai_error
 
     schema = document["components"]["schemas"]["ErrorResponse"]
     jsonschema.validate(json.loads(openai_error(400, "bad", param="n").body), schema)
@@ -70,7 +70,7 @@ def test_errors_are_openai_shaped(document: dict[str, Any]) -> None:
 
 
 def test_authenticated_paths_declare_the_bearer_scheme(document: dict[str, Any]) -> None:
-    from serving.ingress.ingress import PUBLIC_PATHS
+    from serving.ingress.auth import PUBLIC_PATHS
 
     assert document["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
     for path, method, op in operations(document):

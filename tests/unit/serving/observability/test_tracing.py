@@ -86,7 +86,8 @@ def test_tracing_off_installs_nothing() -> None:
 
 def test_tracing_on_installs_the_outermost_middleware_and_the_replica_settings() -> None:
     from serving.app import build_llm_config
-    from serving.ingress.ingress import TenantMiddleware, build_fastapi_app
+    from serving.ingress.auth import TenantMiddleware
+    from serving.ingress.ingress import build_fastapi_app
 
     config = validate_config({"server": {"api_keys": ["k"]}, "tracing": {"enabled": True}})
     app = build_fastapi_app(config)

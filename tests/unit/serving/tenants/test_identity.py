@@ -83,7 +83,7 @@ def test_salts_differ_per_tenant_and_a_client_salt_only_narrows():
 
 
 def _app(config) -> TestClient:
-    from serving.ingress.ingress import TenantMiddleware
+    from serving.ingress.auth import TenantMiddleware
 
     async def whoami(request: Request) -> JSONResponse:
         return JSONResponse({"tenant": tenant_of(request).name})
