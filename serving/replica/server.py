@@ -6,9 +6,10 @@ for lazy initialisation (tens of seconds), so a load balancer that trusts RUNNIN
 the first users into that wait. Here the constructor also runs one short generation,
 so RUNNING, the `/ready` endpoint and the CLI's ready line all mean "has served".
 
-With the `cacheroute` policy the engine also publishes its KV-cache events (ZMQ PUB on
-a free port of this node) and the replica advertises that endpoint in Serve's routing
-stats, where the router's ownership index subscribes to it. The routing stats also
+With the `cacheroute` policy the engine also publishes its KV-cache events (ZMQ PUB
+bound to this node's Ray address, at a port fixed by the replica's rank on the node:
+serving/replica/kv_endpoint.py) and the replica advertises that endpoint in Serve's
+routing stats, where the router's ownership index subscribes to it. The routing stats also
 carry the engine's cache telemetry (serving/replica/engine_stats.py) for every policy.
 
 With `tracing.enabled`, chat and completions run in an `llm.generate` span, child of
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 from typing import Any
 
@@ -36,6 +36,7 @@ from ray.serve.llm.openai_api_models import CompletionRequest
 from serving.replica import engine_progress
 from serving.replica import engine_stats
 from serving.replica.engine import engine_class
+from serving.replica.kv_endpoint import kv_events_config, kv_events_endpoint
 from serving.config import TracingConfig
 from serving.contract import (ENGINE_PROGRESS_KEY, ENGINE_STATS_KEY, KV_EVENTS_STATS_KEY,
                               RANK_STATS_KEY)
@@ -61,10 +62,10 @@ def _replica_rank() -> int | None:
     return value if isinstance(value, int) else None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
+def _node_local_rank() -> int:
+    """The replica's rank among the deployment's replicas on this node: its KV-event
+    port offset (serving/replica/kv_endpoint.py)."""
+    return int(serve.get_replica_context().rank.local_rank)
 
 
 async def _watched(stream: Any) -> Any:
@@ -107,14 +108,9 @@ class CacheRouteServer(LLMServer):
         await self._warm_up()
 
     def _enable_kv_events(self) -> None:
-        port = _free_port()
-        self._llm_config.update_engine_kwargs(kv_events_config={
-            "enable_kv_cache_events": True,
-            "publisher": "zmq",
-            "endpoint": f"tcp://*:{port}",
-            "topic": "",
-        })
-        self._kv_events_endpoint = f"tcp://{ray.util.get_node_ip_address()}:{port}"
+        endpoint = kv_events_endpoint(ray.util.get_node_ip_address(), _node_local_rank())
+        self._llm_config.update_engine_kwargs(kv_events_config=kv_events_config(endpoint))
+        self._kv_events_endpoint = endpoint.advertised
 
     # chat/completions: upstream's, in an `llm.generate` span when tracing is on, and
     # counted as work the engine must progress on (serving/replica/engine_progress.py).

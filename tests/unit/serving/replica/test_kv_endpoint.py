@@ -1,0 +1,136 @@
+"""The engine's KV-event endpoint: bound to the node's Ray address at a port fixed by
+the replica's node-local rank, and advertised at that same address.
+
+The node address is injected (no Ray). The contract tests run the pinned vLLM's own
+publisher on loopback: it must bind, not connect, the endpoint the replica gives it,
+on that one address only.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any
+
+import pytest
+
+from serving.replica import server
+from serving.replica.kv_endpoint import (
+    KV_EVENTS_BASE_PORT,
+    MAX_REPLICAS_PER_NODE,
+    kv_events_config,
+    kv_events_endpoint,
+    kv_events_port,
+    node_endpoint,
+)
+
+
+def test_the_endpoint_is_advertised_at_the_node_address_it_binds() -> None:
+    endpoint = kv_events_endpoint("10.1.2.3", 0)
+    assert endpoint.advertised == f"tcp://10.1.2.3:{KV_EVENTS_BASE_PORT}"
+    assert endpoint.bind == f"tcp://[::ffff:10.1.2.3]:{KV_EVENTS_BASE_PORT}"
+    assert "*" not in endpoint.bind and "127.0.0.1" not in endpoint.advertised
+
+
+def test_vllm_gets_the_bind_endpoint() -> None:
+    endpoint = kv_events_endpoint("10.1.2.3", 2)
+    config = kv_events_config(endpoint)
+    assert config["endpoint"] == endpoint.bind
+    assert config["enable_kv_cache_events"] is True and config["publisher"] == "zmq"
+
+
+def test_colocated_replicas_get_distinct_ports_in_the_documented_range() -> None:
+    ports = [kv_events_endpoint("10.1.2.3", rank).port
+             for rank in range(MAX_REPLICAS_PER_NODE)]
+    assert ports == list(range(KV_EVENTS_BASE_PORT,
+                               KV_EVENTS_BASE_PORT + MAX_REPLICAS_PER_NODE))
+
+
+@pytest.mark.parametrize("rank", [-1, MAX_REPLICAS_PER_NODE])
+def test_a_rank_outside_the_range_is_refused(rank: int) -> None:
+    with pytest.raises(ValueError, match="outside the KV-event port range"):
+        kv_events_port(rank)
+
+
+@pytest.mark.parametrize(("node_ip", "message"), [
+    ("0.0.0.0", "every interface"),
+    ("fd00::5", "IPv6"),
+    ("node-1.cluster.local", "not an IP address"),
+    ("*", "not an IP address"),
+])
+def test_an_address_that_is_not_one_ipv4_node_address_is_refused(node_ip: str,
+                                                                  message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        kv_events_endpoint(node_ip, 0)
+
+
+class FakeLLMConfig:
+    def __init__(self) -> None:
+        self.engine_kwargs: dict[str, Any] = {}
+
+    def update_engine_kwargs(self, **kwargs: Any) -> None:
+        self.engine_kwargs.update(kwargs)
+
+
+class KVEventsReplica:
+    """What ``_enable_kv_events`` uses of the replica: its LLM config."""
+
+    def __init__(self) -> None:
+        self._llm_config = FakeLLMConfig()
+        self._kv_events_endpoint: str | None = None
+
+
+def test_the_replica_binds_and_advertises_its_ray_node_address(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(server.ray.util, "get_node_ip_address", lambda: "10.9.8.7")
+    monkeypatch.setattr(server, "_node_local_rank", lambda: 3)
+    replica = KVEventsReplica()
+    server.CacheRouteServer._enable_kv_events(replica)  # type: ignore[arg-type]
+    port = KV_EVENTS_BASE_PORT + 3
+    assert replica._kv_events_endpoint == f"tcp://10.9.8.7:{port}"
+    assert replica._llm_config.engine_kwargs["kv_events_config"]["endpoint"] == (
+        f"tcp://[::ffff:10.9.8.7]:{port}")
+
+
+# -- contract: the pinned vLLM's publisher and pyzmq ----------------------------------
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _accepts(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def test_vllm_binds_the_endpoint_on_the_node_address_only() -> None:
+    # 127.0.0.2 stands for the node address; 127.0.0.1 for every other interface of
+    # the node (Linux routes all of 127/8 to loopback).
+    kv_events = pytest.importorskip("vllm.distributed.kv_events")
+    zmq = pytest.importorskip("zmq")
+    port = _free_port("127.0.0.2")
+    endpoint = node_endpoint("127.0.0.2", port)
+    publisher = kv_events.ZmqEventPublisher(data_parallel_rank=0, endpoint=endpoint.bind)
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    try:
+        assert _accepts("127.0.0.2", port), "the publisher did not bind the node address"
+        assert not _accepts("127.0.0.1", port), "the publisher bound other interfaces"
+        sub.connect(endpoint.advertised)
+        received = None
+        deadline = time.monotonic() + 10.0
+        while received is None and time.monotonic() < deadline:  # slow joiner: resend
+            publisher.publish(kv_events.KVEventBatch(ts=1.0, events=[]))
+            if sub.poll(100):
+                received = sub.recv_multipart()
+        assert received is not None, "no batch reached the advertised endpoint"
+        assert len(received) == 3
+    finally:
+        sub.close(linger=0)
+        publisher.shutdown()
