@@ -150,6 +150,13 @@ SECRET_REF = obj({
     "key": {"type": "string", "minLength": 1},
 }, ["secretName", "key"])
 
+# NetworkPolicy `from` entries, passed through as written (Kubernetes validates them).
+PEERS = {"type": "array", "items": obj({
+    "podSelector": ANY_MAP,
+    "namespaceSelector": ANY_MAP,
+    "ipBlock": ANY_MAP,
+})}
+
 
 def values_schema() -> dict:
     return {
@@ -233,6 +240,12 @@ def values_schema() -> dict:
                 "enabled": BOOL,
                 "maxUnavailable": {"anyOf": [{"type": "integer", "minimum": 0},
                                              {"type": "string", "pattern": r"^[0-9]+%$"}]},
+            }, ["enabled"]),
+            "networkPolicy": obj({
+                "enabled": BOOL,
+                "apiFrom": PEERS,
+                "metricsFrom": PEERS,
+                "operatorFrom": PEERS,
             }, ["enabled"]),
         }, ["config", "image"]),
     }
