@@ -7,12 +7,18 @@ knows it (``ray.util.get_node_ip_address()``), the one Ray's own processes use t
 the node; the replica binds there and advertises exactly that address in its routing
 stats (serving/contract.py), so what the router connects to is what the engine bound.
 
-The port is ``KV_EVENTS_BASE_PORT`` plus the replica's rank on its node within the
+The engine also binds a replay endpoint (vLLM's ROUTER socket, answering a sequence
+number with the batches it still buffers from there on), from which a router that
+starts, or that missed batches, rebuilds what it lacks (serving/routing/kv_events.py).
+
+The PUB port is ``KV_EVENTS_BASE_PORT`` plus the replica's rank on its node within the
 deployment (Serve's ``ReplicaRank.local_rank``: 0 for the first replica on a node, a
-replacement takes its predecessor's). Colocated replicas therefore never collide,
-and the whole range ``KV_EVENTS_BASE_PORT`` .. ``KV_EVENTS_BASE_PORT +
-MAX_REPLICAS_PER_NODE - 1`` is known before anything starts, so a NetworkPolicy or a
-firewall can name it (helm/cacheroute/templates/networkpolicy.yaml, docs/security.md).
+replacement takes its predecessor's, released only once that one stopped); the replay
+port is ``MAX_REPLICAS_PER_NODE`` above it. Colocated replicas therefore never
+collide, and the whole range ``KV_EVENTS_BASE_PORT`` .. ``KV_EVENTS_BASE_PORT + 2 *
+MAX_REPLICAS_PER_NODE - 1`` (``KV_EVENTS_PORTS``) is known before anything starts, so
+a NetworkPolicy or a firewall can name it (helm/cacheroute/templates/networkpolicy.yaml,
+docs/security.md).
 
 How vLLM 0.32's ``ZmqEventPublisher`` treats the endpoint decides its spelling: it
 *binds* only an endpoint containing ``*`` or ``::`` (a wildcard) and *connects* to any
@@ -20,7 +26,8 @@ other, so ``tcp://10.0.0.5:5600`` would make the engine dial out to a port nobod
 listens on. The bind endpoint is therefore the node's IPv4 address written as an
 IPv4-mapped IPv6 literal, ``tcp://[::ffff:10.0.0.5]:5600``: vLLM sees ``::`` and
 binds, and ZMQ binds such an address as the plain IPv4 address (its LAST_ENDPOINT
-reads ``tcp://10.0.0.5:5600``). Both behaviours are contract-tested against the
+reads ``tcp://10.0.0.5:5600``). The replay socket is bound whatever its endpoint,
+so it takes the plain address. These behaviours are contract-tested against the
 pinned vLLM and pyzmq (tests/unit/serving/replica/test_kv_endpoint.py). vLLM does not
 set ZMQ_IPV6 on the publisher, so an IPv6 node address cannot be bound at all: such a
 node is refused here with the reason rather than published on every interface.
@@ -40,6 +47,9 @@ KV_EVENTS_BASE_PORT: Final = 5600
 # node runs one replica per engine it can hold (one per pod in the chart); a rank past
 # this is refused at start rather than bound outside the documented range.
 MAX_REPLICAS_PER_NODE: Final = 64
+# Every port a replica may bind for KV events: the PUB ports, then the replay ports.
+KV_EVENTS_PORTS: Final = range(KV_EVENTS_BASE_PORT,
+                               KV_EVENTS_BASE_PORT + 2 * MAX_REPLICAS_PER_NODE)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,7 +60,8 @@ class KVEventsEndpoint:
     """The endpoint given to vLLM's publisher (binds the node address, see the module)."""
     advertised: str
     """The endpoint routers connect to: the same address and port, as plain IPv4."""
-    port: int
+    replay: str
+    """The replay endpoint, bound and advertised alike (the node address)."""
 
 
 def kv_events_port(local_rank: int) -> int:
@@ -64,12 +75,14 @@ def kv_events_port(local_rank: int) -> int:
 
 
 def kv_events_endpoint(node_ip: str, local_rank: int) -> KVEventsEndpoint:
-    """The endpoint of the replica of ``local_rank`` on the node at ``node_ip``."""
-    return node_endpoint(node_ip, kv_events_port(local_rank))
+    """The endpoints of the replica of ``local_rank`` on the node at ``node_ip``."""
+    port = kv_events_port(local_rank)
+    return node_endpoint(node_ip, port, port + MAX_REPLICAS_PER_NODE)
 
 
-def node_endpoint(node_ip: str, port: int) -> KVEventsEndpoint:
-    """``port`` bound on exactly ``node_ip`` by vLLM's publisher, and advertised there."""
+def node_endpoint(node_ip: str, port: int, replay_port: int) -> KVEventsEndpoint:
+    """``port`` and ``replay_port`` bound on exactly ``node_ip`` by vLLM's publisher,
+    and advertised there."""
     try:
         address = ipaddress.ip_address(node_ip)
     except ValueError:
@@ -82,7 +95,8 @@ def node_endpoint(node_ip: str, port: int) -> KVEventsEndpoint:
     if address.is_unspecified:
         raise ValueError("node address 0.0.0.0 would publish KV events on every interface")
     return KVEventsEndpoint(bind=f"tcp://[::ffff:{address}]:{port}",
-                            advertised=f"tcp://{address}:{port}", port=port)
+                            advertised=f"tcp://{address}:{port}",
+                            replay=f"tcp://{address}:{replay_port}")
 
 
 def kv_events_config(endpoint: KVEventsEndpoint) -> dict[str, Any]:
@@ -91,5 +105,6 @@ def kv_events_config(endpoint: KVEventsEndpoint) -> dict[str, Any]:
         "enable_kv_cache_events": True,
         "publisher": "zmq",
         "endpoint": endpoint.bind,
+        "replay_endpoint": endpoint.replay,
         "topic": "",
     }

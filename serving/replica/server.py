@@ -38,8 +38,8 @@ from serving.replica import engine_stats
 from serving.replica.engine import engine_class
 from serving.replica.kv_endpoint import kv_events_config, kv_events_endpoint
 from serving.config import TracingConfig
-from serving.contract import (ENGINE_PROGRESS_KEY, ENGINE_STATS_KEY, KV_EVENTS_STATS_KEY,
-                              RANK_STATS_KEY)
+from serving.contract import (ENGINE_PROGRESS_KEY, ENGINE_STATS_KEY,
+                              KV_EVENTS_REPLAY_STATS_KEY, KV_EVENTS_STATS_KEY, RANK_STATS_KEY)
 from serving.observability.tracing import GenerationTracer, process_tracer_provider
 
 logger = logging.getLogger("ray.serve")
@@ -97,6 +97,7 @@ def _generation_tracer(llm_config: Any) -> GenerationTracer | None:
 class CacheRouteServer(LLMServer):
     async def start(self) -> None:
         self._kv_events_endpoint: str | None = None
+        self._kv_events_replay_endpoint: str | None = None
         if self._llm_config.experimental_configs.get("cacheroute_kv_events"):
             self._enable_kv_events()
         self._generation_tracer = _generation_tracer(self._llm_config)
@@ -111,6 +112,7 @@ class CacheRouteServer(LLMServer):
         endpoint = kv_events_endpoint(ray.util.get_node_ip_address(), _node_local_rank())
         self._llm_config.update_engine_kwargs(kv_events_config=kv_events_config(endpoint))
         self._kv_events_endpoint = endpoint.advertised
+        self._kv_events_replay_endpoint = endpoint.replay
 
     # chat/completions: upstream's, in an `llm.generate` span when tracing is on, and
     # counted as work the engine must progress on (serving/replica/engine_progress.py).
@@ -139,6 +141,8 @@ class CacheRouteServer(LLMServer):
         stats[ENGINE_PROGRESS_KEY] = watch.report()
         if self._kv_events_endpoint:
             stats[KV_EVENTS_STATS_KEY] = self._kv_events_endpoint
+        if self._kv_events_replay_endpoint:
+            stats[KV_EVENTS_REPLAY_STATS_KEY] = self._kv_events_replay_endpoint
         rank = _replica_rank()
         if rank is not None:
             stats[RANK_STATS_KEY] = rank

@@ -57,7 +57,7 @@ from serving.routing.parking import Parking
 from serving.routing.prewarm import PrewarmJob
 from serving.routing.prewarm_jobs import PrewarmJobs
 from serving.routing.registry import local_routers
-from serving.routing.replica_stats import kv_event_endpoints, rank_seats
+from serving.routing.replica_stats import kv_event_sources, rank_seats
 from serving.routing.route_requests import RouteRequests
 
 
@@ -143,7 +143,7 @@ class CacheRouteRequestRouter(SentRequests, RequestRouter):
             for rid in self._hangs.follow(replicas):  # no completion will free a slot there
                 self._parking.on_replica_gone(rid)
         self._metrics.on_replicas(self._policy.replicas)
-        self._kv_events.sync(kv_event_endpoints(replicas))
+        self._kv_events.sync(kv_event_sources(replicas))
 
     def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
         super().on_replica_actor_died(replica_id)
@@ -205,8 +205,8 @@ class CacheRouteRequestRouter(SentRequests, RequestRouter):
             # A prewarm: that replica or none (Serve asks again until it is a
             # candidate; the ingress's timeout bounds the wait). Not a routing decision.
             return [[r] for r in candidate_replicas if r.replica_id.unique_id == pinned]
-        for rid, endpoint in kv_event_endpoints(candidate_replicas):
-            self._kv_events.follow(rid, endpoint)
+        for rid, source in kv_event_sources(candidate_replicas):
+            self._kv_events.follow(rid, source)
         started = time.perf_counter()
         request = await self._routes.of(pending_request)
         tokenized = time.perf_counter()

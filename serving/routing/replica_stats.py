@@ -2,7 +2,7 @@
 
 Each replica reports a few values through ``record_routing_stats`` (serving/replica/
 server.py; keys in serving/contract.py): its rank (a stable ring seat), its engine's
-progress (for hang ejection) and its KV-events endpoint. Serve re-sends the replica
+progress (for hang ejection) and its KV-events endpoints. Serve re-sends the replica
 list to the router whenever a replica's stats change. A replica that has not reported
 yet (its first stats arrive within seconds of joining) reads as None.
 """
@@ -15,7 +15,8 @@ from typing import Any
 from ray.serve.request_router import RunningReplica
 
 from router import rank_seat
-from serving.contract import KV_EVENTS_STATS_KEY, RANK_STATS_KEY
+from serving.contract import KV_EVENTS_REPLAY_STATS_KEY, KV_EVENTS_STATS_KEY, RANK_STATS_KEY
+from serving.routing.kv_events import KVEventSource
 
 
 def routing_stat(replica: RunningReplica, key: str) -> Any:
@@ -37,8 +38,17 @@ def rank_seats(replicas: Iterable[RunningReplica]) -> dict[str, str]:
     return seats
 
 
-def kv_event_endpoints(replicas: Iterable[RunningReplica]) -> list[tuple[str, str | None]]:
-    """Each replica's id and the endpoint its engine publishes KV events on (None: not
-    reported yet)."""
-    return [(r.replica_id.unique_id, routing_stat(r, KV_EVENTS_STATS_KEY) or None)
-            for r in replicas]
+def kv_event_sources(
+        replicas: Iterable[RunningReplica]) -> list[tuple[str, KVEventSource | None]]:
+    """Each replica's id and where its engine publishes KV events (None: not reported
+    yet), at the addresses the replica advertised."""
+    out: list[tuple[str, KVEventSource | None]] = []
+    for r in replicas:
+        endpoint = routing_stat(r, KV_EVENTS_STATS_KEY)
+        source = None
+        if isinstance(endpoint, str) and endpoint:
+            replay = routing_stat(r, KV_EVENTS_REPLAY_STATS_KEY)
+            source = KVEventSource(endpoint, replay if isinstance(replay, str) and replay
+                                   else None)
+        out.append((r.replica_id.unique_id, source))
+    return out

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from serving.replica.kv_endpoint import KV_EVENTS_BASE_PORT, MAX_REPLICAS_PER_NODE
+from serving.replica.kv_endpoint import KV_EVENTS_PORTS
 from tests.unit.serving.deploy.helm_tools import (
     CHART,
     RELEASE,
@@ -25,7 +25,6 @@ from tests.unit.serving.deploy.helm_tools import (
 
 METRICS_PORT = 8080
 DASHBOARD_PORT = 8265
-KV_EVENT_PORTS = range(KV_EVENTS_BASE_PORT, KV_EVENTS_BASE_PORT + MAX_REPLICAS_PER_NODE)
 
 
 def _policy(docs: list[dict]) -> dict:
@@ -64,7 +63,7 @@ def test_the_policy_selects_every_ray_pod_of_the_release(value_set: str) -> None
 def test_the_kv_event_ports_are_reached_only_from_the_ray_pods() -> None:
     policy = chart_objects("default")[("NetworkPolicy", RELEASE)]
     pod_labels = _pod_labels("default")
-    for port in KV_EVENT_PORTS:
+    for port in KV_EVENTS_PORTS:  # PUB and replay
         rules = _admitting(policy, port)
         assert rules, f"KV-event port {port} is closed to the routers"
         assert all(_is_ray_pods_only(rule, pod_labels) for rule in rules), port

@@ -8,6 +8,7 @@ on that one address only.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from typing import Any
@@ -15,8 +16,10 @@ from typing import Any
 import pytest
 
 from serving.replica import server
+from serving.contract import KV_EVENTS_REPLAY_STATS_KEY, KV_EVENTS_STATS_KEY
 from serving.replica.kv_endpoint import (
     KV_EVENTS_BASE_PORT,
+    KV_EVENTS_PORTS,
     MAX_REPLICAS_PER_NODE,
     kv_events_config,
     kv_events_endpoint,
@@ -29,21 +32,28 @@ def test_the_endpoint_is_advertised_at_the_node_address_it_binds() -> None:
     endpoint = kv_events_endpoint("10.1.2.3", 0)
     assert endpoint.advertised == f"tcp://10.1.2.3:{KV_EVENTS_BASE_PORT}"
     assert endpoint.bind == f"tcp://[::ffff:10.1.2.3]:{KV_EVENTS_BASE_PORT}"
-    assert "*" not in endpoint.bind and "127.0.0.1" not in endpoint.advertised
+    assert endpoint.replay == f"tcp://10.1.2.3:{KV_EVENTS_BASE_PORT + MAX_REPLICAS_PER_NODE}"
+    for address in (endpoint.bind, endpoint.advertised, endpoint.replay):
+        assert "*" not in address and "127.0.0.1" not in address
 
 
 def test_vllm_gets_the_bind_endpoint() -> None:
     endpoint = kv_events_endpoint("10.1.2.3", 2)
     config = kv_events_config(endpoint)
     assert config["endpoint"] == endpoint.bind
+    assert config["replay_endpoint"] == endpoint.replay
     assert config["enable_kv_cache_events"] is True and config["publisher"] == "zmq"
 
 
+def _port(endpoint: str) -> int:
+    return int(endpoint.rsplit(":", 1)[1])
+
+
 def test_colocated_replicas_get_distinct_ports_in_the_documented_range() -> None:
-    ports = [kv_events_endpoint("10.1.2.3", rank).port
-             for rank in range(MAX_REPLICAS_PER_NODE)]
-    assert ports == list(range(KV_EVENTS_BASE_PORT,
-                               KV_EVENTS_BASE_PORT + MAX_REPLICAS_PER_NODE))
+    endpoints = [kv_events_endpoint("10.1.2.3", rank) for rank in range(MAX_REPLICAS_PER_NODE)]
+    ports = [_port(e.advertised) for e in endpoints] + [_port(e.replay) for e in endpoints]
+    assert sorted(ports) == list(KV_EVENTS_PORTS)
+    assert all(_port(e.bind) == _port(e.advertised) for e in endpoints)
 
 
 @pytest.mark.parametrize("rank", [-1, MAX_REPLICAS_PER_NODE])
@@ -78,6 +88,7 @@ class KVEventsReplica:
     def __init__(self) -> None:
         self._llm_config = FakeLLMConfig()
         self._kv_events_endpoint: str | None = None
+        self._kv_events_replay_endpoint: str | None = None
 
 
 def test_the_replica_binds_and_advertises_its_ray_node_address(
@@ -87,17 +98,43 @@ def test_the_replica_binds_and_advertises_its_ray_node_address(
     replica = KVEventsReplica()
     server.CacheRouteServer._enable_kv_events(replica)  # type: ignore[arg-type]
     port = KV_EVENTS_BASE_PORT + 3
+    replay_port = port + MAX_REPLICAS_PER_NODE
     assert replica._kv_events_endpoint == f"tcp://10.9.8.7:{port}"
-    assert replica._llm_config.engine_kwargs["kv_events_config"]["endpoint"] == (
-        f"tcp://[::ffff:10.9.8.7]:{port}")
+    assert replica._kv_events_replay_endpoint == f"tcp://10.9.8.7:{replay_port}"
+    config = replica._llm_config.engine_kwargs["kv_events_config"]
+    assert config["endpoint"] == f"tcp://[::ffff:10.9.8.7]:{port}"
+    assert config["replay_endpoint"] == f"tcp://10.9.8.7:{replay_port}"
+
+
+def test_the_routing_stats_advertise_both_endpoints(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def upstream_stats(self: object) -> dict[str, object]:
+        return {}
+
+    monkeypatch.setattr(server.LLMServer, "record_routing_stats", upstream_stats)
+    monkeypatch.setattr(server.ray.util, "get_node_ip_address", lambda: "10.9.8.7")
+    monkeypatch.setattr(server, "_node_local_rank", lambda: 0)
+    class StatsReplica(server.CacheRouteServer):
+        def __del__(self) -> None:  # upstream's shuts an engine down; there is none
+            pass
+
+    # A replica object without its constructor: no engine, only what the stats read.
+    replica = StatsReplica.__new__(StatsReplica)
+    replica._llm_config = FakeLLMConfig()
+    replica._enable_kv_events()
+    stats = asyncio.run(replica.record_routing_stats())
+    assert stats[KV_EVENTS_STATS_KEY] == f"tcp://10.9.8.7:{KV_EVENTS_BASE_PORT}"
+    assert stats[KV_EVENTS_REPLAY_STATS_KEY] == (
+        f"tcp://10.9.8.7:{KV_EVENTS_BASE_PORT + MAX_REPLICAS_PER_NODE}")
 
 
 # -- contract: the pinned vLLM's publisher and pyzmq ----------------------------------
 
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+def _free_ports(host: str) -> tuple[int, int]:
+    """Two distinct free ports (both held until chosen, so they differ)."""
+    with socket.socket() as a, socket.socket() as b:
+        a.bind((host, 0))
+        b.bind((host, 0))
+        return a.getsockname()[1], b.getsockname()[1]
 
 
 def _accepts(host: str, port: int) -> bool:
@@ -113,15 +150,17 @@ def test_vllm_binds_the_endpoint_on_the_node_address_only() -> None:
     # the node (Linux routes all of 127/8 to loopback).
     kv_events = pytest.importorskip("vllm.distributed.kv_events")
     zmq = pytest.importorskip("zmq")
-    port = _free_port("127.0.0.2")
-    endpoint = node_endpoint("127.0.0.2", port)
-    publisher = kv_events.ZmqEventPublisher(data_parallel_rank=0, endpoint=endpoint.bind)
+    port, replay_port = _free_ports("127.0.0.2")
+    endpoint = node_endpoint("127.0.0.2", port, replay_port)
+    publisher = kv_events.ZmqEventPublisher(data_parallel_rank=0, endpoint=endpoint.bind,
+                                            replay_endpoint=endpoint.replay)
     sub = zmq.Context.instance().socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     try:
-        assert _accepts("127.0.0.2", port), "the publisher did not bind the node address"
-        assert not _accepts("127.0.0.1", port), "the publisher bound other interfaces"
+        for bound in (port, replay_port):
+            assert _accepts("127.0.0.2", bound), "the publisher did not bind the node address"
+            assert not _accepts("127.0.0.1", bound), "the publisher bound other interfaces"
         sub.connect(endpoint.advertised)
         received = None
         deadline = time.monotonic() + 10.0

@@ -12,7 +12,7 @@ import pytest
 
 from router import AppliedEvents, CacheAwarePolicy, PolicyConfig, RouteRequest
 from router.kv_events import BlockRemoved, BlockStored, KVEventBatch
-from serving.routing.kv_events import KVEventFollower, KVEventSubscriber
+from serving.routing.kv_events import KVEventFollower, KVEventSource, KVEventSubscriber
 
 ENCODER = msgspec.msgpack.Encoder()
 
@@ -109,8 +109,10 @@ def test_the_follower_keeps_one_subscriber_per_live_replica_and_applies_its_batc
     stopped: list[str] = []
 
     class FakeSubscriber:
-        def __init__(self, endpoint: str, on_batch) -> None:  # type: ignore[no-untyped-def]
+        def __init__(self, endpoint: str, on_batch,  # type: ignore[no-untyped-def]
+                     *, replay_endpoint: str | None) -> None:
             self.endpoint, self.on_batch = endpoint, on_batch
+            self.replay_endpoint = replay_endpoint
 
         def start(self) -> None:
             started.append(self.endpoint)
@@ -124,15 +126,47 @@ def test_the_follower_keeps_one_subscriber_per_live_replica_and_applies_its_batc
     policy = CacheAwarePolicy(PolicyConfig(block_size=4), replicas=["a", "b"])
     applied: list[AppliedEvents] = []
     follower = KVEventFollower(policy, applied.append)
-    follower.sync([("a", "tcp://a"), ("b", None)])  # b has not reported an endpoint yet
-    follower.sync([("a", "tcp://a"), ("b", "tcp://b")])
+    a_source = KVEventSource("tcp://a")  # a replica that reports no replay endpoint
+    b_source = KVEventSource("tcp://b", replay_endpoint="tcp://b-replay")
+    follower.sync([("a", a_source), ("b", None)])  # b has not reported an endpoint yet
+    follower.sync([("a", a_source), ("b", b_source)])
     assert started == ["tcp://a", "tcp://b"]
     request = RouteRequest(token_ids=tuple(range(8)))
     hashes = [int(h) for h in policy.block_hashes(request)]
     b: Any = follower._subscribers["b"]
+    assert b.replay_endpoint == "tcp://b-replay"
+    assert follower._subscribers["a"].replay_endpoint is None
     b.on_batch(make_batch(make_stored(hashes)))
     assert policy.placement(request).holders == {"b"}
     b.on_batch(make_batch(BlockRemoved(block_hashes=hashes[1:], medium="GPU")))
     assert [a.stored_blocks for a in applied] == [2, 0] and follower.blocks_removed() == {"b": 1}
-    follower.sync([("a", "tcp://a")])  # b left
+    follower.sync([("a", a_source)])  # b left
     assert stopped == ["tcp://b"]
+
+
+def test_the_router_follows_the_endpoints_each_replica_advertises() -> None:
+    from ray.serve._private.test_utils import FakeRunningReplica
+
+    from serving.contract import KV_EVENTS_REPLAY_STATS_KEY, KV_EVENTS_STATS_KEY
+    from serving.routing.replica_stats import kv_event_sources
+
+    class StatsReplica(FakeRunningReplica):
+        def __init__(self, unique_id: str, stats: dict[str, Any]) -> None:
+            super().__init__(unique_id)
+            self.stats = stats
+
+        @property
+        def routing_stats(self) -> dict[str, Any]:
+            return self.stats
+
+    replicas = [
+        StatsReplica("new", {KV_EVENTS_STATS_KEY: "tcp://10.0.0.5:5600",
+                             KV_EVENTS_REPLAY_STATS_KEY: "tcp://10.0.0.5:5664"}),
+        StatsReplica("old", {KV_EVENTS_STATS_KEY: "tcp://10.0.0.6:5600"}),  # no replay
+        StatsReplica("joining", {}),
+    ]
+    assert kv_event_sources(replicas) == [
+        ("new", KVEventSource("tcp://10.0.0.5:5600", replay_endpoint="tcp://10.0.0.5:5664")),
+        ("old", KVEventSource("tcp://10.0.0.6:5600")),
+        ("joining", None),
+    ]
