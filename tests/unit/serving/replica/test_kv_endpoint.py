@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from serving.replica import server
 from serving.contract import KV_EVENTS_REPLAY_STATS_KEY, KV_EVENTS_STATS_KEY
+from serving.replica import server
 from serving.replica.kv_endpoint import (
     KV_EVENTS_BASE_PORT,
     KV_EVENTS_PORTS,
@@ -127,7 +127,19 @@ def test_the_routing_stats_advertise_both_endpoints(monkeypatch: pytest.MonkeyPa
         f"tcp://10.9.8.7:{KV_EVENTS_BASE_PORT + MAX_REPLICAS_PER_NODE}")
 
 
-# -- contract: the pinned vLLM's publisher and pyzmq ----------------------------------
+# -- contract: the pinned Ray, vLLM and pyzmq ------------------------------------------
+
+def test_serve_gives_each_replica_a_rank_on_its_node() -> None:
+    # _node_local_rank reads serve.get_replica_context().rank.local_rank.
+    import dataclasses
+
+    from ray.serve.context import ReplicaContext
+    from ray.serve.schema import ReplicaRank
+
+    assert "rank" in {f.name for f in dataclasses.fields(ReplicaContext)}
+    assert "local_rank" in ReplicaRank.model_fields
+    assert ReplicaRank(rank=5, node_rank=1, local_rank=2).local_rank == 2
+
 
 def _free_ports(host: str) -> tuple[int, int]:
     """Two distinct free ports (both held until chosen, so they differ)."""

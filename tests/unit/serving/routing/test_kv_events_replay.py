@@ -183,7 +183,7 @@ def test_a_new_publisher_is_replayed_from_its_start(publisher: ReplayingPublishe
         last = _wait_for_live(publisher, recorder)
         while last < 2:  # the restart must show: its batch 1 numbered below the next one due
             last = publisher.publish()
-            _wait_for(lambda: recorder.seqs[-1:] == [last], "a live batch")
+            _wait_for(lambda seq=last: recorder.seqs[-1:] == [seq], "a live batch")
         before = len(recorder.seqs)
         publisher.restart()  # the engine restarted: numbering starts again at 0
         publisher.publish(live=False)
