@@ -50,6 +50,7 @@ class Order(str, enum.Enum):
 class Mode(str, enum.Enum):
     WHOLE = "whole"
     EXCERPTS = "excerpts"
+    SECTIONS = "sections"  # a document longer than the window: sections.py
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,6 +96,16 @@ def select(*, chunks: Sequence[Chunk], ranked: Sequence[int], document_tokens: f
     if order is Order.DOCUMENT:
         picked.sort()
     return Selection(mode=Mode.EXCERPTS, order=order, excerpts=tuple(picked), tokens=used)
+
+
+def without_last_ranked(selection: Selection, ranked: Sequence[int],
+                        chunks: Sequence[Chunk]) -> Selection:
+    """The selection minus its lowest-ranked excerpt (order kept)."""
+    position = {index: rank for rank, index in enumerate(ranked)}
+    worst = max(selection.excerpts, key=lambda i: position[i])
+    kept = tuple(i for i in selection.excerpts if i != worst)
+    return Selection(mode=selection.mode, order=selection.order, excerpts=kept,
+                     tokens=selection.tokens - chunks[worst].tokens)
 
 
 def render_spans(text: str, spans: Sequence[tuple[int, int, int]]) -> str:
