@@ -219,7 +219,7 @@ def test_observe_counts_and_renews_an_aging_registration() -> None:
 
 
 def test_a_shared_section_stays_until_its_last_document_goes() -> None:
-    service, backend, _ = make_service()
+    service, _, _ = make_service()
 
     async def body() -> None:
         # Same name and opening: one first section, two documents.
@@ -266,7 +266,7 @@ def test_sections_count_toward_the_token_bound() -> None:
         assert doc.kept_tokens == sum(a.token_end - a.token_start for a in doc.sections)
         tight, _, _ = make_service(chunk_overlap_tokens=16,
                                    max_total_tokens=doc.kept_tokens - 1)
-        a, _ = await tight.upload(model=MODEL, text=LONG, name="a")
+        await tight.upload(model=MODEL, text=LONG, name="a")
         b, _ = await tight.upload(model=MODEL, text=LONG, name="b")
         assert [d.id for d in tight.documents()] == [b.id]  # a's sections pushed it out
 
