@@ -13,16 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Collection
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any, Protocol
 
 from serving.documents import assembly, sections
-from serving.documents.sections import SectionAnchor, SectionError
+from serving.documents.sections import SectionAnchor, SectionedDocument, SectionError
 from serving.prefixes.registry import PrefixError, PrefixRegistry
 from serving.prefixes.store import PrefixKey
-
-if TYPE_CHECKING:
-    from serving.documents.service import Document, DocumentTokenizer
 
 logger = logging.getLogger("ray.serve")
 
@@ -31,6 +28,30 @@ logger = logging.getLogger("ray.serve")
 _CUT_ATTEMPTS = 4
 
 Anchor = tuple[PrefixKey | None, tuple[int, ...]]
+
+
+class DocumentTokenizer(Protocol):
+    """The served model's tokenizer, as the engine uses it."""
+
+    def count(self, texts: Sequence[str]) -> list[int]:
+        """Tokens of each plain text (no special tokens)."""
+
+    def chat_tokens(self, messages: Sequence[Mapping[str, Any]]) -> int:
+        """Prompt tokens of chat messages, rendered without a generation prompt."""
+
+
+class Document(SectionedDocument, Protocol):
+    """What anchoring needs of a document (service.py's ``Document``)."""
+
+    id: str
+    model: str
+    anchor_token_ids: tuple[int, ...]
+    anchor_tokens: int
+    prefix_key: PrefixKey | None
+    cacheable_tokens: int
+    registered_at: float
+
+    def anchors(self) -> list[Anchor]: ...
 
 
 class DocumentAnchors:

@@ -6,12 +6,14 @@
     GET    /v1/documents           {"object": "list", "data": [document, ...]}, most
                                    recently used first
     GET    /v1/documents/{id}      the document, with where the router places its anchor
+                                   (or each section's: "sections")
     DELETE /v1/documents/{id}      {"object": "document.deleted", "id", "deleted": true,
                                     "holders_before", "holders_after"}
     POST   /v1/documents/{id}/ask  {"question", "max_tokens"?, "temperature"?,
                                     "context_order"?, "stream"?} -> a chat completion,
-                                   plus a "document" object saying which chunks it
-                                   used; with "stream": true, chat completion chunks
+                                   plus a "document" object saying which sections
+                                   (indices, chunk and token spans) or chunks it used;
+                                   with "stream": true, chat completion chunks
                                    (server-sent events), the first carrying "document"
                                    and the last the usage
 
@@ -25,9 +27,13 @@ message (``assembly.rendered_history``); its other fields (``stream``,
 System, developer and tool messages are refused (the document supplies the system
 message), as is a ``model`` other than the document's.
 
+A question answered from several sections (``legs.py``) is one request per section
+and a combine request; its usage is their sum, and ``document.legs`` gives each
+section's. Streamed, only the combine streams.
+
 ``holders`` are the replicas the router's ownership index believes hold every full
-block of the document's anchor (its prewarmed head); a DELETE reports them before
-and after forgetting, so a client (and the tests) can see ownership dropped.
+block of the document's anchor (or of any of its sections'); a DELETE reports them
+before and after forgetting, so a client (and the tests) can see ownership dropped.
 A streamed answer always ends with the usage chunk (as with
 ``stream_options.include_usage``): the service counts its ``cached_tokens`` when
 the stream ends, however it ends. ``context_order: "similarity"`` is the naive

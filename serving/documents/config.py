@@ -63,7 +63,7 @@ class DocumentConfig(ConfigSection):
     and the router's ownership of its blocks."""
 
     @model_validator(mode="after")
-    def _bounds(self) -> "DocumentConfig":
+    def _bounds(self) -> DocumentConfig:
         if self.chunk_overlap_tokens >= self.chunk_tokens:
             raise ValueError("chunk_overlap_tokens must be below chunk_tokens")
         return self

@@ -21,22 +21,19 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.responses import Response
 
 from serving.documents import sections
-from serving.documents.sections import Leg
-
-if TYPE_CHECKING:
-    from serving.documents.service import Document
+from serving.documents.sections import Leg, SectionedDocument
 
 COMBINE_INSTRUCTION = ("Several parts of one document each answered the question below "
                        "from their own text. Combine their answers into one answer; ignore "
                        "a part that found no answer.")
 
 
-async def plan_legs(doc: Document, similarities: Sequence[float], *, question: str,
+async def plan_legs(doc: SectionedDocument, similarities: Sequence[float], *, question: str,
                     answer_tokens: int, history: Sequence[Mapping[str, str]], max_legs: int,
                     margin: float, window_tokens: int,
                     prompt_tokens: Callable[[list[dict[str, str]]], Awaitable[int]],
@@ -116,7 +113,7 @@ def add_usage(usage: dict[str, Any], legs: Sequence[LegAnswer]) -> None:
 
 
 async def map_reduce(send: Callable[[list[dict[str, str]], bool], Awaitable[Response]],
-                     doc: Document, legs: Sequence[Leg], question: str
+                     doc: SectionedDocument, legs: Sequence[Leg], question: str
                      ) -> tuple[Response, list[LegAnswer]]:
     """Send each leg (``send(messages, False)``: never streamed), then the combine
     (``send(messages, True)``: streamed if the client asked). A failed leg's response is

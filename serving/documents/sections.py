@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from serving.documents.assembly import rendered_history, system_message
 from serving.documents.chunking import Chunk
@@ -75,6 +75,16 @@ class Leg:
     section: int
     last_chunk: int  # the section's own, or below it when its tail was trimmed
     messages: list[dict[str, str]]
+
+
+class SectionedDocument(Protocol):
+    """What a leg needs of a document (service.py's ``Document``)."""
+
+    name: str
+    text: str
+    chunks: tuple[Chunk, ...]
+    sections: tuple[SectionAnchor, ...]
+    fresh_tokens: tuple[int, ...]
 
 
 def fresh_tokens(text: str, chunks: Sequence[Chunk], count: Any) -> list[int]:

@@ -36,10 +36,10 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from serving.documents import assembly
-from serving.documents.anchors import DocumentAnchors
+from serving.documents.anchors import DocumentAnchors, DocumentTokenizer
 from serving.documents.assembly import Mode, Order, Selection
 from serving.documents.chunking import Chunk, chunk_document
 from serving.documents.embedding import Embedder, EmbedderUnavailable
@@ -66,16 +66,6 @@ _ID_RE = re.compile(r"doc-[0-9a-f]{32}")
 
 class DocumentError(PrefixError):
     """A request the document service refuses; an OpenAI-shaped error body."""
-
-
-class DocumentTokenizer(Protocol):
-    """The served model's tokenizer, as the engine uses it."""
-
-    def count(self, texts: Sequence[str]) -> list[int]:
-        """Tokens of each plain text (no special tokens)."""
-
-    def chat_tokens(self, messages: Sequence[Mapping[str, Any]]) -> int:
-        """Prompt tokens of chat messages, rendered without a generation prompt."""
 
 
 @dataclass(frozen=True, kw_only=True)
