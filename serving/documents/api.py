@@ -117,7 +117,7 @@ def document_json(service: DocumentService, doc: Document) -> dict[str, Any]:
             "home_replica": home,
             "holders": holders,
         },
-        "sections": [section_json(service, a) for a in doc.sections],
+        "sections": [section_json(service, doc, a) for a in doc.sections],
         "asks": doc.asks,
         "prompt_tokens": doc.prompt_tokens,
         "cached_tokens": doc.cached_tokens,
@@ -126,19 +126,24 @@ def document_json(service: DocumentService, doc: Document) -> dict[str, Any]:
     }
 
 
-def section_json(service: DocumentService, anchor: SectionAnchor) -> dict[str, Any]:
-    """One section: its span (chunks, characters, tokens) and its anchor's placement."""
+def section_json(service: DocumentService, doc: Document,
+                 anchor: SectionAnchor) -> dict[str, Any]:
+    """One section: its span and its anchor's placement."""
     home, holders = service.anchors.placement(anchor.token_ids)
-    return {**section_span(anchor), "anchor_tokens": len(anchor.token_ids),
+    return {**section_span(doc, anchor), "anchor_tokens": len(anchor.token_ids),
             "cacheable_tokens": anchor.cacheable_tokens, "prefix_key": anchor.prefix_key,
             "home_replica": home, "holders": holders}
 
 
-def section_span(anchor: SectionAnchor, last_chunk: int | None = None) -> dict[str, Any]:
+def section_span(doc: Document, anchor: SectionAnchor,
+                 last_chunk: int | None = None) -> dict[str, Any]:
+    """A section's place in its document: its index, first and last chunk (the last
+    one used, when a leg was trimmed), character span in the uploaded text, and token
+    span (approximate at the boundaries)."""
     section = anchor.section
-    return {"index": section.index, "chunks": [section.first_chunk,
-                                               section.last_chunk if last_chunk is None
-                                               else last_chunk],
+    last = section.last_chunk if last_chunk is None else last_chunk
+    return {"index": section.index, "chunks": [section.first_chunk, last],
+            "chars": [doc.chunks[section.first_chunk].start, doc.chunks[last].end],
             "tokens": [anchor.token_start, anchor.token_end]}
 
 
@@ -298,8 +303,8 @@ def _answer_meta(plan: Plan) -> dict[str, Any]:
         "lead_chunks": plan.document.lead_count if plan.selection.order is Order.DOCUMENT
         else 0,
         "chunks": list(plan.selection.excerpts),
-        "sections": [section_span(plan.document.sections[leg.section], leg.last_chunk)
-                     for leg in plan.legs],
+        "sections": [section_span(plan.document, plan.document.sections[leg.section],
+                                  leg.last_chunk) for leg in plan.legs],
         "anchor_cacheable_tokens": plan.document.cacheable_tokens,
         "assembly_ms": round(plan.assembly_s * 1000, 3),
     }

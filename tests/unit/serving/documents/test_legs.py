@@ -125,8 +125,13 @@ def test_a_question_over_two_sections_is_answered_by_each_then_combined() -> Non
         meta = out["document"]
         assert meta["mode"] == "sections"
         assert sorted(s["index"] for s in meta["sections"]) == [0, 1]
+        text = long_document(12)
         for used in meta["sections"]:
-            assert used["tokens"] == doc["sections"][used["index"]]["tokens"]
+            held = doc["sections"][used["index"]]
+            assert (used["tokens"], used["chars"]) == (held["tokens"], held["chars"])
+        # The named sections' text holds the passages asked about.
+        named = " ".join(text[a:b] for a, b in (u["chars"] for u in meta["sections"]))
+        assert "harbour" in named and "violin" in named
         assert [leg["cached_tokens"] for leg in meta["legs"]] == [384, 384]
         # Usage: the combine's (300 / 256) plus both legs'.
         assert out["usage"]["prompt_tokens"] == 300 + 2 * 500
