@@ -212,13 +212,14 @@ class DocumentService:
             assembly.system_message(name, ""),
             {"role": "user", "content": f"{assembly.EXCERPTS_HEADING}\n\n\n\nQuestion: "}])
         whole = tokens + overhead + s.answer_reserve_tokens <= s.max_model_len
+        # The lead is a whole document's fallback only (a sectioned one has none).
         lead_count = assembly.lead_chunks(chunks, s.lead_tokens) if whole else 0
-        lead_text = assembly.anchor_text(text, chunks, lead_count, Mode.EXCERPTS)
-        lead_tokens = (await asyncio.to_thread(self._tokenizer.count, [lead_text]))[0]
+        lead_tokens = (await asyncio.to_thread(self._tokenizer.count, [assembly.anchor_text(
+            text, chunks, lead_count, Mode.EXCERPTS)]))[0] if whole else 0
         now = self._clock()
         doc = Document(id=doc_id, name=name, model=model, text=text, chunks=tuple(chunks),
                        index=VectorIndex(vectors), tokens=tokens, lead_count=lead_count,
-                       lead_tokens=lead_tokens if whole else 0,
+                       lead_tokens=lead_tokens,
                        anchor_mode=Mode.WHOLE if whole else Mode.SECTIONS,
                        overhead_tokens=overhead, anchor_tokens=0, prefix_key=None,
                        cacheable_tokens=0, anchor_token_ids=(), sections=(), fresh_tokens=(),
