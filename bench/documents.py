@@ -2,10 +2,10 @@
 
 Both modes upload the same documents once (``POST /v1/documents``) and ask the same
 questions (``POST /v1/documents/{id}/ask``); only ``context_order`` differs:
-- ``document``: the anchor (the document's prewarmed head) first, then excerpts picked
-  by similarity placed in document order. Questions about one document share the
-  anchor and usually their first excerpts, and the router sends them to the replica
-  holding the anchor.
+- ``document``: the document's prewarmed anchor, then the question: the whole
+  document when it fits the window, else the section (or, map-reduced, the few
+  sections) holding the answer, each a prewarmed anchor of its own. The router sends
+  each question to the replica holding its anchor.
 - ``naive`` (``context_order: "similarity"``): the usual retrieval prompt, excerpts
   best first after a generic instruction, no anchor: each question's prompt starts
   with its own best chunk, so the router places it by that chunk (no document
@@ -15,8 +15,8 @@ Load: ``sessions`` concurrent sessions, one per document, each asking its
 ``questions`` questions one after the other (questions of the live bench's
 ``documents`` workload, ``bench/documents_qa.py``). The naive mode runs first, so
 the document mode cannot profit from anything the naive one cached. Documents are
-longer than the service's context window by default (``--document-words``), so both
-modes assemble excerpts.
+longer than a 2k window by default (``--document-words``), so the document mode
+answers from sections and the naive one from excerpts.
 
 Long documents (``--document-windows 2,4,8``): one session per entry, its document
 that many context windows (``--window-tokens``) long, in passages on distinct topics
