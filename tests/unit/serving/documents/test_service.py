@@ -4,7 +4,7 @@ tokenizer and embedder: tests/unit/serving/documents/document_fakes.py)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -12,7 +12,12 @@ import pytest
 from router import RouteRequest
 from serving.documents.assembly import Mode, Order
 from serving.documents.service import DocumentError
-from tests.unit.serving.documents.document_fakes import TOPICS, long_document, make_service
+from tests.unit.serving.documents.document_fakes import (
+    TOPICS,
+    WordTokenizer,
+    long_document,
+    make_service,
+)
 from tests.unit.serving.prefixes.prefix_fakes import MODEL
 
 
@@ -305,5 +310,39 @@ def test_earlier_turns_sit_between_the_document_and_the_question() -> None:
             await service.plan(long_doc.id, question="Tell me about storms.", max_tokens=8,
                                history=chatty * 3)
         assert "earlier turns" in err.value.message
+
+    run(body)
+
+
+class DenseChatTokenizer(WordTokenizer):
+    """Chat messages cost a tenth more than their words: every cut by estimate is too
+    large, as when the template or boundaries add tokens the chunk counts miss."""
+
+    def chat_tokens(self, messages: Sequence[Mapping[str, Any]]) -> int:
+        return int(super().chat_tokens(messages) * 1.1)
+
+
+def test_sections_over_the_window_by_exact_count_are_cut_again_smaller() -> None:
+    service, backend, _ = make_service()
+    service._tokenizer = service._anchors._tokenizer = DenseChatTokenizer()
+
+    async def body() -> None:
+        doc, _ = await service.upload(model=MODEL, text=LONG, name="manual")
+        prewarmed = [m for _, m, _ in backend.prewarms]
+        assert len(prewarmed) == len(doc.sections) >= 3  # more than the 2 of an exact count
+        for messages in prewarmed:
+            assert service._tokenizer.chat_tokens(messages) <= 400 - 60
+
+    run(body)
+
+
+def test_a_document_that_cannot_be_cut_to_fit_is_refused() -> None:
+    service, backend, _ = make_service(chunk_tokens=380, chunk_overlap_tokens=8)
+
+    async def body() -> None:
+        # One paragraph, one sentence: a single chunk bigger than any section.
+        with refuse(400, "invalid_request") as err:
+            await service.upload(model=MODEL, text="word " * 600, name="wall")
+        assert "sections" in err.value.message and backend.prewarms == []
 
     run(body)
