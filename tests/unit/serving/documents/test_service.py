@@ -244,7 +244,7 @@ def test_a_shared_section_stays_until_its_last_document_goes() -> None:
 
 
 def test_deleting_or_evicting_a_sectioned_document_forgets_every_section() -> None:
-    service, backend, clock = make_service()
+    service, _, clock = make_service()
 
     async def body() -> None:
         doc, _ = await service.upload(model=MODEL, text=LONG, name="manual")
