@@ -20,6 +20,7 @@ words + requests).
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bench.trace import TraceRequest
@@ -100,3 +101,57 @@ def generate(spec: DocumentSpec) -> list[TraceRequest]:
                          messages=({"role": "system", "content": documents[d].text},
                                    {"role": "user", "content": question(questions, number)}))
             for number, (d, t) in enumerate(zip(picks, times))]
+
+
+# Long documents (``bench.documents --document-windows``): passages on distinct topics,
+# one topic per passage, so a question about one passage names words no other holds.
+_TOPIC_COLOURS = ("amber", "cobalt", "crimson", "golden", "ivory", "jade", "scarlet",
+                  "silver", "violet", "copper", "emerald", "indigo")
+_TOPIC_THINGS = ("lighthouse", "orchard", "glacier", "turbine", "violin", "quarry",
+                 "furnace", "canyon", "meadow", "compass", "lantern", "harbour")
+# SmolLM2 tokens per word of ``numbered_text`` (DEFAULT_DOCUMENT_WORDS: about 1.5).
+TOKENS_PER_WORD = 1.5
+PASSAGE_WORDS = 120
+
+
+@dataclass(frozen=True, kw_only=True)
+class LongDocument:
+    name: str
+    title: str
+    text: str
+    topics: tuple[str, ...]  # passage i (paragraph i after the title) is about topics[i]
+
+
+def make_long_documents(windows: Sequence[float], *, window_tokens: int,
+                        seed: int = 0) -> list[LongDocument]:
+    """One document per entry of ``windows``, about that many context windows long,
+    in passages of about ``PASSAGE_WORDS`` words, each on its own topic."""
+    out = []
+    topics_all = [f"{c} {t}" for c in _TOPIC_COLOURS for t in _TOPIC_THINGS]
+    for index, multiple in enumerate(windows):
+        rng = random.Random(f"long-document:{seed}:{index}")
+        topics = list(topics_all)
+        rng.shuffle(topics)
+        title = f"{company_name(rng)} {rng.choice(_KINDS)} ({multiple:g} windows)"
+        words = multiple * window_tokens / TOKENS_PER_WORD
+        body: list[str] = []
+        while not body or sum(len(p.split()) for p in body) < words:
+            if len(body) == len(topics):
+                raise ValueError(f"{multiple:g} windows of {window_tokens} tokens need more "
+                                 f"passages than there are topics ({len(topics)})")
+            body.append(numbered_text(rng, PASSAGE_WORDS, label=f"The {topics[len(body)]}, note"))
+        out.append(LongDocument(name=f"L{index:02d}", title=title,
+                                topics=tuple(topics[:len(body)]),
+                                text="\n\n".join([f"{title}.", *body])))
+    return out
+
+
+def passage_questions(document: LongDocument, count: int, seed: int = 0
+                      ) -> list[tuple[int, str]]:
+    """``count`` (passage, question) pairs on passages spread evenly over the document,
+    so consecutive questions land in different parts of it."""
+    rng = random.Random(f"long-questions:{seed}:{document.name}")
+    n = len(document.topics)
+    picks = [min(n - 1, int((k + 0.5) * n / count)) for k in range(count)]
+    return [(p, (f"What do the notes on the {document.topics[p]} say about the "
+                 f"{rng.choice(WORDS)}?")) for p in picks]

@@ -6,12 +6,14 @@
     GET    /v1/documents           {"object": "list", "data": [document, ...]}, most
                                    recently used first
     GET    /v1/documents/{id}      the document, with where the router places its anchor
+                                   (or each section's: "sections")
     DELETE /v1/documents/{id}      {"object": "document.deleted", "id", "deleted": true,
                                     "holders_before", "holders_after"}
     POST   /v1/documents/{id}/ask  {"question", "max_tokens"?, "temperature"?,
                                     "context_order"?, "stream"?} -> a chat completion,
-                                   plus a "document" object saying which chunks it
-                                   used; with "stream": true, chat completion chunks
+                                   plus a "document" object saying which sections
+                                   (indices, chunk and token spans) or chunks it used;
+                                   with "stream": true, chat completion chunks
                                    (server-sent events), the first carrying "document"
                                    and the last the usage
 
@@ -25,9 +27,13 @@ message (``assembly.rendered_history``); its other fields (``stream``,
 System, developer and tool messages are refused (the document supplies the system
 message), as is a ``model`` other than the document's.
 
+A question answered from several sections (``legs.py``) is one request per section
+and a combine request; its usage is their sum, and ``document.legs`` gives each
+section's. Streamed, only the combine streams.
+
 ``holders`` are the replicas the router's ownership index believes hold every full
-block of the document's anchor (its prewarmed head); a DELETE reports them before
-and after forgetting, so a client (and the tests) can see ownership dropped.
+block of the document's anchor (or of any of its sections'); a DELETE reports them
+before and after forgetting, so a client (and the tests) can see ownership dropped.
 A streamed answer always ends with the usage chunk (as with
 ``stream_options.include_usage``): the service counts its ``cached_tokens`` when
 the stream ends, however it ends. ``context_order: "similarity"`` is the naive
@@ -58,7 +64,9 @@ from serving.config import ServiceConfig
 from serving.documents.assembly import Order
 from serving.documents.embedding import MiniLMEmbedder
 from serving.documents.eviction import EvictionPolicy
+from serving.documents.legs import LegAnswer, add_usage, map_reduce
 from serving.documents.metrics import DocumentMetrics
+from serving.documents.sections import SectionAnchor
 from serving.documents.service import (
     Document,
     DocumentError,
@@ -91,10 +99,7 @@ class AskRequest(_Body):
 
 
 def document_json(service: DocumentService, doc: Document) -> dict[str, Any]:
-    placement = None
-    backend = service.registry_backend
-    if doc.anchor_token_ids and backend.tracks_placement:
-        placement = backend.placement(doc.anchor_token_ids, None)
+    home, holders = service.anchors.placement(doc.anchor_token_ids)
     return {
         "object": "document",
         "id": doc.id,
@@ -109,15 +114,37 @@ def document_json(service: DocumentService, doc: Document) -> dict[str, Any]:
             "tokens": doc.anchor_tokens,
             "cacheable_tokens": doc.cacheable_tokens,
             "prefix_key": doc.prefix_key,
-            "home_replica": placement.home if placement is not None else None,
-            "holders": sorted(placement.holders) if placement is not None else [],
+            "home_replica": home,
+            "holders": holders,
         },
+        "sections": [section_json(service, doc, a) for a in doc.sections],
         "asks": doc.asks,
         "prompt_tokens": doc.prompt_tokens,
         "cached_tokens": doc.cached_tokens,
         "created_at": doc.created_at,
         "last_used_at": doc.last_used_at,
     }
+
+
+def section_json(service: DocumentService, doc: Document,
+                 anchor: SectionAnchor) -> dict[str, Any]:
+    """One section: its span and its anchor's placement."""
+    home, holders = service.anchors.placement(anchor.token_ids)
+    return {**section_span(doc, anchor), "anchor_tokens": len(anchor.token_ids),
+            "cacheable_tokens": anchor.cacheable_tokens, "prefix_key": anchor.prefix_key,
+            "home_replica": home, "holders": holders}
+
+
+def section_span(doc: Document, anchor: SectionAnchor,
+                 last_chunk: int | None = None) -> dict[str, Any]:
+    """A section's place in its document: its index, first and last chunk (the last
+    one used, when a leg was trimmed), character span in the uploaded text, and token
+    span (approximate at the boundaries)."""
+    section = anchor.section
+    last = section.last_chunk if last_chunk is None else last_chunk
+    return {"index": section.index, "chunks": [section.first_chunk, last],
+            "chars": [doc.chunks[section.first_chunk].start, doc.chunks[last].end],
+            "tokens": [anchor.token_start, anchor.token_end]}
 
 
 # The header by which a chat completion request names a document.
@@ -160,8 +187,7 @@ class DocumentRoutes:
             model=plan.document.model, messages=plan.messages, max_tokens=plan.max_tokens,
             stream=body.stream, temperature=body.temperature,
             stream_options={"include_usage": True} if body.stream else None)
-        response = await self.send_chat(chat, request)
-        return self._answered(plan, _answer_meta(plan), response, started)
+        return await self._send(plan, chat, request, body.question, started)
 
     async def chat_about_document(self, doc_id: str, body: Any, request: Request) -> Response:
         """A chat completion request naming a document (``x-document-id``)."""
@@ -178,15 +204,34 @@ class DocumentRoutes:
         update: dict[str, Any] = {"messages": plan.messages}
         if asked is None:
             update["max_tokens"] = plan.max_tokens
-        response = await self.send_chat(body.model_copy(update=update), request)
-        return self._answered(plan, _answer_meta(plan), response, started)
+        return await self._send(plan, body.model_copy(update=update), request, question,
+                                started)
+
+    async def _send(self, plan: Plan, chat: Any, request: Request, question: str,
+                    started: float) -> Response:
+        """One request, or with several legs their map-reduce (legs.py)."""
+        if len(plan.legs) < 2:
+            return self._answered(plan, _answer_meta(plan), await self.send_chat(chat, request),
+                                  started)
+
+        async def send(messages: list[dict[str, str]], as_asked: bool) -> Response:
+            update: dict[str, Any] = {"messages": messages}
+            if not as_asked:
+                update.update(stream=False, stream_options=None)
+            return await self.send_chat(chat.model_copy(update=update), request)
+
+        response, answers = await map_reduce(send, plan.document, plan.legs, question)
+        meta = _answer_meta(plan)
+        meta["legs"] = [a.json() for a in answers]
+        return self._answered(plan, meta, response, started, answers)
 
     def _answered(self, plan: Plan, meta: dict[str, Any], response: Response,
-                  started: float) -> Response:
-        """The engine's answer with ``meta`` as its ``document``; its usage counted."""
+                  started: float, legs: Sequence[LegAnswer] = ()) -> Response:
+        """The engine's answer with ``meta`` as its ``document``; its usage counted
+        (with the legs' of a map-reduce added)."""
         if isinstance(response, StreamingResponse):
             response.body_iterator = _document_stream(
-                response.body_iterator, meta,
+                response.body_iterator, meta, legs,
                 lambda usage: self._documents.observe(
                     plan, prompt_tokens=usage.get("prompt_tokens"),
                     cached_tokens=usage.get("cached_tokens"),
@@ -199,6 +244,8 @@ class DocumentRoutes:
         except (TypeError, ValueError):
             return response
         usage = payload.get("usage") if isinstance(payload, dict) else None
+        if legs and isinstance(usage, dict):
+            add_usage(usage, legs)
         prompt = usage.get("prompt_tokens") if isinstance(usage, dict) else None
         self._documents.observe(plan, prompt_tokens=prompt if isinstance(prompt, int) else None,
                                 cached_tokens=cached_tokens(payload),
@@ -256,16 +303,20 @@ def _answer_meta(plan: Plan) -> dict[str, Any]:
         "lead_chunks": plan.document.lead_count if plan.selection.order is Order.DOCUMENT
         else 0,
         "chunks": list(plan.selection.excerpts),
+        "sections": [section_span(plan.document, plan.document.sections[leg.section],
+                                  leg.last_chunk) for leg in plan.legs],
         "anchor_cacheable_tokens": plan.document.cacheable_tokens,
         "assembly_ms": round(plan.assembly_s * 1000, 3),
     }
 
 
 async def _document_stream(chunks: AsyncIterable[Any], meta: dict[str, Any],
+                           legs: Sequence[LegAnswer],
                            done: Callable[[dict[str, int | None]], None]) -> AsyncIterator[Any]:
     """Pass an answer's server-sent events through, adding ``meta`` as ``document`` to
-    the first data event and reading the usage event; ``done`` gets the usage (None
-    values when the stream ended without one) however the stream ends.
+    the first data event and reading the usage event (the ``legs``' usage added to
+    it); ``done`` gets the usage (None values when the stream ended without one)
+    however the stream ends.
 
     Only the first event is re-serialised; the rest pass as they came (a chunk may
     hold several events, so lines are inspected, never assumed one per chunk)."""
@@ -282,6 +333,11 @@ async def _document_stream(chunks: AsyncIterable[Any], meta: dict[str, Any],
                     if not isinstance(event, dict):
                         continue
                     found = event.get("usage")
+                    if isinstance(found, dict) and legs:
+                        add_usage(found, legs)
+                        lines[i] = "data: " + json.dumps(event, separators=(",", ":"))
+                        text = "\n".join(lines)
+                        chunk = text.encode() if is_bytes else text
                     if isinstance(found, dict):
                         prompt = found.get("prompt_tokens")
                         usage["prompt_tokens"] = prompt if isinstance(prompt, int) else None
@@ -345,6 +401,8 @@ def document_settings(config: ServiceConfig, models: frozenset[str]) -> Document
         lead_tokens=min(d.lead_tokens, max_model_len // 4),
         top_k=d.top_k,
         answer_reserve_tokens=d.answer_reserve_tokens,
+        max_section_legs=d.max_section_legs,
+        leg_similarity_margin=d.leg_similarity_margin,
         default_max_tokens=d.default_max_tokens,
         max_question_chars=d.max_question_chars,
         eviction=EvictionPolicy(max_documents=d.max_documents,

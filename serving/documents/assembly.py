@@ -4,13 +4,16 @@ Prefix caching serves a prompt's longest cached *token prefix*, so the order of 
 context decides how much of it later questions find cached. The layout:
 
     system: INSTRUCTION, the document's name, then its *anchor*: the whole document
-            when it fits the window, else its lead (the first chunks up to
-            ``lead_tokens``). Fixed per document: registered as a prefix, prewarmed,
-            and the first blocks every question about the document shares; the
-            router hashes them, so all those questions go to the replica holding it.
-    user:   for a document longer than the window, further excerpts -- chunks picked
-            by similarity to the question, *placed in document order* -- then the
-            question.
+            (a document longer than the window is cut into sections instead, each
+            an anchor of its own: ``sections.py``). Fixed per document: registered
+            as a prefix, prewarmed, and the first blocks every question about the
+            document shares; the router hashes them, so all those questions go to
+            the replica holding it.
+    user:   the question; when the question and its answer leave no room for the
+            whole document, the anchor shrinks to its lead (the first chunks up to
+            ``lead_tokens``, a head of the prewarmed whole) and the user message
+            holds further excerpts -- chunks picked by similarity to the question,
+            *placed in document order* -- before the question.
 
 Selection (``select``): the whole document when its tokens fit the budget (window
 minus question, answer and template tokens); otherwise the lead plus the best-ranked
@@ -50,6 +53,7 @@ class Order(str, enum.Enum):
 class Mode(str, enum.Enum):
     WHOLE = "whole"
     EXCERPTS = "excerpts"
+    SECTIONS = "sections"  # a document longer than the window: sections.py
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,6 +99,16 @@ def select(*, chunks: Sequence[Chunk], ranked: Sequence[int], document_tokens: f
     if order is Order.DOCUMENT:
         picked.sort()
     return Selection(mode=Mode.EXCERPTS, order=order, excerpts=tuple(picked), tokens=used)
+
+
+def without_last_ranked(selection: Selection, ranked: Sequence[int],
+                        chunks: Sequence[Chunk]) -> Selection:
+    """The selection minus its lowest-ranked excerpt (order kept)."""
+    position = {index: rank for rank, index in enumerate(ranked)}
+    worst = max(selection.excerpts, key=lambda i: position[i])
+    kept = tuple(i for i in selection.excerpts if i != worst)
+    return Selection(mode=selection.mode, order=selection.order, excerpts=kept,
+                     tokens=selection.tokens - chunks[worst].tokens)
 
 
 def render_spans(text: str, spans: Sequence[tuple[int, int, int]]) -> str:

@@ -24,15 +24,27 @@ class DocumentConfig(ConfigSection):
     """Tokens (whole sentences or paragraphs) a chunk repeats from the one before, so a
     fact split by a boundary is whole in at least one chunk; below `chunk_tokens`."""
     lead_tokens: int = Field(256, ge=1)
-    """A document too long for the context window always opens with its first chunks up
-    to this many tokens: the fixed, prewarmed head every question about it shares. Raise
-    it for documents whose opening matters to most questions."""
+    """A document that fits the window whole, asked a question (with `max_tokens`) too
+    long to leave room for all of it, is answered from its first chunks up to this many
+    tokens (a head of the prewarmed whole, so still cached) plus excerpts picked by
+    similarity. Documents longer than the window are cut into sections instead."""
     top_k: int = Field(6, ge=1, le=256)
-    """Most chunks picked by similarity for one question (the window may hold fewer).
-    Raise it for questions whose answers are spread over a document."""
+    """Most excerpts picked by similarity for one question, where excerpts are used: the
+    lead fallback above and the naive `context_order: "similarity"` baseline."""
     answer_reserve_tokens: int = Field(320, ge=1)
-    """Question plus answer tokens a whole document leaves free: a document that fits
-    the window with this reserve is prewarmed whole, a longer one by its lead."""
+    """Question plus answer tokens a cached anchor leaves free in the window: a document
+    that fits the window with this reserve is prewarmed whole; a longer one is cut into
+    sections that each leave it. Larger: more room for long questions and answers,
+    more (smaller) sections per document."""
+    max_section_legs: int = Field(3, ge=1, le=8)
+    """Most sections one question is answered from. A question whose best chunks lie in
+    several sections is answered from each (each a cache hit) and the answers combined
+    by one more short request; each leg is a request of its own (a cached prompt and its
+    answer's decode), so a few bound the work one question can cause."""
+    leg_similarity_margin: float = Field(0.05, ge=0, le=2, allow_inf_nan=False)
+    """A section answers a question too when its best chunk's cosine similarity to the
+    question is within this margin of the best section's. 0: only the best section;
+    larger: more questions map-reduced over several sections."""
     default_max_tokens: int = Field(64, ge=1)
     """Answer length of an `ask` that does not set `max_tokens`."""
     max_question_chars: int = Field(4096, ge=1)
@@ -51,7 +63,7 @@ class DocumentConfig(ConfigSection):
     and the router's ownership of its blocks."""
 
     @model_validator(mode="after")
-    def _bounds(self) -> "DocumentConfig":
+    def _bounds(self) -> DocumentConfig:
         if self.chunk_overlap_tokens >= self.chunk_tokens:
             raise ValueError("chunk_overlap_tokens must be below chunk_tokens")
         return self

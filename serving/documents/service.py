@@ -1,28 +1,29 @@
 """The document service of one ingress: upload, plan a question's context, forget.
 
 - ``upload``: check the limits, chunk the text (``chunking``), embed every chunk
-  (``embedding``, in a worker thread), decide the document's *anchor* -- the whole
-  text when it fits the window with ``answer_reserve_tokens`` to spare, else its lead
-  (``assembly``) -- and register the anchor's system message with the prefix
-  registry. The registry prewarms it through the router (so the replica its block
-  hashes go to computes the document's KV once), rewarms it when a replica loses it,
-  and counts every question that starts with it as a hit or a miss. Then admit the
-  document under the eviction bounds (``eviction``).
-- ``plan``: embed the question, rank the chunks (``index``), select and render the
-  context (``assembly``) under the budget left by the question and ``max_tokens``,
-  and check the rendered prompt's exact token count, dropping the lowest-ranked
-  excerpt while it is over. The ingress then sends it as an ordinary chat request:
-  its prompt starts with the anchor, so the cache-aware router sends it to the
-  anchor's owner (bounded loads still apply) and the engine serves the anchor's
-  blocks from cache.
+  (``embedding``, in a worker thread), and register the document's cached *anchors*
+  (``anchors``): the whole text when it fits the window with
+  ``answer_reserve_tokens`` to spare, else one per *section* (``sections``), each
+  fitting the window with that reserve. The registry prewarms each through the
+  router (so the replica its block hashes go to computes its KV once), rewarms it
+  when a replica loses it, and counts every question that starts with it. Then
+  admit the document under the eviction bounds (``eviction``).
+- ``plan``: embed the question. A sectioned document: rank the sections and render
+  one leg per answering section, its anchor then the question (``legs``). A whole
+  document: its anchor then the question, falling back to the lead plus excerpts in
+  document order (``assembly``) when the question and ``max_tokens`` leave no room
+  for all of it. The rendered prompt's exact token count is checked. The ingress
+  sends it as an ordinary chat request: its prompt starts with an anchor, so the
+  cache-aware router sends it to that anchor's owner (bounded loads still apply) and
+  the engine serves the anchor's blocks from cache.
 - ``observe``: the engine's ``cached_tokens`` for the answer (chunk cache hit rate).
-- ``delete`` / eviction: drop the document, delete its registered prefix and make
-  the router forget the anchor's blocks, whether or not the registry still held it.
+- ``delete`` / eviction: drop the document, delete every anchor's registered prefix
+  and make the router forget its blocks, whether or not the registry still held it.
 
-State is per ingress process (a dict); the anchor's prefix record lives in the
+State is per ingress process (a dict); the anchors' prefix records live in the
 prefix registry's store (Redis when configured). Costs: an upload tokenises its
-text about twice and embeds every chunk once; a question embeds one sentence, ranks
-in O(chunks x 384), and tokenises its rendered prompt once or a few times.
+text about three times and embeds every chunk once; a question embeds one sentence,
+ranks in O(chunks x 384), and tokenises each rendered prompt once or a few times.
 """
 
 from __future__ import annotations
@@ -35,15 +36,18 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from serving.documents import assembly
+from serving.documents.anchors import DocumentAnchors, DocumentTokenizer
 from serving.documents.assembly import Mode, Order, Selection
 from serving.documents.chunking import Chunk, chunk_document
 from serving.documents.embedding import Embedder, EmbedderUnavailable
 from serving.documents.eviction import EvictionPolicy, Reason, Usage, victims
 from serving.documents.index import VectorIndex
+from serving.documents.legs import plan_legs
 from serving.documents.metrics import DocumentMetrics
+from serving.documents.sections import Leg, SectionAnchor, SectionError
 from serving.prefixes.registry import PrefixError, PrefixRegistry
 from serving.prefixes.store import PrefixKey
 
@@ -64,16 +68,6 @@ class DocumentError(PrefixError):
     """A request the document service refuses; an OpenAI-shaped error body."""
 
 
-class DocumentTokenizer(Protocol):
-    """The served model's tokenizer, as the engine uses it."""
-
-    def count(self, texts: Sequence[str]) -> list[int]:
-        """Tokens of each plain text (no special tokens)."""
-
-    def chat_tokens(self, messages: Sequence[Mapping[str, Any]]) -> int:
-        """Prompt tokens of chat messages, rendered without a generation prompt."""
-
-
 @dataclass(frozen=True, kw_only=True)
 class DocumentSettings:
     models: frozenset[str]
@@ -84,6 +78,8 @@ class DocumentSettings:
     lead_tokens: int
     top_k: int
     answer_reserve_tokens: int
+    max_section_legs: int
+    leg_similarity_margin: float
     default_max_tokens: int
     max_question_chars: int
     eviction: EvictionPolicy
@@ -100,12 +96,14 @@ class Document:
     tokens: int  # the whole text's
     lead_count: int
     lead_tokens: int
-    anchor_mode: Mode  # whole text or lead in the system message
+    anchor_mode: Mode  # whole text, or sections (each its own anchor)
     overhead_tokens: int  # template + instruction + name, without any text
     anchor_tokens: int  # chat tokens of the anchor's system message
     prefix_key: PrefixKey | None  # None: the anchor is shorter than one KV block
     cacheable_tokens: int
     anchor_token_ids: tuple[int, ...]
+    sections: tuple[SectionAnchor, ...]  # empty for a whole document
+    fresh_tokens: tuple[int, ...]  # per chunk, its overlap not counted (sections only)
     created_at: float
     last_used_at: float
     registered_at: float
@@ -114,8 +112,21 @@ class Document:
     cached_tokens: int = 0
     chunk_hits: dict[int, int] = field(default_factory=dict)
 
+    @property
+    def kept_tokens(self) -> int:
+        """Tokens the document keeps warm: its sections' (their overlaps counted in
+        each), or its text's."""
+        return max(self.tokens, sum(a.token_end - a.token_start for a in self.sections))
+
+    def anchors(self) -> list[tuple[PrefixKey | None, tuple[int, ...]]]:
+        """(prefix key, token ids) of every registered anchor: the whole text's or
+        each section's."""
+        if self.sections:
+            return [(a.prefix_key, a.token_ids) for a in self.sections]
+        return [(self.prefix_key, self.anchor_token_ids)]
+
     def usage(self) -> Usage:
-        return Usage(id=self.id, tokens=self.tokens, hits=self.asks,
+        return Usage(id=self.id, tokens=self.kept_tokens, hits=self.asks,
                      last_used_s=self.last_used_at)
 
 
@@ -128,6 +139,9 @@ class Plan:
     selection: Selection
     max_tokens: int
     assembly_s: float
+    # A sectioned document's: one per section answering, best first; ``messages``
+    # is the first's. Two or more are answered separately and combined (legs.py).
+    legs: tuple[Leg, ...] = ()
 
 
 def document_id(model: str, name: str, text: str) -> str:
@@ -151,15 +165,17 @@ class DocumentService:
         self._documents: dict[str, Document] = {}
         self._lock = asyncio.Lock()
         self._pending: set[asyncio.Task[Any]] = set()
+        self._anchors = DocumentAnchors(registry=registry, tokenizer=tokenizer,
+                                        ttl_s=settings.eviction.idle_ttl_s, clock=clock)
 
     @property
     def settings(self) -> DocumentSettings:
         return self._settings
 
     @property
-    def registry_backend(self) -> Any:
-        """The prefix registry's view of the stack (placement of an anchor)."""
-        return self._registry.backend
+    def anchors(self) -> DocumentAnchors:
+        """Where the router places each anchor of a document."""
+        return self._anchors
 
     # --- upload -----------------------------------------------------------------
 
@@ -192,29 +208,32 @@ class DocumentService:
                                 f"{s.eviction.max_total_tokens} tokens.",
                                 code="request_too_large", param="text")
         vectors = await self._embed([text[c.start:c.end] for c in chunks])
-        lead_count = assembly.lead_chunks(chunks, s.lead_tokens)
-        lead_text = assembly.anchor_text(text, chunks, lead_count, Mode.EXCERPTS)
         overhead = await asyncio.to_thread(self._tokenizer.chat_tokens, [
             assembly.system_message(name, ""),
             {"role": "user", "content": f"{assembly.EXCERPTS_HEADING}\n\n\n\nQuestion: "}])
-        lead_tokens = (await asyncio.to_thread(self._tokenizer.count, [lead_text]))[0]
-        if lead_tokens + overhead + s.answer_reserve_tokens > s.max_model_len:
-            raise DocumentError(400, f"The document's first chunk ({lead_tokens} tokens) "
-                                "leaves no room for a question in the context window.",
-                                code="invalid_request", param="text")
-        whole = (len(chunks) == lead_count
-                 or tokens + overhead + s.answer_reserve_tokens <= s.max_model_len)
-        mode = Mode.WHOLE if whole else Mode.EXCERPTS
-        system = assembly.system_message(name, assembly.anchor_text(text, chunks, lead_count,
-                                                                    mode))
+        whole = tokens + overhead + s.answer_reserve_tokens <= s.max_model_len
+        # The lead is a whole document's fallback only (a sectioned one has none).
+        lead_count = assembly.lead_chunks(chunks, s.lead_tokens) if whole else 0
+        lead_tokens = (await asyncio.to_thread(self._tokenizer.count, [assembly.anchor_text(
+            text, chunks, lead_count, Mode.EXCERPTS)]))[0] if whole else 0
         now = self._clock()
         doc = Document(id=doc_id, name=name, model=model, text=text, chunks=tuple(chunks),
                        index=VectorIndex(vectors), tokens=tokens, lead_count=lead_count,
-                       lead_tokens=lead_tokens, anchor_mode=mode, overhead_tokens=overhead,
-                       anchor_tokens=0, prefix_key=None, cacheable_tokens=0,
-                       anchor_token_ids=(), created_at=now, last_used_at=now,
-                       registered_at=now)
-        await self._register(doc, system)
+                       lead_tokens=lead_tokens,
+                       anchor_mode=Mode.WHOLE if whole else Mode.SECTIONS,
+                       overhead_tokens=overhead, anchor_tokens=0, prefix_key=None,
+                       cacheable_tokens=0, anchor_token_ids=(), sections=(), fresh_tokens=(),
+                       created_at=now, last_used_at=now, registered_at=now)
+        if whole:
+            await self._anchors.register_whole(doc)
+        else:
+            try:
+                await self._anchors.register_sections(
+                    doc, window_tokens=s.max_model_len - s.answer_reserve_tokens)
+            except SectionError as err:
+                raise DocumentError(400, "The document cannot be cut into sections that leave "
+                                    f"room for a question in the context window: {err}.",
+                                    code="invalid_request", param="text") from err
         async with self._lock:
             if doc_id in self._documents:  # the same upload raced this one
                 return self._documents[doc_id], False
@@ -227,8 +246,8 @@ class DocumentService:
         self._metrics.documents.set(len(self._documents))
         self._metrics.upload_seconds.observe(time.perf_counter() - started)
         logger.info("cacheroute: document %s (%s) added: %d tokens, %d chunks, anchor %s "
-                    "(%d tokens)", doc_id, name, tokens, len(chunks), mode.value,
-                    doc.anchor_tokens)
+                    "(%d tokens, %d sections)", doc_id, name, tokens, len(chunks),
+                    doc.anchor_mode.value, doc.anchor_tokens, len(doc.sections))
         return doc, True
 
     async def _embed(self, texts: list[str]) -> Any:
@@ -244,24 +263,6 @@ class DocumentService:
                                 overlap_tokens=s.chunk_overlap_tokens,
                                 count=self._tokenizer.count)
         return chunks, self._tokenizer.count([text.strip()])[0]
-
-    async def _register(self, doc: Document, system: dict[str, str]) -> None:
-        """Register the anchor as a prefix: the registry prewarms it on the replica the
-        router picks, rewarms it if lost, and counts hits."""
-        doc.anchor_token_ids = await self._registry.backend.token_ids([system], None)
-        doc.anchor_tokens = len(doc.anchor_token_ids)
-        # The registry refuses to outlive its own limit; re-registered on use (below).
-        ttl = min(self._settings.eviction.idle_ttl_s, self._registry.settings.max_ttl_s)
-        try:
-            record, _ = await self._registry.register(model=doc.model, messages=[system],
-                                                      ttl_s=ttl, tenant=None)
-        except PrefixError as err:
-            if err.status == 400 and err.param == "messages":  # shorter than one block
-                return
-            raise
-        doc.prefix_key = record.key
-        doc.cacheable_tokens = record.cacheable_tokens
-        doc.registered_at = self._clock()
 
     # --- questions --------------------------------------------------------------
 
@@ -284,6 +285,17 @@ class DocumentService:
         answer = s.default_max_tokens if max_tokens is None else max_tokens
         started = time.perf_counter()
         vector = await self._embed([question])
+        if order is Order.DOCUMENT and doc.sections:
+            legs = await plan_legs(
+                doc, doc.index.similarities(vector), question=question, answer_tokens=answer,
+                history=history, max_legs=s.max_section_legs, margin=s.leg_similarity_margin,
+                window_tokens=s.max_model_len, prompt_tokens=self._prompt_tokens,
+                no_room=lambda: _no_room(answer, s.max_model_len, history))
+            elapsed = time.perf_counter() - started
+            self._metrics.assembly_seconds.labels(order=order.value).observe(elapsed)
+            return Plan(document=doc, messages=legs[0].messages, max_tokens=answer,
+                        selection=Selection(mode=Mode.SECTIONS, order=order, excerpts=(),
+                                            tokens=0), assembly_s=elapsed, legs=tuple(legs))
         ranked = doc.index.ranked(vector[0])
         counts = await asyncio.to_thread(self._tokenizer.count,
                                          [question, *(m["content"] for m in history)])
@@ -302,7 +314,7 @@ class DocumentService:
             if selection.mode is Mode.WHOLE:
                 selection = self._select(doc, ranked, budget, order, whole_ok=False)
             elif selection.excerpts:
-                selection = _without_last_ranked(selection, ranked, doc)
+                selection = assembly.without_last_ranked(selection, ranked, doc.chunks)
             else:
                 raise _no_room(answer, s.max_model_len, history)
             messages = self._render(doc, selection, question, history)
@@ -336,7 +348,9 @@ class DocumentService:
         doc = plan.document
         doc.asks += 1
         doc.last_used_at = self._clock()
-        for index in plan.selection.excerpts:
+        used = [i for leg in plan.legs for i in range(
+            doc.sections[leg.section].section.first_chunk, leg.last_chunk + 1)]
+        for index in (*plan.selection.excerpts, *used):
             doc.chunk_hits[index] = doc.chunk_hits.get(index, 0) + 1
         order = plan.selection.order.value
         self._metrics.ask_seconds.labels(order=order).observe(elapsed_s)
@@ -345,17 +359,15 @@ class DocumentService:
             doc.cached_tokens += cached_tokens
             self._metrics.prompt_tokens.labels(order=order).inc(prompt_tokens)
             self._metrics.cached_tokens.labels(order=order).inc(cached_tokens)
-        ttl = min(self._settings.eviction.idle_ttl_s, self._registry.settings.max_ttl_s)
-        if doc.prefix_key is not None and doc.last_used_at - doc.registered_at > ttl / 2:
+        ttl = self._anchors.ttl_s
+        if doc.cacheable_tokens and doc.last_used_at - doc.registered_at > ttl / 2:
             # Still in use: renew the anchor's registration before it expires.
             doc.registered_at = doc.last_used_at
             self._background(self._renew(doc))
 
     async def _renew(self, doc: Document) -> None:
-        system = assembly.system_message(doc.name, assembly.anchor_text(
-            doc.text, doc.chunks, doc.lead_count, doc.anchor_mode))
         try:
-            await self._register(doc, system)
+            await self._anchors.renew(doc)
         except PrefixError as err:
             logger.warning("cacheroute: document %s: anchor not renewed: %s", doc.id,
                            err.message)
@@ -374,12 +386,8 @@ class DocumentService:
         return sorted(self._documents.values(), key=lambda d: (-d.last_used_at, d.id))
 
     def holders(self, doc: Document) -> list[str]:
-        """Replicas the router believes hold every full block of the anchor."""
-        backend = self._registry.backend
-        if not doc.anchor_token_ids or not backend.tracks_placement:
-            return []
-        placement = backend.placement(doc.anchor_token_ids, None)
-        return sorted(placement.holders) if placement is not None else []
+        """Replicas the router believes hold every full block of one of its anchors."""
+        return self._anchors.holders(doc)
 
     async def delete(self, doc_id: str) -> Document:
         self.get(doc_id)  # 404 for an unknown id
@@ -405,24 +413,10 @@ class DocumentService:
         return len(dropped)
 
     async def _drop(self, doc: Document, reason: Reason) -> None:
-        """Delete the anchor's prefix and the router's ownership of its blocks -- unless
-        a document still held shares the anchor (same name and opening chunks)."""
-        if any(d.prefix_key == doc.prefix_key and d.anchor_token_ids == doc.anchor_token_ids
-               for d in self._documents.values()):
-            self._metrics.evictions.labels(reason=reason.value).inc()
-            logger.info("cacheroute: document %s dropped (%s); its anchor stays, shared",
-                        doc.id, reason.value)
-            return
-        if doc.prefix_key is not None:
-            try:
-                await self._registry.delete(doc.prefix_key)
-            except PrefixError as err:
-                if err.status != 404:  # gone already (expired or evicted) is fine
-                    logger.warning("cacheroute: document %s: prefix not deleted: %s", doc.id,
-                                   err.message)
-        # The registry forgets only prefixes it still held: forget here too.
-        if doc.anchor_token_ids:
-            self._registry.backend.forget(doc.anchor_token_ids, None)
+        """Forget the document's anchors (anchors.py) -- but those a document still
+        held shares (same name and opening section)."""
+        await self._anchors.forget(doc, keep={a for d in self._documents.values()
+                                              for a in d.anchors()})
         self._metrics.evictions.labels(reason=reason.value).inc()
         logger.info("cacheroute: document %s dropped (%s)", doc.id, reason.value)
 
@@ -437,12 +431,3 @@ def _no_room(answer: int, window: int, history: Sequence[Any]) -> DocumentError:
     return DocumentError(400, f"The question{turns} and max_tokens ({answer}) leave no room "
                          f"for the document in the {window}-token context window.",
                          code="invalid_request", param="max_tokens")
-
-
-def _without_last_ranked(selection: Selection, ranked: Sequence[int], doc: Document) -> Selection:
-    """The selection minus its lowest-ranked excerpt (order kept)."""
-    position = {index: rank for rank, index in enumerate(ranked)}
-    worst = max(selection.excerpts, key=lambda i: position[i])
-    kept = tuple(i for i in selection.excerpts if i != worst)
-    return Selection(mode=selection.mode, order=selection.order, excerpts=kept,
-                     tokens=selection.tokens - doc.chunks[worst].tokens)

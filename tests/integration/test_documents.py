@@ -3,7 +3,7 @@
 Each test uploads its own document, made unique by a uuid in its name (part of the
 anchor's first block), so no other test's traffic has cached it already. Documents
 are scaled to the stack's 2,048-token window: one fits whole (about 1.2k tokens),
-one is about three windows long, so questions about it pick chunks.
+longer ones are cut into sections, and questions about them go to their sections.
 """
 
 from __future__ import annotations
@@ -137,34 +137,100 @@ def test_a_document_is_cached_once_and_reused_by_every_question(stack: Stack) ->
         assert again.status_code == 404 and again.json()["error"]["code"] == "not_found"
 
 
-def test_a_long_document_is_asked_through_chunks_in_document_order(stack: Stack) -> None:
+def test_a_long_document_is_asked_through_its_sections(stack: Stack) -> None:
     with stack.http() as http:
         resp = upload(http, stack, document(14))
         assert resp.status_code == 201, resp.text
         doc = resp.json()
-        anchor = doc["anchor"]
-        assert doc["tokens"] > 4000 and anchor["mode"] == "excerpts"
-        assert anchor["cacheable_tokens"] >= BLOCK_SIZE and anchor["holders"]
+        assert doc["tokens"] > 4000 and doc["anchor"]["mode"] == "sections"
+        sections = doc["sections"]
+        assert len(sections) >= 3
+        for section in sections:
+            # Each section is prewarmed: its home holds its blocks.
+            assert section["cacheable_tokens"] >= BLOCK_SIZE
+            assert section["holders"] == [section["home_replica"]]
 
         first = ask(http, doc["id"], "How much is the keeper's salary?")
         related = ask(http, doc["id"], "Is the keeper paid extra during winter storms?")
         repeat = ask(http, doc["id"], "How much is the keeper's salary?")
         for answer in (first, related, repeat):
             meta = answer["document"]
-            assert meta["mode"] == "excerpts" and meta["chunks"]
-            assert meta["chunks"] == sorted(meta["chunks"])  # canonical: document order
-            assert min(meta["chunks"]) >= meta["lead_chunks"]
-            # Routed to the anchor's holder: the prewarmed head is always cached.
-            assert cached(answer) >= anchor["cacheable_tokens"]
-            assert answer["usage"]["prompt_tokens"] + 8 <= 2048
-        # The same question assembles the same context, and all of it is cached.
-        assert repeat["document"]["chunks"] == first["document"]["chunks"]
-        prompt = repeat["usage"]["prompt_tokens"]
-        assert cached(repeat) == (prompt - 1) // BLOCK_SIZE * BLOCK_SIZE
+            assert meta["mode"] == "sections" and 1 <= len(meta["sections"]) <= 3
+            # Routed to each section's holder: each leg's anchor is cached.
+            legs = meta.get("legs") or [{"section": meta["sections"][0]["index"],
+                                         "cached_tokens": cached(answer),
+                                         "prompt_tokens": answer["usage"]["prompt_tokens"]}]
+            for leg in legs:
+                assert leg["cached_tokens"] >= sections[leg["section"]]["cacheable_tokens"]
+                assert leg["prompt_tokens"] + 8 <= 2048
+        # The same question goes to the same sections, and each leg is all cached.
+        assert repeat["document"]["sections"] == first["document"]["sections"]
+        for leg in repeat["document"].get("legs") or [{
+                "cached_tokens": cached(repeat),
+                "prompt_tokens": repeat["usage"]["prompt_tokens"]}]:
+            assert leg["cached_tokens"] == (leg["prompt_tokens"] - 1) // BLOCK_SIZE * BLOCK_SIZE
 
         naive = ask(http, doc["id"], "How much is the keeper's salary?",
                     context_order="similarity")
         assert naive["document"]["context_order"] == "similarity"
+        deleted = http.delete(f"/v1/documents/{doc['id']}").json()
+        assert deleted["holders_after"] == []  # every section's ownership is gone
+        keys = {p["key"] for p in http.get("/v1/prefixes").json()["data"]}
+        assert not keys & {s["prefix_key"] for s in sections}
+
+
+# Subjects with no word in common, one per passage of the long document below.
+SUBJECTS = ["lighthouse", "orchard", "glacier", "turbine", "violin", "quarry", "furnace",
+            "canyon", "meadow", "compass", "lantern", "harbour", "bakery", "railway",
+            "beehive", "telescope", "vineyard", "shipyard", "library", "volcano", "monastery",
+            "brewery", "sawmill", "aqueduct", "observatory", "greenhouse", "windmill",
+            "tannery", "pottery", "ferry", "reservoir", "foundry", "stable", "granary",
+            "chapel", "pharmacy", "printing press", "salt marsh", "weather station",
+            "clock tower"]
+
+
+def passage(subject: str, number: int) -> str:
+    """About 150 words on one subject, naming it in every sentence."""
+    return " ".join(
+        f"Entry {number}.{k} of the {subject} ledger: the {subject} crew inspected the "
+        f"{subject} at {6 + k} o'clock, counted {number * 7 + k} items of {subject} stock and "
+        f"noted that the {subject} needs {k + 2} more days of work." for k in range(5))
+
+
+def test_questions_about_each_section_of_a_long_document_come_mostly_from_cache(
+        stack: Stack) -> None:
+    """A document about four windows long is cut into sections; a question about a
+    passage is answered from the section holding it, its prompt almost all cached."""
+    paragraphs = [passage(subject, n) for n, subject in enumerate(SUBJECTS)]
+    text = "\n\n".join(paragraphs)
+    with stack.http() as http:
+        resp = upload(http, stack, text)
+        assert resp.status_code == 201, resp.text
+        doc = resp.json()
+        assert 4 * 2048 * 0.75 < doc["tokens"] < 4 * 2048 * 1.5, doc["tokens"]
+        sections = doc["sections"]
+        assert doc["anchor"]["mode"] == "sections" and len(sections) >= 4
+
+        def holding(index: int) -> str:
+            """A subject whose passage lies inside section ``index`` and no other."""
+            a, b = sections[index]["chars"]
+            others = [s["chars"] for s in sections if s["index"] != index]
+            for subject, para in zip(SUBJECTS, paragraphs):
+                start = text.index(para)
+                end = start + len(para)
+                if a <= start and end <= b and not any(x < end and start < y
+                                                       for x, y in others):
+                    return subject
+            raise AssertionError(f"no passage lies in section {index} alone")
+
+        asked = [(s["index"], holding(s["index"])) for s in sections]
+        ask(http, doc["id"], f"What does the ledger say about the {asked[0][1]}?")
+        for index, subject in asked:
+            answer = ask(http, doc["id"], f"What does the ledger say about the {subject}?")
+            named = [s["index"] for s in answer["document"]["sections"]]
+            assert index in named, (subject, index, named)
+            prompt = answer["usage"]["prompt_tokens"]
+            assert cached(answer) / prompt >= 0.7, (subject, cached(answer), prompt)
         assert http.delete(f"/v1/documents/{doc['id']}").status_code == 200
 
 

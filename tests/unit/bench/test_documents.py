@@ -32,3 +32,52 @@ def test_questions_are_seeded_and_the_defaults_exceed_a_2k_window() -> None:
     assert [len(q) for q in questions_for(3, 4, 0)] == [4, 4, 4]
     args = build_parser().parse_args([])
     assert (args.sessions, args.questions, args.document_words) == (3, 6, 1600)
+
+
+def test_long_documents_span_their_windows_in_distinct_passages() -> None:
+    from bench.documents_qa import TOKENS_PER_WORD, make_long_documents, passage_questions
+
+    docs = make_long_documents([2, 8], window_tokens=2048, seed=0)
+    assert docs == make_long_documents([2, 8], window_tokens=2048, seed=0)
+    for doc, windows in zip(docs, (2, 8)):
+        title, *passages = doc.text.split("\n\n")
+        assert len(passages) == len(doc.topics) == len(set(doc.topics))
+        words = sum(len(p.split()) for p in passages)
+        assert windows * 2048 / TOKENS_PER_WORD <= words
+        assert words - len(passages[-1].split()) < windows * 2048 / TOKENS_PER_WORD
+        for passage, topic in zip(passages, doc.topics):
+            assert passage.startswith(f"The {topic}, note 1:")
+        asked = passage_questions(doc, 4, seed=0)
+        picks = [p for p, _ in asked]
+        assert picks == sorted(set(picks)) and len(picks) == 4  # distinct, spread in order
+        assert picks[0] < len(passages) // 4 and picks[-1] >= 3 * len(passages) // 4
+        for p, text in asked:
+            assert doc.topics[p] in text
+
+
+def test_the_long_document_arguments_build_one_session_per_size() -> None:
+    from bench.documents import workload
+
+    args = build_parser().parse_args(["--document-windows", "2,4.5", "--questions", "3"])
+    docs, questions, passages = workload(args)
+    assert args.document_windows == [2.0, 4.5] and len(docs) == 2
+    assert [len(q) for q in questions] == [3, 3] and passages is not None
+    assert all(doc.topics[p] in q for doc, qs, ps in zip(docs, questions, passages)
+               for q, p in zip(qs, ps))
+    _, _, none = workload(build_parser().parse_args([]))
+    assert none is None
+
+
+def test_by_size_reports_each_mode_and_size_with_single_section_answers() -> None:
+    from bench.documents import by_size
+
+    def sized(mode: str, windows: float, cached: int, sections: tuple[int, ...]) -> Answer:
+        return Answer(mode=mode, document=0, number=0, prompt_tokens=1000,
+                      cached_tokens=cached, assembly_ms=1.0, latency_s=1.0, chunks=(),
+                      sections=sections, windows=windows, passage=0)
+
+    table = by_size([sized("document", 2, 900, (1,)), sized("document", 2, 700, (0, 1)),
+                     sized("document", 8, 950, (5,)), sized("naive", 2, 100, ())])
+    assert "| document | 2 | 2 | 0.800 | 1 |" in table
+    assert "| document | 8 | 1 | 0.950 | 1 |" in table
+    assert "| naive | 2 | 1 | 0.100 | 0 |" in table

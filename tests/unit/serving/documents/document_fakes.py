@@ -67,7 +67,8 @@ def make_doc_settings(**overrides: Any) -> DocumentSettings:
     fields: dict[str, Any] = {
         "models": frozenset({MODEL}), "max_model_len": 400, "max_document_bytes": 200_000,
         "chunk_tokens": 40, "chunk_overlap_tokens": 8, "lead_tokens": 50, "top_k": 3,
-        "answer_reserve_tokens": 60, "default_max_tokens": 16, "max_question_chars": 500,
+        "answer_reserve_tokens": 60, "max_section_legs": 3, "leg_similarity_margin": 0.05,
+        "default_max_tokens": 16, "max_question_chars": 500,
         "eviction": eviction,
     }
     fields.update(overrides)

@@ -4,7 +4,7 @@ tokenizer and embedder: tests/unit/serving/documents/document_fakes.py)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -12,7 +12,12 @@ import pytest
 from router import RouteRequest
 from serving.documents.assembly import Mode, Order
 from serving.documents.service import DocumentError
-from tests.unit.serving.documents.document_fakes import TOPICS, long_document, make_service
+from tests.unit.serving.documents.document_fakes import (
+    TOPICS,
+    WordTokenizer,
+    long_document,
+    make_service,
+)
 from tests.unit.serving.prefixes.prefix_fakes import MODEL
 
 
@@ -52,25 +57,51 @@ def test_a_short_document_is_prewarmed_whole_on_its_ring_home() -> None:
     run(body)
 
 
-def test_a_long_document_is_anchored_by_its_lead_and_asks_pick_relevant_chunks() -> None:
+def test_a_long_document_is_cut_into_prewarmed_sections_and_asks_go_to_their_section() -> None:
     service, backend, _ = make_service()
 
     async def body() -> None:
         doc, _ = await service.upload(model=MODEL, text=LONG, name="manual")
-        assert doc.anchor_mode is Mode.EXCERPTS and 1 <= doc.lead_count < len(doc.chunks)
-        assert not backend.prewarms[0][1][0]["content"].endswith(LONG.strip())
-        plans = [await service.plan(doc.id, question=f"Tell me about the {topic} keeper.",
-                                    max_tokens=8) for topic in ("violin", "canyon")]
-        for plan, topic in zip(plans, ("violin", "canyon")):
-            assert plan.selection.mode is Mode.EXCERPTS
-            assert list(plan.selection.excerpts) == sorted(plan.selection.excerpts)
-            assert topic in plan.messages[1]["content"]
-            # Every question starts with the same, registered system message.
-            assert plan.messages[0] == plans[0].messages[0]
-        # Within the window, exactly (fake tokens: words + 4 per message + 16).
-        for plan in plans:
+        assert doc.anchor_mode is Mode.SECTIONS and len(doc.sections) >= 2
+        # Each section is registered and prewarmed as an anchor of its own.
+        prewarmed = [m[0]["content"] for _, m, _ in backend.prewarms]
+        assert len(prewarmed) == len(doc.sections)
+        assert all(a.prefix_key is not None and a.cacheable_tokens > 0 for a in doc.sections)
+        assert len({a.prefix_key for a in doc.sections}) == len(doc.sections)
+        for anchor, content in zip(doc.sections, prewarmed):
+            assert len(service.anchors.placement(anchor.token_ids)[1]) == 1
+            # Each fits the window with the answer reserve (fake: 4 + words).
+            assert 4 + len(content.split()) <= 400 - 60
+        for topic in ("harbour", "violin"):
+            plan = await service.plan(doc.id, question=f"Tell me about the {topic} keeper.",
+                                      max_tokens=8)
+            assert plan.selection.mode is Mode.SECTIONS and len(plan.legs) == 1
+            leg = plan.legs[0]
+            # The section holding the topic answers, from its exact prewarmed anchor.
+            assert topic in plan.messages[0]["content"]
+            assert plan.messages[0]["content"] == prewarmed[leg.section]
+            assert plan.messages[1] == {"role": "user",
+                                        "content": f"Question: Tell me about the {topic} keeper."}
             words = sum(4 + len(m["content"].split()) for m in plan.messages)
             assert words + 16 + plan.max_tokens <= service.settings.max_model_len
+        assert doc.kept_tokens >= doc.tokens  # overlaps count in each section
+
+    run(body)
+
+
+def test_a_question_near_two_sections_is_answered_from_both() -> None:
+    service, _, _ = make_service(leg_similarity_margin=0.5)
+
+    async def body() -> None:
+        doc, _ = await service.upload(model=MODEL, text=LONG, name="manual")
+        plan = await service.plan(doc.id, question="The harbour and the violin?",
+                                  max_tokens=8)
+        assert len(plan.legs) == 2 and plan.messages == plan.legs[0].messages
+        assert {leg.section for leg in plan.legs} == {0, len(doc.sections) - 1}
+        capped, _, _ = make_service(leg_similarity_margin=2.0, max_section_legs=1)
+        other, _ = await capped.upload(model=MODEL, text=LONG, name="manual")
+        one = await capped.plan(other.id, question="The harbour and the violin?", max_tokens=8)
+        assert len(one.legs) == 1
 
     run(body)
 
@@ -192,18 +223,57 @@ def test_observe_counts_and_renews_an_aging_registration() -> None:
     run(body)
 
 
-def test_a_shared_anchor_stays_until_its_last_document_goes() -> None:
+def test_a_shared_section_stays_until_its_last_document_goes() -> None:
     service, _, _ = make_service()
 
     async def body() -> None:
-        # Same name and opening: one anchor (the lead), two documents.
+        # Same name and opening: one first section, two documents.
         first, _ = await service.upload(model=MODEL, text=LONG, name="manual")
         second, _ = await service.upload(model=MODEL, text=LONG + "\n\nAppendix.", name="manual")
-        assert first.id != second.id and first.prefix_key == second.prefix_key
+        assert first.id != second.id
+        assert first.sections[0].prefix_key == second.sections[0].prefix_key
+        assert first.sections[-1].prefix_key != second.sections[-1].prefix_key
         await service.delete(first.id)
-        assert service.holders(second) and len(await service._registry.records()) == 1
+        keys = {r.key for r in await service._registry.records()}
+        assert keys == {a.prefix_key for a in second.sections}
+        assert service.anchors.placement(second.sections[0].token_ids)[1]
         await service.delete(second.id)
         assert service.holders(second) == [] and await service._registry.records() == []
+
+    run(body)
+
+
+def test_deleting_or_evicting_a_sectioned_document_forgets_every_section() -> None:
+    service, _, clock = make_service()
+
+    async def body() -> None:
+        doc, _ = await service.upload(model=MODEL, text=LONG, name="manual")
+        assert all(service.anchors.placement(a.token_ids)[1] for a in doc.sections)
+        await service.delete(doc.id)
+        assert all(service.anchors.placement(a.token_ids)[1] == [] for a in doc.sections)
+        assert await service._registry.records() == []
+
+        again, _ = await service.upload(model=MODEL, text=LONG, name="manual")
+        clock.advance(3601)
+        assert await service.sweep() == 1
+        assert service.holders(again) == [] and await service._registry.records() == []
+
+    run(body)
+
+
+def test_sections_count_toward_the_token_bound() -> None:
+    # Chunks repeat a 12-word sentence, so consecutive sections overlap.
+    service, _, _ = make_service(chunk_overlap_tokens=16)
+
+    async def body() -> None:
+        doc, _ = await service.upload(model=MODEL, text=LONG, name="manual")
+        assert doc.usage().tokens == doc.kept_tokens > doc.tokens
+        assert doc.kept_tokens == sum(a.token_end - a.token_start for a in doc.sections)
+        tight, _, _ = make_service(chunk_overlap_tokens=16,
+                                   max_total_tokens=doc.kept_tokens - 1)
+        await tight.upload(model=MODEL, text=LONG, name="a")
+        b, _ = await tight.upload(model=MODEL, text=LONG, name="b")
+        assert [d.id for d in tight.documents()] == [b.id]  # a's sections pushed it out
 
     run(body)
 
@@ -224,18 +294,55 @@ def test_earlier_turns_sit_between_the_document_and_the_question() -> None:
         assert second.messages[2:] == [{"role": "assistant", "content": "It is closed."},
                                        {"role": "user", "content": "Question: Since when?"}]
 
-        # Earlier turns take their tokens from the excerpts' budget: a long
-        # conversation about a long document gets fewer excerpts, then no room.
+        # Earlier turns take their tokens from the section: a long conversation
+        # about a long document gets its section's head only, then no room.
         long_doc, _ = await service.upload(model=MODEL, text=LONG, name="manual")
         alone = await service.plan(long_doc.id, question="Tell me about storms.", max_tokens=8)
         chatty = [{"role": "user", "content": "word " * 100},
                   {"role": "assistant", "content": "word " * 100}]
         crowded = await service.plan(long_doc.id, question="Tell me about storms.",
                                      max_tokens=8, history=chatty)
-        assert len(crowded.selection.excerpts) < len(alone.selection.excerpts)
+        assert crowded.legs[0].section == alone.legs[0].section
+        assert crowded.legs[0].last_chunk < alone.legs[0].last_chunk
+        # Trimmed at the tail only: the prompt still opens with the section's anchor.
+        assert alone.messages[0]["content"].startswith(crowded.messages[0]["content"])
         with refuse(400, "invalid_request") as err:
             await service.plan(long_doc.id, question="Tell me about storms.", max_tokens=8,
                                history=chatty * 3)
         assert "earlier turns" in err.value.message
+
+    run(body)
+
+
+class DenseChatTokenizer(WordTokenizer):
+    """Chat messages cost a tenth more than their words: every cut by estimate is too
+    large, as when the template or boundaries add tokens the chunk counts miss."""
+
+    def chat_tokens(self, messages: Sequence[Mapping[str, Any]]) -> int:
+        return int(super().chat_tokens(messages) * 1.1)
+
+
+def test_sections_over_the_window_by_exact_count_are_cut_again_smaller() -> None:
+    service, backend, _ = make_service()
+    service._tokenizer = service._anchors._tokenizer = DenseChatTokenizer()
+
+    async def body() -> None:
+        doc, _ = await service.upload(model=MODEL, text=LONG, name="manual")
+        prewarmed = [m for _, m, _ in backend.prewarms]
+        assert len(prewarmed) == len(doc.sections) >= 3  # more than the 2 of an exact count
+        for messages in prewarmed:
+            assert service._tokenizer.chat_tokens(messages) <= 400 - 60
+
+    run(body)
+
+
+def test_a_document_that_cannot_be_cut_to_fit_is_refused() -> None:
+    service, backend, _ = make_service(chunk_tokens=380, chunk_overlap_tokens=8)
+
+    async def body() -> None:
+        # One paragraph, one sentence: a single chunk bigger than any section.
+        with refuse(400, "invalid_request") as err:
+            await service.upload(model=MODEL, text="word " * 600, name="wall")
+        assert "sections" in err.value.message and backend.prewarms == []
 
     run(body)

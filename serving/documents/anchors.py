@@ -1,0 +1,165 @@
+"""A document's cached anchors in the prefix registry and the router.
+
+An anchor is a system message registered as a prefix: the whole text's for a document
+that fits the window, else one per section (``sections.py``). Registering prewarms it
+through the router (one prefill on the replica its block hashes go to), and the
+registry rewarms it when that replica loses it and counts the questions that start
+with it. ``forget`` deletes each anchor's prefix and makes the router forget its
+blocks, whether or not the registry still held it (it expires on its own). Sections
+are registered one after the other: each prewarm is a prefill of up to a window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any, Protocol
+
+from serving.documents import assembly, sections
+from serving.documents.sections import SectionAnchor, SectionedDocument, SectionError
+from serving.prefixes.registry import PrefixError, PrefixRegistry
+from serving.prefixes.store import PrefixKey
+
+logger = logging.getLogger("ray.serve")
+
+# Cuts tried before giving up: each cut is smaller by the worst section's excess, and
+# estimates are off by boundary tokens only, so a second cut normally fits.
+_CUT_ATTEMPTS = 4
+
+Anchor = tuple[PrefixKey | None, tuple[int, ...]]
+
+
+class DocumentTokenizer(Protocol):
+    """The served model's tokenizer, as the engine uses it."""
+
+    def count(self, texts: Sequence[str]) -> list[int]:
+        """Tokens of each plain text (no special tokens)."""
+
+    def chat_tokens(self, messages: Sequence[Mapping[str, Any]]) -> int:
+        """Prompt tokens of chat messages, rendered without a generation prompt."""
+
+
+class Document(SectionedDocument, Protocol):
+    """What anchoring needs of a document (service.py's ``Document``)."""
+
+    id: str
+    model: str
+    anchor_token_ids: tuple[int, ...]
+    anchor_tokens: int
+    prefix_key: PrefixKey | None
+    cacheable_tokens: int
+    registered_at: float
+
+    def anchors(self) -> list[Anchor]: ...
+
+
+class DocumentAnchors:
+    def __init__(self, *, registry: PrefixRegistry, tokenizer: DocumentTokenizer,
+                 ttl_s: float, clock: Callable[[], float]) -> None:
+        self._registry = registry
+        self._tokenizer = tokenizer
+        # The registry refuses to outlive its own limit; renewed on use (service.py).
+        self.ttl_s = min(ttl_s, registry.settings.max_ttl_s)
+        self._clock = clock
+
+    async def register_whole(self, doc: Document) -> None:
+        """The whole text as the document's one anchor."""
+        system = assembly.system_message(doc.name, doc.text.strip())
+        doc.anchor_token_ids, doc.prefix_key, doc.cacheable_tokens = await self._register(
+            doc.model, system)
+        doc.anchor_tokens = len(doc.anchor_token_ids)
+        doc.registered_at = self._clock()
+
+    async def register_sections(self, doc: Document, *, window_tokens: int) -> None:
+        """Cut the document into sections whose anchors fit ``window_tokens`` (cut by
+        estimate, measured exactly, cut again smaller below any that does not fit), then
+        register each. Raises ``SectionError`` when no cut fits."""
+        count = self._tokenizer.count
+        fresh = await asyncio.to_thread(sections.fresh_tokens, doc.text, doc.chunks, count)
+        # The label's widest part number (999) bounds any section's.
+        empty = assembly.system_message(sections.label(doc.name, 998, 999), "")
+        budget = window_tokens - await asyncio.to_thread(self._tokenizer.chat_tokens, [empty])
+        for _ in range(_CUT_ATTEMPTS):
+            cut = sections.cut(doc.chunks, fresh, budget_tokens=budget)
+            systems = [sections.anchor_message(doc.name, doc.text, doc.chunks, c, len(cut))
+                       for c in cut]
+            sizes = await asyncio.to_thread(self._sizes, systems)
+            over = max(size - window_tokens for size in sizes)
+            if over <= 0:
+                break
+            budget -= over
+        else:
+            raise SectionError(f"no cut into sections fits {window_tokens} tokens")
+        spans = sections.token_spans(cut, doc.chunks, fresh)
+        doc.fresh_tokens = tuple(fresh)
+        doc.sections = tuple(SectionAnchor(section=c, count=len(cut), token_start=a, token_end=b)
+                             for c, (a, b) in zip(cut, spans))
+        await self.renew_sections(doc)
+
+    def _sizes(self, systems: list[dict[str, str]]) -> list[int]:
+        return [self._tokenizer.chat_tokens([m]) for m in systems]
+
+    async def renew_sections(self, doc: Document) -> None:
+        for anchor in doc.sections:
+            anchor.token_ids, anchor.prefix_key, anchor.cacheable_tokens = await self._register(
+                doc.model, sections.anchor_message(doc.name, doc.text, doc.chunks,
+                                                   anchor.section, anchor.count))
+        doc.anchor_tokens = sum(len(a.token_ids) for a in doc.sections)
+        doc.cacheable_tokens = sum(a.cacheable_tokens for a in doc.sections)
+        doc.registered_at = self._clock()
+
+    async def renew(self, doc: Document) -> None:
+        if doc.sections:
+            await self.renew_sections(doc)
+        else:
+            await self.register_whole(doc)
+
+    async def _register(self, model: str, system: dict[str, str]
+                        ) -> tuple[tuple[int, ...], PrefixKey | None, int]:
+        """(token ids, prefix key, cacheable tokens) of one registered anchor."""
+        token_ids = await self._registry.backend.token_ids([system], None)
+        try:
+            record, _ = await self._registry.register(model=model, messages=[system],
+                                                      ttl_s=self.ttl_s, tenant=None)
+        except PrefixError as err:
+            if err.status == 400 and err.param == "messages":  # shorter than one block
+                return token_ids, None, 0
+            raise
+        return token_ids, record.key, record.cacheable_tokens
+
+    def holders(self, doc: Document) -> list[str]:
+        """Replicas the router believes hold every full block of an anchor (of any
+        section's, for a sectioned document)."""
+        out: set[str] = set()
+        for _, token_ids in doc.anchors():
+            out.update(self.placement(token_ids)[1])
+        return sorted(out)
+
+    def placement(self, token_ids: tuple[int, ...]) -> tuple[str | None, list[str]]:
+        """(home replica, holders) of one anchor, as the router places it."""
+        backend = self._registry.backend
+        found = (backend.placement(token_ids, None)
+                 if token_ids and backend.tracks_placement else None)
+        return (found.home, sorted(found.holders)) if found is not None else (None, [])
+
+    async def forget(self, doc: Document, *, keep: Collection[Anchor] = ()) -> None:
+        """Delete each anchor's prefix and the router's ownership of its blocks, but
+        those in ``keep`` (anchors a document still held shares: same name and text)."""
+        for key, token_ids in doc.anchors():
+            if (key, token_ids) in keep:
+                continue
+            if key is not None:
+                try:
+                    await self._registry.delete(key)
+                except PrefixError as err:
+                    if err.status != 404:  # gone already (expired or evicted) is fine
+                        logger.warning("cacheroute: document %s: prefix not deleted: %s",
+                                       doc.id, err.message)
+            # The registry forgets only prefixes it still held: forget here too.
+            if token_ids:
+                self._registry.backend.forget(token_ids, None)
+
+    @property
+    def backend(self) -> Any:
+        return self._registry.backend

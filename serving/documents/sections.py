@@ -1,0 +1,177 @@
+"""Sections: a document longer than the context window, cut into contiguous parts that
+each fit the window with room for a question and its answer.
+
+Each section is a cached anchor of its own: its system message (the instruction, the
+document's name with the section's place in it, and the section's text) is registered
+with the prefix registry like a whole document's, so the registry prewarms it, the
+ring spreads the sections' block hashes over the replicas, and the cache-aware router
+sends every question that starts with a section to the replica holding it. A question
+about a section is then that exact system message plus the question: every full block
+of its prompt but the last is cached.
+
+- ``cut``: greedy, in document order. A section is a run of consecutive chunks whose
+  tokens fit ``budget_tokens``; it ends on a chunk boundary, so on a paragraph or
+  sentence boundary. Consecutive chunks overlap (the chunker repeats up to
+  ``chunk_overlap_tokens`` of trailing sentences), and the next section starts at the
+  next chunk, so consecutive sections share that overlap too: a fact cut by a section
+  boundary is whole in one of them. A section's tokens are estimated as its first
+  chunk's plus the *fresh* tokens (those not repeated from the chunk before) of the
+  others; the service checks each rendered section exactly and cuts again below any
+  that does not fit.
+- ``scores`` / ``pick_legs``: a section scores its best chunk's similarity to the
+  question (the max: a question about one passage should not be diluted by the rest
+  of its section, as a mean would be). The best section always answers; other
+  sections whose score is within ``margin`` of the best answer too (the question's
+  top chunks span them), best first, at most ``max_legs``; the answers are then
+  combined (``legs.py``).
+- ``messages``: a leg's prompt, the section's system message, earlier turns, then the
+  question; ``last_chunk`` below the section's own trims its tail (never its head, so
+  the prompt still starts with the anchor's blocks) when the question and answer need
+  more than the reserve.
+
+Pure and deterministic. Cost: O(chunks) per cut, per ranking and per leg choice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from serving.documents.assembly import rendered_history, system_message
+from serving.documents.chunking import Chunk
+from serving.prefixes.store import PrefixKey
+
+
+class SectionError(ValueError):
+    """A chunk alone does not fit a section's budget."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Section:
+    index: int
+    first_chunk: int
+    last_chunk: int  # inclusive
+    estimated_tokens: int
+
+
+@dataclass(kw_only=True)
+class SectionAnchor:
+    """One section as registered: its system message's tokens and its prefix."""
+
+    section: Section
+    count: int  # sections in the document (part of the label)
+    token_start: int  # the section's span in the document's tokens (approximate at the
+    token_end: int    # boundaries: token counts of adjacent pieces are summed)
+    token_ids: tuple[int, ...] = ()  # of its system message, as the router hashes them
+    prefix_key: PrefixKey | None = None  # None: shorter than one KV block
+    cacheable_tokens: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Leg:
+    """One section answering a question: its prompt, sent as a chat request."""
+
+    section: int
+    last_chunk: int  # the section's own, or below it when its tail was trimmed
+    messages: list[dict[str, str]]
+
+
+class SectionedDocument(Protocol):
+    """What a leg needs of a document (service.py's ``Document``)."""
+
+    name: str
+    text: str
+    chunks: tuple[Chunk, ...]
+    sections: tuple[SectionAnchor, ...]
+    fresh_tokens: tuple[int, ...]
+
+
+def fresh_tokens(text: str, chunks: Sequence[Chunk], count: Any) -> list[int]:
+    """Tokens each chunk adds after the one before (its overlap not counted again);
+    one batched count. ``count``: the service's ``TokenCounter``."""
+    pieces = [text[c.start:c.end] if i == 0 else text[max(chunks[i - 1].end, c.start):c.end]
+              for i, c in enumerate(chunks)]
+    return count(pieces)
+
+
+def cut(chunks: Sequence[Chunk], fresh: Sequence[int], *, budget_tokens: int) -> list[Section]:
+    """Consecutive runs of chunks, each of at most ``budget_tokens`` estimated tokens."""
+    sections: list[Section] = []
+    first, total = 0, 0
+    for i, chunk in enumerate(chunks):
+        if chunk.tokens > budget_tokens:
+            raise SectionError(f"chunk {i} ({chunk.tokens} tokens) exceeds a section's "
+                               f"{budget_tokens} tokens")
+        if i > first and total + fresh[i] > budget_tokens:
+            sections.append(Section(index=len(sections), first_chunk=first, last_chunk=i - 1,
+                                    estimated_tokens=total))
+            first, total = i, chunk.tokens
+        else:
+            total += chunk.tokens if i == first else fresh[i]
+    if chunks:
+        sections.append(Section(index=len(sections), first_chunk=first,
+                                last_chunk=len(chunks) - 1, estimated_tokens=total))
+    return sections
+
+
+def token_spans(sections: Sequence[Section], chunks: Sequence[Chunk],
+                fresh: Sequence[int]) -> list[tuple[int, int]]:
+    """(first token, end token) of each section in the document: fresh tokens summed."""
+    starts = [0]
+    for f in fresh:
+        starts.append(starts[-1] + f)
+    # A chunk's start lies its overlap before the end of the fresh tokens before it.
+    return [(starts[s.first_chunk] - (chunks[s.first_chunk].tokens - fresh[s.first_chunk]),
+             starts[s.last_chunk + 1]) for s in sections]
+
+
+def section_text(text: str, chunks: Sequence[Chunk], section: Section,
+                 last_chunk: int | None = None) -> str:
+    last = section.last_chunk if last_chunk is None else last_chunk
+    return text[chunks[section.first_chunk].start:chunks[last].end].strip()
+
+
+def label(name: str, index: int, count: int) -> str:
+    return f"{name} (part {index + 1} of {count})"
+
+
+def anchor_message(name: str, text: str, chunks: Sequence[Chunk], section: Section,
+                   count: int, last_chunk: int | None = None) -> dict[str, str]:
+    """The section's system message: registered whole, trimmed only by ``messages``."""
+    return system_message(label(name, section.index, count),
+                          section_text(text, chunks, section, last_chunk))
+
+
+def messages(*, name: str, text: str, chunks: Sequence[Chunk], section: Section, count: int,
+             question: str, history: Sequence[Mapping[str, str]] = (),
+             last_chunk: int | None = None) -> list[dict[str, str]]:
+    """A leg's chat messages: the section's anchor, earlier turns, the question."""
+    return [anchor_message(name, text, chunks, section, count, last_chunk),
+            *rendered_history(history), {"role": "user", "content": f"Question: {question}"}]
+
+
+def scores(similarities: Sequence[float], sections: Sequence[Section]) -> list[float]:
+    """Each section's best chunk similarity to the question."""
+    return [max(float(similarities[i]) for i in range(s.first_chunk, s.last_chunk + 1))
+            for s in sections]
+
+
+def pick_legs(section_scores: Sequence[float], *, max_legs: int, margin: float) -> tuple[int, ...]:
+    """Sections that answer: the best, then those within ``margin`` of it, best first
+    (ties: document order), at most ``max_legs``."""
+    if not section_scores:
+        return ()
+    order = sorted(range(len(section_scores)), key=lambda i: (-section_scores[i], i))
+    best = section_scores[order[0]]
+    return tuple(i for i in order if section_scores[i] >= best - margin)[:max_legs]
+
+
+def trim(chunks_fresh: Sequence[int], section: Section, last_chunk: int, over_tokens: int) -> int:
+    """The last chunk to keep so that about ``over_tokens`` fewer are sent; never below
+    the section's first chunk (the caller gives up when it cannot trim further)."""
+    dropped = 0
+    while last_chunk > section.first_chunk and dropped < over_tokens:
+        dropped += chunks_fresh[last_chunk]
+        last_chunk -= 1
+    return last_chunk

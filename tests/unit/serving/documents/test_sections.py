@@ -1,0 +1,179 @@
+"""Sections: cutting (boundaries, fit, overlap), ranking and leg choice, trimming, and
+the key property -- a question's rendered prompt starts with exactly its section's
+prewarmed anchor tokens -- with the tiny model's real tokenizer and chat template."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from itertools import pairwise
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from serving.documents import sections
+from serving.documents.assembly import Mode
+from serving.documents.chunking import Chunk, chunk_document
+from serving.documents.metrics import DocumentMetrics
+from serving.documents.sections import Section, SectionError
+from serving.documents.service import DocumentService
+from serving.routing.prompt_tokens import PromptTokenizer
+from tests.tiny_model import build_tiny_model
+from tests.unit.serving.documents.document_fakes import (
+    BagOfWordsEmbedder,
+    count_words,
+    long_document,
+    make_doc_settings,
+)
+from tests.unit.serving.prefixes.prefix_fakes import (
+    MODEL,
+    Clock,
+    FakeBackend,
+    make_registry,
+    make_store,
+)
+
+
+def chunks_of(text: str, *, chunk: int = 40, overlap: int = 16) -> list[Chunk]:
+    return chunk_document(text, chunk_tokens=chunk, overlap_tokens=overlap, count=count_words)
+
+
+def test_sections_are_contiguous_runs_of_chunks_that_fit_and_overlap() -> None:
+    text = long_document(paragraphs=12)
+    chunks = chunks_of(text)
+    fresh = sections.fresh_tokens(text, chunks, count_words)
+    cut = sections.cut(chunks, fresh, budget_tokens=150)
+    assert len(cut) >= 3
+    # Contiguous, in order, every chunk in exactly one section.
+    assert cut[0].first_chunk == 0 and cut[-1].last_chunk == len(chunks) - 1
+    for before, after in pairwise(cut):
+        assert after.first_chunk == before.last_chunk + 1
+    for section in cut:
+        body = sections.section_text(text, chunks, section)
+        # Fits (the estimate is exact for the word counter), and greedy: one more
+        # chunk would not have fit.
+        assert len(body.split()) == section.estimated_tokens <= 150
+        if section.last_chunk + 1 < len(chunks):
+            assert section.estimated_tokens + fresh[section.last_chunk + 1] > 150
+        # Boundaries on chunk (sentence) boundaries.
+        assert body.startswith("Paragraph") and body.endswith(".")
+    # Consecutive sections share the chunker's overlap: where the chunks at a boundary
+    # overlap, the next section opens with the text the previous one ends with.
+    shared = 0
+    for before, after in pairwise(cut):
+        end, start = chunks[before.last_chunk].end, chunks[after.first_chunk].start
+        if start < end:
+            shared += 1
+            overlap = text[start:end].strip()
+            assert sections.section_text(text, chunks, before).endswith(overlap)
+            assert sections.section_text(text, chunks, after).startswith(overlap)
+    assert shared >= 1
+
+
+def test_token_spans_cover_the_document_with_the_overlaps() -> None:
+    text = long_document(paragraphs=12)
+    chunks = chunks_of(text)
+    fresh = sections.fresh_tokens(text, chunks, count_words)
+    cut = sections.cut(chunks, fresh, budget_tokens=150)
+    spans = sections.token_spans(cut, chunks, fresh)
+    assert spans[0][0] == 0 and spans[-1][1] == len(text.split())
+    for (a, b), section in zip(spans, cut):
+        assert b - a == section.estimated_tokens
+    for (_, end), (start, _) in pairwise(spans):
+        assert 0 < end - start <= 16  # the overlap, at most chunk_overlap_tokens
+
+
+def test_a_chunk_larger_than_a_section_is_refused() -> None:
+    chunks = [Chunk(index=0, start=0, end=10, tokens=10), Chunk(index=1, start=10, end=90,
+                                                                tokens=80)]
+    with pytest.raises(SectionError):
+        sections.cut(chunks, [10, 80], budget_tokens=50)
+    assert sections.cut([], [], budget_tokens=50) == []
+
+
+def test_sections_score_their_best_chunk_and_close_seconds_join_as_legs() -> None:
+    cut = [Section(index=0, first_chunk=0, last_chunk=2, estimated_tokens=0),
+           Section(index=1, first_chunk=3, last_chunk=4, estimated_tokens=0),
+           Section(index=2, first_chunk=5, last_chunk=6, estimated_tokens=0)]
+    similarities = [0.1, 0.2, 0.1, 0.9, 0.0, 0.86, 0.86]
+    scores = sections.scores(similarities, cut)
+    assert scores == pytest.approx([0.2, 0.9, 0.86])  # the max, not diluted by a mean
+    assert sections.pick_legs(scores, max_legs=3, margin=0.0) == (1,)
+    assert sections.pick_legs(scores, max_legs=3, margin=0.05) == (1, 2)
+    assert sections.pick_legs(scores, max_legs=3, margin=1.0) == (1, 2, 0)
+    assert sections.pick_legs(scores, max_legs=2, margin=1.0) == (1, 2)
+    assert sections.pick_legs([0.5, 0.5], max_legs=1, margin=0.0) == (0,)  # ties: order
+    assert sections.pick_legs([], max_legs=2, margin=0.1) == ()
+
+
+def test_trimming_drops_tail_chunks_never_the_first() -> None:
+    section = Section(index=0, first_chunk=2, last_chunk=6, estimated_tokens=0)
+    fresh = [9, 9, 9, 10, 10, 10, 10]
+    assert sections.trim(fresh, section, 6, 15) == 4
+    assert sections.trim(fresh, section, 6, 1) == 5
+    assert sections.trim(fresh, section, 6, 1000) == 2
+
+
+class TinyBackend(FakeBackend):
+    """The fake stack, tokenising an anchor as the serving backend does: the real
+    chat template, no generation prompt."""
+
+    def __init__(self, prompts: PromptTokenizer) -> None:
+        super().__init__()
+        self.prompts = prompts
+
+    async def token_ids(self, messages: Sequence[Mapping[str, Any]],
+                        tenant: str | None) -> tuple[int, ...]:
+        self.tokenized += 1
+        request = SimpleNamespace(messages=list(messages), add_generation_prompt=False)
+        return tuple(self.prompts.token_ids(request) or ())
+
+
+class TinyTokenizer:
+    def __init__(self, prompts: PromptTokenizer) -> None:
+        self.prompts = prompts
+
+    def count(self, texts: Sequence[str]) -> list[int]:
+        encoded = self.prompts.tokenizer(list(texts), add_special_tokens=False)
+        return [len(ids) for ids in encoded["input_ids"]] if texts else []
+
+    def chat_tokens(self, messages: Sequence[Mapping[str, Any]]) -> int:
+        request = SimpleNamespace(messages=list(messages), add_generation_prompt=False)
+        return len(self.prompts.token_ids(request) or ())
+
+
+def test_a_questions_prompt_starts_with_exactly_its_sections_anchor_tokens(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    prompts = PromptTokenizer(str(build_tiny_model(tmp_path_factory.mktemp("tiny") / "m")))
+    backend = TinyBackend(prompts)
+    clock = Clock()
+    registry = make_registry(make_store(clock, max_prefixes=64, max_total_tokens=10**7),
+                             backend, max_prefix_tokens=10**6, max_ttl_s=10**6)
+    service = DocumentService(
+        settings=make_doc_settings(max_model_len=1024, chunk_tokens=96, chunk_overlap_tokens=24,
+                                   answer_reserve_tokens=160),
+        registry=registry, tokenizer=TinyTokenizer(prompts), embedder=BagOfWordsEmbedder(),
+        metrics=DocumentMetrics(CollectorRegistry()), clock=clock)
+
+    async def body() -> None:
+        doc, _ = await service.upload(model=MODEL, text=long_document(paragraphs=24),
+                                      name="manual")
+        assert doc.anchor_mode is Mode.SECTIONS and len(doc.sections) >= 2
+        history = [{"role": "user", "content": "And the keeper?"},
+                   {"role": "assistant", "content": "Busy."}]
+        for topic, turns in (("harbour", []), ("violin", []), ("canyon", history)):
+            plan = await service.plan(doc.id, question=f"Tell me about the {topic}.",
+                                      max_tokens=16, history=turns)
+            for leg in plan.legs:
+                anchor = doc.sections[leg.section]
+                assert leg.last_chunk == anchor.section.last_chunk  # not trimmed
+                # As the engine renders the question: with the generation prompt.
+                prompt = prompts.token_ids(SimpleNamespace(messages=leg.messages))
+                assert prompt[:len(anchor.token_ids)] == anchor.token_ids
+                assert len(prompt) + 16 <= 1024
+                # Every full block of the anchor is one the router owns for it.
+                assert service.anchors.placement(anchor.token_ids)[1]
+
+    asyncio.run(body())
