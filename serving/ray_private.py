@@ -61,6 +61,12 @@ What has no public counterpart, and why each is needed:
     router also sees (``PendingRequest.metadata.internal_request_id``), so the only
     key by which the ingress finds what the router recorded
     (serving/routing/registry.py). The public ``serve.context`` exposes neither.
+``own_serve_request()``: sets ``ray.serve.context._serve_request_context``
+    Gives the calling task a request id of its own. Serve's router indexes pending
+    requests by that id, so two handle calls sent at once under one HTTP request (the
+    legs of a document question) would share one entry: one is assigned twice, the
+    other never (its routing task spins). Each leg's task takes a fresh id, which the
+    router then records and the ingress reads back as above.
 
 Importing this module costs nothing: each name is imported from Ray on first use
 (several of these modules import vLLM, seconds of work a benchmark or a drill that
@@ -132,6 +138,7 @@ __all__ = [
     "RawRequestInfo",
     "VLLMEngine",
     "init_upstream_app",
+    "own_serve_request",
     "serve_request_id",
     "to_model_metadata",
 ]
@@ -145,6 +152,21 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(module), attribute)
     globals()[name] = value  # later lookups skip this function
     return value
+
+
+def own_serve_request() -> str:
+    """Give the current asyncio task a Serve request context of its own, with a fresh
+    internal request id (see the module docstring); returns the id. Only this task
+    (and tasks it starts) see it: each task runs in a copy of the context."""
+    import dataclasses
+    import uuid
+
+    from ray.serve.context import _get_serve_request_context, _serve_request_context
+
+    request_id = str(uuid.uuid4())
+    _serve_request_context.set(dataclasses.replace(_get_serve_request_context(),
+                                                   _internal_request_id=request_id))
+    return request_id
 
 
 def serve_request_id() -> str:

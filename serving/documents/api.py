@@ -65,6 +65,7 @@ from serving.documents.assembly import Order
 from serving.documents.embedding import MiniLMEmbedder
 from serving.documents.eviction import EvictionPolicy
 from serving.documents.legs import LegAnswer, add_usage, map_reduce
+from serving.ray_private import own_serve_request
 from serving.documents.metrics import DocumentMetrics
 from serving.documents.sections import SectionAnchor
 from serving.documents.service import (
@@ -217,6 +218,9 @@ class DocumentRoutes:
         async def send(messages: list[dict[str, str]], as_asked: bool) -> Response:
             update: dict[str, Any] = {"messages": messages}
             if not as_asked:
+                # A leg, sent beside the others: a request id of its own, which Serve's
+                # router needs to tell them apart (serving/ray_private.py).
+                own_serve_request()
                 update.update(stream=False, stream_options=None)
             return await self.send_chat(chat.model_copy(update=update), request)
 

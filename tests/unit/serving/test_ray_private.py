@@ -93,7 +93,30 @@ def test_each_private_name_resolves_and_is_documented(name: str) -> None:
 
 def test_all_lists_exactly_the_private_names_and_the_helpers() -> None:
     assert set(ray_private.__all__) == {*ray_private.PRIVATE_NAMES, "RAY_VERSION",
-                                        "serve_request_id"}
+                                        "serve_request_id", "own_serve_request"}
+
+
+def test_concurrent_sub_requests_each_get_their_own_request_id() -> None:
+    """Legs sent at once under one request must not share Serve's request id (Serve's
+    router would assign one of them twice and the other never)."""
+    import asyncio
+
+    from ray.serve.context import _set_request_context
+
+    async def leg() -> tuple[str, str]:
+        given = ray_private.own_serve_request()
+        await asyncio.sleep(0)  # the other legs set theirs meanwhile
+        return given, ray_private.serve_request_id()
+
+    async def request() -> tuple[list[tuple[str, str]], str]:
+        _set_request_context(_internal_request_id="the-http-request")
+        legs = await asyncio.gather(leg(), leg(), leg())
+        return legs, ray_private.serve_request_id()
+
+    legs, after = asyncio.run(request())
+    assert all(given == seen for given, seen in legs)
+    assert len({given for given, _ in legs} | {"the-http-request"}) == 4
+    assert after == "the-http-request"  # the request itself keeps its id
 
 
 def test_an_unknown_name_is_an_attribute_error() -> None:
