@@ -19,8 +19,16 @@
 - ``delete`` / eviction: drop the document, delete its registered prefix and make
   the router forget the anchor's blocks, whether or not the registry still held it.
 
-State is per ingress process (a dict); the anchor's prefix record lives in the
-prefix registry's store (Redis when configured). Costs: an upload tokenises its
+Ownership: a document belongs to the tenant that uploaded it. Its id derives from its
+content and that tenant's cache salt, so the same upload by two tenants is two
+documents; every read, question and delete names the caller's tenant, and another
+tenant's id is answered exactly like an unknown one. Its anchor is registered as a
+prefix of that tenant, prewarmed and asked under that tenant's salt. Each tenant
+keeps its documents within its own `tenant_limits` quota, and the service-wide
+bounds evict from the tenant holding the most (``eviction``).
+
+State is per ingress process (a dict, never in Redis); the anchor's prefix record
+lives in the prefix registry's store (Redis when configured). Costs: an upload tokenises its
 text about twice and embeds every chunk once; a question embeds one sentence, ranks
 in O(chunks x 384), and tokenises its rendered prompt once or a few times.
 """
@@ -41,11 +49,12 @@ from serving.documents import assembly
 from serving.documents.assembly import Mode, Order, Selection
 from serving.documents.chunking import Chunk, chunk_document
 from serving.documents.embedding import Embedder, EmbedderUnavailable
-from serving.documents.eviction import EvictionPolicy, Reason, Usage, victims
+from serving.documents.eviction import EvictionPolicy, Quota, Reason, Usage, victims
 from serving.documents.index import VectorIndex
 from serving.documents.metrics import DocumentMetrics
 from serving.prefixes.registry import PrefixError, PrefixRegistry
 from serving.prefixes.store import PrefixKey
+from serving.tenants.identity import Tenant
 
 logger = logging.getLogger("ray.serve")
 
@@ -70,8 +79,9 @@ class DocumentTokenizer(Protocol):
     def count(self, texts: Sequence[str]) -> list[int]:
         """Tokens of each plain text (no special tokens)."""
 
-    def chat_tokens(self, messages: Sequence[Mapping[str, Any]]) -> int:
-        """Prompt tokens of chat messages, rendered without a generation prompt."""
+    def chat_tokens(self, messages: Sequence[Mapping[str, Any]], salt: str) -> int:
+        """Prompt tokens of chat messages, rendered without a generation prompt; any
+        cache of the tokenizer is kept per ``salt`` (the owner's)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,6 +102,7 @@ class DocumentSettings:
 @dataclass(kw_only=True)
 class Document:
     id: str
+    owner: Tenant
     name: str
     model: str
     text: str
@@ -116,7 +127,12 @@ class Document:
 
     def usage(self) -> Usage:
         return Usage(id=self.id, tokens=self.tokens, hits=self.asks,
-                     last_used_s=self.last_used_at)
+                     last_used_s=self.last_used_at, owner=self.owner.name)
+
+    @property
+    def salt(self) -> str:
+        """The cache salt its anchor and its questions are served under."""
+        return self.owner.cache_salt()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -130,10 +146,11 @@ class Plan:
     assembly_s: float
 
 
-def document_id(model: str, name: str, text: str) -> str:
-    """Derived from the content (like a prefix key): the same upload is the same
-    document, and no client can point an id at other content."""
-    digest = hashlib.sha256("\0".join(("cacheroute-document-v1", model, name, text))
+def document_id(model: str, name: str, text: str, salt: str) -> str:
+    """Derived from the content and the owner's cache salt (like a prefix key): the
+    same upload by one tenant is the same document, by two tenants two documents, and
+    no client can point an id at other content."""
+    digest = hashlib.sha256("\0".join(("cacheroute-document-v1", model, name, text, salt))
                             .encode()).hexdigest()
     return f"doc-{digest[:32]}"
 
@@ -163,8 +180,10 @@ class DocumentService:
 
     # --- upload -----------------------------------------------------------------
 
-    async def upload(self, *, model: str, text: str, name: str | None) -> tuple[Document, bool]:
-        """Add a document (or find the identical one); returns it and whether it is new."""
+    async def upload(self, *, model: str, text: str, name: str | None,
+                     owner: Tenant) -> tuple[Document, bool]:
+        """Add a document of tenant ``owner`` (or find its identical one); returns it
+        and whether it is new."""
         s = self._settings
         if model not in s.models:
             raise DocumentError(404, f'Could not find model "{model}".', code="model_not_found",
@@ -178,7 +197,7 @@ class DocumentService:
             raise DocumentError(400, "text must hold some non-blank text.",
                                 code="invalid_request", param="text")
         name = (name or "").strip() or "untitled"
-        doc_id = document_id(model, name, text)
+        doc_id = document_id(model, name, text, owner.cache_salt())
         await self.sweep()
         existing = self._documents.get(doc_id)
         if existing is not None:
@@ -187,16 +206,17 @@ class DocumentService:
 
         started = time.perf_counter()
         chunks, tokens = await asyncio.to_thread(self._chunk, text)
-        if tokens > s.eviction.max_total_tokens:
+        limit = self._quota(owner).max_total_tokens
+        if tokens > limit:
             raise DocumentError(413, f"The document is {tokens} tokens; the limit is "
-                                f"{s.eviction.max_total_tokens} tokens.",
-                                code="request_too_large", param="text")
+                                f"{limit} tokens.", code="request_too_large", param="text")
         vectors = await self._embed([text[c.start:c.end] for c in chunks])
         lead_count = assembly.lead_chunks(chunks, s.lead_tokens)
         lead_text = assembly.anchor_text(text, chunks, lead_count, Mode.EXCERPTS)
         overhead = await asyncio.to_thread(self._tokenizer.chat_tokens, [
             assembly.system_message(name, ""),
-            {"role": "user", "content": f"{assembly.EXCERPTS_HEADING}\n\n\n\nQuestion: "}])
+            {"role": "user", "content": f"{assembly.EXCERPTS_HEADING}\n\n\n\nQuestion: "}],
+            owner.cache_salt())
         lead_tokens = (await asyncio.to_thread(self._tokenizer.count, [lead_text]))[0]
         if lead_tokens + overhead + s.answer_reserve_tokens > s.max_model_len:
             raise DocumentError(400, f"The document's first chunk ({lead_tokens} tokens) "
@@ -208,7 +228,7 @@ class DocumentService:
         system = assembly.system_message(name, assembly.anchor_text(text, chunks, lead_count,
                                                                     mode))
         now = self._clock()
-        doc = Document(id=doc_id, name=name, model=model, text=text, chunks=tuple(chunks),
+        doc = Document(id=doc_id, owner=owner, name=name, model=model, text=text, chunks=tuple(chunks),
                        index=VectorIndex(vectors), tokens=tokens, lead_count=lead_count,
                        lead_tokens=lead_tokens, anchor_mode=mode, overhead_tokens=overhead,
                        anchor_tokens=0, prefix_key=None, cacheable_tokens=0,
@@ -220,7 +240,7 @@ class DocumentService:
                 return self._documents[doc_id], False
             self._documents[doc_id] = doc
             gone = victims((d.usage() for d in self._documents.values()), now, s.eviction,
-                           keep=doc_id)
+                           keep=doc_id, quotas=self._quotas())
             dropped = [(self._documents.pop(i), reason) for i, reason in gone]
         for victim, reason in dropped:
             await self._drop(victim, reason)
@@ -230,6 +250,17 @@ class DocumentService:
                     "(%d tokens)", doc_id, name, tokens, len(chunks), mode.value,
                     doc.anchor_tokens)
         return doc, True
+
+    def _quota(self, owner: Tenant) -> Quota:
+        """``owner``'s own bounds: its `tenant_limits`, within the service-wide ones."""
+        e, limits = self._settings.eviction, owner.limits
+        return Quota(max_documents=min(limits.max_documents or e.max_documents,
+                                       e.max_documents),
+                     max_total_tokens=min(limits.max_document_tokens or e.max_total_tokens,
+                                          e.max_total_tokens))
+
+    def _quotas(self) -> dict[str, Quota]:
+        return {d.owner.name: self._quota(d.owner) for d in self._documents.values()}
 
     async def _embed(self, texts: list[str]) -> Any:
         try:
@@ -248,13 +279,13 @@ class DocumentService:
     async def _register(self, doc: Document, system: dict[str, str]) -> None:
         """Register the anchor as a prefix: the registry prewarms it on the replica the
         router picks, rewarms it if lost, and counts hits."""
-        doc.anchor_token_ids = await self._registry.backend.token_ids([system], None)
+        doc.anchor_token_ids = await self._registry.backend.token_ids([system], doc.salt)
         doc.anchor_tokens = len(doc.anchor_token_ids)
         # The registry refuses to outlive its own limit; re-registered on use (below).
         ttl = min(self._settings.eviction.idle_ttl_s, self._registry.settings.max_ttl_s)
         try:
             record, _ = await self._registry.register(model=doc.model, messages=[system],
-                                                      ttl_s=ttl, tenant=None)
+                                                      ttl_s=ttl, owner=doc.owner)
         except PrefixError as err:
             if err.status == 400 and err.param == "messages":  # shorter than one block
                 return
@@ -265,7 +296,7 @@ class DocumentService:
 
     # --- questions --------------------------------------------------------------
 
-    async def plan(self, doc_id: str, *, question: str, max_tokens: int | None,
+    async def plan(self, doc_id: str, *, owner: str, question: str, max_tokens: int | None,
                    order: Order = Order.DOCUMENT,
                    history: Sequence[Mapping[str, str]] = ()) -> Plan:
         """A question's context. ``history``: earlier turns of a conversation about
@@ -273,7 +304,7 @@ class DocumentService:
         the system message and the question; they take their tokens from the budget
         for excerpts."""
         s = self._settings
-        doc = self.get(doc_id)
+        doc = self.get(doc_id, owner)
         if not question.strip():
             raise DocumentError(400, "question must hold some non-blank text.",
                                 code="invalid_request", param="question")
@@ -298,7 +329,7 @@ class DocumentService:
         selection = self._select(doc, ranked, budget, order, whole_ok=whole_ok)
         messages = self._render(doc, selection, question, history)
         # Exact check: chunk counts are summed estimates (boundaries merge tokens).
-        while await self._prompt_tokens(messages) + answer > s.max_model_len:
+        while await self._prompt_tokens(messages, doc.salt) + answer > s.max_model_len:
             if selection.mode is Mode.WHOLE:
                 selection = self._select(doc, ranked, budget, order, whole_ok=False)
             elif selection.excerpts:
@@ -319,8 +350,8 @@ class DocumentService:
                                lead_count=doc.lead_count, lead_tokens=doc.lead_tokens,
                                budget_tokens=budget, top_k=self._settings.top_k, order=order)
 
-    async def _prompt_tokens(self, messages: list[dict[str, str]]) -> int:
-        tokens = await asyncio.to_thread(self._tokenizer.chat_tokens, messages)
+    async def _prompt_tokens(self, messages: list[dict[str, str]], salt: str) -> int:
+        tokens = await asyncio.to_thread(self._tokenizer.chat_tokens, messages, salt)
         return tokens + _GENERATION_PROMPT_TOKENS
 
     @staticmethod
@@ -362,32 +393,33 @@ class DocumentService:
 
     # --- listing, deleting, eviction --------------------------------------------
 
-    def get(self, doc_id: str) -> Document:
+    def get(self, doc_id: str, owner: str) -> Document:
+        """Tenant ``owner``'s document; another tenant's is unknown (404), in the same
+        words, so an id cannot be probed."""
         doc = self._documents.get(doc_id) if _ID_RE.fullmatch(doc_id) else None
-        if doc is None:
-            raise DocumentError(404, f"No document has id '{doc_id[:80]}'.", code="not_found",
-                                param="id")
+        if doc is None or doc.owner.name != owner:
+            raise _unknown(doc_id)
         return doc
 
-    def documents(self) -> list[Document]:
-        """Most recently used first."""
-        return sorted(self._documents.values(), key=lambda d: (-d.last_used_at, d.id))
+    def documents(self, owner: str) -> list[Document]:
+        """Tenant ``owner``'s documents, most recently used first."""
+        return sorted((d for d in self._documents.values() if d.owner.name == owner),
+                      key=lambda d: (-d.last_used_at, d.id))
 
     def holders(self, doc: Document) -> list[str]:
         """Replicas the router believes hold every full block of the anchor."""
         backend = self._registry.backend
         if not doc.anchor_token_ids or not backend.tracks_placement:
             return []
-        placement = backend.placement(doc.anchor_token_ids, None)
+        placement = backend.placement(doc.anchor_token_ids, doc.salt)
         return sorted(placement.holders) if placement is not None else []
 
-    async def delete(self, doc_id: str) -> Document:
-        self.get(doc_id)  # 404 for an unknown id
+    async def delete(self, doc_id: str, owner: str) -> Document:
+        self.get(doc_id, owner)  # 404 for an unknown id, or another tenant's
         async with self._lock:
             doc = self._documents.pop(doc_id, None)
         if doc is None:
-            raise DocumentError(404, f"No document has id '{doc_id[:80]}'.", code="not_found",
-                                param="id")
+            raise _unknown(doc_id)
         await self._drop(doc, Reason.DELETED)
         self._metrics.documents.set(len(self._documents))
         return doc
@@ -396,7 +428,7 @@ class DocumentService:
         """Drop stale documents and enforce the bounds; returns how many went."""
         async with self._lock:
             gone = victims((d.usage() for d in self._documents.values()), self._clock(),
-                           self._settings.eviction)
+                           self._settings.eviction, quotas=self._quotas())
             dropped = [(self._documents.pop(i), reason) for i, reason in gone]
         for doc, reason in dropped:
             await self._drop(doc, reason)
@@ -415,14 +447,14 @@ class DocumentService:
             return
         if doc.prefix_key is not None:
             try:
-                await self._registry.delete(doc.prefix_key)
+                await self._registry.delete(doc.prefix_key, doc.owner.name)
             except PrefixError as err:
                 if err.status != 404:  # gone already (expired or evicted) is fine
                     logger.warning("cacheroute: document %s: prefix not deleted: %s", doc.id,
                                    err.message)
         # The registry forgets only prefixes it still held: forget here too.
         if doc.anchor_token_ids:
-            self._registry.backend.forget(doc.anchor_token_ids, None)
+            self._registry.backend.forget(doc.anchor_token_ids, doc.salt)
         self._metrics.evictions.labels(reason=reason.value).inc()
         logger.info("cacheroute: document %s dropped (%s)", doc.id, reason.value)
 
@@ -430,6 +462,11 @@ class DocumentService:
         task = asyncio.get_running_loop().create_task(coro)
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+
+
+def _unknown(doc_id: str) -> DocumentError:
+    return DocumentError(404, f"No document has id '{doc_id[:80]}'.", code="not_found",
+                         param="id")
 
 
 def _no_room(answer: int, window: int, history: Sequence[Any]) -> DocumentError:

@@ -13,7 +13,9 @@ from router import RouteRequest
 from serving.documents.assembly import Mode, Order
 from serving.documents.service import DocumentError
 from tests.unit.serving.documents.document_fakes import TOPICS, long_document, make_service
-from tests.unit.serving.prefixes.prefix_fakes import MODEL
+from serving.tenants.config import TenantLimits
+from serving.tenants.identity import Tenant
+from tests.unit.serving.prefixes.prefix_fakes import MODEL, OTHER, OWNER
 
 
 def run(body: Callable[[], Awaitable[Any]]) -> Any:
@@ -32,21 +34,23 @@ def test_a_short_document_is_prewarmed_whole_on_its_ring_home() -> None:
     service, backend, _ = make_service()
 
     async def body() -> None:
-        doc, created = await service.upload(model=MODEL, text=SHORT, name="memo")
+        doc, created = await service.upload(owner=OWNER, model=MODEL, text=SHORT, name="memo")
         assert created and doc.anchor_mode is Mode.WHOLE and doc.id.startswith("doc-")
         assert doc.prefix_key is not None and doc.cacheable_tokens > 0
-        (model, messages, tenant), = backend.prewarms
-        assert (model, tenant) == (MODEL, None) and messages[0]["content"].endswith(SHORT)
+        (model, messages, salt), = backend.prewarms
+        # Under the owner's salt: the anchor's blocks are the owning tenant's alone.
+        assert (model, salt) == (MODEL, OWNER.cache_salt())
+        assert messages[0]["content"].endswith(SHORT)
         # The prewarm went through the policy: one replica owns every anchor block.
         assert len(service.holders(doc)) == 1
-        again, created = await service.upload(model=MODEL, text=SHORT, name="memo")
+        again, created = await service.upload(owner=OWNER, model=MODEL, text=SHORT, name="memo")
         assert again is doc and not created and len(backend.prewarms) == 1
 
-        plan = await service.plan(doc.id, question="What about the harbour?", max_tokens=8)
+        plan = await service.plan(doc.id, owner=OWNER.name, question="What about the harbour?", max_tokens=8)
         assert plan.selection.mode is Mode.WHOLE
         assert plan.messages[0] == messages[0]  # the question starts with the anchor
-        ids = await backend.token_ids(plan.messages[:1], None)
-        placement = backend.policy.placement(RouteRequest(token_ids=ids))
+        ids = await backend.token_ids(plan.messages[:1], salt)
+        placement = backend.policy.placement(RouteRequest(token_ids=ids, cache_salt=salt))
         assert placement is not None and placement.holders == frozenset(service.holders(doc))
 
     run(body)
@@ -56,10 +60,10 @@ def test_a_long_document_is_anchored_by_its_lead_and_asks_pick_relevant_chunks()
     service, backend, _ = make_service()
 
     async def body() -> None:
-        doc, _ = await service.upload(model=MODEL, text=LONG, name="manual")
+        doc, _ = await service.upload(owner=OWNER, model=MODEL, text=LONG, name="manual")
         assert doc.anchor_mode is Mode.EXCERPTS and 1 <= doc.lead_count < len(doc.chunks)
         assert not backend.prewarms[0][1][0]["content"].endswith(LONG.strip())
-        plans = [await service.plan(doc.id, question=f"Tell me about the {topic} keeper.",
+        plans = [await service.plan(doc.id, owner=OWNER.name, question=f"Tell me about the {topic} keeper.",
                                     max_tokens=8) for topic in ("violin", "canyon")]
         for plan, topic in zip(plans, ("violin", "canyon")):
             assert plan.selection.mode is Mode.EXCERPTS
@@ -79,8 +83,8 @@ def test_similarity_order_drops_the_anchor() -> None:
     service, _, _ = make_service()
 
     async def body() -> None:
-        doc, _ = await service.upload(model=MODEL, text=LONG, name="manual")
-        plan = await service.plan(doc.id, question="The violin and the canyon?", max_tokens=8,
+        doc, _ = await service.upload(owner=OWNER, model=MODEL, text=LONG, name="manual")
+        plan = await service.plan(doc.id, owner=OWNER.name, question="The violin and the canyon?", max_tokens=8,
                                   order=Order.SIMILARITY)
         assert plan.selection.order is Order.SIMILARITY
         assert "manual" not in plan.messages[0]["content"]
@@ -92,15 +96,15 @@ def test_delete_drops_the_prefix_and_the_routers_ownership() -> None:
     service, backend, _ = make_service()
 
     async def body() -> None:
-        doc, _ = await service.upload(model=MODEL, text=SHORT, name="memo")
+        doc, _ = await service.upload(owner=OWNER, model=MODEL, text=SHORT, name="memo")
         assert service.holders(doc)
-        await service.delete(doc.id)
+        await service.delete(doc.id, OWNER.name)
         assert service.holders(doc) == []
-        assert await service._registry.records() == []
+        assert await service._registry.records(OWNER.name) == []
         with refuse(404, "not_found"):
-            service.get(doc.id)
+            service.get(doc.id, OWNER.name)
         with refuse(404, "not_found"):
-            await service.delete(doc.id)
+            await service.delete(doc.id, OWNER.name)
 
     run(body)
 
@@ -112,18 +116,18 @@ def test_eviction_keeps_busy_documents_and_forgets_the_victims_blocks() -> None:
         texts = {t: long_document(paragraphs=2).replace("harbour", t) for t in TOPICS[:3]}
         docs = {}
         for topic, text in texts.items():
-            docs[topic], _ = await service.upload(model=MODEL, text=text, name=topic)
+            docs[topic], _ = await service.upload(owner=OWNER, model=MODEL, text=text, name=topic)
             clock.advance(10)
             if topic == TOPICS[0]:
                 for _ in range(3):  # asked about: relevant
-                    plan = await service.plan(docs[topic].id, question="Why?", max_tokens=4)
+                    plan = await service.plan(docs[topic].id, owner=OWNER.name, question="Why?", max_tokens=4)
                     service.observe(plan, prompt_tokens=100, cached_tokens=64, elapsed_s=0.1)
-        kept = {d.name for d in service.documents()}
+        kept = {d.name for d in service.documents(OWNER.name)}
         assert kept == {TOPICS[0], TOPICS[2]}
         assert service.holders(docs[TOPICS[1]]) == []
-        assert len(await service._registry.records()) == 2
+        assert len(await service._registry.records(OWNER.name)) == 2
         clock.advance(3601)  # idle past idle_ttl_s: stale
-        assert await service.sweep() == 2 and service.documents() == []
+        assert await service.sweep() == 2 and service.documents(OWNER.name) == []
 
     run(body)
 
@@ -137,25 +141,25 @@ def test_bad_uploads(fields: dict, status: int, code: str) -> None:
     service, _, _ = make_service()
     args = {"model": MODEL, "text": SHORT, "name": None, **fields}
     with refuse(status, code):
-        run(lambda: service.upload(**args))
+        run(lambda: service.upload(owner=OWNER, **args))
 
 
 def test_too_many_tokens_and_bad_questions() -> None:
     service, _, _ = make_service(max_total_tokens=100)
     with refuse(413, "request_too_large"):
-        run(lambda: service.upload(model=MODEL, text=SHORT, name=None))
+        run(lambda: service.upload(owner=OWNER, model=MODEL, text=SHORT, name=None))
     service, _, _ = make_service()
 
     async def body() -> None:
-        doc, _ = await service.upload(model=MODEL, text=SHORT, name=None)
+        doc, _ = await service.upload(owner=OWNER, model=MODEL, text=SHORT, name=None)
         with refuse(400, "invalid_request"):
-            await service.plan(doc.id, question="  ", max_tokens=None)
+            await service.plan(doc.id, owner=OWNER.name, question="  ", max_tokens=None)
         with refuse(400, "invalid_request"):
-            await service.plan(doc.id, question="x" * 501, max_tokens=None)
+            await service.plan(doc.id, owner=OWNER.name, question="x" * 501, max_tokens=None)
         with refuse(400, "invalid_request"):
-            await service.plan(doc.id, question="Why?", max_tokens=390)
+            await service.plan(doc.id, owner=OWNER.name, question="Why?", max_tokens=390)
         with refuse(404, "not_found"):
-            await service.plan("doc-" + "0" * 32, question="Why?", max_tokens=None)
+            await service.plan("doc-" + "0" * 32, owner=OWNER.name, question="Why?", max_tokens=None)
 
     run(body)
 
@@ -164,9 +168,9 @@ def test_a_question_too_long_for_the_whole_document_falls_back_to_excerpts() -> 
     service, backend, _ = make_service()
 
     async def body() -> None:
-        doc, _ = await service.upload(model=MODEL, text=SHORT, name="memo")
+        doc, _ = await service.upload(owner=OWNER, model=MODEL, text=SHORT, name="memo")
         assert doc.anchor_mode is Mode.WHOLE
-        plan = await service.plan(doc.id, question="Why?", max_tokens=300)
+        plan = await service.plan(doc.id, owner=OWNER.name, question="Why?", max_tokens=300)
         assert plan.selection.mode is Mode.EXCERPTS
         whole = backend.prewarms[0][1][0]["content"]
         # The lead is a head of the prewarmed whole document: its blocks are shared.
@@ -180,8 +184,8 @@ def test_observe_counts_and_renews_an_aging_registration() -> None:
     service, backend, clock = make_service(idle_ttl_s=100.0)
 
     async def body() -> None:
-        doc, _ = await service.upload(model=MODEL, text=SHORT, name="memo")
-        plan = await service.plan(doc.id, question="Why?", max_tokens=4)
+        doc, _ = await service.upload(owner=OWNER, model=MODEL, text=SHORT, name="memo")
+        plan = await service.plan(doc.id, owner=OWNER.name, question="Why?", max_tokens=4)
         service.observe(plan, prompt_tokens=200, cached_tokens=128, elapsed_s=0.5)
         assert (doc.asks, doc.prompt_tokens, doc.cached_tokens) == (1, 200, 128)
         clock.advance(60)  # over half the registration's TTL
@@ -197,13 +201,13 @@ def test_a_shared_anchor_stays_until_its_last_document_goes() -> None:
 
     async def body() -> None:
         # Same name and opening: one anchor (the lead), two documents.
-        first, _ = await service.upload(model=MODEL, text=LONG, name="manual")
-        second, _ = await service.upload(model=MODEL, text=LONG + "\n\nAppendix.", name="manual")
+        first, _ = await service.upload(owner=OWNER, model=MODEL, text=LONG, name="manual")
+        second, _ = await service.upload(owner=OWNER, model=MODEL, text=LONG + "\n\nAppendix.", name="manual")
         assert first.id != second.id and first.prefix_key == second.prefix_key
-        await service.delete(first.id)
-        assert service.holders(second) and len(await service._registry.records()) == 1
-        await service.delete(second.id)
-        assert service.holders(second) == [] and await service._registry.records() == []
+        await service.delete(first.id, OWNER.name)
+        assert service.holders(second) and len(await service._registry.records(OWNER.name)) == 1
+        await service.delete(second.id, OWNER.name)
+        assert service.holders(second) == [] and await service._registry.records(OWNER.name) == []
 
     run(body)
 
@@ -212,11 +216,11 @@ def test_earlier_turns_sit_between_the_document_and_the_question() -> None:
     service, _, _ = make_service()
 
     async def body() -> None:
-        doc, _ = await service.upload(model=MODEL, text=SHORT, name="memo")
-        first = await service.plan(doc.id, question="What about the harbour?", max_tokens=8)
+        doc, _ = await service.upload(owner=OWNER, model=MODEL, text=SHORT, name="memo")
+        first = await service.plan(doc.id, owner=OWNER.name, question="What about the harbour?", max_tokens=8)
         history = [{"role": "user", "content": "What about the harbour?"},
                    {"role": "assistant", "content": "It is closed."}]
-        second = await service.plan(doc.id, question="Since when?", max_tokens=8,
+        second = await service.plan(doc.id, owner=OWNER.name, question="Since when?", max_tokens=8,
                                     history=history)
         assert second.selection.mode is Mode.WHOLE
         # The second turn resends the first turn's prompt, then the answer: its prefix.
@@ -226,16 +230,66 @@ def test_earlier_turns_sit_between_the_document_and_the_question() -> None:
 
         # Earlier turns take their tokens from the excerpts' budget: a long
         # conversation about a long document gets fewer excerpts, then no room.
-        long_doc, _ = await service.upload(model=MODEL, text=LONG, name="manual")
-        alone = await service.plan(long_doc.id, question="Tell me about storms.", max_tokens=8)
+        long_doc, _ = await service.upload(owner=OWNER, model=MODEL, text=LONG, name="manual")
+        alone = await service.plan(long_doc.id, owner=OWNER.name, question="Tell me about storms.", max_tokens=8)
         chatty = [{"role": "user", "content": "word " * 100},
                   {"role": "assistant", "content": "word " * 100}]
-        crowded = await service.plan(long_doc.id, question="Tell me about storms.",
+        crowded = await service.plan(long_doc.id, owner=OWNER.name, question="Tell me about storms.",
                                      max_tokens=8, history=chatty)
         assert len(crowded.selection.excerpts) < len(alone.selection.excerpts)
         with refuse(400, "invalid_request") as err:
-            await service.plan(long_doc.id, question="Tell me about storms.", max_tokens=8,
+            await service.plan(long_doc.id, owner=OWNER.name, question="Tell me about storms.", max_tokens=8,
                                history=chatty * 3)
         assert "earlier turns" in err.value.message
+
+    run(body)
+
+
+# --- tenants ------------------------------------------------------------------------
+
+
+def test_another_tenants_document_is_unknown_to_it() -> None:
+    service, backend, _ = make_service()
+
+    async def body() -> None:
+        doc, _ = await service.upload(owner=OWNER, model=MODEL, text=SHORT, name="memo")
+        unknown = "doc-" + "0" * 32
+        for probe in (doc.id, unknown):
+            with refuse(404, "not_found") as refused:
+                service.get(probe, OTHER.name)
+            assert refused.value.message == f"No document has id '{probe}'."
+            with refuse(404, "not_found"):
+                await service.plan(probe, owner=OTHER.name, question="Why?", max_tokens=4)
+            with refuse(404, "not_found"):
+                await service.delete(probe, OTHER.name)
+        assert service.documents(OTHER.name) == []
+        assert service.get(doc.id, OWNER.name) is doc  # still there, still acme's
+        # The same upload by globex is a document of its own, prewarmed under its salt.
+        theirs, created = await service.upload(owner=OTHER, model=MODEL, text=SHORT,
+                                               name="memo")
+        assert created and theirs.id != doc.id and theirs.prefix_key != doc.prefix_key
+        assert [salt for _, _, salt in backend.prewarms] == [OWNER.cache_salt(),
+                                                             OTHER.cache_salt()]
+        assert service.documents(OTHER.name) == [theirs]
+        assert service._tokenizer.salts == {OWNER.cache_salt(), OTHER.cache_salt()}
+
+    run(body)
+
+
+def test_a_tenant_over_its_document_quota_evicts_only_its_own() -> None:
+    service, _, clock = make_service(max_documents=8)
+    small = Tenant("globex", TenantLimits(max_documents=2))
+
+    async def body() -> None:
+        mine, _ = await service.upload(owner=OWNER, model=MODEL, text=SHORT, name="memo")
+        clock.advance(10)
+        texts = [long_document(paragraphs=2).replace("harbour", t) for t in TOPICS[:3]]
+        theirs = []
+        for i, text in enumerate(texts):
+            doc, _ = await service.upload(owner=small, model=MODEL, text=text, name=f"g{i}")
+            theirs.append(doc.id)
+            clock.advance(10)
+        assert [d.id for d in service.documents(small.name)] == theirs[:0:-1]
+        assert service.documents(OWNER.name) == [mine]
 
     run(body)
