@@ -1,8 +1,8 @@
 """The live stack, started once per test session and shared.
 
 `cacheroute serve` runs as a subprocess exactly as a user starts it (Ray head, Serve,
-2 vLLM CPU replicas of the embedded default model), configured with an API key so the
-auth tests need no second stack. The local-stack starter is bench/service.py's (the
+2 vLLM CPU replicas of the embedded default model), configured with an API key (tenant `default`) and two
+more tenants, `acme` and `globex`, so the auth and tenant tests need no second stack. The local-stack starter is bench/service.py's (the
 benchmarks and drills start theirs with it too); this module adds the tier's config
 and the `Stack` conveniences. The first completion is sent the moment the ready line
 appears and its latency recorded for the readiness test.
@@ -10,6 +10,7 @@ appears and its latency recorded for the readiness test.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,15 @@ from bench.service import (
     write_config,
 )
 
-API_KEY = "test-key-0123456789"
+API_KEY = "test-key-0123456789"  # tenant `default`
+# Two more tenants of the shared stack (tests/integration/test_tenants.py); globex's
+# small prefix quota makes its eviction test cheap.
+ACME_KEY = "test-key-acme-0123456789"
+GLOBEX_KEY = "test-key-globex-0123456789"
+GLOBEX_MAX_PREFIXES = 2
+TENANTS = {"acme": {"api_keys": [ACME_KEY]},
+           "globex": {"api_keys": [GLOBEX_KEY],
+                      "limits": {"max_prefixes": GLOBEX_MAX_PREFIXES}}}
 MODEL_ID = "smollm2-135m-instruct"
 START_TIMEOUT_S = float(os.environ.get("CACHEROUTE_TEST_START_TIMEOUT_S", "900"))
 # Engine metrics reach /metrics every second instead of every ten, so tests that read
@@ -65,6 +74,10 @@ class Stack:
         return httpx.Client(base_url=self.base_url, timeout=300,
                             headers={"Authorization": f"Bearer {self.api_key}"})
 
+    def as_tenant(self, api_key: str) -> "Stack":
+        """The same stack, its clients acting with ``api_key`` (another tenant's)."""
+        return dataclasses.replace(self, api_key=api_key)
+
 
 def start_stack(tmp: Path, *, policy: str = "cacheroute", replicas: int = 2,
                 extra_yaml: str = "", routing_yaml: str = "",
@@ -78,7 +91,7 @@ def start_stack(tmp: Path, *, policy: str = "cacheroute", replicas: int = 2,
     config = write_config(
         tmp / "cacheroute.yaml", model_id=MODEL_ID, policy=policy, replicas=replicas,
         port=port, metrics_port=metrics_port, ready_timeout_s=START_TIMEOUT_S,
-        max_model_len=max_model_len, api_keys=[API_KEY],
+        max_model_len=max_model_len, api_keys=[API_KEY], tenants=TENANTS,
         routing=yaml.safe_load(f"{{{routing_yaml}}}"), sections=yaml.safe_load(extra_yaml))
     log_path = tmp / "serve.log"
     service = ServiceProcess(config_path=config, policy=policy, port=port, log_path=log_path,
