@@ -51,6 +51,15 @@ class Quota:
     max_documents: int
     max_total_tokens: int
 
+    @classmethod
+    def within(cls, policy: EvictionPolicy, *, max_documents: int | None,
+               max_total_tokens: int | None) -> "Quota":
+        """An owner's own bounds (None: the policy's), never above the policy's."""
+        return cls(max_documents=min(max_documents or policy.max_documents,
+                                     policy.max_documents),
+                   max_total_tokens=min(max_total_tokens or policy.max_total_tokens,
+                                        policy.max_total_tokens))
+
 
 @dataclass(frozen=True, kw_only=True)
 class Usage:

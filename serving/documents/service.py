@@ -36,24 +36,23 @@ in O(chunks x 384), and tokenises its rendered prompt once or a few times.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import math
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from serving.documents import assembly
 from serving.documents.assembly import Mode, Order, Selection
 from serving.documents.chunking import Chunk, chunk_document
 from serving.documents.embedding import Embedder, EmbedderUnavailable
-from serving.documents.eviction import EvictionPolicy, Quota, Reason, Usage, victims
+from serving.documents.document import Document, document_id
+from serving.documents.eviction import EvictionPolicy, Quota, Reason, victims
 from serving.documents.index import VectorIndex
 from serving.documents.metrics import DocumentMetrics
 from serving.prefixes.registry import PrefixError, PrefixRegistry
-from serving.prefixes.store import PrefixKey
 from serving.tenants.identity import Tenant
 
 logger = logging.getLogger("ray.serve")
@@ -99,42 +98,6 @@ class DocumentSettings:
     eviction: EvictionPolicy
 
 
-@dataclass(kw_only=True)
-class Document:
-    id: str
-    owner: Tenant
-    name: str
-    model: str
-    text: str
-    chunks: tuple[Chunk, ...]
-    index: VectorIndex
-    tokens: int  # the whole text's
-    lead_count: int
-    lead_tokens: int
-    anchor_mode: Mode  # whole text or lead in the system message
-    overhead_tokens: int  # template + instruction + name, without any text
-    anchor_tokens: int  # chat tokens of the anchor's system message
-    prefix_key: PrefixKey | None  # None: the anchor is shorter than one KV block
-    cacheable_tokens: int
-    anchor_token_ids: tuple[int, ...]
-    created_at: float
-    last_used_at: float
-    registered_at: float
-    asks: int = 0
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
-    chunk_hits: dict[int, int] = field(default_factory=dict)
-
-    def usage(self) -> Usage:
-        return Usage(id=self.id, tokens=self.tokens, hits=self.asks,
-                     last_used_s=self.last_used_at, owner=self.owner.name)
-
-    @property
-    def salt(self) -> str:
-        """The cache salt its anchor and its questions are served under."""
-        return self.owner.cache_salt()
-
-
 @dataclass(frozen=True, kw_only=True)
 class Plan:
     """A question's context, ready to send as a chat request."""
@@ -144,15 +107,6 @@ class Plan:
     selection: Selection
     max_tokens: int
     assembly_s: float
-
-
-def document_id(model: str, name: str, text: str, salt: str) -> str:
-    """Derived from the content and the owner's cache salt (like a prefix key): the
-    same upload by one tenant is the same document, by two tenants two documents, and
-    no client can point an id at other content."""
-    digest = hashlib.sha256("\0".join(("cacheroute-document-v1", model, name, text, salt))
-                            .encode()).hexdigest()
-    return f"doc-{digest[:32]}"
 
 
 class DocumentService:
@@ -228,8 +182,8 @@ class DocumentService:
         system = assembly.system_message(name, assembly.anchor_text(text, chunks, lead_count,
                                                                     mode))
         now = self._clock()
-        doc = Document(id=doc_id, owner=owner, name=name, model=model, text=text, chunks=tuple(chunks),
-                       index=VectorIndex(vectors), tokens=tokens, lead_count=lead_count,
+        doc = Document(id=doc_id, owner=owner, name=name, model=model, text=text,
+                       chunks=tuple(chunks), index=VectorIndex(vectors), tokens=tokens, lead_count=lead_count,
                        lead_tokens=lead_tokens, anchor_mode=mode, overhead_tokens=overhead,
                        anchor_tokens=0, prefix_key=None, cacheable_tokens=0,
                        anchor_token_ids=(), created_at=now, last_used_at=now,
@@ -253,11 +207,8 @@ class DocumentService:
 
     def _quota(self, owner: Tenant) -> Quota:
         """``owner``'s own bounds: its `tenant_limits`, within the service-wide ones."""
-        e, limits = self._settings.eviction, owner.limits
-        return Quota(max_documents=min(limits.max_documents or e.max_documents,
-                                       e.max_documents),
-                     max_total_tokens=min(limits.max_document_tokens or e.max_total_tokens,
-                                          e.max_total_tokens))
+        return Quota.within(self._settings.eviction, max_documents=owner.limits.max_documents,
+                            max_total_tokens=owner.limits.max_document_tokens)
 
     def _quotas(self) -> dict[str, Quota]:
         return {d.owner.name: self._quota(d.owner) for d in self._documents.values()}

@@ -35,8 +35,8 @@ class PrefixConfig(ConfigSection):
     loses its least recently used one (`tenant_limits` bounds each tenant's own)."""
     max_total_tokens: int = Field(32_768, ge=1)
     """Tokens of all registered prefixes together (beyond it the tenant holding the most
-    loses its least recently used): the KV cache the registry keeps warm. Keep it well below the fleet's KV cache, which
-    the unregistered traffic needs too."""
+    loses its least recently used): the KV cache the registry keeps warm. Keep it well
+    below the fleet's KV cache, which the unregistered traffic needs too."""
     max_prefix_tokens: int = Field(4096, ge=1)
     """Largest single prefix in tokens (413 above it); also capped at
     `engine.max_model_len` - 1, since the prewarm generates one token."""

@@ -1,9 +1,10 @@
 """The live stack, started once per test session and shared.
 
 `cacheroute serve` runs as a subprocess exactly as a user starts it (Ray head, Serve,
-2 vLLM CPU replicas of the embedded default model), configured with an API key (tenant `default`) and two
-more tenants, `acme` and `globex`, so the auth and tenant tests need no second stack. The local-stack starter is bench/service.py's (the
-benchmarks and drills start theirs with it too); this module adds the tier's config
+2 vLLM CPU replicas of the embedded default model), configured with an API key (tenant
+`default`) and two more tenants, `acme` and `globex`, so the auth and tenant tests need
+no second stack. The local-stack starter is bench/service.py's (the benchmarks and
+drills start theirs with it too); this module adds the tier's config
 and the `Stack` conveniences. The first completion is sent the moment the ready line
 appears and its latency recorded for the readiness test.
 """

@@ -83,7 +83,12 @@ def test_document_order_shares_more_cached_prefix_than_similarity_order(path: Pa
     from serving.documents.metrics import DocumentMetrics
     from serving.documents.service import DocumentService
     from serving.routing.prompt_tokens import PromptTokenizer
-    from tests.unit.serving.prefixes.prefix_fakes import OWNER, FakeBackend, make_registry, make_store
+    from tests.unit.serving.prefixes.prefix_fakes import (
+        OWNER,
+        FakeBackend,
+        make_registry,
+        make_store,
+    )
 
     settings = document_settings(ServiceConfig.model_validate(
         {"engine": {"max_model_len": 2048}}), frozenset({"m"}))

@@ -46,7 +46,8 @@ def test_a_short_document_is_prewarmed_whole_on_its_ring_home() -> None:
         again, created = await service.upload(owner=OWNER, model=MODEL, text=SHORT, name="memo")
         assert again is doc and not created and len(backend.prewarms) == 1
 
-        plan = await service.plan(doc.id, owner=OWNER.name, question="What about the harbour?", max_tokens=8)
+        plan = await service.plan(doc.id, owner=OWNER.name,
+                                  question="What about the harbour?", max_tokens=8)
         assert plan.selection.mode is Mode.WHOLE
         assert plan.messages[0] == messages[0]  # the question starts with the anchor
         ids = await backend.token_ids(plan.messages[:1], salt)
@@ -63,7 +64,8 @@ def test_a_long_document_is_anchored_by_its_lead_and_asks_pick_relevant_chunks()
         doc, _ = await service.upload(owner=OWNER, model=MODEL, text=LONG, name="manual")
         assert doc.anchor_mode is Mode.EXCERPTS and 1 <= doc.lead_count < len(doc.chunks)
         assert not backend.prewarms[0][1][0]["content"].endswith(LONG.strip())
-        plans = [await service.plan(doc.id, owner=OWNER.name, question=f"Tell me about the {topic} keeper.",
+        plans = [await service.plan(doc.id, owner=OWNER.name,
+                                    question=f"Tell me about the {topic} keeper.",
                                     max_tokens=8) for topic in ("violin", "canyon")]
         for plan, topic in zip(plans, ("violin", "canyon")):
             assert plan.selection.mode is Mode.EXCERPTS
@@ -84,7 +86,8 @@ def test_similarity_order_drops_the_anchor() -> None:
 
     async def body() -> None:
         doc, _ = await service.upload(owner=OWNER, model=MODEL, text=LONG, name="manual")
-        plan = await service.plan(doc.id, owner=OWNER.name, question="The violin and the canyon?", max_tokens=8,
+        plan = await service.plan(doc.id, owner=OWNER.name,
+                                  question="The violin and the canyon?", max_tokens=8,
                                   order=Order.SIMILARITY)
         assert plan.selection.order is Order.SIMILARITY
         assert "manual" not in plan.messages[0]["content"]
@@ -120,7 +123,8 @@ def test_eviction_keeps_busy_documents_and_forgets_the_victims_blocks() -> None:
             clock.advance(10)
             if topic == TOPICS[0]:
                 for _ in range(3):  # asked about: relevant
-                    plan = await service.plan(docs[topic].id, owner=OWNER.name, question="Why?", max_tokens=4)
+                    plan = await service.plan(docs[topic].id, owner=OWNER.name,
+                                              question="Why?", max_tokens=4)
                     service.observe(plan, prompt_tokens=100, cached_tokens=64, elapsed_s=0.1)
         kept = {d.name for d in service.documents(OWNER.name)}
         assert kept == {TOPICS[0], TOPICS[2]}
@@ -159,7 +163,8 @@ def test_too_many_tokens_and_bad_questions() -> None:
         with refuse(400, "invalid_request"):
             await service.plan(doc.id, owner=OWNER.name, question="Why?", max_tokens=390)
         with refuse(404, "not_found"):
-            await service.plan("doc-" + "0" * 32, owner=OWNER.name, question="Why?", max_tokens=None)
+            await service.plan("doc-" + "0" * 32, owner=OWNER.name,
+                               question="Why?", max_tokens=None)
 
     run(body)
 
@@ -202,7 +207,8 @@ def test_a_shared_anchor_stays_until_its_last_document_goes() -> None:
     async def body() -> None:
         # Same name and opening: one anchor (the lead), two documents.
         first, _ = await service.upload(owner=OWNER, model=MODEL, text=LONG, name="manual")
-        second, _ = await service.upload(owner=OWNER, model=MODEL, text=LONG + "\n\nAppendix.", name="manual")
+        second, _ = await service.upload(owner=OWNER,
+                                         model=MODEL, text=LONG + "\n\nAppendix.", name="manual")
         assert first.id != second.id and first.prefix_key == second.prefix_key
         await service.delete(first.id, OWNER.name)
         assert service.holders(second) and len(await service._registry.records(OWNER.name)) == 1
@@ -217,7 +223,8 @@ def test_earlier_turns_sit_between_the_document_and_the_question() -> None:
 
     async def body() -> None:
         doc, _ = await service.upload(owner=OWNER, model=MODEL, text=SHORT, name="memo")
-        first = await service.plan(doc.id, owner=OWNER.name, question="What about the harbour?", max_tokens=8)
+        first = await service.plan(doc.id, owner=OWNER.name,
+                                   question="What about the harbour?", max_tokens=8)
         history = [{"role": "user", "content": "What about the harbour?"},
                    {"role": "assistant", "content": "It is closed."}]
         second = await service.plan(doc.id, owner=OWNER.name, question="Since when?", max_tokens=8,
@@ -231,14 +238,17 @@ def test_earlier_turns_sit_between_the_document_and_the_question() -> None:
         # Earlier turns take their tokens from the excerpts' budget: a long
         # conversation about a long document gets fewer excerpts, then no room.
         long_doc, _ = await service.upload(owner=OWNER, model=MODEL, text=LONG, name="manual")
-        alone = await service.plan(long_doc.id, owner=OWNER.name, question="Tell me about storms.", max_tokens=8)
+        alone = await service.plan(long_doc.id, owner=OWNER.name,
+                                   question="Tell me about storms.", max_tokens=8)
         chatty = [{"role": "user", "content": "word " * 100},
                   {"role": "assistant", "content": "word " * 100}]
-        crowded = await service.plan(long_doc.id, owner=OWNER.name, question="Tell me about storms.",
+        crowded = await service.plan(long_doc.id, owner=OWNER.name,
+                                     question="Tell me about storms.",
                                      max_tokens=8, history=chatty)
         assert len(crowded.selection.excerpts) < len(alone.selection.excerpts)
         with refuse(400, "invalid_request") as err:
-            await service.plan(long_doc.id, owner=OWNER.name, question="Tell me about storms.", max_tokens=8,
+            await service.plan(long_doc.id, owner=OWNER.name,
+                               question="Tell me about storms.", max_tokens=8,
                                history=chatty * 3)
         assert "earlier turns" in err.value.message
 

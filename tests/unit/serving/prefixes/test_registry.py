@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from router import RouteRequest
 from serving.prefixes.registry import PrefixError, PrefixRegistry
-from serving.prefixes.store import PrefixStoreError, short_key
+from serving.prefixes.store import PrefixStoreError
 from tests.unit.serving.prefixes.prefix_fakes import (
     MODEL,
     OTHER,
