@@ -67,9 +67,10 @@ def write_config(path: Path, *, model_id: str, policy: str, replicas: int, port:
                  tenants: Mapping[str, Any] | None = None,
                  routing: Mapping[str, Any] | None = None,
                  sections: Mapping[str, Any] | None = None) -> Path:
-    """The stack's config file. ``tenants``: ``server.tenants`` (written only when
-    given); ``routing``: more keys of the routing section (they win over the named
-    ones); ``sections``: more top-level sections (they win too)."""
+    """The stack's config file. ``tenants``: `server.tenants` (each tenant's keys and
+    limits) beside the flat ``api_keys`` of tenant `default`; ``routing``: more keys of
+    the routing section (they win over the named ones); ``sections``: more top-level
+    sections (they win too)."""
     routing_section: dict[str, Any] = {"policy": policy}
     if load_epsilon is not None:
         routing_section["load_epsilon"] = load_epsilon
@@ -92,8 +93,8 @@ def write_config(path: Path, *, model_id: str, policy: str, replicas: int, port:
         # is removed from the service's environment too).
         "server": {"host": "127.0.0.1", "port": port, "metrics_port": metrics_port,
                    "api_keys": list(api_keys), "api_keys_env": None,
-                   "ready_timeout_s": ready_timeout_s,
-                   **({"tenants": dict(tenants)} if tenants else {})},
+                   "tenants": dict(tenants or {}),
+                   "ready_timeout_s": ready_timeout_s},
         **(sections or {}),
     }
     path.write_text(yaml.safe_dump(config, sort_keys=False, default_flow_style=None),

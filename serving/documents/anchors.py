@@ -7,6 +7,10 @@ registry rewarms it when that replica loses it and counts the questions that sta
 with it. ``forget`` deletes each anchor's prefix and makes the router forget its
 blocks, whether or not the registry still held it (it expires on its own). Sections
 are registered one after the other: each prewarm is a prefill of up to a window.
+
+Every anchor is the document owner's: registered as a prefix of that tenant, its
+token ids, prewarm, placement and forgetting all under that tenant's cache salt
+(serving/tenants/identity.py), so two tenants' copies of one text never share blocks.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from serving.documents import assembly, sections
 from serving.documents.sections import SectionAnchor, SectionedDocument, SectionError
 from serving.prefixes.registry import PrefixError, PrefixRegistry
 from serving.prefixes.store import PrefixKey
+from serving.tenants.identity import Tenant
 
 logger = logging.getLogger("ray.serve")
 
@@ -36,20 +41,25 @@ class DocumentTokenizer(Protocol):
     def count(self, texts: Sequence[str]) -> list[int]:
         """Tokens of each plain text (no special tokens)."""
 
-    def chat_tokens(self, messages: Sequence[Mapping[str, Any]]) -> int:
-        """Prompt tokens of chat messages, rendered without a generation prompt."""
+    def chat_tokens(self, messages: Sequence[Mapping[str, Any]], salt: str) -> int:
+        """Prompt tokens of chat messages, rendered without a generation prompt; any
+        cache of the tokenizer is kept per ``salt`` (the owner's)."""
 
 
 class Document(SectionedDocument, Protocol):
     """What anchoring needs of a document (service.py's ``Document``)."""
 
     id: str
+    owner: Tenant
     model: str
     anchor_token_ids: tuple[int, ...]
     anchor_tokens: int
     prefix_key: PrefixKey | None
     cacheable_tokens: int
     registered_at: float
+
+    @property
+    def salt(self) -> str: ...
 
     def anchors(self) -> list[Anchor]: ...
 
@@ -67,7 +77,7 @@ class DocumentAnchors:
         """The whole text as the document's one anchor."""
         system = assembly.system_message(doc.name, doc.text.strip())
         doc.anchor_token_ids, doc.prefix_key, doc.cacheable_tokens = await self._register(
-            doc.model, system)
+            doc, system)
         doc.anchor_tokens = len(doc.anchor_token_ids)
         doc.registered_at = self._clock()
 
@@ -79,12 +89,13 @@ class DocumentAnchors:
         fresh = await asyncio.to_thread(sections.fresh_tokens, doc.text, doc.chunks, count)
         # The label's widest part number (999) bounds any section's.
         empty = assembly.system_message(sections.label(doc.name, 998, 999), "")
-        budget = window_tokens - await asyncio.to_thread(self._tokenizer.chat_tokens, [empty])
+        budget = window_tokens - await asyncio.to_thread(self._tokenizer.chat_tokens, [empty],
+                                                         doc.salt)
         for _ in range(_CUT_ATTEMPTS):
             cut = sections.cut(doc.chunks, fresh, budget_tokens=budget)
             systems = [sections.anchor_message(doc.name, doc.text, doc.chunks, c, len(cut))
                        for c in cut]
-            sizes = await asyncio.to_thread(self._sizes, systems)
+            sizes = await asyncio.to_thread(self._sizes, systems, doc.salt)
             over = max(size - window_tokens for size in sizes)
             if over <= 0:
                 break
@@ -97,13 +108,13 @@ class DocumentAnchors:
                              for c, (a, b) in zip(cut, spans))
         await self.renew_sections(doc)
 
-    def _sizes(self, systems: list[dict[str, str]]) -> list[int]:
-        return [self._tokenizer.chat_tokens([m]) for m in systems]
+    def _sizes(self, systems: list[dict[str, str]], salt: str) -> list[int]:
+        return [self._tokenizer.chat_tokens([m], salt) for m in systems]
 
     async def renew_sections(self, doc: Document) -> None:
         for anchor in doc.sections:
             anchor.token_ids, anchor.prefix_key, anchor.cacheable_tokens = await self._register(
-                doc.model, sections.anchor_message(doc.name, doc.text, doc.chunks,
+                doc, sections.anchor_message(doc.name, doc.text, doc.chunks,
                                                    anchor.section, anchor.count))
         doc.anchor_tokens = sum(len(a.token_ids) for a in doc.sections)
         doc.cacheable_tokens = sum(a.cacheable_tokens for a in doc.sections)
@@ -115,13 +126,14 @@ class DocumentAnchors:
         else:
             await self.register_whole(doc)
 
-    async def _register(self, model: str, system: dict[str, str]
+    async def _register(self, doc: Document, system: dict[str, str]
                         ) -> tuple[tuple[int, ...], PrefixKey | None, int]:
-        """(token ids, prefix key, cacheable tokens) of one registered anchor."""
-        token_ids = await self._registry.backend.token_ids([system], None)
+        """(token ids, prefix key, cacheable tokens) of one anchor, registered as a
+        prefix of the document's owner under its salt."""
+        token_ids = await self._registry.backend.token_ids([system], doc.salt)
         try:
-            record, _ = await self._registry.register(model=model, messages=[system],
-                                                      ttl_s=self.ttl_s, tenant=None)
+            record, _ = await self._registry.register(model=doc.model, messages=[system],
+                                                      ttl_s=self.ttl_s, owner=doc.owner)
         except PrefixError as err:
             if err.status == 400 and err.param == "messages":  # shorter than one block
                 return token_ids, None, 0
@@ -133,13 +145,15 @@ class DocumentAnchors:
         section's, for a sectioned document)."""
         out: set[str] = set()
         for _, token_ids in doc.anchors():
-            out.update(self.placement(token_ids)[1])
+            out.update(self.placement(token_ids, doc.salt)[1])
         return sorted(out)
 
-    def placement(self, token_ids: tuple[int, ...]) -> tuple[str | None, list[str]]:
-        """(home replica, holders) of one anchor, as the router places it."""
+    def placement(self, token_ids: tuple[int, ...], salt: str
+                  ) -> tuple[str | None, list[str]]:
+        """(home replica, holders) of one anchor served under ``salt``, as the router
+        places it."""
         backend = self._registry.backend
-        found = (backend.placement(token_ids, None)
+        found = (backend.placement(token_ids, salt)
                  if token_ids and backend.tracks_placement else None)
         return (found.home, sorted(found.holders)) if found is not None else (None, [])
 
@@ -151,14 +165,14 @@ class DocumentAnchors:
                 continue
             if key is not None:
                 try:
-                    await self._registry.delete(key)
+                    await self._registry.delete(key, doc.owner.name)
                 except PrefixError as err:
                     if err.status != 404:  # gone already (expired or evicted) is fine
                         logger.warning("cacheroute: document %s: prefix not deleted: %s",
                                        doc.id, err.message)
             # The registry forgets only prefixes it still held: forget here too.
             if token_ids:
-                self._registry.backend.forget(token_ids, None)
+                self._registry.backend.forget(token_ids, doc.salt)
 
     @property
     def backend(self) -> Any:

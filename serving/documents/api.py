@@ -31,6 +31,11 @@ A question answered from several sections (``legs.py``) is one request per secti
 and a combine request; its usage is their sum, and ``document.legs`` gives each
 section's. Streamed, only the combine streams.
 
+Every route is the caller's tenant's: a document is listed, read, asked and deleted
+by the tenant that uploaded it only (another tenant's id is a 404 like an unknown
+one), and every request it sends (each leg and the combine included) is served under
+that tenant's cache salt, the one its anchors were prewarmed under.
+
 ``holders`` are the replicas the router's ownership index believes hold every full
 block of the document's anchor (or of any of its sections'); a DELETE reports them
 before and after forgetting, so a client (and the tests) can see ownership dropped.
@@ -78,6 +83,7 @@ from serving.documents.service import (
 from serving.prefixes.api import cached_tokens, sse_json
 from serving.prefixes.registry import PrefixRegistry
 from serving.routing.prompt_tokens import PromptTokenizer
+from serving.tenants.identity import tenant_of
 
 
 class _Body(BaseModel):
@@ -100,7 +106,7 @@ class AskRequest(_Body):
 
 
 def document_json(service: DocumentService, doc: Document) -> dict[str, Any]:
-    home, holders = service.anchors.placement(doc.anchor_token_ids)
+    home, holders = service.anchors.placement(doc.anchor_token_ids, doc.salt)
     return {
         "object": "document",
         "id": doc.id,
@@ -130,7 +136,7 @@ def document_json(service: DocumentService, doc: Document) -> dict[str, Any]:
 def section_json(service: DocumentService, doc: Document,
                  anchor: SectionAnchor) -> dict[str, Any]:
     """One section: its span and its anchor's placement."""
-    home, holders = service.anchors.placement(anchor.token_ids)
+    home, holders = service.anchors.placement(anchor.token_ids, doc.salt)
     return {**section_span(doc, anchor), "anchor_tokens": len(anchor.token_ids),
             "cacheable_tokens": anchor.cacheable_tokens, "prefix_key": anchor.prefix_key,
             "home_replica": home, "holders": holders}
@@ -158,32 +164,38 @@ class DocumentRoutes:
     _documents: DocumentService
     send_chat: Callable[..., Any]  # a chat request through the router, documents aside
 
-    async def create_document(self, body: DocumentCreateRequest) -> JSONResponse:
+    async def create_document(self, body: DocumentCreateRequest,
+                              request: Request) -> JSONResponse:
         doc, created = await self._documents.upload(model=body.model, text=body.text,
-                                                     name=body.name)
+                                                     name=body.name, owner=tenant_of(request))
         return JSONResponse(document_json(self._documents, doc),
                             status_code=201 if created else 200)
 
-    async def list_documents(self) -> JSONResponse:
+    async def list_documents(self, request: Request) -> JSONResponse:
         await self._documents.sweep()
+        owner = tenant_of(request).name
         return JSONResponse({"object": "list", "data": [
-            document_json(self._documents, d) for d in self._documents.documents()]})
+            document_json(self._documents, d) for d in self._documents.documents(owner)]})
 
-    async def get_document(self, id: str) -> JSONResponse:
-        return JSONResponse(document_json(self._documents, self._documents.get(id)))
+    async def get_document(self, id: str, request: Request) -> JSONResponse:
+        doc = self._documents.get(id, tenant_of(request).name)
+        return JSONResponse(document_json(self._documents, doc))
 
-    async def delete_document(self, id: str) -> JSONResponse:
-        before = self._documents.holders(self._documents.get(id))
-        doc = await self._documents.delete(id)
+    async def delete_document(self, id: str, request: Request) -> JSONResponse:
+        owner = tenant_of(request).name
+        before = self._documents.holders(self._documents.get(id, owner))
+        doc = await self._documents.delete(id, owner)
         return JSONResponse({"object": "document.deleted", "id": id, "deleted": True,
                              "holders_before": before,
                              "holders_after": self._documents.holders(doc)})
 
     async def ask_document(self, id: str, body: AskRequest, request: Request) -> Response:
         started = time.perf_counter()
-        plan = await self._documents.plan(id, question=body.question,
-                                          max_tokens=body.max_tokens,
+        plan = await self._documents.plan(id, owner=tenant_of(request).name,
+                                          question=body.question, max_tokens=body.max_tokens,
                                           order=Order(body.context_order))
+        # No cache_salt: the ingress serves it under the tenant's, the owner's
+        # (the plan found the document the caller's own), where the anchor is warm.
         chat = ChatCompletionRequest(
             model=plan.document.model, messages=plan.messages, max_tokens=plan.max_tokens,
             stream=body.stream, temperature=body.temperature,
@@ -193,16 +205,19 @@ class DocumentRoutes:
     async def chat_about_document(self, doc_id: str, body: Any, request: Request) -> Response:
         """A chat completion request naming a document (``x-document-id``)."""
         started = time.perf_counter()
-        doc = self._documents.get(doc_id)
+        owner = tenant_of(request).name
+        doc = self._documents.get(doc_id, owner)
         if body.model != doc.model:
             raise DocumentError(400, f"Document '{doc_id}' belongs to model '{doc.model}', "
                                 f"not '{str(body.model)[:80]}'.", code="invalid_request",
                                 param="model")
         history, question = conversation(body.messages)
         asked = body.max_completion_tokens or body.max_tokens
-        plan = await self._documents.plan(doc_id, question=question, max_tokens=asked,
-                                          history=history)
-        update: dict[str, Any] = {"messages": plan.messages}
+        plan = await self._documents.plan(doc_id, owner=owner, question=question,
+                                          max_tokens=asked, history=history)
+        # The client's own cache_salt is dropped: the question is served under the
+        # owner's salt alone, the one its anchor was prewarmed under.
+        update: dict[str, Any] = {"messages": plan.messages, "cache_salt": None}
         if asked is None:
             update["max_tokens"] = plan.max_tokens
         return await self._send(plan, body.model_copy(update=update), request, question,
@@ -388,8 +403,8 @@ class ServingTokenizer:
         encoded = self._prompt.tokenizer(list(texts), add_special_tokens=False)
         return [len(ids) for ids in encoded["input_ids"]]
 
-    def chat_tokens(self, messages: Sequence[Mapping[str, Any]]) -> int:
-        return len(self._prompt.token_ids(_Chat(messages)) or ())
+    def chat_tokens(self, messages: Sequence[Mapping[str, Any]], salt: str) -> int:
+        return len(self._prompt.token_ids(_Chat(messages, cache_salt=salt)) or ())
 
 
 def document_settings(config: ServiceConfig, models: frozenset[str]) -> DocumentSettings:

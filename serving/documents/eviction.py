@@ -11,17 +11,22 @@ a document that was popular yesterday forever.
 
 ``victims``:
 1. every document idle for ``idle_ttl_s`` or more (stale), whatever the bounds;
-2. then, lowest score first (ties: least recently used, then the smaller id), until
-   at most ``max_documents`` documents and ``max_total_tokens`` tokens remain.
-The document named by ``keep`` (the upload being admitted) is never a victim. The
-clock is injected by the caller (``now``); the module keeps no state.
+2. then each owner (tenant) over its own quota (``quotas``: documents and tokens)
+   loses its lowest-scoring documents until it is within it;
+3. then, while more than ``max_documents`` documents or ``max_total_tokens`` tokens
+   remain, the owner holding the most tokens (not counting ``keep``; ties: more
+   documents, then the smaller name) loses its lowest-scoring document. So a tenant's
+   uploads evict its own documents, and another tenant's only while it holds more.
+Lowest score first, ties: least recently used, then the smaller id. The document
+named by ``keep`` (the upload being admitted) is never a victim. The clock is
+injected by the caller (``now``); the module keeps no state.
 Cost: O(n log n) in the documents, n bounded by ``max_documents``.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 
@@ -40,11 +45,29 @@ class EvictionPolicy:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Quota:
+    """What one owner may keep (already capped by the service-wide policy)."""
+
+    max_documents: int
+    max_total_tokens: int
+
+    @classmethod
+    def within(cls, policy: EvictionPolicy, *, max_documents: int | None,
+               max_total_tokens: int | None) -> "Quota":
+        """An owner's own bounds (None: the policy's), never above the policy's."""
+        return cls(max_documents=min(max_documents or policy.max_documents,
+                                     policy.max_documents),
+                   max_total_tokens=min(max_total_tokens or policy.max_total_tokens,
+                                        policy.max_total_tokens))
+
+
+@dataclass(frozen=True, kw_only=True)
 class Usage:
     id: str
     tokens: int
     hits: int
     last_used_s: float
+    owner: str = ""
 
 
 def score(usage: Usage, now_s: float, half_life_s: float) -> float:
@@ -53,8 +76,10 @@ def score(usage: Usage, now_s: float, half_life_s: float) -> float:
 
 
 def victims(documents: Iterable[Usage], now_s: float, policy: EvictionPolicy, *,
-            keep: str | None = None) -> list[tuple[str, Reason]]:
-    """Documents to evict, in eviction order, with why."""
+            keep: str | None = None,
+            quotas: Mapping[str, Quota] | None = None) -> list[tuple[str, Reason]]:
+    """Documents to evict, in eviction order, with why. An owner absent from
+    ``quotas`` has the service-wide bounds as its own."""
     out: list[tuple[str, Reason]] = []
     remaining: list[Usage] = []
     for doc in documents:
@@ -62,14 +87,33 @@ def victims(documents: Iterable[Usage], now_s: float, policy: EvictionPolicy, *,
             out.append((doc.id, Reason.IDLE))
         else:
             remaining.append(doc)
-    count = len(remaining)
-    tokens = sum(d.tokens for d in remaining)
+    count: dict[str, int] = {}
+    tokens: dict[str, int] = {}
+    kept: dict[str, int] = {}  # tokens of ``keep``, not counted as its owner's holding
+    for d in remaining:
+        count[d.owner] = count.get(d.owner, 0) + 1
+        tokens[d.owner] = tokens.get(d.owner, 0) + d.tokens
+        if d.id == keep:
+            kept[d.owner] = d.tokens
     ranked = sorted((d for d in remaining if d.id != keep),
                     key=lambda d: (score(d, now_s, policy.half_life_s), d.last_used_s, d.id))
-    for doc in ranked:
-        if count <= policy.max_documents and tokens <= policy.max_total_tokens:
-            break
+
+    def evict(doc: Usage) -> None:
+        ranked.remove(doc)
+        count[doc.owner] -= 1
+        tokens[doc.owner] -= doc.tokens
         out.append((doc.id, Reason.LIMIT))
-        count -= 1
-        tokens -= doc.tokens
+
+    for owner, quota in sorted((quotas or {}).items()):
+        for doc in [d for d in ranked if d.owner == owner]:
+            if (count.get(owner, 0) <= quota.max_documents
+                    and tokens.get(owner, 0) <= quota.max_total_tokens):
+                break
+            evict(doc)
+    while ranked and (sum(count.values()) > policy.max_documents
+                      or sum(tokens.values()) > policy.max_total_tokens):
+        held = {o: (tokens[o] - kept.get(o, 0), count[o] - (o in kept)) for o in count}
+        heaviest = min((o for o in held if held[o][1] > 0),
+                       key=lambda o: (-held[o][0], -held[o][1], o))
+        evict(next(d for d in ranked if d.owner == heaviest))
     return out

@@ -20,8 +20,17 @@
 - ``delete`` / eviction: drop the document, delete every anchor's registered prefix
   and make the router forget its blocks, whether or not the registry still held it.
 
-State is per ingress process (a dict); the anchors' prefix records live in the
-prefix registry's store (Redis when configured). Costs: an upload tokenises its
+Ownership: a document belongs to the tenant that uploaded it. Its id derives from its
+content and that tenant's cache salt, so the same upload by two tenants is two
+documents; every read, question and delete names the caller's tenant, and another
+tenant's id is answered exactly like an unknown one. Its anchors (the whole text's or
+each section's) are registered as prefixes of that tenant, prewarmed and asked under
+that tenant's salt. Each tenant keeps its documents (their kept tokens, sections'
+overlaps counted) within its own `tenant_limits` quota, and the service-wide bounds
+evict from the tenant holding the most (``eviction``).
+
+State is per ingress process (a dict, never in Redis); the anchors' prefix records
+live in the prefix registry's store (Redis when configured). Costs: an upload tokenises its
 text about three times and embeds every chunk once; a question embeds one sentence,
 ranks in O(chunks x 384), and tokenises each rendered prompt once or a few times.
 """
@@ -29,13 +38,12 @@ ranks in O(chunks x 384), and tokenises each rendered prompt once or a few times
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import math
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from serving.documents import assembly
@@ -43,13 +51,14 @@ from serving.documents.anchors import DocumentAnchors, DocumentTokenizer
 from serving.documents.assembly import Mode, Order, Selection
 from serving.documents.chunking import Chunk, chunk_document
 from serving.documents.embedding import Embedder, EmbedderUnavailable
-from serving.documents.eviction import EvictionPolicy, Reason, Usage, victims
+from serving.documents.document import Document, document_id
+from serving.documents.eviction import EvictionPolicy, Quota, Reason, victims
 from serving.documents.index import VectorIndex
 from serving.documents.legs import plan_legs
 from serving.documents.metrics import DocumentMetrics
-from serving.documents.sections import Leg, SectionAnchor, SectionError
+from serving.documents.sections import Leg, SectionError
 from serving.prefixes.registry import PrefixError, PrefixRegistry
-from serving.prefixes.store import PrefixKey
+from serving.tenants.identity import Tenant
 
 logger = logging.getLogger("ray.serve")
 
@@ -85,51 +94,6 @@ class DocumentSettings:
     eviction: EvictionPolicy
 
 
-@dataclass(kw_only=True)
-class Document:
-    id: str
-    name: str
-    model: str
-    text: str
-    chunks: tuple[Chunk, ...]
-    index: VectorIndex
-    tokens: int  # the whole text's
-    lead_count: int
-    lead_tokens: int
-    anchor_mode: Mode  # whole text, or sections (each its own anchor)
-    overhead_tokens: int  # template + instruction + name, without any text
-    anchor_tokens: int  # chat tokens of the anchor's system message
-    prefix_key: PrefixKey | None  # None: the anchor is shorter than one KV block
-    cacheable_tokens: int
-    anchor_token_ids: tuple[int, ...]
-    sections: tuple[SectionAnchor, ...]  # empty for a whole document
-    fresh_tokens: tuple[int, ...]  # per chunk, its overlap not counted (sections only)
-    created_at: float
-    last_used_at: float
-    registered_at: float
-    asks: int = 0
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
-    chunk_hits: dict[int, int] = field(default_factory=dict)
-
-    @property
-    def kept_tokens(self) -> int:
-        """Tokens the document keeps warm: its sections' (their overlaps counted in
-        each), or its text's."""
-        return max(self.tokens, sum(a.token_end - a.token_start for a in self.sections))
-
-    def anchors(self) -> list[tuple[PrefixKey | None, tuple[int, ...]]]:
-        """(prefix key, token ids) of every registered anchor: the whole text's or
-        each section's."""
-        if self.sections:
-            return [(a.prefix_key, a.token_ids) for a in self.sections]
-        return [(self.prefix_key, self.anchor_token_ids)]
-
-    def usage(self) -> Usage:
-        return Usage(id=self.id, tokens=self.kept_tokens, hits=self.asks,
-                     last_used_s=self.last_used_at)
-
-
 @dataclass(frozen=True, kw_only=True)
 class Plan:
     """A question's context, ready to send as a chat request."""
@@ -142,14 +106,6 @@ class Plan:
     # A sectioned document's: one per section answering, best first; ``messages``
     # is the first's. Two or more are answered separately and combined (legs.py).
     legs: tuple[Leg, ...] = ()
-
-
-def document_id(model: str, name: str, text: str) -> str:
-    """Derived from the content (like a prefix key): the same upload is the same
-    document, and no client can point an id at other content."""
-    digest = hashlib.sha256("\0".join(("cacheroute-document-v1", model, name, text))
-                            .encode()).hexdigest()
-    return f"doc-{digest[:32]}"
 
 
 class DocumentService:
@@ -179,8 +135,10 @@ class DocumentService:
 
     # --- upload -----------------------------------------------------------------
 
-    async def upload(self, *, model: str, text: str, name: str | None) -> tuple[Document, bool]:
-        """Add a document (or find the identical one); returns it and whether it is new."""
+    async def upload(self, *, model: str, text: str, name: str | None,
+                     owner: Tenant) -> tuple[Document, bool]:
+        """Add a document of tenant ``owner`` (or find its identical one); returns it
+        and whether it is new."""
         s = self._settings
         if model not in s.models:
             raise DocumentError(404, f'Could not find model "{model}".', code="model_not_found",
@@ -194,7 +152,7 @@ class DocumentService:
             raise DocumentError(400, "text must hold some non-blank text.",
                                 code="invalid_request", param="text")
         name = (name or "").strip() or "untitled"
-        doc_id = document_id(model, name, text)
+        doc_id = document_id(model, name, text, owner.cache_salt())
         await self.sweep()
         existing = self._documents.get(doc_id)
         if existing is not None:
@@ -203,23 +161,24 @@ class DocumentService:
 
         started = time.perf_counter()
         chunks, tokens = await asyncio.to_thread(self._chunk, text)
-        if tokens > s.eviction.max_total_tokens:
+        limit = self._quota(owner).max_total_tokens
+        if tokens > limit:
             raise DocumentError(413, f"The document is {tokens} tokens; the limit is "
-                                f"{s.eviction.max_total_tokens} tokens.",
-                                code="request_too_large", param="text")
+                                f"{limit} tokens.", code="request_too_large", param="text")
         vectors = await self._embed([text[c.start:c.end] for c in chunks])
         overhead = await asyncio.to_thread(self._tokenizer.chat_tokens, [
             assembly.system_message(name, ""),
-            {"role": "user", "content": f"{assembly.EXCERPTS_HEADING}\n\n\n\nQuestion: "}])
+            {"role": "user", "content": f"{assembly.EXCERPTS_HEADING}\n\n\n\nQuestion: "}],
+            owner.cache_salt())
         whole = tokens + overhead + s.answer_reserve_tokens <= s.max_model_len
         # The lead is a whole document's fallback only (a sectioned one has none).
         lead_count = assembly.lead_chunks(chunks, s.lead_tokens) if whole else 0
         lead_tokens = (await asyncio.to_thread(self._tokenizer.count, [assembly.anchor_text(
             text, chunks, lead_count, Mode.EXCERPTS)]))[0] if whole else 0
         now = self._clock()
-        doc = Document(id=doc_id, name=name, model=model, text=text, chunks=tuple(chunks),
-                       index=VectorIndex(vectors), tokens=tokens, lead_count=lead_count,
-                       lead_tokens=lead_tokens,
+        doc = Document(id=doc_id, owner=owner, name=name, model=model, text=text,
+                       chunks=tuple(chunks), index=VectorIndex(vectors), tokens=tokens,
+                       lead_count=lead_count, lead_tokens=lead_tokens,
                        anchor_mode=Mode.WHOLE if whole else Mode.SECTIONS,
                        overhead_tokens=overhead, anchor_tokens=0, prefix_key=None,
                        cacheable_tokens=0, anchor_token_ids=(), sections=(), fresh_tokens=(),
@@ -239,7 +198,7 @@ class DocumentService:
                 return self._documents[doc_id], False
             self._documents[doc_id] = doc
             gone = victims((d.usage() for d in self._documents.values()), now, s.eviction,
-                           keep=doc_id)
+                           keep=doc_id, quotas=self._quotas())
             dropped = [(self._documents.pop(i), reason) for i, reason in gone]
         for victim, reason in dropped:
             await self._drop(victim, reason)
@@ -249,6 +208,14 @@ class DocumentService:
                     "(%d tokens, %d sections)", doc_id, name, tokens, len(chunks),
                     doc.anchor_mode.value, doc.anchor_tokens, len(doc.sections))
         return doc, True
+
+    def _quota(self, owner: Tenant) -> Quota:
+        """``owner``'s own bounds: its `tenant_limits`, within the service-wide ones."""
+        return Quota.within(self._settings.eviction, max_documents=owner.limits.max_documents,
+                            max_total_tokens=owner.limits.max_document_tokens)
+
+    def _quotas(self) -> dict[str, Quota]:
+        return {d.owner.name: self._quota(d.owner) for d in self._documents.values()}
 
     async def _embed(self, texts: list[str]) -> Any:
         try:
@@ -266,7 +233,7 @@ class DocumentService:
 
     # --- questions --------------------------------------------------------------
 
-    async def plan(self, doc_id: str, *, question: str, max_tokens: int | None,
+    async def plan(self, doc_id: str, *, owner: str, question: str, max_tokens: int | None,
                    order: Order = Order.DOCUMENT,
                    history: Sequence[Mapping[str, str]] = ()) -> Plan:
         """A question's context. ``history``: earlier turns of a conversation about
@@ -274,7 +241,7 @@ class DocumentService:
         the system message and the question; they take their tokens from the budget
         for excerpts."""
         s = self._settings
-        doc = self.get(doc_id)
+        doc = self.get(doc_id, owner)
         if not question.strip():
             raise DocumentError(400, "question must hold some non-blank text.",
                                 code="invalid_request", param="question")
@@ -289,7 +256,8 @@ class DocumentService:
             legs = await plan_legs(
                 doc, doc.index.similarities(vector), question=question, answer_tokens=answer,
                 history=history, max_legs=s.max_section_legs, margin=s.leg_similarity_margin,
-                window_tokens=s.max_model_len, prompt_tokens=self._prompt_tokens,
+                window_tokens=s.max_model_len,
+                prompt_tokens=lambda messages: self._prompt_tokens(messages, doc.salt),
                 no_room=lambda: _no_room(answer, s.max_model_len, history))
             elapsed = time.perf_counter() - started
             self._metrics.assembly_seconds.labels(order=order.value).observe(elapsed)
@@ -310,7 +278,7 @@ class DocumentService:
         selection = self._select(doc, ranked, budget, order, whole_ok=whole_ok)
         messages = self._render(doc, selection, question, history)
         # Exact check: chunk counts are summed estimates (boundaries merge tokens).
-        while await self._prompt_tokens(messages) + answer > s.max_model_len:
+        while await self._prompt_tokens(messages, doc.salt) + answer > s.max_model_len:
             if selection.mode is Mode.WHOLE:
                 selection = self._select(doc, ranked, budget, order, whole_ok=False)
             elif selection.excerpts:
@@ -331,8 +299,8 @@ class DocumentService:
                                lead_count=doc.lead_count, lead_tokens=doc.lead_tokens,
                                budget_tokens=budget, top_k=self._settings.top_k, order=order)
 
-    async def _prompt_tokens(self, messages: list[dict[str, str]]) -> int:
-        tokens = await asyncio.to_thread(self._tokenizer.chat_tokens, messages)
+    async def _prompt_tokens(self, messages: list[dict[str, str]], salt: str) -> int:
+        tokens = await asyncio.to_thread(self._tokenizer.chat_tokens, messages, salt)
         return tokens + _GENERATION_PROMPT_TOKENS
 
     @staticmethod
@@ -374,28 +342,29 @@ class DocumentService:
 
     # --- listing, deleting, eviction --------------------------------------------
 
-    def get(self, doc_id: str) -> Document:
+    def get(self, doc_id: str, owner: str) -> Document:
+        """Tenant ``owner``'s document; another tenant's is unknown (404), in the same
+        words, so an id cannot be probed."""
         doc = self._documents.get(doc_id) if _ID_RE.fullmatch(doc_id) else None
-        if doc is None:
-            raise DocumentError(404, f"No document has id '{doc_id[:80]}'.", code="not_found",
-                                param="id")
+        if doc is None or doc.owner.name != owner:
+            raise _unknown(doc_id)
         return doc
 
-    def documents(self) -> list[Document]:
-        """Most recently used first."""
-        return sorted(self._documents.values(), key=lambda d: (-d.last_used_at, d.id))
+    def documents(self, owner: str) -> list[Document]:
+        """Tenant ``owner``'s documents, most recently used first."""
+        return sorted((d for d in self._documents.values() if d.owner.name == owner),
+                      key=lambda d: (-d.last_used_at, d.id))
 
     def holders(self, doc: Document) -> list[str]:
         """Replicas the router believes hold every full block of one of its anchors."""
         return self._anchors.holders(doc)
 
-    async def delete(self, doc_id: str) -> Document:
-        self.get(doc_id)  # 404 for an unknown id
+    async def delete(self, doc_id: str, owner: str) -> Document:
+        self.get(doc_id, owner)  # 404 for an unknown id, or another tenant's
         async with self._lock:
             doc = self._documents.pop(doc_id, None)
         if doc is None:
-            raise DocumentError(404, f"No document has id '{doc_id[:80]}'.", code="not_found",
-                                param="id")
+            raise _unknown(doc_id)
         await self._drop(doc, Reason.DELETED)
         self._metrics.documents.set(len(self._documents))
         return doc
@@ -404,7 +373,7 @@ class DocumentService:
         """Drop stale documents and enforce the bounds; returns how many went."""
         async with self._lock:
             gone = victims((d.usage() for d in self._documents.values()), self._clock(),
-                           self._settings.eviction)
+                           self._settings.eviction, quotas=self._quotas())
             dropped = [(self._documents.pop(i), reason) for i, reason in gone]
         for doc, reason in dropped:
             await self._drop(doc, reason)
@@ -413,9 +382,11 @@ class DocumentService:
         return len(dropped)
 
     async def _drop(self, doc: Document, reason: Reason) -> None:
-        """Forget the document's anchors (anchors.py) -- but those a document still
-        held shares (same name and opening section)."""
+        """Forget the document's anchors (anchors.py) -- but those another document of
+        its owner still held shares (same name and opening section). Another tenant's
+        never share one: its anchors are served under its own salt."""
         await self._anchors.forget(doc, keep={a for d in self._documents.values()
+                                              if d.owner.name == doc.owner.name
                                               for a in d.anchors()})
         self._metrics.evictions.labels(reason=reason.value).inc()
         logger.info("cacheroute: document %s dropped (%s)", doc.id, reason.value)
@@ -424,6 +395,11 @@ class DocumentService:
         task = asyncio.get_running_loop().create_task(coro)
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+
+
+def _unknown(doc_id: str) -> DocumentError:
+    return DocumentError(404, f"No document has id '{doc_id[:80]}'.", code="not_found",
+                         param="id")
 
 
 def _no_room(answer: int, window: int, history: Sequence[Any]) -> DocumentError:

@@ -20,6 +20,13 @@ the hottest prefixes of its ring arc (serving/routing/prewarm.py); with
 `routing.replicate_before_spill`, the same task prefills a prefix on the replica its
 next request would spill to.
 
+Every request a client sends to an engine (chat, completions, embeddings, score,
+tokenize, detokenize, transcriptions) is served under its tenant's cache salt
+(serving/tenants/identity.py), the client's own `cache_salt` only narrowing it: set
+here, before the router tokenises and hashes the body, so the engine's prefix cache,
+the router's ownership index and its token cache are all per tenant
+(docs/security.md).
+
 Every error leaves as OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`,
 with a 4xx status for anything the client can fix.
 """
@@ -66,7 +73,7 @@ from serving.ingress.chat_templates import ChatTemplateGuard, TemplateRefused
 from serving.ingress.request_models import ChatCompletionRequest, CompletionRequest
 from serving.routing.metrics import REPLICAS_WANTED, PrewarmMetrics
 from serving.routing.registry import local_routers
-from serving.tenants.identity import Tenants
+from serving.tenants.identity import Tenants, tenant_of
 from serving.observability.tracing import TracingMiddleware
 
 logger = logging.getLogger("ray.serve")
@@ -223,6 +230,10 @@ class CacheRouteIngress(DocumentRoutes, PrefixRoutes, OpenAiIngress):
 
     async def _get_response(self, *, body: Any, call_method: str,
                             raw_request: Request | None = None):
+        if raw_request is not None:
+            # A client's request (every upstream route passes its raw request; the
+            # registry's and the router's prewarms carry their owner's salt already).
+            salt_for_tenant(body, raw_request)
         # Every chat and completion call to the engines, the prefix registry's
         # included, goes through failover (serving/failover/failover.py), and each of
         # its attempts past the routing-accuracy counters
@@ -254,8 +265,11 @@ class CacheRouteIngress(DocumentRoutes, PrefixRoutes, OpenAiIngress):
 
     async def send_chat(self, body: ChatCompletionRequest, request: Request) -> Response:
         # Which registered prefix the request starts with, and (from the engine's
-        # usage report) whether it hit; the response passes through unchanged.
-        use = self._prefix_registry.match(body.model, body.messages, body.cache_salt)
+        # usage report) whether it hit; the response passes through unchanged. The
+        # salt is the one `_get_response` will serve it under: only the tenant's own
+        # prefixes can match.
+        salt = tenant_of(request).cache_salt(body.cache_salt)
+        use = self._prefix_registry.match(body.model, body.messages, salt)
         response = await super().chat(body, request)
         return observe_response(self._prefix_registry, use, response) if use else response
 
@@ -302,6 +316,13 @@ class CacheRouteIngress(DocumentRoutes, PrefixRoutes, OpenAiIngress):
 
     async def metrics(self) -> Response:
         return Response(telemetry.render(), media_type=telemetry.CONTENT_TYPE)
+
+
+def salt_for_tenant(body: Any, request: Request) -> None:
+    """Serve ``body`` under its tenant's cache salt, the client's own ``cache_salt``
+    appended. Request models without the field accept it as an extra (upstream's
+    allow extras); the router reads it either way (serving/routing/route_requests.py)."""
+    body.cache_salt = tenant_of(request).cache_salt(getattr(body, "cache_salt", None))
 
 
 def _endpoint_map() -> dict:

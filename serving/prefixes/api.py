@@ -1,15 +1,21 @@
 """HTTP face of the prefix registry (``prefix_registry.py``), mounted on the ingress.
 
-    POST   /v1/prefixes        {"model", "messages", "ttl_s"?, "tenant"?}
+    POST   /v1/prefixes        {"model", "messages", "ttl_s"?, "cache_salt"?}
                                201 {"object": "prefix", "key", ...} (200 when the same
                                content was already registered: TTL refreshed)
     GET    /v1/prefixes        {"object": "list", "data": [prefix, ...]}, most recently used first
     DELETE /v1/prefixes/{key}  {"object": "prefix.deleted", "key", "deleted": true}
 
-The key is derived from the content (``prefix_store.prefix_key``); a body naming one
-is refused like any unknown field. ``tenant`` is vLLM's ``cache_salt``: the prefix is
-prewarmed under it, and a chat request reaches it only with the same ``cache_salt``
-(vLLM keeps salted blocks apart, so tenants cannot probe each other's prompts).
+Every route acts for the request's tenant (serving/tenants/identity.py): a prefix
+belongs to the tenant that registered it, is listed and deleted by that tenant only
+(another tenant's key is a 404 in the words of an unknown one), and is prewarmed
+under that tenant's server-derived cache salt, the salt every chat request of the
+tenant is served under. The key is derived from the content and that salt
+(``store.prefix_key``); a body naming one is refused like any unknown field.
+``cache_salt`` (also accepted as ``tenant``, its former name) narrows the tenant's
+salt as a chat request's own ``cache_salt`` does: a chat request reaches the prefix
+only with the same value. It is the only part of the salt a response echoes; the
+server-derived salt never leaves the service.
 
 The routes are methods of ``PrefixRoutes``, which the ingress class inherits, because
 Serve binds an ingress's routes to its methods (``make_fastapi_ingress``); the host
@@ -23,12 +29,13 @@ import json
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Any, Literal
 
-from fastapi import FastAPI
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import FastAPI, Request
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from serving.prefixes.registry import PrefixRegistry, PrefixUse
 from serving.prefixes.store import PrefixRecord
+from serving.tenants.identity import tenant_of
 
 
 class _Body(BaseModel):
@@ -52,8 +59,10 @@ class PrefixCreateRequest(_Body):
     messages: list[PrefixMessage] = Field(min_length=1, max_length=256)
     ttl_s: float | None = Field(None, gt=0, allow_inf_nan=False)
     """Seconds until the prefix expires; the configured default when omitted."""
-    tenant: str | None = Field(None, min_length=1, max_length=256)
-    """Sent as vLLM's `cache_salt` (see the module docstring)."""
+    cache_salt: str | None = Field(None, min_length=1, max_length=256,
+                                   validation_alias=AliasChoices("cache_salt", "tenant"))
+    """Narrows the tenant's cache salt, as a chat request's `cache_salt` does (see the
+    module docstring); `tenant` is its former name."""
 
 
 def prefix_json(record: PrefixRecord) -> dict[str, Any]:
@@ -61,7 +70,8 @@ def prefix_json(record: PrefixRecord) -> dict[str, Any]:
         "object": "prefix",
         "key": record.key,
         "model": record.model,
-        "tenant": record.tenant,
+        # The client's own narrowing value only: the tenant's salt is never echoed.
+        "cache_salt": record.cache_salt,
         "prefix_tokens": record.prefix_tokens,
         "cacheable_tokens": record.cacheable_tokens,
         "hits": record.hits,
@@ -79,20 +89,20 @@ class PrefixRoutes:
 
     _prefix_registry: PrefixRegistry
 
-    async def create_prefix(self, body: PrefixCreateRequest) -> JSONResponse:
+    async def create_prefix(self, body: PrefixCreateRequest, request: Request) -> JSONResponse:
         self._prefix_registry.ensure_sweeping()
         record, created = await self._prefix_registry.register(
             model=body.model, messages=[m.model_dump(exclude_none=True) for m in body.messages],
-            ttl_s=body.ttl_s, tenant=body.tenant)
+            ttl_s=body.ttl_s, owner=tenant_of(request), cache_salt=body.cache_salt)
         return JSONResponse(prefix_json(record), status_code=201 if created else 200)
 
-    async def list_prefixes(self) -> JSONResponse:
+    async def list_prefixes(self, request: Request) -> JSONResponse:
         self._prefix_registry.ensure_sweeping()
-        records = await self._prefix_registry.records()
+        records = await self._prefix_registry.records(tenant_of(request).name)
         return JSONResponse({"object": "list", "data": [prefix_json(r) for r in records]})
 
-    async def delete_prefix(self, key: str) -> JSONResponse:
-        await self._prefix_registry.delete(key)
+    async def delete_prefix(self, key: str, request: Request) -> JSONResponse:
+        await self._prefix_registry.delete(key, tenant_of(request).name)
         return JSONResponse({"object": "prefix.deleted", "key": key, "deleted": True})
 
 

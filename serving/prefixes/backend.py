@@ -59,15 +59,16 @@ class ServingPrefixBackend:
         self.tracks_placement = tracks_placement
 
     async def token_ids(self, messages: Sequence[Mapping[str, Any]],
-                        tenant: str | None) -> tuple[int, ...]:
-        ids = await asyncio.to_thread(self._tokenizer.token_ids, _PrefixPrompt(messages, tenant))
+                        salt: str | None) -> tuple[int, ...]:
+        ids = await asyncio.to_thread(self._tokenizer.token_ids, _PrefixPrompt(messages, salt))
         return ids or ()
 
     async def prewarm(self, model: str, messages: Sequence[Mapping[str, Any]],
-                      tenant: str | None) -> Prewarmed:
+                      salt: str | None) -> Prewarmed:
+        # Under the owner's salt: the prefix's blocks are the owning tenant's alone.
         body = ChatCompletionRequest(model=model, messages=list(messages), max_tokens=1,
                                      temperature=0.0, add_generation_prompt=False,
-                                     cache_salt=tenant, stream=False)
+                                     cache_salt=salt, stream=False)
         try:
             reply = await asyncio.wait_for(self._first_reply(body), PREWARM_TIMEOUT_S)
         except asyncio.TimeoutError:
@@ -90,11 +91,11 @@ class ServingPrefixBackend:
         finally:
             await replies.aclose()
 
-    def placement(self, token_ids: Sequence[int], tenant: str | None) -> Placement | None:
-        return self._routers.prefix_placement(self._deployment, token_ids, cache_salt=tenant)
+    def placement(self, token_ids: Sequence[int], salt: str | None) -> Placement | None:
+        return self._routers.prefix_placement(self._deployment, token_ids, cache_salt=salt)
 
-    def forget(self, token_ids: Sequence[int], tenant: str | None) -> int:
-        return self._routers.forget_prefix(self._deployment, token_ids, cache_salt=tenant)
+    def forget(self, token_ids: Sequence[int], salt: str | None) -> int:
+        return self._routers.forget_prefix(self._deployment, token_ids, cache_salt=salt)
 
 
 def registry_settings(config: ServiceConfig, models: frozenset[str]) -> RegistrySettings:
@@ -116,13 +117,21 @@ def ingress_args(config: ServiceConfig, tokenizer_path: str) -> dict[str, Any]:
     return {"config_json": config.model_dump_json(), "tokenizer_path": tokenizer_path}
 
 
-def open_prefix_store(redis_url: str | None, limits: StoreLimits) -> PrefixStore:
-    """Redis when a URL is configured, else the in-process store."""
+def open_prefix_store(redis_url: str | None, limits: StoreLimits, *,
+                      namespace: str = "cacheroute") -> PrefixStore:
+    """Redis (under ``namespace``) when a URL is configured, else the in-process store."""
     if redis_url:
         from serving.prefixes.store_redis import RedisPrefixStore
 
-        return RedisPrefixStore.from_url(redis_url, limits)
+        return RedisPrefixStore.from_url(redis_url, limits, namespace=namespace)
     return InMemoryPrefixStore(limits)
+
+
+def redis_namespace(config: ServiceConfig, deployment: str, models: frozenset[str]) -> str:
+    """This deployment's Redis namespace (serving/prefixes/store_redis.py)."""
+    from serving.prefixes.store_redis import namespace_of
+
+    return namespace_of(config.prefixes.redis_namespace, deployment, models)
 
 
 def build_registry(args: Mapping[str, Any], *, models: frozenset[str], deployment: str,
@@ -134,7 +143,8 @@ def build_registry(args: Mapping[str, Any], *, models: frozenset[str], deploymen
     store = open_prefix_store(
         config.prefixes.resolved_redis_url(),
         StoreLimits(max_prefixes=config.prefixes.max_prefixes,
-                    max_total_tokens=config.prefixes.max_total_tokens))
+                    max_total_tokens=config.prefixes.max_total_tokens),
+        namespace=redis_namespace(config, deployment, models))
     backend = ServingPrefixBackend(send_chat=send_chat, tokenizer_path=args["tokenizer_path"],
                                    deployment=deployment, routers=routers,
                                    tracks_placement=config.routing.policy == "cacheroute")

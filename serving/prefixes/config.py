@@ -25,13 +25,18 @@ class PrefixConfig(ConfigSection):
     and kept across restarts. Null: the CACHEROUTE_REDIS_URL environment variable of the
     ingress process, else an in-process store (one ingress; lost on restart). Set it
     when more than one ingress runs or registrations must outlive a restart."""
+    redis_namespace: str = Field("cacheroute", min_length=1, max_length=128,
+                                 pattern=r"^[A-Za-z0-9_.:-]+$")
+    """Names this deployment in Redis; its keys also carry the LLM deployment and model.
+    Two deployments sharing one Redis must set different names: they then never see,
+    count or evict each other's prefixes."""
     max_prefixes: int = Field(256, ge=1, le=100_000)
-    """Registered prefixes kept; beyond it the least recently used is evicted. Also
-    bounds the per-prefix metric labels."""
+    """Registered prefixes kept; beyond it the tenant holding the most prefix tokens
+    loses its least recently used one (`tenant_limits` bounds each tenant's own)."""
     max_total_tokens: int = Field(32_768, ge=1)
-    """Tokens of all registered prefixes together (least recently used evicted first):
-    the KV cache the registry keeps warm. Keep it well below the fleet's KV cache, which
-    the unregistered traffic needs too."""
+    """Tokens of all registered prefixes together (beyond it the tenant holding the most
+    loses its least recently used): the KV cache the registry keeps warm. Keep it well
+    below the fleet's KV cache, which the unregistered traffic needs too."""
     max_prefix_tokens: int = Field(4096, ge=1)
     """Largest single prefix in tokens (413 above it); also capped at
     `engine.max_model_len` - 1, since the prewarm generates one token."""

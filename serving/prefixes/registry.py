@@ -1,7 +1,8 @@
 """The prefix registry: static prompt heads registered, prewarmed, counted and kept warm.
 
-- ``register``: canonicalise the messages, check the limits (tokens counted with the
-  engine's own tokenizer and chat template), prewarm -- one prefill-only chat request
+- ``register``: for a tenant (the record's owner), canonicalise the messages, check
+  the limits (tokens counted with the engine's own tokenizer and chat template),
+  prewarm -- one prefill-only chat request
   (``max_tokens=1``, no generation prompt) through the same handle and router as
   normal traffic, so the router sends it to the prefix's ring home and records that
   replica as the owner of its blocks -- then store it. The first real request then
@@ -24,6 +25,13 @@
 - ``delete``: remove the key and make the router forget the prefix's blocks, so an
   updated system prompt (a new key) is placed afresh rather than following the old one.
 
+Ownership: a prefix is served under its owner's cache salt (serving/tenants/identity.py)
+and its key derives from that salt, so the same content registered by two tenants is
+two records, each matched only by its own tenant's chat requests (whose salt the
+ingress set). Listing and deleting are scoped to the owner: another tenant's key is
+answered exactly as an unknown one. The owner's quota (``tenant_limits``) and the
+store's limits decide evictions (serving/prefixes/store.py).
+
 Costs: a registration tokenises once and prefills once; a chat request pays the
 matching hashes above; a sweep is one store listing plus an index probe per prefix.
 """
@@ -40,6 +48,7 @@ from typing import Any, Protocol
 from router import Placement
 from serving.prefixes.metrics import PrefixMetrics
 from serving.prefixes.store import (
+    OwnerQuota,
     PrefixKey,
     PrefixRecord,
     PrefixSpec,
@@ -51,6 +60,7 @@ from serving.prefixes.store import (
     prefix_key,
     short_key,
 )
+from serving.tenants.identity import Tenant, cache_salt_of
 
 logger = logging.getLogger("ray.serve")
 
@@ -86,18 +96,20 @@ class PrefixBackend(Protocol):
     # then nothing is known of homes and nothing is rewarmed.
     tracks_placement: bool
 
+    # ``salt`` below is always the owner's server-derived cache salt.
+
     async def token_ids(self, messages: Sequence[Mapping[str, Any]],
-                        tenant: str | None) -> tuple[int, ...]:
+                        salt: str | None) -> tuple[int, ...]:
         """The prefix's prompt tokens, exactly as the engine will see them."""
 
     async def prewarm(self, model: str, messages: Sequence[Mapping[str, Any]],
-                      tenant: str | None) -> Prewarmed:
+                      salt: str | None) -> Prewarmed:
         """Prefill the prefix through the router, as normal traffic is sent."""
 
-    def placement(self, token_ids: Sequence[int], tenant: str | None) -> Placement | None:
+    def placement(self, token_ids: Sequence[int], salt: str | None) -> Placement | None:
         """Where the router believes the prefix lives; None if it cannot tell yet."""
 
-    def forget(self, token_ids: Sequence[int], tenant: str | None) -> int:
+    def forget(self, token_ids: Sequence[int], salt: str | None) -> int:
         """Make the router forget who holds the prefix's blocks."""
 
 
@@ -127,13 +139,23 @@ class _Known:
 
     key: PrefixKey
     model: str
-    tenant: str | None
+    salt: str
     message_count: int
     cacheable_tokens: int
 
 
 def canonical_messages(messages: Sequence[Any]) -> list[dict[str, Any]]:
     return [canonical_message(m) for m in messages]
+
+
+def salt_of(record: PrefixRecord) -> str:
+    """The cache salt the prefix is served under: its owner's, narrowed by the client's."""
+    return cache_salt_of(record.owner, record.cache_salt)
+
+
+def quota_of(owner: Tenant) -> OwnerQuota:
+    return OwnerQuota(max_prefixes=owner.limits.max_prefixes,
+                      max_total_tokens=owner.limits.max_prefix_total_tokens)
 
 
 class PrefixRegistry:
@@ -162,8 +184,11 @@ class PrefixRegistry:
     # --- API --------------------------------------------------------------------
 
     async def register(self, *, model: str, messages: Sequence[Any], ttl_s: float | None,
-                       tenant: str | None) -> tuple[PrefixRecord, bool]:
-        """Register (or refresh) a prefix; returns its record and whether it is new."""
+                       owner: Tenant, cache_salt: str | None = None,
+                       ) -> tuple[PrefixRecord, bool]:
+        """Register (or refresh) a prefix of tenant ``owner``, served under its salt
+        narrowed by the client's ``cache_salt``; returns its record and whether it
+        is new."""
         s = self._settings
         if model not in s.models:
             raise PrefixError(404, f'Could not find model "{model}".', code="model_not_found",
@@ -179,8 +204,9 @@ class PrefixRegistry:
         text = canonical_json(canonical)
         if len(text) > s.max_prefix_tokens * _MAX_CHARS_PER_TOKEN:
             raise self._too_large(f"{len(text)} characters")
-        key = prefix_key(model, canonical, tenant)
-        token_ids = await self._backend.token_ids(canonical, tenant)
+        salt = owner.cache_salt(cache_salt)
+        key = prefix_key(model, canonical, salt)
+        token_ids = await self._backend.token_ids(canonical, salt)
         if len(token_ids) > s.max_prefix_tokens:
             raise self._too_large(f"{len(token_ids)} tokens")
         cacheable = len(token_ids) - len(token_ids) % s.block_size
@@ -188,15 +214,16 @@ class PrefixRegistry:
             raise PrefixError(400, f"The prefix is {len(token_ids)} tokens, shorter than one "
                               f"KV block ({s.block_size} tokens): none of it can be cached.",
                               code="invalid_request", param="messages")
-        warmed = await self._backend.prewarm(model, canonical, tenant)
+        warmed = await self._backend.prewarm(model, canonical, salt)
         if warmed.prompt_tokens != len(token_ids):
             logger.warning("cacheroute: prefix %s: the engine counted %d prompt tokens, the "
                            "ingress %d; hits are judged by the ingress's count",
                            short_key(key), warmed.prompt_tokens, len(token_ids))
-        home = self._home(token_ids, tenant)
+        home = self._home(token_ids, salt)
         result = await self._call_store(self._store.put(PrefixSpec(
-            key=key, model=model, tenant=tenant, messages_json=text,
-            prefix_tokens=len(token_ids), cacheable_tokens=cacheable, ttl_s=ttl, home=home)))
+            key=key, model=model, owner=owner.name, cache_salt=cache_salt, messages_json=text,
+            prefix_tokens=len(token_ids), cacheable_tokens=cacheable, ttl_s=ttl, home=home),
+            quota_of(owner)))
         self._token_ids[key] = token_ids
         self._remember(result.record, len(canonical))
         # It was just warmed: other ingresses, whose routers learn the holder from the
@@ -209,15 +236,18 @@ class PrefixRegistry:
                     "registered" if result.created else "refreshed", len(token_ids), home, ttl)
         return result.record, result.created
 
-    async def records(self) -> list[PrefixRecord]:
-        return await self._call_store(self._store.records())
+    async def records(self, owner: str) -> list[PrefixRecord]:
+        """The prefixes of tenant ``owner``, most recently used first."""
+        return [r for r in await self._call_store(self._store.records()) if r.owner == owner]
 
-    async def delete(self, key: str) -> None:
+    async def delete(self, key: str, owner: str) -> None:
+        """Delete tenant ``owner``'s prefix ``key``; another tenant's is unknown (404),
+        in the same words, so a key cannot be probed."""
         if not is_prefix_key(key):
             raise self._unknown(key)
         pkey = PrefixKey(key)
         record = await self._call_store(self._store.get(pkey))
-        if record is None:
+        if record is None or record.owner != owner:
             raise self._unknown(key)
         # Registered through another ingress: tokenise it here, so the router of this
         # process can forget it too.
@@ -230,8 +260,10 @@ class PrefixRegistry:
     # --- traffic ----------------------------------------------------------------
 
     def match(self, model: str | None, messages: Sequence[Any] | None,
-              tenant: str | None) -> PrefixUse | None:
-        """The longest registered prefix the request's messages start with."""
+              cache_salt: str | None) -> PrefixUse | None:
+        """The longest registered prefix the request's messages start with, under the
+        request's (server-set) ``cache_salt``: a key includes its owner's salt, so
+        only the tenant's own prefixes can match."""
         if not self._known or not messages:
             return None
         if model is None and len(self._settings.models) == 1:
@@ -245,7 +277,7 @@ class PrefixRegistry:
         except (TypeError, ValueError):  # a message shape the registry never stores
             return None
         for count in lengths:
-            known = self._known.get(prefix_key(model or "", head[:count], tenant))
+            known = self._known.get(prefix_key(model or "", head[:count], cache_salt))
             if known is not None:
                 return PrefixUse(key=known.key, cacheable_tokens=known.cacheable_tokens)
         return None
@@ -258,7 +290,7 @@ class PrefixRegistry:
                         "miss", label)
             return
         hit = cached_tokens >= use.cacheable_tokens
-        (self._metrics.hits if hit else self._metrics.misses).labels(prefix=label).inc()
+        (self._metrics.hits if hit else self._metrics.misses).inc()
         logger.info("cacheroute: prefix %s %s (%d of its %d block tokens cached)", label,
                     "hit" if hit else "miss", min(cached_tokens, use.cacheable_tokens),
                     use.cacheable_tokens)
@@ -300,7 +332,8 @@ class PrefixRegistry:
         return rewarmed
 
     async def _keep_warm(self, record: PrefixRecord, token_ids: tuple[int, ...]) -> int:
-        placement = self._backend.placement(token_ids, record.tenant)
+        salt = salt_of(record)
+        placement = self._backend.placement(token_ids, salt)
         if placement is not None and placement.holders:
             if record.home not in placement.holders:
                 await self._store.set_home(record.key, placement.home)
@@ -312,8 +345,8 @@ class PrefixRegistry:
         messages = await self._store.messages(record.key)
         if messages is None:  # deleted meanwhile
             return 0
-        await self._backend.prewarm(record.model, messages, record.tenant)
-        home = self._home(token_ids, record.tenant)
+        await self._backend.prewarm(record.model, messages, salt)
+        home = self._home(token_ids, salt)
         await self._store.set_home(record.key, home)
         self._metrics.rewarms.inc()
         logger.info("cacheroute: prefix %s rewarmed on %s (was %s)", short_key(record.key),
@@ -338,30 +371,30 @@ class PrefixRegistry:
         if messages is None:
             return False
         if record.key not in self._token_ids:
-            self._token_ids[record.key] = await self._backend.token_ids(messages, record.tenant)
+            self._token_ids[record.key] = await self._backend.token_ids(messages,
+                                                                        salt_of(record))
         self._remember(record, len(messages))
         return True
 
-    def _home(self, token_ids: Sequence[int], tenant: str | None) -> str | None:
+    def _home(self, token_ids: Sequence[int], salt: str) -> str | None:
         if not self._backend.tracks_placement:
             return None
-        placement = self._backend.placement(token_ids, tenant)
+        placement = self._backend.placement(token_ids, salt)
         return placement.home if placement is not None else None
 
     def _remember(self, record: PrefixRecord, message_count: int) -> None:
         if message_count:
             self._known[record.key] = _Known(
-                key=record.key, model=record.model, tenant=record.tenant,
+                key=record.key, model=record.model, salt=salt_of(record),
                 message_count=message_count, cacheable_tokens=record.cacheable_tokens)
 
     def _forget_local(self, key: PrefixKey) -> None:
-        """The prefix left the registry: stop matching it, drop its series, and let
-        the router forget its blocks."""
+        """The prefix left the registry: stop matching it and let the router forget
+        its blocks."""
         known = self._known.pop(key, None)
         token_ids = self._token_ids.pop(key, None)
-        if token_ids is not None:
-            self._backend.forget(token_ids, known.tenant if known else None)
-        self._metrics.drop(key)
+        if token_ids is not None and known is not None:
+            self._backend.forget(token_ids, known.salt)
 
     def _background(self, coro: Any) -> None:
         try:

@@ -2,8 +2,10 @@
 
 A prefix is the static head of many chat requests (system prompt, few-shot turns).
 Its key is derived, never chosen: sha256 over the canonical JSON of
-``(model, messages, tenant)``, so a client can neither name another tenant's prefix
-nor point a key at other content, and an edited system prompt is a new key.
+``(model, messages, cache salt)``, the salt being the owning tenant's server-derived
+one (serving/tenants/identity.py), so the same content registered by two tenants is
+two records, a client can neither name another tenant's prefix nor point a key at
+other content, and an edited system prompt is a new key.
 
 ``PrefixStore`` is the registry's state, behind one small async interface with two
 implementations of identical semantics (one test suite runs against both):
@@ -15,10 +17,16 @@ implementations of identical semantics (one test suite runs against both):
 Semantics, for both:
 - a record expires ``ttl_s`` after it was (last) registered; expired records are
   invisible at once and purged on the next write;
-- the store holds at most ``max_prefixes`` records and ``max_total_tokens`` prefix
-  tokens; a registration over either bound evicts the least recently *used*
-  records first (a hit or a miss is a use: both mean traffic still wants the prefix),
-  never the one being registered; ties go to the smaller key;
+- every record has an owner (a tenant name). A registration first keeps its owner
+  within the owner's own quota (``OwnerQuota``: its records and tokens), evicting
+  the owner's least recently *used* records (a hit or a miss is a use: both mean
+  traffic still wants the prefix); then, while the store is over its own
+  ``max_prefixes`` or ``max_total_tokens``, the owner holding the most tokens (not
+  counting the registration being admitted; ties: more records, then the smaller
+  name) loses its least recently used record. So one tenant's registrations evict
+  its own prefixes, and other tenants' only while those hold more than it does.
+  The registration itself is never evicted; ties between records go to the smaller
+  key;
 - hits and misses are counters on the record; registering the same content again
   refreshes its TTL and keeps its counters.
 The clock is injected (wall-clock seconds, shared by every instance), so expiry and
@@ -75,9 +83,11 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def prefix_key(model: str, messages: Sequence[Mapping[str, Any]], tenant: str | None) -> PrefixKey:
-    """The key of already canonical ``messages`` (``canonical_message``)."""
-    document = canonical_json({"scheme": KEY_SCHEME, "model": model, "tenant": tenant,
+def prefix_key(model: str, messages: Sequence[Mapping[str, Any]],
+               cache_salt: str | None) -> PrefixKey:
+    """The key of already canonical ``messages`` (``canonical_message``) under the
+    server-derived ``cache_salt`` the prefix is served with."""
+    document = canonical_json({"scheme": KEY_SCHEME, "model": model, "tenant": cache_salt,
                                "messages": list(messages)})
     return PrefixKey(hashlib.sha256(document.encode()).hexdigest())
 
@@ -87,8 +97,8 @@ def is_prefix_key(text: str) -> bool:
 
 
 def short_key(key: PrefixKey) -> str:
-    """The first 12 hex digits: log lines and metric labels (48 bits, no collision
-    among a few hundred registered prefixes)."""
+    """The first 12 hex digits: log lines (48 bits, no collision among a few hundred
+    registered prefixes). Never a metric label: /metrics is public."""
     return key[:12]
 
 
@@ -103,12 +113,29 @@ class StoreLimits:
 
 
 @dataclass(frozen=True, kw_only=True)
+class OwnerQuota:
+    """What one owner may hold; None leaves a bound to the store's own."""
+
+    max_prefixes: int | None = None
+    max_total_tokens: int | None = None
+
+    def within(self, limits: StoreLimits) -> StoreLimits:
+        return StoreLimits(
+            max_prefixes=min(self.max_prefixes or limits.max_prefixes, limits.max_prefixes),
+            max_total_tokens=min(self.max_total_tokens or limits.max_total_tokens,
+                                 limits.max_total_tokens))
+
+
+@dataclass(frozen=True, kw_only=True)
 class PrefixSpec:
     """What a registration stores; the store adds times and counters."""
 
     key: PrefixKey
     model: str
-    tenant: str | None
+    # The tenant that registered it: the only one that lists, matches or deletes it.
+    owner: str
+    # The client's own narrowing of its tenant's salt (serving/tenants/identity.py).
+    cache_salt: str | None
     # Canonical JSON of the canonical messages: what a rewarm sends again.
     messages_json: str
     prefix_tokens: int
@@ -125,7 +152,8 @@ class PrefixRecord:
 
     key: PrefixKey
     model: str
-    tenant: str | None
+    owner: str
+    cache_salt: str | None
     prefix_tokens: int
     cacheable_tokens: int
     ttl_s: float
@@ -151,8 +179,9 @@ class PutResult:
 class PrefixStore(Protocol):
     """The registry's state; every method is one atomic step."""
 
-    async def put(self, spec: PrefixSpec) -> PutResult:
-        """Register (or refresh) a prefix, evicting others to fit the limits."""
+    async def put(self, spec: PrefixSpec, quota: OwnerQuota = OwnerQuota()) -> PutResult:
+        """Register (or refresh) a prefix, evicting others to fit the owner's
+        ``quota`` and the store's limits."""
 
     async def get(self, key: PrefixKey) -> PrefixRecord | None: ...
 
@@ -192,6 +221,41 @@ def eviction_order(records: Iterable[PrefixRecord]) -> list[PrefixRecord]:
     return sorted(records, key=lambda r: (r.last_used_at, r.key))
 
 
+def victims(records: Iterable[PrefixRecord], new: PrefixRecord, limits: StoreLimits,
+            quota: OwnerQuota) -> list[PrefixKey]:
+    """What admitting ``new`` (already among ``records``) evicts, in order: the owner's
+    own least recently used over its quota, then the heaviest owner's while the store
+    is over its limits (module docstring). store_redis.py's Lua does the same."""
+    own = quota.within(limits)
+    order = [r for r in eviction_order(records) if r.key != new.key]
+    count: dict[str, int] = {new.owner: 1}
+    tokens: dict[str, int] = {new.owner: new.prefix_tokens}
+    for r in order:
+        count[r.owner] = count.get(r.owner, 0) + 1
+        tokens[r.owner] = tokens.get(r.owner, 0) + r.prefix_tokens
+    out: list[PrefixKey] = []
+
+    def evict(victim: PrefixRecord) -> None:
+        order.remove(victim)
+        count[victim.owner] -= 1
+        tokens[victim.owner] -= victim.prefix_tokens
+        out.append(victim.key)
+
+    for r in [r for r in order if r.owner == new.owner]:
+        if count[new.owner] <= own.max_prefixes and tokens[new.owner] <= own.max_total_tokens:
+            break
+        evict(r)
+    while (sum(count.values()) > limits.max_prefixes
+           or sum(tokens.values()) > limits.max_total_tokens):
+        # Holdings without the registration: check_spec lets it alone always fit.
+        held = {o: (tokens[o] - (new.prefix_tokens if o == new.owner else 0),
+                    count[o] - (o == new.owner)) for o in count}
+        heaviest = min((o for o in held if held[o][1] > 0),
+                       key=lambda o: (-held[o][0], -held[o][1], o))
+        evict(next(r for r in order if r.owner == heaviest))
+    return out
+
+
 class InMemoryPrefixStore:
     """``PrefixStore`` in one process. Thread-safe; never blocks the event loop."""
 
@@ -214,14 +278,14 @@ class InMemoryPrefixStore:
         record = self._records.get(key)
         return record if record is not None and record.expires_at > now else None
 
-    async def put(self, spec: PrefixSpec) -> PutResult:
+    async def put(self, spec: PrefixSpec, quota: OwnerQuota = OwnerQuota()) -> PutResult:
         check_spec(spec, self._limits)
         with self._lock:
             now = self._clock()
             self._purge(now)
             old = self._records.get(spec.key)
             record = PrefixRecord(
-                key=spec.key, model=spec.model, tenant=spec.tenant,
+                key=spec.key, model=spec.model, owner=spec.owner, cache_salt=spec.cache_salt,
                 prefix_tokens=spec.prefix_tokens,
                 cacheable_tokens=spec.cacheable_tokens, ttl_s=spec.ttl_s,
                 created_at=old.created_at if old else now, expires_at=now + spec.ttl_s,
@@ -231,14 +295,9 @@ class InMemoryPrefixStore:
             )
             self._records[spec.key] = record
             self._messages[spec.key] = spec.messages_json
-            evicted: list[PrefixKey] = []
-            victims = iter(eviction_order(r for r in self._records.values() if r.key != spec.key))
-            while (len(self._records) > self._limits.max_prefixes
-                   or sum(r.prefix_tokens for r in self._records.values())
-                   > self._limits.max_total_tokens):
-                victim = next(victims)  # check_spec: the new record alone always fits
-                self._remove(victim.key)
-                evicted.append(victim.key)
+            evicted = victims(self._records.values(), record, self._limits, quota)
+            for key in evicted:
+                self._remove(key)
             return PutResult(record=record, created=old is None, evicted=tuple(evicted))
 
     async def get(self, key: PrefixKey) -> PrefixRecord | None:

@@ -63,13 +63,16 @@ class PromptTokenizer:
     def tokenizer(self) -> Any:
         return load_tokenizer(self._path)
 
-    def _encoded(self, text: str, add_special_tokens: bool,
-                 packed: bool) -> array | tuple[int, ...]:
+    def _encoded(self, text: str, add_special_tokens: bool, packed: bool,
+                 salt: str | None) -> array | tuple[int, ...]:
+        # Cached segments are kept per cache salt, i.e. per tenant (segment_tokens.py).
         if self._encoder is None:
             self._encoder = SegmentEncoder(self.tokenizer)
         if packed:
-            return self._encoder.encode_packed(text, add_special_tokens=add_special_tokens)
-        return tuple(self._encoder.encode(text, add_special_tokens=add_special_tokens))
+            return self._encoder.encode_packed(text, add_special_tokens=add_special_tokens,
+                                               salt=salt)
+        return tuple(self._encoder.encode(text, add_special_tokens=add_special_tokens,
+                                          salt=salt))
 
     def token_ids(self, request: Any) -> tuple[int, ...] | None:
         return self._ids(request, packed=False)  # type: ignore[return-value]
@@ -86,7 +89,7 @@ class PromptTokenizer:
         prompt = getattr(request, "prompt", None)
         if isinstance(prompt, str):
             return self._encoded(prompt, bool(getattr(request, "add_special_tokens", True)),
-                                 packed)
+                                 packed, getattr(request, "cache_salt", None))
         if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
             return tuple(prompt)
         # Batched prompts, embeddings: several sequences, no single prefix to route on.
@@ -106,4 +109,5 @@ class PromptTokenizer:
                 t.model_dump() if hasattr(t, "model_dump") else t for t in request.tools],
             **kwargs,
         )
-        return self._encoded(text, bool(getattr(request, "add_special_tokens", False)), packed)
+        return self._encoded(text, bool(getattr(request, "add_special_tokens", False)), packed,
+                             getattr(request, "cache_salt", None))

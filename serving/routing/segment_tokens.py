@@ -7,6 +7,12 @@ seen before -- a tenant's system prompt between `<|im_start|>system\\n` and
 `<|im_end|>` -- need not be encoded again. For a 7k-token system prompt that turns
 ~10 ms of BPE into a dictionary probe; only the new user turn is encoded.
 
+The cache is keyed by the request's cache salt as well as the piece: a hit is faster
+than a miss, so a cache shared across tenants would let one tenant time whether
+another had sent a text. The ingress sets every request's salt from its tenant
+(serving/tenants/identity.py), so a piece is only ever found cached by the tenant
+that sent it. The memory bound is shared.
+
 The equivalence only holds when the added tokens match verbatim (no `lstrip`,
 `rstrip`, `single_word`, or matching after normalisation) and when encoding adds no
 special tokens of its own (a BOS post-processor); for any other tokenizer
@@ -37,7 +43,7 @@ class SegmentEncoder:
         self._tok = tokenizer
         self._max_tokens = max_tokens
         self._cached_tokens = 0
-        self._cache: OrderedDict[str, array] = OrderedDict()
+        self._cache: OrderedDict[tuple[str | None, str], array] = OrderedDict()
         self._seen: OrderedDict[int, None] = OrderedDict()
         # The router encodes on its event loop and in worker threads at once.
         self._lock = threading.Lock()
@@ -70,20 +76,23 @@ class SegmentEncoder:
         return list(tokenizer.encode(probe, add_special_tokens=True)) == list(
             tokenizer.encode(probe, add_special_tokens=False))
 
-    def encode(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
+    def encode(self, text: str, *, add_special_tokens: bool = False,
+               salt: str | None = None) -> list[int]:
+        """``text``'s ids; cached pieces are found only under the same ``salt``."""
         if not self.enabled:
             return list(self._tok.encode(text, add_special_tokens=add_special_tokens))
-        return self._assemble(text, [])
+        return self._assemble(text, [], salt)
 
-    def encode_packed(self, text: str, *, add_special_tokens: bool = False) -> array:
+    def encode_packed(self, text: str, *, add_special_tokens: bool = False,
+                      salt: str | None = None) -> array:
         """``encode`` as an ``array("I")``: what the router hashes. A cached piece is
         then copied in one ``memcpy`` instead of being unpacked into ints, and the
         block hasher needs no pack of its own (router/hashing.py)."""
         if not self.enabled:
             return array("I", self._tok.encode(text, add_special_tokens=add_special_tokens))
-        return self._assemble(text, array("I"))
+        return self._assemble(text, array("I"), salt)
 
-    def _assemble(self, text: str, ids: Any) -> Any:
+    def _assemble(self, text: str, ids: Any, salt: str | None) -> Any:
         """Append ``text``'s ids to ``ids`` (a list or an ``array("I")``) piece by piece."""
         pieces = self._split.split(text) if self._split is not None else [text]
         for piece in pieces:
@@ -93,18 +102,20 @@ class SegmentEncoder:
             if special is not None:
                 ids.append(special)
             else:
-                ids.extend(self._encode_piece(piece))
+                ids.extend(self._encode_piece(piece, salt))
         return ids
 
-    def _encode_piece(self, piece: str) -> Any:
+    def _encode_piece(self, piece: str, salt: str | None) -> Any:
         if len(piece) < _MIN_CACHED_CHARS:
             return self._tok.encode(piece, add_special_tokens=False)
-        key = hash(piece)
+        entry = (salt, piece)
+        # In-process only (never persisted nor shared): Python's hash serves.
+        key = hash(entry)
         with self._lock:
-            cached = self._cache.get(piece)
+            cached = self._cache.get(entry)
             if cached is not None:
                 self.hits += 1
-                self._cache.move_to_end(piece)
+                self._cache.move_to_end(entry)
                 return cached
             self.misses += 1
             admit = key in self._seen
@@ -116,8 +127,8 @@ class SegmentEncoder:
         if admit and len(ids) <= self._max_tokens:
             packed = array("I", ids)
             with self._lock:
-                if piece not in self._cache:
-                    self._cache[piece] = packed
+                if entry not in self._cache:
+                    self._cache[entry] = packed
                     self._cached_tokens += len(packed)
                     self._seen.pop(key, None)
                 while self._cached_tokens > self._max_tokens:

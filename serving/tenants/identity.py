@@ -39,6 +39,14 @@ def tenant_salt(name: str) -> str:
     return "t" + hashlib.sha256(b"cacheroute/tenant\0" + name.encode()).hexdigest()[:32]
 
 
+def cache_salt_of(name: str, client_salt: str | None = None) -> str:
+    """The salt tenant `name` is served under; `client_salt` narrows it. Stored
+    records (prefixes, documents) keep the owner's name and the client's part only,
+    and derive the salt with this."""
+    head = tenant_salt(name)
+    return head if not client_salt else f"{head}/{client_salt}"
+
+
 @dataclass(frozen=True)
 class Tenant:
     name: str
@@ -50,7 +58,7 @@ class Tenant:
 
     def cache_salt(self, client_salt: str | None = None) -> str:
         """The salt a request of this tenant is served under; `client_salt` narrows it."""
-        return self.salt if not client_salt else f"{self.salt}/{client_salt}"
+        return cache_salt_of(self.name, client_salt)
 
 
 class Tenants:

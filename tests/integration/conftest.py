@@ -1,16 +1,19 @@
 """The live stack, started once per test session and shared.
 
 `cacheroute serve` runs as a subprocess exactly as a user starts it (Ray head, Serve,
-2 vLLM CPU replicas of the embedded default model), configured with an API key so the
-auth tests need no second stack, and a rate-limited tenant of its own key (`TENANTS`)
-for the admission-limit tests. The local-stack starter is bench/service.py's (the
-benchmarks and drills start theirs with it too); this module adds the tier's config
+2 vLLM CPU replicas of the embedded default model), configured with an API key (tenant
+`default`) and three more tenants (`TENANTS`): `acme` and `globex` for the tenant
+isolation tests, and a rate-limited `metered` for the admission-limit tests, so the
+auth and tenant tests need no second stack. The local-stack starter is
+bench/service.py's (the benchmarks and drills start theirs with it too); this module
+adds the tier's config
 and the `Stack` conveniences. The first completion is sent the moment the ready line
 appears and its latency recorded for the readiness test.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,13 +32,21 @@ from bench.service import (
     write_config,
 )
 
-API_KEY = "test-key-0123456789"
-# A tenant of its own, rate-limited, beside the `default` tenant of API_KEY
-# (tests/hostile/test_tenant_limits.py): a token every 5 s, so back-to-back requests
-# past its burst are refused however slow the machine.
+API_KEY = "test-key-0123456789"  # tenant `default`
+# Two more tenants of the shared stack (tests/integration/test_tenants.py); globex's
+# small prefix quota makes its eviction test cheap.
+ACME_KEY = "test-key-acme-0123456789"
+GLOBEX_KEY = "test-key-globex-0123456789"
+GLOBEX_MAX_PREFIXES = 2
+# A tenant of its own, rate-limited (tests/hostile/test_tenant_limits.py): a token
+# every 5 s, so back-to-back requests past its burst are refused however slow the
+# machine.
 METERED_KEY = "test-metered-key-0123456789"
 METERED_BURST = 2
-TENANTS = {"metered": {"api_keys": [METERED_KEY],
+TENANTS = {"acme": {"api_keys": [ACME_KEY]},
+           "globex": {"api_keys": [GLOBEX_KEY],
+                      "limits": {"max_prefixes": GLOBEX_MAX_PREFIXES}},
+           "metered": {"api_keys": [METERED_KEY],
                        "limits": {"requests_per_s": 0.2, "burst": METERED_BURST}}}
 MODEL_ID = "smollm2-135m-instruct"
 START_TIMEOUT_S = float(os.environ.get("CACHEROUTE_TEST_START_TIMEOUT_S", "900"))
@@ -72,6 +83,10 @@ class Stack:
     def http(self) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, timeout=300,
                             headers={"Authorization": f"Bearer {self.api_key}"})
+
+    def as_tenant(self, api_key: str) -> "Stack":
+        """The same stack, its clients acting with ``api_key`` (another tenant's)."""
+        return dataclasses.replace(self, api_key=api_key)
 
 
 def start_stack(tmp: Path, *, policy: str = "cacheroute", replicas: int = 2,

@@ -32,12 +32,14 @@ def count_words(texts: Sequence[str]) -> list[int]:
 class WordTokenizer:
     def __init__(self) -> None:
         self.chat_calls = 0
+        self.salts: set[str] = set()
 
     def count(self, texts: Sequence[str]) -> list[int]:
         return count_words(texts)
 
-    def chat_tokens(self, messages: Sequence[Mapping[str, Any]]) -> int:
+    def chat_tokens(self, messages: Sequence[Mapping[str, Any]], salt: str) -> int:
         self.chat_calls += 1
+        self.salts.add(salt)
         return sum(4 + len(str(m.get("content", "")).split()) for m in messages)
 
 

@@ -25,10 +25,12 @@ from serving.documents.api import (
 )
 from serving.documents.service import DocumentService
 from serving.ingress.request_models import ChatCompletionRequest
+from serving.tenants.identity import tenant_salt
 from tests.unit.serving.documents.document_fakes import long_document, make_service
 from tests.unit.serving.prefixes.prefix_fakes import MODEL
 
-API_KEY = "k-0123"
+API_KEY = "k-0123"  # tenant `default`
+GLOBEX_KEY = "k-globex"
 
 
 class Host(DocumentRoutes):
@@ -92,7 +94,8 @@ def client(host: Host) -> Iterator[TestClient]:
     from serving.ingress.ingress import build_fastapi_app
 
     app = build_fastapi_app(ServiceConfig.model_validate(
-        {"server": {"api_keys": [API_KEY], "api_keys_env": None}}))
+        {"server": {"api_keys": [API_KEY], "api_keys_env": None,
+                    "tenants": {"globex": {"api_keys": [GLOBEX_KEY]}}}}))
     for name, route in DOCUMENT_ENDPOINTS.items():
         route(app)(getattr(host, name))
     app.post("/v1/chat/completions")(host.chat)
@@ -189,6 +192,31 @@ def test_bad_questions_and_unknown_ids(client: TestClient) -> None:
         assert client.get(path).json()["error"]["code"] == "not_found"
         assert client.delete(path).status_code == 404
     assert TestClient(client.app).get("/v1/documents").status_code == 401
+
+
+def test_another_tenants_document_answers_like_an_unknown_one(client: TestClient,
+                                                              host: Host) -> None:
+    doc = client.post("/v1/documents", json={"model": MODEL, "text": long_document(3),
+                                             "name": "memo"}).json()
+    assert tenant_salt("default") not in json.dumps(doc)  # the salt never leaves
+    globex = {"Authorization": f"Bearer {GLOBEX_KEY}"}
+    unknown = "doc-" + "1" * 32
+
+    def probes(doc_id: str) -> list[Any]:
+        chat = {"model": MODEL, "messages": [{"role": "user", "content": "Why?"}]}
+        return [client.get(f"/v1/documents/{doc_id}", headers=globex),
+                client.post(f"/v1/documents/{doc_id}/ask", json={"question": "Why?"},
+                            headers=globex),
+                client.post("/v1/chat/completions", json=chat,
+                            headers={**globex, DOCUMENT_HEADER: doc_id}),
+                client.delete(f"/v1/documents/{doc_id}", headers=globex)]
+
+    for theirs, nobodys in zip(probes(doc["id"]), probes(unknown)):
+        assert theirs.status_code == nobodys.status_code == 404
+        assert theirs.json() == json.loads(nobodys.text.replace(unknown, doc["id"]))
+    assert host.sent == []  # nothing reached an engine
+    assert client.get("/v1/documents", headers=globex).json()["data"] == []
+    assert client.get(f"/v1/documents/{doc['id']}").status_code == 200  # still the owner's
 
 
 def test_serve_binds_the_document_routes_to_the_ingress() -> None:

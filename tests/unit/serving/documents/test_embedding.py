@@ -50,7 +50,7 @@ def test_serving_tokenizer_counts_as_the_engine_does(path: Path) -> None:
     assert tok.count(texts) == [len(hf.encode(t, add_special_tokens=False)) for t in texts]
     messages = [{"role": "system", "content": "Doc."}, {"role": "user", "content": "Why?"}]
     rendered = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
-    assert tok.chat_tokens(messages) == len(hf.encode(rendered, add_special_tokens=False))
+    assert tok.chat_tokens(messages, "salt") == len(hf.encode(rendered, add_special_tokens=False))
 
 
 def _shared_blocks(prompts: list[tuple[int, ...]], block: int = 128) -> int:
@@ -83,7 +83,12 @@ def test_document_order_shares_more_cached_prefix_than_similarity_order(path: Pa
     from serving.documents.metrics import DocumentMetrics
     from serving.documents.service import DocumentService
     from serving.routing.prompt_tokens import PromptTokenizer
-    from tests.unit.serving.prefixes.prefix_fakes import FakeBackend, make_registry, make_store
+    from tests.unit.serving.prefixes.prefix_fakes import (
+        OWNER,
+        FakeBackend,
+        make_registry,
+        make_store,
+    )
 
     settings = document_settings(ServiceConfig.model_validate(
         {"engine": {"max_model_len": 2048}}), frozenset({"m"}))
@@ -99,8 +104,8 @@ def test_document_order_shares_more_cached_prefix_than_similarity_order(path: Pa
                                   (3, "refund fees"), (12, "audit log"), (13, "audit owner")]]
 
     async def prompts(order: Order) -> list[tuple[int, ...]]:
-        doc, _ = await service.upload(model="m", text=text, name="guide")
-        plans = [await service.plan(doc.id, question=q, max_tokens=8, order=order)
+        doc, _ = await service.upload(owner=OWNER, model="m", text=text, name="guide")
+        plans = [await service.plan(doc.id, owner=OWNER.name, question=q, max_tokens=8, order=order)
                  for q in questions]
         return [prompt.token_ids(_Chat(p.messages, add_generation_prompt=True))
                 for p in plans]

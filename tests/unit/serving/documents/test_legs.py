@@ -16,7 +16,7 @@ from serving.documents.legs import COMBINE_INSTRUCTION, LegAnswer
 from serving.documents.sections import Leg
 from tests.unit.serving.documents.document_fakes import long_document, make_service
 from tests.unit.serving.documents.test_api import API_KEY, Host, sse_events
-from tests.unit.serving.prefixes.prefix_fakes import MODEL
+from tests.unit.serving.prefixes.prefix_fakes import MODEL, OWNER
 
 
 def reply(content: str, prompt: int, cached: int) -> JSONResponse:
@@ -37,7 +37,8 @@ def test_map_reduce_sends_each_leg_then_one_combine_over_their_answers() -> None
         return reply("combined", 40, 0)
 
     async def body() -> None:
-        doc, _ = await service.upload(model=MODEL, text=long_document(12), name="manual")
+        doc, _ = await service.upload(owner=OWNER, model=MODEL, text=long_document(12),
+                                      name="manual")
         planned = [Leg(section=1, last_chunk=doc.sections[1].section.last_chunk,
                        messages=[{"role": "user", "content": "leg one"}]),
                    Leg(section=0, last_chunk=doc.sections[0].section.last_chunk,
@@ -66,7 +67,8 @@ def test_a_failed_leg_is_the_answer_and_nothing_is_combined() -> None:
         return reply("fine", 10, 0)
 
     async def body() -> None:
-        doc, _ = await service.upload(model=MODEL, text=long_document(12), name="manual")
+        doc, _ = await service.upload(owner=OWNER, model=MODEL, text=long_document(12),
+                                      name="manual")
         planned = [Leg(section=i, last_chunk=0, messages=[{"role": "user", "content": c}])
                    for i, c in enumerate(("ok", "bad"))]
         response, answers = await legs.map_reduce(send, doc, planned, "Why?")

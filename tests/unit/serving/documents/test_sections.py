@@ -29,6 +29,7 @@ from tests.unit.serving.documents.document_fakes import (
 )
 from tests.unit.serving.prefixes.prefix_fakes import (
     MODEL,
+    OWNER,
     Clock,
     FakeBackend,
     make_registry,
@@ -125,9 +126,10 @@ class TinyBackend(FakeBackend):
         self.prompts = prompts
 
     async def token_ids(self, messages: Sequence[Mapping[str, Any]],
-                        tenant: str | None) -> tuple[int, ...]:
+                        salt: str | None) -> tuple[int, ...]:
         self.tokenized += 1
-        request = SimpleNamespace(messages=list(messages), add_generation_prompt=False)
+        request = SimpleNamespace(messages=list(messages), add_generation_prompt=False,
+                                  cache_salt=salt)
         return tuple(self.prompts.token_ids(request) or ())
 
 
@@ -139,8 +141,9 @@ class TinyTokenizer:
         encoded = self.prompts.tokenizer(list(texts), add_special_tokens=False)
         return [len(ids) for ids in encoded["input_ids"]] if texts else []
 
-    def chat_tokens(self, messages: Sequence[Mapping[str, Any]]) -> int:
-        request = SimpleNamespace(messages=list(messages), add_generation_prompt=False)
+    def chat_tokens(self, messages: Sequence[Mapping[str, Any]], salt: str) -> int:
+        request = SimpleNamespace(messages=list(messages), add_generation_prompt=False,
+                                  cache_salt=salt)
         return len(self.prompts.token_ids(request) or ())
 
 
@@ -158,22 +161,24 @@ def test_a_questions_prompt_starts_with_exactly_its_sections_anchor_tokens(
         metrics=DocumentMetrics(CollectorRegistry()), clock=clock)
 
     async def body() -> None:
-        doc, _ = await service.upload(model=MODEL, text=long_document(paragraphs=24),
-                                      name="manual")
+        doc, _ = await service.upload(owner=OWNER, model=MODEL,
+                                      text=long_document(paragraphs=24), name="manual")
         assert doc.anchor_mode is Mode.SECTIONS and len(doc.sections) >= 2
         history = [{"role": "user", "content": "And the keeper?"},
                    {"role": "assistant", "content": "Busy."}]
         for topic, turns in (("harbour", []), ("violin", []), ("canyon", history)):
-            plan = await service.plan(doc.id, question=f"Tell me about the {topic}.",
-                                      max_tokens=16, history=turns)
+            plan = await service.plan(doc.id, owner=OWNER.name,
+                                      question=f"Tell me about the {topic}.", max_tokens=16,
+                                      history=turns)
             for leg in plan.legs:
                 anchor = doc.sections[leg.section]
                 assert leg.last_chunk == anchor.section.last_chunk  # not trimmed
                 # As the engine renders the question: with the generation prompt.
-                prompt = prompts.token_ids(SimpleNamespace(messages=leg.messages))
+                prompt = prompts.token_ids(SimpleNamespace(messages=leg.messages,
+                                                           cache_salt=doc.salt))
                 assert prompt[:len(anchor.token_ids)] == anchor.token_ids
                 assert len(prompt) + 16 <= 1024
                 # Every full block of the anchor is one the router owns for it.
-                assert service.anchors.placement(anchor.token_ids)[1]
+                assert service.anchors.placement(anchor.token_ids, doc.salt)[1]
 
     asyncio.run(body())

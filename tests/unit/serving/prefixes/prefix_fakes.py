@@ -17,9 +17,14 @@ from router import CacheAwarePolicy, Placement, PolicyConfig, RouteRequest
 from serving.prefixes.metrics import PrefixMetrics
 from serving.prefixes.registry import PrefixRegistry, Prewarmed, RegistrySettings
 from serving.prefixes.store import InMemoryPrefixStore, PrefixStore, StoreLimits, canonical_json
+from serving.tenants.config import TenantLimits
+from serving.tenants.identity import Tenant
 
 BLOCK_SIZE = 16
 MODEL = "m"
+# Two tenants with the service-wide limits.
+OWNER = Tenant("acme", TenantLimits())
+OTHER = Tenant("globex", TenantLimits())
 
 
 class Clock:

@@ -19,8 +19,18 @@ from starlette.responses import JSONResponse, StreamingResponse
 from serving.config import ServiceConfig
 from serving.prefixes.api import PREFIX_ENDPOINTS, PrefixRoutes, observe_response
 from serving.prefixes.registry import PrefixRegistry
-from serving.prefixes.store import PrefixStoreError, short_key
-from tests.unit.serving.prefixes.prefix_fakes import MODEL, SYSTEM, FakeBackend, make_registry, make_store, user
+from serving.prefixes.store import PrefixStoreError
+from serving.tenants.identity import tenant_salt
+from tests.unit.serving.prefixes.prefix_fakes import (
+    MODEL,
+    OWNER,
+    SYSTEM,
+    FakeBackend,
+    make_registry,
+    make_store,
+    system,
+    user,
+)
 
 API_KEY = "k-0123"
 
@@ -32,15 +42,21 @@ class Host(PrefixRoutes):
         self._prefix_registry = registry
 
 
-def make_client(registry: PrefixRegistry) -> TestClient:
+# Two more tenants beside `default` (API_KEY), globex with a quota of its own.
+ACME_KEY, GLOBEX_KEY = "k-acme", "k-globex"
+TENANTS = {"acme": {"api_keys": [ACME_KEY]},
+           "globex": {"api_keys": [GLOBEX_KEY], "limits": {"max_prefixes": 2}}}
+
+
+def make_client(registry: PrefixRegistry, key: str = API_KEY) -> TestClient:
     from serving.ingress.ingress import build_fastapi_app
 
     app = build_fastapi_app(ServiceConfig.model_validate(
-        {"server": {"api_keys": [API_KEY], "api_keys_env": None}}))
+        {"server": {"api_keys": [API_KEY], "api_keys_env": None, "tenants": TENANTS}}))
     host = Host(registry)
     for name, route in PREFIX_ENDPOINTS.items():
         route(app)(getattr(host, name))
-    return TestClient(app, headers={"Authorization": f"Bearer {API_KEY}"})
+    return TestClient(app, headers={"Authorization": f"Bearer {key}"})
 
 
 @pytest.fixture
@@ -63,7 +79,9 @@ def test_register_list_delete(client: TestClient, backend: FakeBackend) -> None:
     assert created.status_code == 201, created.text
     prefix = created.json()
     assert prefix["object"] == "prefix" and len(prefix["key"]) == 64
-    assert (prefix["model"], prefix["tenant"], prefix["ttl_s"]) == (MODEL, "acme", 120.0)
+    # The client's own narrowing value is echoed, under its name; never the tenant's salt.
+    assert (prefix["model"], prefix["cache_salt"], prefix["ttl_s"]) == (MODEL, "acme", 120.0)
+    assert "tenant" not in prefix and tenant_salt("default") not in created.text
     assert prefix["home_replica"] in {"r0", "r1", "r2"}
     assert (prefix["hits"], prefix["misses"]) == (0, 0)
     assert prefix["expires_at"] == prefix["created_at"] + 120
@@ -99,6 +117,7 @@ def test_register_list_delete(client: TestClient, backend: FakeBackend) -> None:
          400, "invalid_request", "messages"),
         (body(key="a" * 64), 400, "invalid_request", "key"),  # keys are never chosen
         (body(tenant=""), 400, "invalid_request", "tenant"),
+        (body(cache_salt=""), 400, "invalid_request", "cache_salt"),
         (body(model="gpt-nothing"), 404, "model_not_found", "gpt-nothing"),
         (body(messages=[{"role": "system", "content": "x" * 400}]), 413, "request_too_large",
          "limit is 300 tokens"),
@@ -111,6 +130,34 @@ def test_bad_input_gets_an_openai_shaped_4xx(client: TestClient, payload: dict, 
     error = resp.json()["error"]
     assert (error["type"], error["code"]) == ("invalid_request_error", code)
     assert needle in error["message"] or needle == error["param"]
+
+
+def test_another_tenants_prefix_is_unknown_to_it(backend: FakeBackend) -> None:
+    registry = make_registry(backend=backend, max_prefix_tokens=300)
+    with make_client(registry, ACME_KEY) as acme, make_client(registry, GLOBEX_KEY) as globex:
+        mine = acme.post("/v1/prefixes", json=body()).json()
+        # The same content is a record of globex's own, under another key.
+        theirs = globex.post("/v1/prefixes", json=body())
+        assert theirs.status_code == 201 and theirs.json()["key"] != mine["key"]
+        assert [p["key"] for p in globex.get("/v1/prefixes").json()["data"]] == [
+            theirs.json()["key"]]
+        refused = globex.delete(f"/v1/prefixes/{mine['key']}")
+        unknown = globex.delete(f"/v1/prefixes/{'b' * 64}")
+        assert refused.status_code == unknown.status_code == 404
+        # The same words as for a key nobody has: nothing tells it acme's exists.
+        assert refused.json() == json.loads(unknown.text.replace("b" * 64, mine["key"]))
+        assert [p["key"] for p in acme.get("/v1/prefixes").json()["data"]] == [mine["key"]]
+
+
+def test_a_tenant_over_its_quota_evicts_its_own_prefixes(backend: FakeBackend) -> None:
+    registry = make_registry(backend=backend, max_prefix_tokens=300)
+    with make_client(registry, ACME_KEY) as acme, make_client(registry, GLOBEX_KEY) as globex:
+        mine = acme.post("/v1/prefixes", json=body()).json()["key"]
+        keys = [globex.post("/v1/prefixes", json=body(messages=[system(f"Globex bot {i}.")]))
+                .json()["key"] for i in range(3)]
+        listed = [p["key"] for p in globex.get("/v1/prefixes").json()["data"]]
+        assert sorted(listed) == sorted(keys[1:])  # its max_prefixes is 2
+        assert [p["key"] for p in acme.get("/v1/prefixes").json()["data"]] == [mine]
 
 
 @pytest.mark.parametrize("key", ["not-a-key", "a" * 64, "A" * 64])
@@ -156,8 +203,8 @@ def test_plain_and_streamed_responses_are_counted_and_unchanged() -> None:
     async def main() -> None:
         registry = make_registry(make_store(), metrics=metrics)
         record, _ = await registry.register(model=MODEL, messages=[SYSTEM], ttl_s=None,
-                                            tenant=None)
-        use = registry.match(MODEL, [SYSTEM, user("q")], None)
+                                            owner=OWNER)
+        use = registry.match(MODEL, [SYSTEM, user("q")], OWNER.cache_salt())
         hit = JSONResponse(usage(record.cacheable_tokens))
         assert observe_response(registry, use, hit) is hit
 
@@ -179,11 +226,10 @@ def test_plain_and_streamed_responses_are_counted_and_unchanged() -> None:
         assert [c async for c in quiet.body_iterator] == chunks[:1]
         observe_response(registry, use, JSONResponse({"error": {}}, status_code=400))
         await asyncio.gather(*list(registry._pending))
-        stored = (await registry.records())[0]
+        stored = (await registry.records(OWNER.name))[0]
         assert (stored.hits, stored.misses) == (1, 1)
-        label = {"prefix": short_key(record.key)}
-        assert metrics.get_sample_value("cacheroute_prefix_hits_total", label) == 1
-        assert metrics.get_sample_value("cacheroute_prefix_misses_total", label) == 1
+        assert metrics.get_sample_value("cacheroute_prefix_hits_total") == 1
+        assert metrics.get_sample_value("cacheroute_prefix_misses_total") == 1
     asyncio.run(main())
 
 

@@ -38,3 +38,13 @@ def test_prefix_registry_redis_url_from_file_or_environment(
     assert ServiceConfig().prefixes.resolved_redis_url() == "redis://env:6379/1"
     config = load_text(tmp_path, "prefixes: {redis_url: 'redis://file:6379/0'}")
     assert config.prefixes.resolved_redis_url() == "redis://file:6379/0"  # the file wins
+
+
+def test_the_redis_namespace_is_plain_text() -> None:
+    from serving.prefixes.config import PrefixConfig
+
+    assert PrefixConfig().redis_namespace == "cacheroute"
+    assert PrefixConfig(redis_namespace="prod-eu.1").redis_namespace == "prod-eu.1"
+    for bad in ("", "a{b}", "has space", "x" * 129):
+        with pytest.raises(ValueError):
+            PrefixConfig(redis_namespace=bad)

@@ -16,9 +16,11 @@ from prometheus_client import CollectorRegistry
 
 from router import RouteRequest
 from serving.prefixes.registry import PrefixError, PrefixRegistry
-from serving.prefixes.store import PrefixStoreError, short_key
+from serving.prefixes.store import PrefixStoreError
 from tests.unit.serving.prefixes.prefix_fakes import (
     MODEL,
+    OTHER,
+    OWNER,
     SYSTEM,
     Clock,
     FakeBackend,
@@ -28,6 +30,10 @@ from tests.unit.serving.prefixes.prefix_fakes import (
     system,
     user,
 )
+
+
+# The salt the ingress serves OWNER's chat requests under (no cache_salt of their own).
+SALT = OWNER.cache_salt()
 
 
 def run(body: Callable[[], Awaitable[Any]]) -> Any:
@@ -52,33 +58,35 @@ def test_register_prewarms_through_the_router_and_records_the_home() -> None:
     async def body() -> None:
         registry = make_registry(backend=backend)
         record, created = await registry.register(model=MODEL, messages=[SYSTEM], ttl_s=None,
-                                                  tenant="acme")
+                                                  owner=OWNER, cache_salt="eu")
         assert created
-        assert backend.prewarms == [(MODEL, [SYSTEM], "acme")]
-        ids = await backend.token_ids([SYSTEM], "acme")
-        placement = backend.policy.placement(RouteRequest(token_ids=ids, cache_salt="acme"))
+        salt = OWNER.cache_salt("eu")
+        assert backend.prewarms == [(MODEL, [SYSTEM], salt)]
+        ids = await backend.token_ids([SYSTEM], salt)
+        placement = backend.policy.placement(RouteRequest(token_ids=ids, cache_salt=salt))
         # The prewarm made its ring home the holder of every full block.
         assert placement.holders == {placement.home}
-        assert (record.home, record.tenant, record.ttl_s) == (placement.home, "acme", 60.0)
+        assert (record.home, record.owner, record.cache_salt, record.ttl_s) == (
+            placement.home, "acme", "eu", 60.0)
         assert record.prefix_tokens == len(ids)
         assert record.cacheable_tokens == len(ids) - len(ids) % 16
         again, created = await registry.register(model=MODEL, messages=[SYSTEM], ttl_s=30.0,
-                                                 tenant="acme")
+                                                 owner=OWNER, cache_salt="eu")
         assert not created and again.key == record.key and again.ttl_s == 30.0
-        assert [r.key for r in await registry.records()] == [record.key]
+        assert [r.key for r in await registry.records(OWNER.name)] == [record.key]
     run(body)
 
 
 def test_key_ignores_how_the_content_is_spelled() -> None:
     async def body() -> None:
         registry = make_registry()
-        a, _ = await registry.register(model=MODEL, messages=[SYSTEM], ttl_s=None, tenant=None)
+        a, _ = await registry.register(model=MODEL, messages=[SYSTEM], ttl_s=None, owner=OWNER)
         parts = {"role": "system", "content": [{"type": "text", "text": SYSTEM["content"]}]}
         b, created = await registry.register(model=MODEL, messages=[parts], ttl_s=None,
-                                             tenant=None)
+                                             owner=OWNER)
         assert (b.key, created) == (a.key, False)
         c, created = await registry.register(model=MODEL, messages=[SYSTEM], ttl_s=None,
-                                             tenant="other")
+                                             owner=OWNER, cache_salt="other")
         assert created and c.key != a.key
     run(body)
 
@@ -88,7 +96,7 @@ def test_bad_ttl_is_400(ttl_s: float) -> None:
     async def body() -> None:
         with refuse(400, "invalid_request") as info:
             await make_registry().register(model=MODEL, messages=[SYSTEM], ttl_s=ttl_s,
-                                           tenant=None)
+                                           owner=OWNER)
         assert info.value.param == "ttl_s"
     run(body)
 
@@ -100,22 +108,22 @@ def test_refusals_before_any_engine_work() -> None:
         # 64-token blocks: an empty system message (32 fake tokens) fills none.
         registry = make_registry(backend=backend, max_prefix_tokens=100, block_size=64)
         with refuse(404, "model_not_found"):
-            await registry.register(model="nope", messages=[SYSTEM], ttl_s=None, tenant=None)
+            await registry.register(model="nope", messages=[SYSTEM], ttl_s=None, owner=OWNER)
         with refuse(400, "invalid_request"):
-            await registry.register(model=MODEL, messages=[], ttl_s=None, tenant=None)
+            await registry.register(model=MODEL, messages=[], ttl_s=None, owner=OWNER)
         with refuse(413, "request_too_large"):  # by characters: never tokenised
             await registry.register(model=MODEL, messages=[system("x" * 7000)], ttl_s=None,
-                                    tenant=None)
+                                    owner=OWNER)
         assert backend.tokenized == 0
         with refuse(413, "request_too_large") as info:  # by tokens
             await registry.register(model=MODEL, messages=[system("x" * 200)], ttl_s=None,
-                                    tenant=None)
+                                    owner=OWNER)
         assert "limit is 100 tokens" in info.value.message
         with refuse(400, "invalid_request") as info:  # not one full block
-            await registry.register(model=MODEL, messages=[system("")], ttl_s=None, tenant=None)
+            await registry.register(model=MODEL, messages=[system("")], ttl_s=None, owner=OWNER)
         assert "shorter than one KV block" in info.value.message
         assert backend.prewarms == []
-        assert await registry.records() == []
+        assert await registry.records(OWNER.name) == []
     run(body)
 
 
@@ -125,13 +133,14 @@ def test_eviction_makes_the_router_forget_the_evicted_prefix() -> None:
     async def body() -> None:
         registry = make_registry(make_store(max_prefixes=1), backend)
         first, _ = await registry.register(model=MODEL, messages=[SYSTEM], ttl_s=None,
-                                           tenant=None)
+                                           owner=OWNER)
         await registry.register(model=MODEL, messages=[system("Another assistant, terse.")],
-                                ttl_s=None, tenant=None)
-        assert [r.key for r in await registry.records()] != [first.key]
-        assert registry.match(MODEL, [SYSTEM, user("hi")], None) is None
-        ids = await backend.token_ids([SYSTEM], None)
-        assert backend.policy.placement(RouteRequest(token_ids=ids)).holders == frozenset()
+                                ttl_s=None, owner=OWNER)
+        assert [r.key for r in await registry.records(OWNER.name)] != [first.key]
+        assert registry.match(MODEL, [SYSTEM, user("hi")], SALT) is None
+        ids = await backend.token_ids([SYSTEM], SALT)
+        placement = backend.policy.placement(RouteRequest(token_ids=ids, cache_salt=SALT))
+        assert placement.holders == frozenset()
     run(body)
 
 
@@ -144,17 +153,18 @@ def test_match_finds_the_longest_registered_prefix() -> None:
     async def body() -> None:
         registry = make_registry()
         short, _ = await registry.register(model=MODEL, messages=[SYSTEM], ttl_s=None,
-                                           tenant=None)
+                                           owner=OWNER)
         long, _ = await registry.register(model=MODEL, messages=[SYSTEM, *shot], ttl_s=None,
-                                          tenant=None)
-        assert registry.match(MODEL, [SYSTEM, user("q")], None).key == short.key
-        assert registry.match(MODEL, [SYSTEM, *shot, user("q")], None).key == long.key
-        assert registry.match(None, [SYSTEM], None).key == short.key  # the only model
-        assert registry.match(MODEL, [SYSTEM, user("q")], "acme") is None  # other tenant
-        assert registry.match("m2", [SYSTEM, user("q")], None) is None
-        assert registry.match(MODEL, [user("q")], None) is None
-        assert registry.match(MODEL, [], None) is None
-        assert registry.match(MODEL, None, None) is None
+                                          owner=OWNER)
+        assert registry.match(MODEL, [SYSTEM, user("q")], SALT).key == short.key
+        assert registry.match(MODEL, [SYSTEM, *shot, user("q")], SALT).key == long.key
+        assert registry.match(None, [SYSTEM], SALT).key == short.key  # the only model
+        assert registry.match(MODEL, [SYSTEM, user("q")], OTHER.cache_salt()) is None
+        assert registry.match(MODEL, [SYSTEM, user("q")], OWNER.cache_salt("eu")) is None
+        assert registry.match("m2", [SYSTEM, user("q")], SALT) is None
+        assert registry.match(MODEL, [user("q")], SALT) is None
+        assert registry.match(MODEL, [], SALT) is None
+        assert registry.match(MODEL, None, SALT) is None
     run(body)
 
 
@@ -164,19 +174,19 @@ def test_hits_and_misses_from_the_engines_cached_tokens() -> None:
     async def body() -> None:
         registry = make_registry(metrics=metrics)
         record, _ = await registry.register(model=MODEL, messages=[SYSTEM], ttl_s=None,
-                                            tenant=None)
-        use = registry.match(MODEL, [SYSTEM, user("q")], None)
+                                            owner=OWNER)
+        use = registry.match(MODEL, [SYSTEM, user("q")], SALT)
         assert use.cacheable_tokens == record.cacheable_tokens
         registry.observe(use, record.cacheable_tokens)  # every full block cached: hit
         registry.observe(use, record.cacheable_tokens + 16)  # and more: still a hit
         registry.observe(use, record.cacheable_tokens - 16)  # one block short: miss
         registry.observe(use, None)  # a stream without usage: neither
         await settle(registry)
-        stored = (await registry.records())[0]
+        stored = (await registry.records(OWNER.name))[0]
         assert (stored.hits, stored.misses) == (2, 1)
-        label = {"prefix": short_key(record.key)}
-        assert metrics.get_sample_value("cacheroute_prefix_hits_total", label) == 2
-        assert metrics.get_sample_value("cacheroute_prefix_misses_total", label) == 1
+        # Aggregates only: /metrics is public (serving/prefixes/metrics.py).
+        assert metrics.get_sample_value("cacheroute_prefix_hits_total") == 2
+        assert metrics.get_sample_value("cacheroute_prefix_misses_total") == 1
     run(body)
 
 
@@ -187,8 +197,8 @@ def test_a_store_outage_never_breaks_counting() -> None:
 
     async def body() -> None:
         registry = make_registry()
-        await registry.register(model=MODEL, messages=[SYSTEM], ttl_s=None, tenant=None)
-        use = registry.match(MODEL, [SYSTEM], None)
+        await registry.register(model=MODEL, messages=[SYSTEM], ttl_s=None, owner=OWNER)
+        use = registry.match(MODEL, [SYSTEM], SALT)
         registry._store = DownStore()  # type: ignore[assignment]
         registry.observe(use, 0)
         await settle(registry)  # logged, not raised
@@ -198,27 +208,27 @@ def test_a_store_outage_never_breaks_counting() -> None:
 # --- delete -----------------------------------------------------------------------
 
 
-def test_delete_forgets_ownership_matching_and_series() -> None:
+def test_delete_forgets_ownership_and_matching() -> None:
     backend = FakeBackend()
     metrics = CollectorRegistry()
 
     async def body() -> None:
         registry = make_registry(backend=backend, metrics=metrics)
         record, _ = await registry.register(model=MODEL, messages=[SYSTEM], ttl_s=None,
-                                            tenant=None)
-        registry.observe(registry.match(MODEL, [SYSTEM], None), 0)
+                                            owner=OWNER)
+        registry.observe(registry.match(MODEL, [SYSTEM], SALT), 0)
         await settle(registry)
-        await registry.delete(record.key)
-        assert await registry.records() == []
-        assert registry.match(MODEL, [SYSTEM, user("q")], None) is None
-        ids = await backend.token_ids([SYSTEM], None)
-        assert backend.policy.placement(RouteRequest(token_ids=ids)).holders == frozenset()
-        label = {"prefix": short_key(record.key)}
-        assert metrics.get_sample_value("cacheroute_prefix_misses_total", label) is None
+        await registry.delete(record.key, OWNER.name)
+        assert await registry.records(OWNER.name) == []
+        assert registry.match(MODEL, [SYSTEM, user("q")], SALT) is None
+        salt = OWNER.cache_salt()
+        ids = await backend.token_ids([SYSTEM], salt)
+        assert backend.policy.placement(
+            RouteRequest(token_ids=ids, cache_salt=salt)).holders == frozenset()
         with refuse(404, "not_found"):
-            await registry.delete(record.key)
+            await registry.delete(record.key, OWNER.name)
         with refuse(404, "not_found"):
-            await registry.delete("../../etc")
+            await registry.delete("../../etc", OWNER.name)
     run(body)
 
 
@@ -230,7 +240,7 @@ def test_store_outage_is_503() -> None:
     async def body() -> None:
         registry = make_registry(DownStore())  # type: ignore[arg-type]
         with refuse(503, "service_unavailable"):
-            await registry.records()
+            await registry.records(OWNER.name)
     run(body)
 
 
@@ -244,15 +254,15 @@ def test_sweep_shares_registrations_and_deletions_between_ingresses() -> None:
     async def body() -> None:
         a = make_registry(store, here)
         b = make_registry(store, there)
-        record, _ = await a.register(model=MODEL, messages=[SYSTEM], ttl_s=None, tenant=None)
-        assert b.match(MODEL, [SYSTEM, user("q")], None) is None  # not listed yet
+        record, _ = await a.register(model=MODEL, messages=[SYSTEM], ttl_s=None, owner=OWNER)
+        assert b.match(MODEL, [SYSTEM, user("q")], SALT) is None  # not listed yet
         # b's router has not learned the holder (in service, KV events teach it within a
         # second): the registration's grace keeps b from rewarming it meanwhile.
         assert await b.sweep() == 0
-        assert b.match(MODEL, [SYSTEM, user("q")], None).key == record.key
-        await a.delete(record.key)
+        assert b.match(MODEL, [SYSTEM, user("q")], SALT).key == record.key
+        await a.delete(record.key, OWNER.name)
         await b.sweep()
-        assert b.match(MODEL, [SYSTEM, user("q")], None) is None
+        assert b.match(MODEL, [SYSTEM, user("q")], SALT) is None
         assert there.forgotten == 1  # b's router forgot the withdrawn prefix too
     run(body)
 
@@ -265,13 +275,13 @@ def test_sweep_rewarms_a_prefix_whose_home_left_and_only_once() -> None:
     async def body() -> None:
         registry = make_registry(make_store(clock), backend, metrics=metrics)
         record, _ = await registry.register(model=MODEL, messages=[SYSTEM], ttl_s=None,
-                                            tenant=None)
+                                            owner=OWNER)
         clock.advance(5)  # past the registration's grace
         assert await registry.sweep() == 0  # its home holds it
         backend.policy.set_replicas({"r0", "r1", "r2"} - {record.home})  # the home died
         assert await registry.sweep() == 1
         assert len(backend.prewarms) == 2
-        rewarmed = (await registry.records())[0]
+        rewarmed = (await registry.records(OWNER.name))[0]
         assert rewarmed.home not in (None, record.home)
         assert metrics.get_sample_value("cacheroute_prefix_rewarms_total") == 1
         assert await registry.sweep() == 0  # the new home holds it now
@@ -285,7 +295,7 @@ def test_one_ingress_rewarms_when_several_notice() -> None:
 
     async def body() -> None:
         registries = [make_registry(store, b) for b in backends]
-        await registries[0].register(model=MODEL, messages=[SYSTEM], ttl_s=None, tenant=None)
+        await registries[0].register(model=MODEL, messages=[SYSTEM], ttl_s=None, owner=OWNER)
         # The second ingress's router never saw the prefix: nobody holds it for it, and
         # after a failure nobody does for the first one either.
         for b in backends:
@@ -301,14 +311,15 @@ def test_a_holder_other_than_the_recorded_home_updates_the_record() -> None:
     async def body() -> None:
         registry = make_registry(backend=backend)
         record, _ = await registry.register(model=MODEL, messages=[SYSTEM], ttl_s=None,
-                                            tenant=None)
-        ids = await backend.token_ids([SYSTEM], None)
-        backend.policy.forget_prefix(RouteRequest(token_ids=ids))
+                                            owner=OWNER)
+        ids = await backend.token_ids([SYSTEM], SALT)
+        backend.policy.forget_prefix(RouteRequest(token_ids=ids, cache_salt=SALT))
         # The home is full: the next request spills, and its replica holds the prefix.
-        spill = backend.policy.select(RouteRequest(token_ids=ids), {record.home: 100})
+        spill = backend.policy.select(RouteRequest(token_ids=ids, cache_salt=SALT),
+                                      {record.home: 100})
         assert spill.replica_id != record.home
         assert await registry.sweep() == 0
-        assert (await registry.records())[0].home == spill.replica_id
+        assert (await registry.records(OWNER.name))[0].home == spill.replica_id
         assert len(backend.prewarms) == 1
     run(body)
 
@@ -319,7 +330,7 @@ def test_policies_without_an_ownership_index_report_no_home_and_never_rewarm() -
     async def body() -> None:
         registry = make_registry(backend=backend)
         record, _ = await registry.register(model=MODEL, messages=[SYSTEM], ttl_s=None,
-                                            tenant=None)
+                                            owner=OWNER)
         assert record.home is None
         backend.policy.set_replicas(["r9"])
         assert await registry.sweep() == 0
@@ -333,7 +344,7 @@ def test_sweeping_runs_in_the_background_and_stops_on_close() -> None:
     async def body() -> None:
         registry = make_registry(make_store(time.time), backend,  # type: ignore[arg-type]
                                  rewarm_interval_s=0.01)
-        await registry.register(model=MODEL, messages=[SYSTEM], ttl_s=None, tenant=None)
+        await registry.register(model=MODEL, messages=[SYSTEM], ttl_s=None, owner=OWNER)
         registry.ensure_sweeping()
         registry.ensure_sweeping()  # idempotent
         backend.policy.set_replicas(["r7"])
@@ -342,6 +353,6 @@ def test_sweeping_runs_in_the_background_and_stops_on_close() -> None:
             if len(backend.prewarms) == 2:
                 break
         assert len(backend.prewarms) == 2
-        assert (await registry.records())[0].home == "r7"
+        assert (await registry.records(OWNER.name))[0].home == "r7"
         await registry.close()
     run(body)

@@ -15,6 +15,7 @@ import pytest
 
 from serving.prefixes.store import (
     InMemoryPrefixStore,
+    OwnerQuota,
     PrefixKey,
     PrefixSpec,
     PrefixStore,
@@ -25,6 +26,7 @@ from serving.prefixes.store import (
     is_prefix_key,
     prefix_key,
 )
+from serving.tenants.identity import cache_salt_of
 from tests.redis_server import redis_server_binary, running_redis
 from tests.unit.serving.prefixes.prefix_fakes import Clock
 
@@ -67,10 +69,12 @@ def run(make_store: StoreFactory, body: Callable[[PrefixStore, Clock], Awaitable
     return asyncio.run(main())
 
 
-def make_spec(name: str, *, tokens: int = 100, ttl_s: float = 60.0, tenant: str | None = None,
-              home: str | None = None) -> PrefixSpec:
+def make_spec(name: str, *, tokens: int = 100, ttl_s: float = 60.0,
+              cache_salt: str | None = None, home: str | None = None,
+              owner: str = "acme") -> PrefixSpec:
     messages = [{"role": "system", "content": f"You are {name}."}]
-    return PrefixSpec(key=prefix_key("m", messages, tenant), model="m", tenant=tenant,
+    return PrefixSpec(key=prefix_key("m", messages, cache_salt_of(owner, cache_salt)), model="m",
+                      owner=owner, cache_salt=cache_salt,
                       messages_json=canonical_json(messages), prefix_tokens=tokens,
                       cacheable_tokens=tokens - tokens % 16, ttl_s=ttl_s, home=home)
 
@@ -118,12 +122,12 @@ def test_is_prefix_key() -> None:
 
 def test_put_get_list_and_messages(make_store: StoreFactory) -> None:
     async def body(store: PrefixStore, clock: Clock) -> None:
-        spec = make_spec("a", tokens=130, tenant="acme", home="r1")
+        spec = make_spec("a", tokens=130, cache_salt="eu", home="r1")
         result = await store.put(spec)
         assert result.created and result.evicted == ()
         record = result.record
-        assert (record.key, record.model, record.tenant, record.home) == (
-            spec.key, "m", "acme", "r1")
+        assert (record.key, record.model, record.owner, record.cache_salt, record.home) == (
+            spec.key, "m", "acme", "eu", "r1")
         assert (record.prefix_tokens, record.cacheable_tokens) == (130, 128)
         assert (record.created_at, record.expires_at, record.last_used_at) == (
             clock.now, clock.now + 60.0, clock.now)
@@ -134,7 +138,7 @@ def test_put_get_list_and_messages(make_store: StoreFactory) -> None:
         none = make_spec("b")
         assert await store.get(none.key) is None
         assert await store.messages(none.key) is None
-        assert (await store.put(none)).record.tenant is None
+        assert (await store.put(none)).record.cache_salt is None
     run(make_store, body)
 
 
@@ -271,6 +275,90 @@ def test_concurrent_registrations_respect_the_limits(make_store: StoreFactory) -
     run(make_store, body)
 
 
+def test_same_content_of_two_tenants_is_two_records(make_store: StoreFactory) -> None:
+    async def body(store: PrefixStore, clock: Clock) -> None:
+        acme, globex = make_spec("a", owner="acme"), make_spec("a", owner="globex")
+        assert acme.key != globex.key
+        assert (await store.put(acme)).created
+        assert (await store.put(globex)).created  # not a refresh of acme's
+        assert {(r.key, r.owner) for r in await store.records()} == {
+            (acme.key, "acme"), (globex.key, "globex")}
+    run(make_store, body)
+
+
+def test_a_tenant_over_its_own_quota_evicts_only_its_own(make_store: StoreFactory) -> None:
+    async def body(store: PrefixStore, clock: Clock) -> None:
+        quota = OwnerQuota(max_prefixes=2)
+        acme = make_spec("acme-a", owner="acme")
+        await store.put(acme)  # acme's is the oldest record of all
+        clock.advance(1)
+        own = [make_spec(f"g{i}", owner="globex") for i in range(3)]
+        results = []
+        for spec in own:
+            results.append(await store.put(spec, quota))
+            clock.advance(1)
+        assert [r.evicted for r in results] == [(), (), (own[0].key,)]
+        assert set(keys_of(await store.records())) == {acme.key, own[1].key, own[2].key}
+    run(make_store, body)
+
+
+def test_a_tenant_token_quota_evicts_its_least_recently_used(make_store: StoreFactory) -> None:
+    async def body(store: PrefixStore, clock: Clock) -> None:
+        quota = OwnerQuota(max_total_tokens=500)
+        a, b = make_spec("a", tokens=200, owner="globex"), make_spec("b", tokens=200,
+                                                                       owner="globex")
+        other = make_spec("o", tokens=300, owner="acme")
+        for spec in (a, other, b):
+            await store.put(spec, quota)
+            clock.advance(1)
+        await store.record_use(a.key, hit=True)  # b is globex's least recently used now
+        clock.advance(1)
+        result = await store.put(make_spec("c", tokens=200, owner="globex"), quota)
+        assert result.evicted == (b.key,)
+    run(make_store, body)
+
+
+def test_the_full_store_evicts_from_the_heaviest_tenant(make_store: StoreFactory) -> None:
+    async def body(store: PrefixStore, clock: Clock) -> None:
+        # LIMITS: 4 records, 1000 tokens. acme holds one old 100-token prefix; globex
+        # fills the rest and goes on registering: only globex's own records go,
+        # though acme's is the least recently used of all.
+        acme = make_spec("acme", owner="acme")
+        await store.put(acme)
+        clock.advance(1)
+        for i in range(6):
+            result = await store.put(make_spec(f"g{i}", tokens=200, owner="globex"))
+            assert acme.key not in result.evicted
+            clock.advance(1)
+        records = await store.records()
+        assert acme.key in keys_of(records) and len(records) == 4
+        # A light tenant's registration evicts from the heaviest (globex), not from
+        # acme, which holds less.
+        globex = {r.key for r in records if r.owner == "globex"}
+        result = await store.put(make_spec("acme2", owner="acme"))
+        assert len(result.evicted) == 1 and set(result.evicted) <= globex
+        assert acme.key in keys_of(await store.records())
+    run(make_store, body)
+
+
+def test_heaviest_is_counted_without_the_registration_itself(make_store: StoreFactory) -> None:
+    async def body(store: PrefixStore, clock: Clock) -> None:
+        # globex holds 300 in one record, acme 600 in two; acme's third (300) fills
+        # the store: acme holds the most before it (600 > 300), so acme's oldest goes.
+        g = make_spec("g", tokens=300, owner="globex")
+        a1, a2 = make_spec("a1", tokens=300, owner="acme"), make_spec("a2", tokens=300,
+                                                                       owner="acme")
+        for spec in (g, a1, a2):
+            await store.put(spec)
+            clock.advance(1)
+        result = await store.put(make_spec("a3", tokens=300, owner="acme"))
+        assert result.evicted == (a1.key,)
+        # And a registration of globex's now evicts from acme (600 before it), not globex.
+        result = await store.put(make_spec("g2", tokens=300, owner="globex"))
+        assert result.evicted == (a2.key,)
+    run(make_store, body)
+
+
 # --- Redis only -------------------------------------------------------------------
 
 
@@ -313,5 +401,63 @@ def test_redis_store_unreachable_is_a_store_error(tmp_path: Path) -> None:
             with pytest.raises(PrefixStoreError):
                 await store.get(make_spec("a").key)
         finally:
+            await store.close()
+    asyncio.run(main())
+
+
+def test_deployments_sharing_a_redis_never_see_or_evict_each_other(redis_url: str) -> None:
+    from serving.prefixes.store_redis import RedisPrefixStore, namespace_of
+
+    run_id = uuid.uuid4().hex
+    clock = Clock()
+    one_ns = namespace_of(f"one-{run_id}", "LLMServer:m", ["m"])
+    two_ns = namespace_of(f"two-{run_id}", "LLMServer:m", ["m"])
+    other_model = namespace_of(f"one-{run_id}", "LLMServer:m", ["m2"])
+    assert len({one_ns, two_ns, other_model}) == 3
+
+    async def main() -> None:
+        one = RedisPrefixStore.from_url(redis_url, LIMITS, clock=clock, namespace=one_ns)
+        two = RedisPrefixStore.from_url(redis_url, LIMITS, clock=clock, namespace=two_ns)
+        try:
+            first = make_spec("a")
+            await one.put(first)
+            assert await two.get(first.key) is None
+            assert (await two.put(first)).created  # the same key: not one's record
+            clock.advance(1)
+            evicted = [k for i in range(8)  # twice two's limit
+                       for k in (await two.put(make_spec(f"b{i}"))).evicted]
+            assert evicted[0] == first.key and len(evicted) == 5
+            assert keys_of(await one.records()) == [first.key]
+            assert len(await two.records()) == 4
+        finally:
+            await one.close()
+            await two.close()
+    asyncio.run(main())
+
+
+def test_every_redis_key_expires_after_its_record(redis_url: str) -> None:
+    import redis.asyncio as aioredis
+
+    from serving.prefixes.store_redis import REDIS_TTL_SLACK_S, RedisPrefixStore
+
+    namespace = f"test-{uuid.uuid4().hex}"
+
+    async def main() -> None:
+        store = RedisPrefixStore.from_url(redis_url, LIMITS, clock=Clock(), namespace=namespace)
+        client = aioredis.from_url(redis_url, decode_responses=True)
+        try:
+            await store.put(make_spec("short", ttl_s=60.0))
+            await store.put(make_spec("long", ttl_s=600.0))
+            keys = [k async for k in client.scan_iter(match=f"{{{namespace}}}:*")]
+            assert len(keys) == 6  # lru, exp, tok, own and the two records
+            ttls = {k: await client.ttl(k) for k in keys}
+            short = next(k for k in keys if k.endswith(make_spec("short").key))
+            assert 60 < ttls[short] <= 60 + REDIS_TTL_SLACK_S
+            # Every other key lives as long as the longest record, plus the slack.
+            for key in keys:
+                if key != short:
+                    assert 600 < ttls[key] <= 600 + REDIS_TTL_SLACK_S, (key, ttls[key])
+        finally:
+            await client.aclose()
             await store.close()
     asyncio.run(main())

@@ -123,3 +123,37 @@ def test_prompt_tokenizer_packs_text_and_keeps_client_ids(tiny: Path) -> None:
     ids = SimpleNamespace(prompt=[5, 2**40, 7])
     assert prompts.packed_ids(ids) == prompts.token_ids(ids) == (5, 2**40, 7)
     assert prompts.packed_ids(SimpleNamespace(prompt=["a", "b"])) is None
+
+
+def test_a_piece_is_cached_per_salt_so_no_tenant_times_anothers(tiny: Path) -> None:
+    tok = load_tokenizer(str(tiny))
+    enc = SegmentEncoder(tok)
+    special = str(next(iter(tok.added_tokens_decoder.values())).content)
+    text = special + "acme's confidential system prompt " * 20
+    expected = list(tok.encode(text, add_special_tokens=False))
+    for _ in range(3):
+        assert enc.encode(text, salt="acme") == expected
+    assert (enc.misses, enc.hits) == (2, 1)
+    # globex sending the same text finds nothing cached: a miss, as for a new text.
+    assert enc.encode_packed(text, salt="globex").tolist() == expected
+    assert enc.encode(text, salt=None) == expected
+    assert (enc.misses, enc.hits) == (4, 1)
+    assert enc.encode(text, salt="acme") == expected and enc.hits == 2
+
+
+def test_prompt_tokenizer_caches_under_the_requests_salt(tiny: Path) -> None:
+    from types import SimpleNamespace
+
+    from serving.routing.prompt_tokens import PromptTokenizer
+
+    prompts = PromptTokenizer(str(tiny))
+    special = str(next(iter(load_tokenizer(str(tiny)).added_tokens_decoder.values())).content)
+    prompt = special + "tenant policy text " * 30
+    for _ in range(2):
+        prompts.packed_ids(SimpleNamespace(prompt=prompt, cache_salt="acme"))
+    encoder = prompts._encoder
+    assert encoder is not None and encoder.hits == 0
+    prompts.packed_ids(SimpleNamespace(prompt=prompt, cache_salt="globex"))
+    assert encoder.hits == 0
+    prompts.packed_ids(SimpleNamespace(prompt=prompt, cache_salt="acme"))
+    assert encoder.hits == 1
