@@ -271,6 +271,12 @@ COLUMNS: dict[str, list[Column]] = {
                       ("block_size", "block size", _int), ("replicas", "replicas", _int),
                       ("p50_us", "p50 µs", _f1), ("p99_us", "p99 µs", _f1),
                       ("n", "n", _int)],
+    "documents": [("mode", "mode", str), ("windows", "windows", lambda v: f"{v:g}"),
+                  ("questions", "questions", _int), ("hit_rate", "hit rate", _pct),
+                  ("hit_rate_after_first", "hit rate after first", _pct),
+                  ("ttft_p50_s", "TTFT p50 s", _sec), ("ttft_p99_s", "TTFT p99 s", _sec),
+                  ("e2e_p50_s", "e2e p50 s", _sec), ("grounded", "grounded", _pct),
+                  ("one_section", "one section", _int)],
 }
 
 

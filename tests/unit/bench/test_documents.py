@@ -68,16 +68,17 @@ def test_the_long_document_arguments_build_one_session_per_size() -> None:
     assert none is None
 
 
-def test_by_size_reports_each_mode_and_size_with_single_section_answers() -> None:
-    from bench.documents import by_size
+def test_rows_report_each_mode_and_size_with_single_section_answers() -> None:
+    from bench.documents_report import markdown_rows, rows
 
     def sized(mode: str, windows: float, cached: int, sections: tuple[int, ...]) -> Answer:
         return Answer(mode=mode, document=0, number=0, prompt_tokens=1000,
                       cached_tokens=cached, assembly_ms=1.0, latency_s=1.0, chunks=(),
                       sections=sections, windows=windows, passage=0)
 
-    table = by_size([sized("document", 2, 900, (1,)), sized("document", 2, 700, (0, 1)),
-                     sized("document", 8, 950, (5,)), sized("naive", 2, 100, ())])
-    assert "| document | 2 | 2 | 0.800 | 1 |" in table
-    assert "| document | 8 | 1 | 0.950 | 1 |" in table
-    assert "| naive | 2 | 1 | 0.100 | 0 |" in table
+    table = markdown_rows(rows([sized("document", 2, 900, (1,)),
+                                sized("document", 2, 700, (0, 1)),
+                                sized("document", 8, 950, (5,)), sized("naive", 2, 100, ())]))
+    assert "| document | 2 | 2 | 0.800 | - | - | - | 1.000 | - | 1 |" in table
+    assert "| document | 8 | 1 | 0.950 | - | - | - | 1.000 | - | 1 |" in table
+    assert "| naive | 2 | 1 | 0.100 | - | - | - | 1.000 | - | 0 |" in table
