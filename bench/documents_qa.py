@@ -111,6 +111,9 @@ _TOPIC_THINGS = ("lighthouse", "orchard", "glacier", "turbine", "violin", "quarr
                  "furnace", "canyon", "meadow", "compass", "lantern", "harbour")
 # SmolLM2 tokens per word of ``numbered_text`` (DEFAULT_DOCUMENT_WORDS: about 1.5).
 TOKENS_PER_WORD = 1.5
+# SmolLM2 tokens per word of a long document's passages (plain words, few digits): the
+# floor, so a document asked for N windows is at least N windows long.
+PASSAGE_TOKENS_PER_WORD = 1.25
 PASSAGE_WORDS = 120
 
 
@@ -133,7 +136,7 @@ def make_long_documents(windows: Sequence[float], *, window_tokens: int,
         topics = list(topics_all)
         rng.shuffle(topics)
         title = f"{company_name(rng)} {rng.choice(_KINDS)} ({multiple:g} windows)"
-        words = multiple * window_tokens / TOKENS_PER_WORD
+        words = multiple * window_tokens / PASSAGE_TOKENS_PER_WORD
         body: list[str] = []
         while not body or sum(len(p.split()) for p in body) < words:
             if len(body) == len(topics):

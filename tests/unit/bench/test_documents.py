@@ -35,7 +35,8 @@ def test_questions_are_seeded_and_the_defaults_exceed_a_2k_window() -> None:
 
 
 def test_long_documents_span_their_windows_in_distinct_passages() -> None:
-    from bench.documents_qa import TOKENS_PER_WORD, make_long_documents, passage_questions
+    from bench.documents_qa import (PASSAGE_TOKENS_PER_WORD, make_long_documents,
+                                     passage_questions)
 
     docs = make_long_documents([2, 8], window_tokens=2048, seed=0)
     assert docs == make_long_documents([2, 8], window_tokens=2048, seed=0)
@@ -43,8 +44,8 @@ def test_long_documents_span_their_windows_in_distinct_passages() -> None:
         title, *passages = doc.text.split("\n\n")
         assert len(passages) == len(doc.topics) == len(set(doc.topics))
         words = sum(len(p.split()) for p in passages)
-        assert windows * 2048 / TOKENS_PER_WORD <= words
-        assert words - len(passages[-1].split()) < windows * 2048 / TOKENS_PER_WORD
+        assert windows * 2048 / PASSAGE_TOKENS_PER_WORD <= words
+        assert words - len(passages[-1].split()) < windows * 2048 / PASSAGE_TOKENS_PER_WORD
         for passage, topic in zip(passages, doc.topics):
             assert passage.startswith(f"The {topic}, note 1:")
         asked = passage_questions(doc, 4, seed=0)
