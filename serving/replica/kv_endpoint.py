@@ -12,10 +12,12 @@ number with the batches it still buffers from there on), from which a router tha
 starts, or that missed batches, rebuilds what it lacks (serving/routing/kv_events.py).
 
 The PUB port is ``KV_EVENTS_BASE_PORT`` plus the replica's rank on its node within the
-deployment (Serve's ``ReplicaRank.local_rank``: 0 for the first replica on a node, a
-replacement takes its predecessor's, released only once that one stopped); the replay
-port is ``MAX_REPLICAS_PER_NODE`` above it. Colocated replicas therefore never
-collide, and the whole range ``KV_EVENTS_BASE_PORT`` .. ``KV_EVENTS_BASE_PORT + 2 *
+deployment (Serve's ``ReplicaRank.local_rank``: 0 for the first replica on a node); the
+replay port is ``MAX_REPLICAS_PER_NODE`` above it. A rank's pair can still be held when
+the replica starts: Serve hands a replacement its predecessor's rank, or renumbers the
+ranks of a scaled-down deployment, while the old engine process is still exiting. The
+replica then takes the highest free pair of the range instead, far from the low pairs
+the ranks of replicas starting beside it prefer. Either way the whole range ``KV_EVENTS_BASE_PORT`` .. ``KV_EVENTS_BASE_PORT + 2 *
 MAX_REPLICAS_PER_NODE - 1`` (``KV_EVENTS_PORTS``) is known before anything starts, so
 a NetworkPolicy or a firewall can name it (helm/cacheroute/templates/networkpolicy.yaml,
 docs/security.md).
@@ -36,6 +38,8 @@ node is refused here with the reason rather than published on every interface.
 from __future__ import annotations
 
 import ipaddress
+import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -74,15 +78,44 @@ def kv_events_port(local_rank: int) -> int:
     return KV_EVENTS_BASE_PORT + local_rank
 
 
-def kv_events_endpoint(node_ip: str, local_rank: int) -> KVEventsEndpoint:
-    """The endpoints of the replica of ``local_rank`` on the node at ``node_ip``."""
-    port = kv_events_port(local_rank)
-    return node_endpoint(node_ip, port, port + MAX_REPLICAS_PER_NODE)
+def kv_events_endpoint(node_ip: str, local_rank: int, *,
+                       free: Callable[[str, int], bool] | None = None) -> KVEventsEndpoint:
+    """The endpoints of the replica of ``local_rank`` on the node at ``node_ip``: its
+    rank's pair of ports, or the highest pair ``free`` finds unbound (module docstring)."""
+    free = free or port_is_free
+    _ipv4(node_ip)  # refused before any port is probed
+    preferred = kv_events_port(local_rank)
+    slots = [preferred, *range(KV_EVENTS_BASE_PORT + MAX_REPLICAS_PER_NODE - 1,
+                               KV_EVENTS_BASE_PORT - 1, -1)]
+    for port in slots:
+        replay = port + MAX_REPLICAS_PER_NODE
+        if free(node_ip, port) and free(node_ip, replay):
+            return node_endpoint(node_ip, port, replay)
+    raise RuntimeError(f"every KV-event port of {KV_EVENTS_BASE_PORT}-"
+                       f"{KV_EVENTS_PORTS[-1]} on {node_ip} is in use")
+
+
+def port_is_free(node_ip: str, port: int) -> bool:
+    """Whether a TCP listener could bind ``node_ip``:``port`` now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((node_ip, port))
+        except OSError:
+            return False
+    return True
 
 
 def node_endpoint(node_ip: str, port: int, replay_port: int) -> KVEventsEndpoint:
     """``port`` and ``replay_port`` bound on exactly ``node_ip`` by vLLM's publisher,
     and advertised there."""
+    address = _ipv4(node_ip)
+    return KVEventsEndpoint(bind=f"tcp://[::ffff:{address}]:{port}",
+                            advertised=f"tcp://{address}:{port}",
+                            replay=f"tcp://{address}:{replay_port}")
+
+
+def _ipv4(node_ip: str) -> ipaddress.IPv4Address:
+    """``node_ip`` as one IPv4 node address, or the reason it cannot carry KV events."""
     try:
         address = ipaddress.ip_address(node_ip)
     except ValueError:
@@ -94,9 +127,7 @@ def node_endpoint(node_ip: str, port: int, replay_port: int) -> KVEventsEndpoint
             "addresses or with routing.policy other than 'cacheroute'")
     if address.is_unspecified:
         raise ValueError("node address 0.0.0.0 would publish KV events on every interface")
-    return KVEventsEndpoint(bind=f"tcp://[::ffff:{address}]:{port}",
-                            advertised=f"tcp://{address}:{port}",
-                            replay=f"tcp://{address}:{replay_port}")
+    return address
 
 
 def kv_events_config(endpoint: KVEventsEndpoint) -> dict[str, Any]:

@@ -8,7 +8,7 @@ is part of (today's open service; `cacheroute serve` says so at start).
 
 The salt. vLLM mixes a request's `cache_salt` into the hash of its first block, so
 blocks under different salts never match (vLLM's prefix caching docs). The server sets
-every request's salt from its tenant; a client's own `cache_salt` is appended, so it
+every request's salt from its tenant; a digest of a client's own `cache_salt` is appended, so it
 can split its tenant's cache further but never reach another tenant's: two tenants'
 salts differ in a fixed-length head the client does not control. The router hashes
 with the same salt, so routing, `cached_tokens` and every cache keyed by the salt can
@@ -44,7 +44,11 @@ def cache_salt_of(name: str, client_salt: str | None = None) -> str:
     records (prefixes, documents) keep the owner's name and the client's part only,
     and derive the salt with this."""
     head = tenant_salt(name)
-    return head if not client_salt else f"{head}/{client_salt}"
+    if not client_salt:
+        return head
+    # The client's part as a digest: a fixed length within vLLM's limit on a salt's
+    # length and alphabet, whatever the client sent.
+    return f"{head}-{hashlib.sha256(client_salt.encode()).hexdigest()[:32]}"
 
 
 @dataclass(frozen=True)

@@ -90,7 +90,7 @@ def test_every_client_body_leaves_under_its_tenants_salt(
         spoof = ChatCompletionRequest(model="m", messages=CHAT, cache_salt=ACME.salt)
         [_ async for _ in ingress._get_response(body=spoof, call_method="chat",
                                                  raw_request=request_of(GLOBEX))]
-        assert spoof.cache_salt.startswith(GLOBEX.salt + "/")
+        assert spoof.cache_salt.startswith(GLOBEX.salt + "-")
         # The registry's own calls (no raw request) keep the owner's salt they carry.
         internal = ChatCompletionRequest(model="m", messages=CHAT, cache_salt=ACME.salt)
         [_ async for _ in ingress._get_response(body=internal, call_method="chat")]

@@ -25,11 +25,16 @@ from serving.replica.kv_endpoint import (
     kv_events_endpoint,
     kv_events_port,
     node_endpoint,
+    port_is_free,
 )
 
 
+def free(node_ip: str, port: int) -> bool:  # a node where every port is free
+    return True
+
+
 def test_the_endpoint_is_advertised_at_the_node_address_it_binds() -> None:
-    endpoint = kv_events_endpoint("10.1.2.3", 0)
+    endpoint = kv_events_endpoint("10.1.2.3", 0, free=free)
     assert endpoint.advertised == f"tcp://10.1.2.3:{KV_EVENTS_BASE_PORT}"
     assert endpoint.bind == f"tcp://[::ffff:10.1.2.3]:{KV_EVENTS_BASE_PORT}"
     assert endpoint.replay == f"tcp://10.1.2.3:{KV_EVENTS_BASE_PORT + MAX_REPLICAS_PER_NODE}"
@@ -38,7 +43,7 @@ def test_the_endpoint_is_advertised_at_the_node_address_it_binds() -> None:
 
 
 def test_vllm_gets_the_bind_endpoint() -> None:
-    endpoint = kv_events_endpoint("10.1.2.3", 2)
+    endpoint = kv_events_endpoint("10.1.2.3", 2, free=free)
     config = kv_events_config(endpoint)
     assert config["endpoint"] == endpoint.bind
     assert config["replay_endpoint"] == endpoint.replay
@@ -50,10 +55,40 @@ def _port(endpoint: str) -> int:
 
 
 def test_colocated_replicas_get_distinct_ports_in_the_documented_range() -> None:
-    endpoints = [kv_events_endpoint("10.1.2.3", rank) for rank in range(MAX_REPLICAS_PER_NODE)]
+    endpoints = [kv_events_endpoint("10.1.2.3", rank, free=free) for rank in range(MAX_REPLICAS_PER_NODE)]
     ports = [_port(e.advertised) for e in endpoints] + [_port(e.replay) for e in endpoints]
     assert sorted(ports) == list(KV_EVENTS_PORTS)
     assert all(_port(e.bind) == _port(e.advertised) for e in endpoints)
+
+
+def test_a_held_pair_gives_way_to_the_highest_free_pair() -> None:
+    """A replacement whose rank's ports an exiting engine still holds takes the top of
+    the range, away from the low pairs the ranks starting beside it prefer."""
+    held = {KV_EVENTS_BASE_PORT + 1, KV_EVENTS_BASE_PORT + MAX_REPLICAS_PER_NODE - 1}
+    endpoint = kv_events_endpoint("10.1.2.3", 1, free=lambda ip, port: port not in held)
+    top = KV_EVENTS_BASE_PORT + MAX_REPLICAS_PER_NODE - 2
+    assert _port(endpoint.advertised) == top
+    assert _port(endpoint.replay) == top + MAX_REPLICAS_PER_NODE
+
+
+def test_a_held_replay_port_counts_as_a_held_pair() -> None:
+    replay = KV_EVENTS_BASE_PORT + MAX_REPLICAS_PER_NODE
+    endpoint = kv_events_endpoint("10.1.2.3", 0, free=lambda ip, port: port != replay)
+    assert _port(endpoint.advertised) != KV_EVENTS_BASE_PORT
+
+
+def test_a_node_with_every_pair_held_is_refused() -> None:
+    with pytest.raises(RuntimeError, match="in use"):
+        kv_events_endpoint("10.1.2.3", 0, free=lambda ip, port: False)
+
+
+def test_port_is_free_sees_a_bound_listener() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        assert not port_is_free("127.0.0.1", port)
+    assert port_is_free("127.0.0.1", port)
 
 
 @pytest.mark.parametrize("rank", [-1, MAX_REPLICAS_PER_NODE])
@@ -95,6 +130,7 @@ def test_the_replica_binds_and_advertises_its_ray_node_address(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(server.ray.util, "get_node_ip_address", lambda: "10.9.8.7")
     monkeypatch.setattr(server, "_node_local_rank", lambda: 3)
+    monkeypatch.setattr("serving.replica.kv_endpoint.port_is_free", free)
     replica = KVEventsReplica()
     server.CacheRouteServer._enable_kv_events(replica)  # type: ignore[arg-type]
     port = KV_EVENTS_BASE_PORT + 3
@@ -113,6 +149,8 @@ def test_the_routing_stats_advertise_both_endpoints(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(server.LLMServer, "record_routing_stats", upstream_stats)
     monkeypatch.setattr(server.ray.util, "get_node_ip_address", lambda: "10.9.8.7")
     monkeypatch.setattr(server, "_node_local_rank", lambda: 0)
+    monkeypatch.setattr("serving.replica.kv_endpoint.port_is_free", free)
+
     class StatsReplica(server.CacheRouteServer):
         def __del__(self) -> None:  # upstream's shuts an engine down; there is none
             pass

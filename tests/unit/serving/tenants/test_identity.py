@@ -115,3 +115,11 @@ def test_without_keys_every_caller_is_the_anonymous_tenant():
 def test_tenant_of_a_request_the_middleware_did_not_see_is_an_error():
     with pytest.raises(LookupError):
         tenant_of(Request({"type": "http", "headers": []}))
+
+
+@pytest.mark.parametrize("client_salt", ["a/b@c\\d", "x" * 10_000, "\u00e9t\u00e9"])
+def test_any_client_salt_gives_a_salt_vllm_accepts(client_salt: str):
+    """vLLM refuses a salt over 128 characters or with '@', '/', '\\' or NUL."""
+    salt = Tenants.from_config(_two_tenants()).by_name["acme"].cache_salt(client_salt)
+    assert len(salt) <= 128 and not set(salt) & {"@", "/", "\\", "\0"}
+    assert salt.isascii()
