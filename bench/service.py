@@ -116,13 +116,16 @@ def code_root() -> Path:
     return Path(serving.__file__).resolve().parents[1]
 
 
-def serve_module_command(config: Path, policy: str | None = None) -> list[str]:
+def serve_module_command(config: Path, policy: str | None = None, *,
+                         address: str | None = None) -> list[str]:
     """``python -m serving.cli serve``, to be run from ``code_root()``: the stack (and its
     Ray workers, which inherit the driver's path) runs the same code as its caller, even
     in a checkout whose console script points at another copy. ``policy``: passed as
-    ``--policy`` (else the config's)."""
+    ``--policy`` (else the config's); ``address``: an existing Ray cluster to deploy
+    onto (``--address``; else a local head)."""
     command = [sys.executable, "-m", "serving.cli", "serve", "--config", str(config.resolve())]
-    return command + (["--policy", policy] if policy is not None else [])
+    command += ["--policy", policy] if policy is not None else []
+    return command + (["--address", address] if address is not None else [])
 
 
 def first_completion(base_url: str, *, model: str, prompt: str, api_key: str | None = None,
@@ -176,6 +179,8 @@ class ServiceProcess:
         self.env = dict(env or {})
         self.tag = uuid.uuid4().hex
         self.startup_s: float | None = None
+        # The service's ready line, once printed (it names where metrics are).
+        self.ready_line: str | None = None
         self.stragglers_killed: list[int] = []
         self._proc: subprocess.Popen[str] | None = None
         self._lines: queue.Queue[str] = queue.Queue()
@@ -224,6 +229,7 @@ class ServiceProcess:
                                    + self._log_tail())
             if line.startswith(READY_PREFIX):
                 self.startup_s = time.monotonic() - started
+                self.ready_line = line.strip()
                 return
 
     def stop(self) -> None:

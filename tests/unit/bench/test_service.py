@@ -116,6 +116,9 @@ def test_serve_module_command_runs_the_imported_code(tmp_path: Path) -> None:
     assert serve_module_command(config) == [sys.executable, "-m", "serving.cli", "serve",
                                             "--config", str(config.resolve())]
     assert serve_module_command(config, "pow2")[-2:] == ["--policy", "pow2"]
+    assert serve_module_command(config, address="10.0.0.1:6379")[-2:] == [
+        "--address", "10.0.0.1:6379"]
+    assert "--address" not in serve_module_command(config, "pow2")
     assert (code_root() / "serving" / "cli.py").is_file()
 
 
@@ -137,6 +140,7 @@ def test_service_is_ready_at_its_line_and_stops_with_everything_it_started(
                              env={"EXTRA_FOR_THE_STACK": "1"})
     with service:
         assert service.startup_s is not None and service.startup_s < 60
+        assert service.ready_line == "cacheroute: ready at http://127.0.0.1:1/v1"
         # The service and its child (read from /proc, which may lag a busy machine).
         deadline = time.monotonic() + 10
         while len(pids := tagged_pids(service.tag)) < 2 and time.monotonic() < deadline:
