@@ -159,6 +159,28 @@ def tagged_pids(tag: str) -> list[int]:
     return found
 
 
+def end_tagged(tag: str, *, grace_s: float = 20.0) -> list[int]:
+    """End every process whose environment holds ``RUN_TAG_ENV=tag``: a grace period
+    for them to exit on their own (Ray's daemons exit shortly after the driver), then
+    SIGTERM and SIGKILL by pid. Returns the pids signalled."""
+    deadline = time.monotonic() + grace_s
+    while tagged_pids(tag) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    signalled: set[int] = set()
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = tagged_pids(tag)
+        if not pids:
+            break
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        signalled.update(pids)
+        time.sleep(3)
+    return sorted(signalled)
+
+
 class ServiceProcess:
     """``with ServiceProcess(...) as svc: svc.base_url`` -- started and stopped around a block."""
 
@@ -253,21 +275,7 @@ class ServiceProcess:
             _signal_group(proc.pid, signal.SIGKILL)
 
     def _end_stragglers(self) -> None:
-        # Ray's daemons exit shortly after the driver; give them a moment first.
-        deadline = time.monotonic() + 20
-        while (pids := tagged_pids(self.tag)) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            pids = tagged_pids(self.tag)
-            if not pids:
-                return
-            for pid in pids:
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            self.stragglers_killed = sorted(set(self.stragglers_killed) | set(pids))
-            time.sleep(3)
+        self.stragglers_killed = sorted(set(self.stragglers_killed) | set(end_tagged(self.tag)))
 
     def _log_tail(self, chars: int = 4000) -> str:
         try:

@@ -16,6 +16,7 @@ from bench.service import (
     ServiceError,
     ServiceProcess,
     code_root,
+    end_tagged,
     serve_command,
     serve_module_command,
     tagged_pids,
@@ -82,6 +83,27 @@ def test_tagged_pids_finds_only_processes_of_this_run() -> None:
         child.kill()
         child.wait()
     assert tagged_pids(tag) == []
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
+def test_end_tagged_ends_the_run_s_processes_that_outlive_their_grace() -> None:
+    tag = uuid.uuid4().hex
+    # Ignores SIGTERM, as a wedged daemon might: SIGKILL must follow.
+    stubborn = subprocess.Popen(
+        [sys.executable, "-c", "import signal, time; "
+         "signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ignoring', flush=True); "
+         "time.sleep(60)"],
+        env={**os.environ, RUN_TAG_ENV: tag}, stdout=subprocess.PIPE, text=True)
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert stubborn.stdout is not None and stubborn.stdout.readline() == "ignoring\n"
+        assert end_tagged(tag, grace_s=0.5) == [stubborn.pid]
+        assert stubborn.wait(timeout=10) == -9
+        assert bystander.poll() is None
+    finally:
+        for proc in (stubborn, bystander):
+            proc.kill()
+            proc.wait()
 
 
 def test_benchmark_config_can_turn_replication_on_and_off(tmp_path: Path) -> None:
