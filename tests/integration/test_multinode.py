@@ -18,17 +18,21 @@ costs no request (serving/failover). One cluster, one stack, a handful of reques
 
 from __future__ import annotations
 
+import os
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
+from unittest import mock
 from urllib.parse import urlparse
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.service import RUN_TAG_ENV, end_tagged
 from chaos.cluster import INGRESS_DEPLOYMENT, ReplicaInfo, ServeCluster
 from serving.contract import (
     ENGINE_STATS_KEY,
@@ -61,23 +65,32 @@ class MultiNode:
 def multinode(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MultiNode]:
     from ray.cluster_utils import Cluster
 
-    # The cluster's processes inherit this process's environment: token auth off, as
-    # the service's driver runs it, or the driver could not join.
-    prepare_environment()
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "node_ip_address": HEAD_IP, "num_cpus": 0, "include_dashboard": False})
-    try:
-        workers = {ip: cluster.add_node(node_ip_address=ip, num_cpus=ENGINE_NODE_CPUS)
-                   for ip in WORKER_IPS}
-        proc, stack = start_stack(tmp_path_factory.mktemp("multinode"),
-                                  address=cluster.address)
+    tag = uuid.uuid4().hex
+    # What this fixture puts in the environment leaves with it.
+    with mock.patch.dict(os.environ):
+        # The cluster's processes inherit this environment: token auth off, as the
+        # service's driver runs it, or the driver could not join; and a tag of their
+        # own, so that whatever outlives the cluster's shutdown (an engine orphaned by
+        # its node's loss) is found and ended before the next test.
+        prepare_environment()
+        os.environ[RUN_TAG_ENV] = tag
+        cluster = Cluster()
         try:
-            with ServeCluster(cluster.address) as serve_cluster:
-                yield MultiNode(stack, cluster, workers, serve_cluster)
+            # The first node added is the head.
+            cluster.add_node(node_ip_address=HEAD_IP, num_cpus=0, include_dashboard=False)
+            workers = {ip: cluster.add_node(node_ip_address=ip, num_cpus=ENGINE_NODE_CPUS)
+                       for ip in WORKER_IPS}
+            del os.environ[RUN_TAG_ENV]
+            proc, stack = start_stack(tmp_path_factory.mktemp("multinode"),
+                                      address=cluster.address)
+            try:
+                with ServeCluster(cluster.address) as serve_cluster:
+                    yield MultiNode(stack, cluster, workers, serve_cluster)
+            finally:
+                stop_stack(proc)
         finally:
-            stop_stack(proc)
-    finally:
-        cluster.shutdown()
+            cluster.shutdown()
+            end_tagged(tag)
 
 
 def engine_replicas(m: MultiNode) -> list[ReplicaInfo]:
@@ -104,8 +117,13 @@ def test_each_replica_runs_on_its_own_node_and_publishes_kv_events_there(
         multinode: MultiNode) -> None:
     """Never a wildcard, never another node's address: the router connects to what
     the engine bound, on the node the engine runs on."""
+    import ray
+
     replicas = engine_replicas(multinode)
     assert sorted(r.node_ip or "" for r in replicas) == sorted(WORKER_IPS), replicas
+    # The node each runs on, as Ray's node table names it: not the replica's own word.
+    addresses = {node["NodeID"]: node["NodeManagerAddress"] for node in ray.nodes()}
+    assert [addresses.get(r.node_id or "") for r in replicas] == [r.node_ip for r in replicas]
     for replica in replicas:
         stats = routing_stats(replica)
         for key in (KV_EVENTS_STATS_KEY, KV_EVENTS_REPLAY_STATS_KEY):
