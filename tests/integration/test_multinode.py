@@ -132,9 +132,9 @@ def test_each_replica_runs_on_its_own_node_and_publishes_kv_events_there(
 
 
 def test_a_repeated_prompt_is_served_from_cache_across_nodes(multinode: MultiNode) -> None:
-    """The router, in the ingress on another node than either engine, sends each repeat
-    to the replica that computed the prompt, which it learns from that node's KV
-    events."""
+    """The router, in the ingress process, sends each repeat to the replica that
+    computed the prompt, on whichever node that is, and the KV events it follows
+    reach it from the engines' nodes."""
     stack = multinode.stack
     system = tenant_prompt("Initech", rules=40)
     client = stack.client()
