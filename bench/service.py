@@ -116,13 +116,16 @@ def code_root() -> Path:
     return Path(serving.__file__).resolve().parents[1]
 
 
-def serve_module_command(config: Path, policy: str | None = None) -> list[str]:
+def serve_module_command(config: Path, policy: str | None = None, *,
+                         address: str | None = None) -> list[str]:
     """``python -m serving.cli serve``, to be run from ``code_root()``: the stack (and its
     Ray workers, which inherit the driver's path) runs the same code as its caller, even
     in a checkout whose console script points at another copy. ``policy``: passed as
-    ``--policy`` (else the config's)."""
+    ``--policy`` (else the config's); ``address``: an existing Ray cluster to deploy
+    onto (``--address``; else a local head)."""
     command = [sys.executable, "-m", "serving.cli", "serve", "--config", str(config.resolve())]
-    return command + (["--policy", policy] if policy is not None else [])
+    command += ["--policy", policy] if policy is not None else []
+    return command + (["--address", address] if address is not None else [])
 
 
 def first_completion(base_url: str, *, model: str, prompt: str, api_key: str | None = None,
@@ -156,6 +159,28 @@ def tagged_pids(tag: str) -> list[int]:
     return found
 
 
+def end_tagged(tag: str, *, grace_s: float = 20.0) -> list[int]:
+    """End every process whose environment holds ``RUN_TAG_ENV=tag``: a grace period
+    for them to exit on their own (Ray's daemons exit shortly after the driver), then
+    SIGTERM and SIGKILL by pid. Returns the pids signalled."""
+    deadline = time.monotonic() + grace_s
+    while tagged_pids(tag) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    signalled: set[int] = set()
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = tagged_pids(tag)
+        if not pids:
+            break
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        signalled.update(pids)
+        time.sleep(3)
+    return sorted(signalled)
+
+
 class ServiceProcess:
     """``with ServiceProcess(...) as svc: svc.base_url`` -- started and stopped around a block."""
 
@@ -176,6 +201,8 @@ class ServiceProcess:
         self.env = dict(env or {})
         self.tag = uuid.uuid4().hex
         self.startup_s: float | None = None
+        # The service's ready line, once printed (it names where metrics are).
+        self.ready_line: str | None = None
         self.stragglers_killed: list[int] = []
         self._proc: subprocess.Popen[str] | None = None
         self._lines: queue.Queue[str] = queue.Queue()
@@ -224,6 +251,7 @@ class ServiceProcess:
                                    + self._log_tail())
             if line.startswith(READY_PREFIX):
                 self.startup_s = time.monotonic() - started
+                self.ready_line = line.strip()
                 return
 
     def stop(self) -> None:
@@ -247,21 +275,7 @@ class ServiceProcess:
             _signal_group(proc.pid, signal.SIGKILL)
 
     def _end_stragglers(self) -> None:
-        # Ray's daemons exit shortly after the driver; give them a moment first.
-        deadline = time.monotonic() + 20
-        while (pids := tagged_pids(self.tag)) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            pids = tagged_pids(self.tag)
-            if not pids:
-                return
-            for pid in pids:
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            self.stragglers_killed = sorted(set(self.stragglers_killed) | set(pids))
-            time.sleep(3)
+        self.stragglers_killed = sorted(set(self.stragglers_killed) | set(end_tagged(self.tag)))
 
     def _log_tail(self, chars: int = 4000) -> str:
         try:

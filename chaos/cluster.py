@@ -61,6 +61,10 @@ class ReplicaInfo:
     # Serve's deployment rank: the replica's seat on the router's ring
     # (router.ring.rank_seat); None where the controller does not report it.
     rank: int | None = None
+    # The Ray node the replica's actor runs on and its address, as the controller
+    # records them; None before the actor is placed.
+    node_id: str | None = None
+    node_ip: str | None = None
 
     @property
     def running(self) -> bool:
@@ -236,7 +240,8 @@ class ServeCluster:
                 out.append(ReplicaInfo(deployment=name, replica_id=rid,
                                        state=str(getattr(state, "value", state)),
                                        pid=r.get("pid"), actor_name=r.get("actor_name"),
-                                       rank=ranks.get(rid)))
+                                       rank=ranks.get(rid), node_id=r.get("node_id") or None,
+                                       node_ip=r.get("node_ip") or None))
         return out
 
     def _ranks(self, deployment: str) -> dict[str, int]:

@@ -10,6 +10,7 @@ from serving.config import POLICIES, ConfigError, load_config
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from serving.cluster import cluster_address
     from serving.runtime import base_url, run_service
     from serving.tenants.identity import Tenants
 
@@ -27,7 +28,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
               f"replica(s) of {config.model.id} warm, policy {config.routing.policy}; "
               f"metrics at {info.get('metrics_url')}", flush=True)
 
-    run_service(config, on_ready=on_ready, progress=lambda m: print(f"cacheroute: {m}", flush=True))
+    run_service(config, on_ready=on_ready, address=cluster_address(args.address),
+                progress=lambda m: print(f"cacheroute: {m}", flush=True))
     return 0
 
 
@@ -75,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--policy", choices=POLICIES, help="override `routing.policy`")
     serve.add_argument("--port", type=int, help="override `server.port`")
     serve.add_argument("--model", help="override `model.source` (folder or hub name)")
+    serve.add_argument("--address", help="deploy onto the existing Ray cluster at this "
+                                         "address (GCS HOST:PORT, or `auto`) instead of "
+                                         "starting a local Ray head; default: $RAY_ADDRESS "
+                                         "when set (docs/operations/deploy.md)")
     serve.set_defaults(func=_cmd_serve)
 
     model = sub.add_parser("model", help="build (if needed) and print the configured model's path")

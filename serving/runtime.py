@@ -1,4 +1,5 @@
-"""Running the service locally: Ray head, Serve, the application, and the readiness wait.
+"""Running the service: Ray (a local head, or an existing cluster attached to, see
+serving/cluster.py), Serve, the application, and the readiness wait.
 
 `run_service` is what `cacheroute serve` does. It returns only when the service stops;
 `on_ready` is called once every replica has served its warm-up generation, which is
@@ -14,15 +15,13 @@ from typing import Callable
 
 import httpx
 
+from serving import cluster
+from serving.cluster import default_ray_cpus
 from serving.config import ServiceConfig
 from serving.models.source import resolve_model_source
 
-
-def default_ray_cpus(config: ServiceConfig) -> int:
-    if config.server.ray_num_cpus is not None:
-        return config.server.ray_num_cpus
-    # Logical CPUs only gate placement; engines use the real cores regardless.
-    return max(8, 2 + int(config.replicas * max(config.engine.cpus_per_replica, 1)) * 2)
+__all__ = ["base_url", "default_ray_cpus", "prepare_environment", "run_service",
+           "wait_ready"]
 
 
 def prepare_environment() -> None:
@@ -59,16 +58,6 @@ def wait_ready(url: str, timeout_s: float, *, poll_s: float = 1.0) -> dict:
     raise TimeoutError(f"not ready after {timeout_s:.0f} s (last status: {last or 'no answer'})")
 
 
-def _metrics_port() -> int:
-    """The port Ray exports this node's metrics on (``ray.nodes()``, public, reports
-    every node's; this process runs on the head it started)."""
-    import ray
-
-    node_id = ray.get_runtime_context().get_node_id()
-    return next(int(node["MetricsExportPort"]) for node in ray.nodes()
-                if node["NodeID"] == node_id)
-
-
 def _interrupt(signum: int, frame: object) -> None:
     # Raise in the main thread rather than set an Event from the handler: a handler
     # that takes a lock the interrupted code already holds would deadlock.
@@ -76,8 +65,9 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def run_service(config: ServiceConfig, *, on_ready: Callable[[dict], None],
-                progress: Callable[[str], None] = print) -> None:
-    """Run until SIGINT or SIGTERM; returns after a clean shutdown."""
+                progress: Callable[[str], None] = print, address: str | None = None) -> None:
+    """Run until SIGINT or SIGTERM; returns after a clean shutdown. ``address``: an
+    existing Ray cluster to deploy onto (None: start a local head)."""
     prepare_environment()
     model_path = resolve_model_source(config, progress=progress)
 
@@ -89,14 +79,20 @@ def run_service(config: ServiceConfig, *, on_ready: Callable[[dict], None],
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _interrupt)
 
-    progress(f"starting Ray ({default_ray_cpus(config)} logical CPUs) and Serve")
-    init_kwargs: dict = {}
-    if config.server.metrics_port is not None:
-        init_kwargs["_metrics_export_port"] = config.server.metrics_port
+    attached = address is not None
+    if attached:
+        progress(f"attaching to the Ray cluster at {address}")
+        for name in cluster.ignored_when_attached(config):
+            progress(f"{name} applies to a local Ray head only; the cluster's own is used")
+    else:
+        progress(f"starting Ray ({default_ray_cpus(config)} logical CPUs) and Serve")
     try:
-        ray.init(num_cpus=default_ray_cpus(config), include_dashboard=False,
-                 logging_level="WARNING", log_to_driver=False, **init_kwargs)
-        serve.start(http_options={"host": config.server.host, "port": config.server.port})
+        ray.init(**cluster.init_kwargs(config, address))
+        location = cluster.start_serve(serve, ray, config, attached=attached)
+        if attached:
+            where = "the head node only" if location == cluster.HEAD_ONLY else "every node"
+            progress(f"Serve's HTTP proxy on {where}; "
+                     f"{int(ray.cluster_resources().get('CPU', 0))} logical CPUs in the cluster")
         app = build_app(config, model_path)
         progress(f"deploying {config.replicas} replica(s) of {config.model.id} "
                  f"(policy {config.routing.policy}); each warms up before it counts as ready")
@@ -106,16 +102,14 @@ def run_service(config: ServiceConfig, *, on_ready: Callable[[dict], None],
         serve.run(app, name=APP_NAME, route_prefix="/", blocking=False,
                   external_scaler_enabled=True)
         info = wait_ready(base_url(config), config.server.ready_timeout_s)
-        info["metrics_url"] = f"http://127.0.0.1:{_metrics_port()}/metrics"
+        info["metrics_url"] = cluster.metrics_url(
+            ray.nodes(), ray.get_runtime_context().get_node_id(), attached=attached)
         on_ready(info)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         pass
     finally:
-        progress("shutting down")
-        try:
-            if ray.is_initialized():
-                serve.shutdown()
-        finally:
-            ray.shutdown()
+        progress("shutting down" if not attached else
+                 "removing the application and disconnecting (the cluster keeps running)")
+        cluster.stop(serve, ray, APP_NAME, attached=attached)

@@ -91,9 +91,12 @@ class Stack:
 
 def start_stack(tmp: Path, *, policy: str = "cacheroute", replicas: int = 2,
                 extra_yaml: str = "", routing_yaml: str = "",
-                max_model_len: int = 2048) -> tuple[ServiceProcess, Stack]:
+                max_model_len: int = 2048,
+                address: str | None = None) -> tuple[ServiceProcess, Stack]:
     """``routing_yaml``: more keys of the routing section, as flow-mapping entries
-    (``"load_epsilon: 1"``); ``extra_yaml``: more top-level sections."""
+    (``"load_epsilon: 1"``); ``extra_yaml``: more top-level sections; ``address``: an
+    existing Ray cluster to deploy onto (`cacheroute serve --address`) instead of a
+    local head."""
     from serving.models.default import ensure_default_model
 
     model_dir = ensure_default_model()
@@ -106,7 +109,8 @@ def start_stack(tmp: Path, *, policy: str = "cacheroute", replicas: int = 2,
     log_path = tmp / "serve.log"
     service = ServiceProcess(config_path=config, policy=policy, port=port, log_path=log_path,
                              start_timeout_s=START_TIMEOUT_S + 60, stop_timeout_s=STOP_TIMEOUT_S,
-                             command=serve_module_command(config), cwd=code_root(),
+                             command=serve_module_command(config, address=address),
+                             cwd=code_root(),
                              env=STACK_ENV)
     try:
         service.start()
@@ -120,8 +124,12 @@ def start_stack(tmp: Path, *, policy: str = "cacheroute", replicas: int = 2,
     except BaseException:
         service.stop()
         raise
+    # Ray's metrics export as the ready line names it: the configured port of a local
+    # head, or the export of the node an attached driver joined.
+    metrics_url = (service.ready_line or "").rpartition("metrics at ")[2] \
+        or f"http://127.0.0.1:{metrics_port}/metrics"
     return service, Stack(service.base_url, API_KEY, MODEL_ID, model_dir, first_s, first_text,
-                          log_path, f"http://127.0.0.1:{metrics_port}/metrics")
+                          log_path, metrics_url)
 
 
 def stop_stack(service: ServiceProcess) -> None:

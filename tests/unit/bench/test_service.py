@@ -16,6 +16,7 @@ from bench.service import (
     ServiceError,
     ServiceProcess,
     code_root,
+    end_tagged,
     serve_command,
     serve_module_command,
     tagged_pids,
@@ -84,6 +85,27 @@ def test_tagged_pids_finds_only_processes_of_this_run() -> None:
     assert tagged_pids(tag) == []
 
 
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
+def test_end_tagged_ends_the_run_s_processes_that_outlive_their_grace() -> None:
+    tag = uuid.uuid4().hex
+    # Ignores SIGTERM, as a wedged daemon might: SIGKILL must follow.
+    stubborn = subprocess.Popen(
+        [sys.executable, "-c", "import signal, time; "
+         "signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ignoring', flush=True); "
+         "time.sleep(60)"],
+        env={**os.environ, RUN_TAG_ENV: tag}, stdout=subprocess.PIPE, text=True)
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert stubborn.stdout is not None and stubborn.stdout.readline() == "ignoring\n"
+        assert end_tagged(tag, grace_s=0.5) == [stubborn.pid]
+        assert stubborn.wait(timeout=10) == -9
+        assert bystander.poll() is None
+    finally:
+        for proc in (stubborn, bystander):
+            proc.kill()
+            proc.wait()
+
+
 def test_benchmark_config_can_turn_replication_on_and_off(tmp_path: Path) -> None:
     path = write_config(tmp_path / "c.yaml", model_id="m", policy="cacheroute", replicas=2,
                         port=18123, metrics_port=18124, ready_timeout_s=300.0,
@@ -116,6 +138,9 @@ def test_serve_module_command_runs_the_imported_code(tmp_path: Path) -> None:
     assert serve_module_command(config) == [sys.executable, "-m", "serving.cli", "serve",
                                             "--config", str(config.resolve())]
     assert serve_module_command(config, "pow2")[-2:] == ["--policy", "pow2"]
+    assert serve_module_command(config, address="10.0.0.1:6379")[-2:] == [
+        "--address", "10.0.0.1:6379"]
+    assert "--address" not in serve_module_command(config, "pow2")
     assert (code_root() / "serving" / "cli.py").is_file()
 
 
@@ -137,6 +162,7 @@ def test_service_is_ready_at_its_line_and_stops_with_everything_it_started(
                              env={"EXTRA_FOR_THE_STACK": "1"})
     with service:
         assert service.startup_s is not None and service.startup_s < 60
+        assert service.ready_line == "cacheroute: ready at http://127.0.0.1:1/v1"
         # The service and its child (read from /proc, which may lag a busy machine).
         deadline = time.monotonic() + 10
         while len(pids := tagged_pids(service.tag)) < 2 and time.monotonic() < deadline:

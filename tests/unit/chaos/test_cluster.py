@@ -59,3 +59,29 @@ def test_a_gone_root_has_no_engines_and_a_gone_replica_is_an_error() -> None:
     assert engine_processes(gone.pid) == []
     with pytest.raises(ClusterError, match="is gone"):
         engine_core_pid(gone.pid)
+
+
+class _Remote:
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def remote(self, *args: object) -> object:
+        return self.value
+
+
+def test_replicas_carry_their_node_and_its_address() -> None:
+    from types import SimpleNamespace
+
+    from chaos.cluster import ServeCluster
+
+    details = {"applications": {"cacheroute": {"deployments": {"LLMServer:m": {"replicas": [
+        {"replica_id": "a", "state": "RUNNING", "pid": 1, "actor_name": "A",
+         "node_id": "n2", "node_ip": "10.0.0.2"},
+        {"replica_id": "b", "state": "STARTING", "pid": None, "actor_name": "B"}]}}}}}
+    cluster = object.__new__(ServeCluster)
+    cluster._ray = SimpleNamespace(get=lambda ref, timeout: ref)
+    cluster._controller = SimpleNamespace(get_serve_instance_details=_Remote(details),
+                                          _get_replica_ranks_mapping=_Remote({}))
+    cluster.app_name = "cacheroute"
+    assert {r.replica_id: (r.node_id, r.node_ip) for r in cluster.replicas()} == {
+        "a": ("n2", "10.0.0.2"), "b": (None, None)}
