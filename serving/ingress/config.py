@@ -13,7 +13,7 @@ import re
 from pydantic import Field, field_validator
 
 from serving.config_section import ConfigSection
-from serving.tenants.config import TENANT_NAME_PATTERN, TenantConfig, resolve_keys
+from serving.tenants.config import TENANT_NAME_PATTERN, TenantConfig, plain_keys, resolve_keys
 
 
 class ServerConfig(ConfigSection):
@@ -66,12 +66,7 @@ class ServerConfig(ConfigSection):
     `engine.cpus_per_replica`) plus the ingress, so small machines still place them all.
     Set it when Ray should see another number."""
 
-    @field_validator("api_keys")
-    @classmethod
-    def _keys_nonempty(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if any(not k or k != k.strip() for k in value):
-            raise ValueError("API keys must be non-empty and without surrounding spaces")
-        return value
+    _keys_nonempty = field_validator("api_keys")(plain_keys)
 
     @field_validator("tenants")
     @classmethod

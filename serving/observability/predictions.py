@@ -12,23 +12,17 @@ instance of a process is ``local_routers().predictions``.
 A retry is decided again and overwrites the record, so each attempt is compared with
 its own decision (the previous attempt's usage was read before the retry is routed).
 
-Bounded (oldest out first) and thread-safe: the router writes on Serve's router loop,
-the ingress reads on its request loop. Cost: a dict insert per decision and a pop per
-request, under a lock.
+Bounded and thread-safe as every request log (serving/observability/request_log.py).
 """
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from router import Decision
+from serving.observability.request_log import REQUEST_LOG_MAX_ENTRIES, RequestLog
 
-# A record lives from the decision to the end of its request, so the log holds about
-# the ingress's in-flight requests; the bound drops, oldest first, only records that no
-# request end pops (handle calls made outside the ingress's request path).
-PREDICTION_LOG_MAX_ENTRIES = 4096
+PREDICTION_LOG_MAX_ENTRIES = REQUEST_LOG_MAX_ENTRIES
 
 
 def predicted_cached_tokens(decision: Decision, *, prompt_tokens: int, block_size: int) -> int:
@@ -52,41 +46,19 @@ class Prediction:
     cached_tokens: int
 
 
-class PredictionLog:
+class PredictionLog(RequestLog[Prediction]):
     """The latest decision's prediction by request id, from the router's thread to the
-    ingress's."""
+    ingress's (serving/observability/request_log.py); `get` leaves it in place for a
+    retry's comparison."""
 
     def __init__(self, max_entries: int = PREDICTION_LOG_MAX_ENTRIES) -> None:
-        if max_entries < 1:
-            raise ValueError(f"max_entries must be >= 1, got {max_entries}")
-        self._max_entries = max_entries
-        self._entries: OrderedDict[str, Prediction] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._entries)
+        super().__init__(max_entries)
 
     def record(self, request_id: str, decision: Decision, *, prompt_tokens: int,
                block_size: int) -> None:
         """Called after each decision; a later one for the same request replaces it."""
-        if not request_id:
-            return
         prediction = Prediction(
             replica_id=decision.replica_id, outcome=str(decision.outcome),
             cached_tokens=predicted_cached_tokens(decision, prompt_tokens=prompt_tokens,
                                                   block_size=block_size))
-        with self._lock:
-            self._entries.pop(request_id, None)
-            self._entries[request_id] = prediction
-            while len(self._entries) > self._max_entries:
-                self._entries.popitem(last=False)
-
-    def get(self, request_id: str) -> Prediction | None:
-        """The latest decision's prediction, left in place for a retry's comparison."""
-        with self._lock:
-            return self._entries.get(request_id)
-
-    def pop(self, request_id: str) -> Prediction | None:
-        with self._lock:
-            return self._entries.pop(request_id, None)
+        self.update(request_id, lambda previous: prediction)

@@ -17,6 +17,13 @@ from serving.config_section import ConfigSection
 TENANT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
+def plain_keys(value: tuple[str, ...]) -> tuple[str, ...]:
+    """The validator of every `api_keys` field."""
+    if any(not k or k != k.strip() for k in value):
+        raise ValueError("API keys must be non-empty and without surrounding spaces")
+    return value
+
+
 class TenantLimits(ConfigSection):
     """What one tenant may use (docs/security.md). Null leaves a limit to the
     service-wide one; a tenant's own `limits` override these field by field."""
@@ -66,12 +73,7 @@ class TenantConfig(ConfigSection):
     limits: TenantLimits | None = None
     """This tenant's own limits, field by field over `tenant_limits`."""
 
-    @field_validator("api_keys")
-    @classmethod
-    def _keys_nonempty(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if any(not k or k != k.strip() for k in value):
-            raise ValueError("API keys must be non-empty and without surrounding spaces")
-        return value
+    _keys_nonempty = field_validator("api_keys")(plain_keys)
 
     def resolved_api_keys(self) -> tuple[str, ...]:
         return resolve_keys(self.api_keys, self.api_keys_env)
