@@ -17,8 +17,9 @@ replay port is ``MAX_REPLICAS_PER_NODE`` above it. A rank's pair can still be he
 the replica starts: Serve hands a replacement its predecessor's rank, or renumbers the
 ranks of a scaled-down deployment, while the old engine process is still exiting. The
 replica then takes the highest free pair of the range instead, far from the low pairs
-the ranks of replicas starting beside it prefer. Either way the whole range ``KV_EVENTS_BASE_PORT`` .. ``KV_EVENTS_BASE_PORT + 2 *
-MAX_REPLICAS_PER_NODE - 1`` (``KV_EVENTS_PORTS``) is known before anything starts, so
+the ranks of replicas starting beside it prefer. Either way the whole range
+``KV_EVENTS_BASE_PORT`` .. ``KV_EVENTS_BASE_PORT + 2 * MAX_REPLICAS_PER_NODE - 1``
+(``KV_EVENTS_PORTS``) is known before anything starts, so
 a NetworkPolicy or a firewall can name it (helm/cacheroute/templates/networkpolicy.yaml,
 docs/security.md).
 
