@@ -11,13 +11,16 @@ of its prompt but the last is cached.
 
 - ``cut``: greedy, in document order. A section is a run of consecutive chunks whose
   tokens fit ``budget_tokens``; it ends on a chunk boundary, so on a paragraph or
-  sentence boundary. Consecutive chunks overlap (the chunker repeats up to
-  ``chunk_overlap_tokens`` of trailing sentences), and the next section starts at the
-  next chunk, so consecutive sections share that overlap too: a fact cut by a section
-  boundary is whole in one of them. A section's tokens are estimated as its first
-  chunk's plus the *fresh* tokens (those not repeated from the chunk before) of the
-  others; the service checks each rendered section exactly and cuts again below any
-  that does not fit.
+  sentence boundary. The next section starts with the previous one's last chunk, so
+  every two adjacent chunks are whole together in some section: a paragraph longer
+  than a chunk (cut by the chunker into consecutive chunks) or a fact on a chunk
+  boundary is never split between two sections. Without that shared chunk, a question
+  about a passage on a section boundary is answered from half of it (the long-document
+  benchmark's most common miss); the shared chunk costs each section one chunk of its
+  budget. A section's tokens are estimated
+  as its first chunk's plus the *fresh* tokens (those not repeated from the chunk
+  before) of the others; the service checks each rendered section exactly and cuts
+  again below any that does not fit.
 - ``scores`` / ``pick_legs``: a section scores its best chunk's similarity to the
   question (the max: a question about one passage should not be diluted by the rest
   of its section, as a mean would be). The best section always answers; other
@@ -96,22 +99,27 @@ def fresh_tokens(text: str, chunks: Sequence[Chunk], count: Any) -> list[int]:
 
 
 def cut(chunks: Sequence[Chunk], fresh: Sequence[int], *, budget_tokens: int) -> list[Section]:
-    """Consecutive runs of chunks, each of at most ``budget_tokens`` estimated tokens."""
-    sections: list[Section] = []
-    first, total = 0, 0
+    """Runs of consecutive chunks, each of at most ``budget_tokens`` estimated tokens,
+    each starting with the one before's last chunk (see the module docstring)."""
     for i, chunk in enumerate(chunks):
         if chunk.tokens > budget_tokens:
             raise SectionError(f"chunk {i} ({chunk.tokens} tokens) exceeds a section's "
                                f"{budget_tokens} tokens")
-        if i > first and total + fresh[i] > budget_tokens:
-            sections.append(Section(index=len(sections), first_chunk=first, last_chunk=i - 1,
-                                    estimated_tokens=total))
-            first, total = i, chunk.tokens
-        else:
-            total += chunk.tokens if i == first else fresh[i]
-    if chunks:
-        sections.append(Section(index=len(sections), first_chunk=first,
-                                last_chunk=len(chunks) - 1, estimated_tokens=total))
+    sections: list[Section] = []
+    first = 0
+    while first < len(chunks):
+        last, total = first, chunks[first].tokens
+        while last + 1 < len(chunks) and total + fresh[last + 1] <= budget_tokens:
+            last += 1
+            total += fresh[last]
+        if sections and last == first == sections[-1].last_chunk:
+            first += 1  # the shared chunk leaves no room for the next: start after it
+            continue
+        sections.append(Section(index=len(sections), first_chunk=first, last_chunk=last,
+                                estimated_tokens=total))
+        if last == len(chunks) - 1:
+            break
+        first = last if last > first else last + 1
     return sections
 
 

@@ -316,8 +316,8 @@ class DocumentService:
         doc = plan.document
         doc.asks += 1
         doc.last_used_at = self._clock()
-        used = [i for leg in plan.legs for i in range(
-            doc.sections[leg.section].section.first_chunk, leg.last_chunk + 1)]
+        used = {i for leg in plan.legs for i in range(  # legs may share a chunk: once
+            doc.sections[leg.section].section.first_chunk, leg.last_chunk + 1)}
         for index in (*plan.selection.excerpts, *used):
             doc.chunk_hits[index] = doc.chunk_hits.get(index, 0) + 1
         order = plan.selection.order.value

@@ -106,5 +106,5 @@ def test_another_tenant_can_neither_see_nor_ask_a_sectioned_document() -> None:
                            json={"model": MODEL, "cache_salt": "mine", "messages": [
                                {"role": "user", "content": "The harbour and the violin?"}]})
         assert chat.status_code == 200, chat.text
-        assert len(host.sent) == 3
-        assert [getattr(b, "cache_salt", None) for b in host.sent] == [None, None, None]
+        assert len(host.sent) >= 3  # two legs or more, then the combine
+        assert [getattr(b, "cache_salt", None) for b in host.sent] == [None] * len(host.sent)

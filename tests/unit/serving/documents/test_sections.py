@@ -41,16 +41,19 @@ def chunks_of(text: str, *, chunk: int = 40, overlap: int = 16) -> list[Chunk]:
     return chunk_document(text, chunk_tokens=chunk, overlap_tokens=overlap, count=count_words)
 
 
-def test_sections_are_contiguous_runs_of_chunks_that_fit_and_overlap() -> None:
+def test_sections_are_runs_of_chunks_that_fit_and_share_their_boundary_chunk() -> None:
     text = long_document(paragraphs=12)
     chunks = chunks_of(text)
     fresh = sections.fresh_tokens(text, chunks, count_words)
     cut = sections.cut(chunks, fresh, budget_tokens=150)
     assert len(cut) >= 3
-    # Contiguous, in order, every chunk in exactly one section.
+    # In order, from the first chunk to the last; each section opens with the one
+    # before's last chunk, so every two adjacent chunks lie whole in one section.
     assert cut[0].first_chunk == 0 and cut[-1].last_chunk == len(chunks) - 1
     for before, after in pairwise(cut):
-        assert after.first_chunk == before.last_chunk + 1
+        assert after.first_chunk == before.last_chunk < after.last_chunk
+    for i in range(len(chunks) - 1):
+        assert any(s.first_chunk <= i and i + 1 <= s.last_chunk for s in cut)
     for section in cut:
         body = sections.section_text(text, chunks, section)
         # Fits (the estimate is exact for the word counter), and greedy: one more
@@ -60,20 +63,27 @@ def test_sections_are_contiguous_runs_of_chunks_that_fit_and_overlap() -> None:
             assert section.estimated_tokens + fresh[section.last_chunk + 1] > 150
         # Boundaries on chunk (sentence) boundaries.
         assert body.startswith("Paragraph") and body.endswith(".")
-    # Consecutive sections share the chunker's overlap: where the chunks at a boundary
-    # overlap, the next section opens with the text the previous one ends with.
-    shared = 0
     for before, after in pairwise(cut):
-        end, start = chunks[before.last_chunk].end, chunks[after.first_chunk].start
-        if start < end:
-            shared += 1
-            overlap = text[start:end].strip()
-            assert sections.section_text(text, chunks, before).endswith(overlap)
-            assert sections.section_text(text, chunks, after).startswith(overlap)
-    assert shared >= 1
+        shared = sections.section_text(text, chunks, Section(
+            index=0, first_chunk=after.first_chunk, last_chunk=after.first_chunk,
+            estimated_tokens=0))
+        assert sections.section_text(text, chunks, before).endswith(shared)
+        assert sections.section_text(text, chunks, after).startswith(shared)
 
 
-def test_token_spans_cover_the_document_with_the_overlaps() -> None:
+def test_a_shared_chunk_that_leaves_no_room_starts_the_next_section_after_it() -> None:
+    chunks = [Chunk(index=i, start=10 * i, end=10 * i + 10, tokens=t)
+              for i, t in enumerate((30, 30, 40, 40))]
+    # Chunk 1 then 2 fill a section (70 of 70), so a section opening with the shared
+    # chunk 2 has no room for 3: the next starts at 3 instead of repeating 2 alone.
+    cut = sections.cut(chunks, [30, 30, 40, 40], budget_tokens=70)
+    assert [(s.first_chunk, s.last_chunk) for s in cut] == [(0, 1), (1, 2), (3, 3)]
+    # One chunk per section: nothing to share, each section is the next chunk.
+    cut = sections.cut(chunks, [30, 30, 40, 40], budget_tokens=40)
+    assert [(s.first_chunk, s.last_chunk) for s in cut] == [(0, 0), (1, 1), (2, 2), (3, 3)]
+
+
+def test_token_spans_cover_the_document_with_the_shared_chunks() -> None:
     text = long_document(paragraphs=12)
     chunks = chunks_of(text)
     fresh = sections.fresh_tokens(text, chunks, count_words)
@@ -82,8 +92,8 @@ def test_token_spans_cover_the_document_with_the_overlaps() -> None:
     assert spans[0][0] == 0 and spans[-1][1] == len(text.split())
     for (a, b), section in zip(spans, cut):
         assert b - a == section.estimated_tokens
-    for (_, end), (start, _) in pairwise(spans):
-        assert 0 < end - start <= 16  # the overlap, at most chunk_overlap_tokens
+    for ((_, end), (start, _)), after in zip(pairwise(spans), cut[1:]):
+        assert end - start == chunks[after.first_chunk].tokens  # the shared chunk
 
 
 def test_a_chunk_larger_than_a_section_is_refused() -> None:
