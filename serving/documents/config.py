@@ -41,10 +41,11 @@ class DocumentConfig(ConfigSection):
     several sections is answered from each (each a cache hit) and the answers combined
     by one more short request; each leg is a request of its own (a cached prompt and its
     answer's decode), so a few bound the work one question can cause."""
-    leg_similarity_margin: float = Field(0.05, ge=0, le=2, allow_inf_nan=False)
-    """A section answers a question too when its best chunk's cosine similarity to the
-    question is within this margin of the best section's. 0: only the best section;
-    larger: more questions map-reduced over several sections."""
+    leg_similarity_margin: float = Field(0.03, ge=0, le=2, allow_inf_nan=False)
+    """Chunks whose cosine similarity to the question is within this margin of the best
+    chunk's count as answering it too; a question is answered from the fewest sections
+    holding them all. 0: the best chunk's section alone; larger: more questions
+    map-reduced over several sections (each leg a cache hit, plus a combine request)."""
     default_max_tokens: int = Field(64, ge=1)
     """Answer length of an `ask` that does not set `max_tokens`."""
     max_question_chars: int = Field(4096, ge=1)

@@ -39,9 +39,8 @@ async def plan_legs(doc: SectionedDocument, similarities: Sequence[float], *, qu
                     prompt_tokens: Callable[[list[dict[str, str]]], Awaitable[int]],
                     no_room: Callable[[], Exception]) -> list[Leg]:
     """The legs of one question, best section first."""
-    picked = sections.pick_legs(
-        sections.scores(similarities, [a.section for a in doc.sections]),
-        max_legs=max_legs, margin=margin)
+    picked = sections.pick_legs(similarities, [a.section for a in doc.sections],
+                                max_legs=max_legs, margin=margin)
     legs = []
     for index in picked:
         section = doc.sections[index].section

@@ -23,9 +23,13 @@ of its prompt but the last is cached.
   again below any that does not fit.
 - ``scores`` / ``pick_legs``: a section scores its best chunk's similarity to the
   question (the max: a question about one passage should not be diluted by the rest
-  of its section, as a mean would be). The best section always answers; other
-  sections whose score is within ``margin`` of the best answer too (the question's
-  top chunks span them), best first, at most ``max_legs``; the answers are then
+  of its section, as a mean would be). The chunks within ``margin`` of the best chunk
+  are the ones the embedding cannot tell apart from it; the legs are the fewest
+  sections that hold them all (greedy set cover: the section holding most of them,
+  ties to the higher score, then document order; then again for those left), at
+  most ``max_legs``. So a question whose top chunks lie in one section -- a passage
+  over two chunks, which the shared boundary chunk keeps in one section -- costs one
+  leg, and one whose top chunks lie apart is answered from each part and the answers
   combined (``legs.py``).
 - ``messages``: a leg's prompt, the section's system message, earlier turns, then the
   question; ``last_chunk`` below the section's own trims its tail (never its head, so
@@ -165,14 +169,24 @@ def scores(similarities: Sequence[float], sections: Sequence[Section]) -> list[f
             for s in sections]
 
 
-def pick_legs(section_scores: Sequence[float], *, max_legs: int, margin: float) -> tuple[int, ...]:
-    """Sections that answer: the best, then those within ``margin`` of it, best first
-    (ties: document order), at most ``max_legs``."""
-    if not section_scores:
+def pick_legs(similarities: Sequence[float], sections: Sequence[Section], *, max_legs: int,
+              margin: float) -> tuple[int, ...]:
+    """The sections that answer, first the one holding most of the chunks within
+    ``margin`` of the best chunk (see the module docstring), at most ``max_legs``."""
+    if not sections:
         return ()
-    order = sorted(range(len(section_scores)), key=lambda i: (-section_scores[i], i))
-    best = section_scores[order[0]]
-    return tuple(i for i in order if section_scores[i] >= best - margin)[:max_legs]
+    section_scores = scores(similarities, sections)
+    best = max(section_scores)
+    wanted = {i for s in sections for i in range(s.first_chunk, s.last_chunk + 1)
+              if float(similarities[i]) >= best - margin}
+    legs: list[int] = []
+    while wanted and len(legs) < max_legs:
+        held = {k: sum(s.first_chunk <= i <= s.last_chunk for i in wanted)
+                for k, s in enumerate(sections) if k not in legs}
+        pick = max(held, key=lambda k: (held[k], section_scores[k], -k))
+        legs.append(pick)
+        wanted -= set(range(sections[pick].first_chunk, sections[pick].last_chunk + 1))
+    return tuple(legs)
 
 
 def trim(chunks_fresh: Sequence[int], section: Section, last_chunk: int, over_tokens: int) -> int:

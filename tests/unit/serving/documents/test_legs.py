@@ -113,7 +113,7 @@ def make_client(host: Host) -> TestClient:
 
 
 def test_a_question_over_two_sections_is_answered_by_each_then_combined() -> None:
-    host = MapHost(make_service(leg_similarity_margin=0.5, max_section_legs=2)[0])
+    host = MapHost(make_service(leg_similarity_margin=0.1)[0])
     with make_client(host) as client:
         doc = client.post("/v1/documents", json={"model": MODEL, "text": long_document(12),
                                                  "name": "manual"}).json()

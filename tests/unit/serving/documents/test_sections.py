@@ -109,14 +109,27 @@ def test_sections_score_their_best_chunk_and_close_seconds_join_as_legs() -> Non
            Section(index=1, first_chunk=3, last_chunk=4, estimated_tokens=0),
            Section(index=2, first_chunk=5, last_chunk=6, estimated_tokens=0)]
     similarities = [0.1, 0.2, 0.1, 0.9, 0.0, 0.86, 0.86]
-    scores = sections.scores(similarities, cut)
-    assert scores == pytest.approx([0.2, 0.9, 0.86])  # the max, not diluted by a mean
-    assert sections.pick_legs(scores, max_legs=3, margin=0.0) == (1,)
-    assert sections.pick_legs(scores, max_legs=3, margin=0.05) == (1, 2)
-    assert sections.pick_legs(scores, max_legs=3, margin=1.0) == (1, 2, 0)
-    assert sections.pick_legs(scores, max_legs=2, margin=1.0) == (1, 2)
-    assert sections.pick_legs([0.5, 0.5], max_legs=1, margin=0.0) == (0,)  # ties: order
-    assert sections.pick_legs([], max_legs=2, margin=0.1) == ()
+    assert sections.scores(similarities, cut) == pytest.approx([0.2, 0.9, 0.86])  # the max
+    assert sections.pick_legs(similarities, cut, max_legs=3, margin=0.0) == (1,)
+    # Within 0.05: chunks 3, 5 and 6. Section 2 holds two of them, so it goes first.
+    assert sections.pick_legs(similarities, cut, max_legs=3, margin=0.05) == (2, 1)
+    assert sections.pick_legs(similarities, cut, max_legs=3, margin=1.0) == (0, 1, 2)
+    assert sections.pick_legs(similarities, cut, max_legs=1, margin=0.05) == (2,)
+    pair = [Section(index=i, first_chunk=i, last_chunk=i, estimated_tokens=0) for i in (0, 1)]
+    assert sections.pick_legs([0.5, 0.5], pair, max_legs=1, margin=0.0) == (0,)  # ties: order
+    assert sections.pick_legs([], [], max_legs=2, margin=0.1) == ()
+
+
+def test_top_chunks_held_by_one_section_make_one_leg() -> None:
+    # Sections sharing their boundary chunk 2: the passage over chunks 2 and 3 is whole
+    # in section 1 alone, which holds both top chunks, so one leg answers.
+    cut = [Section(index=0, first_chunk=0, last_chunk=2, estimated_tokens=0),
+           Section(index=1, first_chunk=2, last_chunk=4, estimated_tokens=0)]
+    similarities = [0.1, 0.2, 0.8, 0.79, 0.3]
+    assert sections.pick_legs(similarities, cut, max_legs=3, margin=0.03) == (1,)
+    # The best chunk alone is shared: the higher-scoring holder (a tie: the first).
+    assert sections.pick_legs([0.1, 0.2, 0.8, 0.3, 0.3], cut, max_legs=3,
+                              margin=0.03) == (0,)
 
 
 def test_trimming_drops_tail_chunks_never_the_first() -> None:

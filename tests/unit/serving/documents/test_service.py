@@ -98,7 +98,7 @@ def test_a_long_document_is_cut_into_prewarmed_sections_and_asks_go_to_their_sec
 
 
 def test_a_question_near_two_sections_is_answered_from_both() -> None:
-    service, _, _ = make_service(leg_similarity_margin=0.5, max_section_legs=2)
+    service, _, _ = make_service(leg_similarity_margin=0.1)
 
     async def body() -> None:
         doc, _ = await service.upload(owner=OWNER, model=MODEL, text=LONG, name="manual")
