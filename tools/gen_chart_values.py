@@ -143,9 +143,11 @@ TOLERATIONS = {"type": "array", "items": {"type": "object"}}
 ENV_LIST = {"type": "array", "items": {
     "type": "object", "required": ["name"],
     "properties": {"name": {"type": "string", "minLength": 1}}}}
+# A Kubernetes object name, or empty (= not set).
+DNS_NAME = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?)?$"
 SECRET_REF = obj({
     "secretName": {"type": "string",
-                   "pattern": r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?)?$",
+                   "pattern": DNS_NAME,
                    "description": "Name of an existing Secret; empty = not used."},
     "key": {"type": "string", "minLength": 1},
 }, ["secretName", "key"])
@@ -199,6 +201,17 @@ def values_schema() -> dict:
             "podAnnotations": STR_MAP,
             "podSecurityContext": ANY_MAP,
             "containerSecurityContext": ANY_MAP,
+            "cache": obj({
+                "persistence": obj({
+                    "enabled": BOOL,
+                    "existingClaim": {"type": "string", "pattern": DNS_NAME,
+                                      "description": "Existing PVC; empty = the chart's."},
+                    "size": {"type": "string",
+                             "pattern": r"^[0-9]+(\.[0-9]+)?(k|Ki|M|Mi|G|Gi|T|Ti|P|Pi)?$"},
+                    "storageClassName": {"type": "string", "pattern": DNS_NAME,
+                                         "description": "Empty = the default class."},
+                }, ["enabled", "existingClaim", "size", "storageClassName"]),
+            }, ["persistence"]),
             "autoscaling": obj({
                 "enabled": BOOL,
                 "maxReplicas": {"type": "integer", "minimum": 1, "maximum": 1024},

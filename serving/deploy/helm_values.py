@@ -19,8 +19,13 @@ from serving.deploy.serve_config import JSON, Autoscaling
 def render_helm_values(config: ServiceConfig, *, image_tag: str | None = None,
                        autoscaling: Autoscaling | None = None,
                        hf_token: SecretRef | None = None,
-                       api_keys: SecretRef | None = None) -> JSON:
-    """Values for `helm install -f` that deploy `config` with helm/cacheroute."""
+                       api_keys: SecretRef | None = None,
+                       cache_claim: str | None = None) -> JSON:
+    """Values for `helm install -f` that deploy `config` with helm/cacheroute.
+
+    `cache_claim`: an existing PVC for /cache; None leaves the chart's default (a PVC of
+    its own).
+    """
     values: dict[str, Any] = {
         "config": config.model_dump(mode="json"),
         "image": {"repository": DEFAULT_IMAGE_REPOSITORY,
@@ -37,6 +42,8 @@ def render_helm_values(config: ServiceConfig, *, image_tag: str | None = None,
             values["secrets"]["hfToken"] = {"secretName": hf_token.name, "key": hf_token.key}
         if api_keys is not None:
             values["secrets"]["apiKeys"] = {"secretName": api_keys.name, "key": api_keys.key}
+    if cache_claim:
+        values["cache"] = {"persistence": {"enabled": True, "existingClaim": cache_claim}}
     return values
 
 

@@ -65,6 +65,9 @@ CONTAINER_SECURITY_CONTEXT: dict[str, Any] = {
 
 # Writable places when the root filesystem is read-only: Ray's session dir (/tmp/ray),
 # the hub/vLLM/Triton caches, and shared memory for the engine and the object store.
+# /cache is an emptyDir unless a PersistentVolumeClaim is given (`cache_claim`; the
+# chart's default): only a claim outlives the pod, so a new pod loads the compile cache
+# (VLLM_CACHE_ROOT/torch_compile_cache) and the model instead of rebuilding them.
 CACHE_DIR = "/cache"
 CACHE_ENV = [
     {"name": "XDG_CACHE_HOME", "value": CACHE_DIR},
@@ -83,6 +86,14 @@ VOLUMES = [
     {"name": "cache", "emptyDir": {}},
     {"name": "dshm", "emptyDir": {"medium": "Memory"}},
 ]
+
+
+def volumes(cache_claim: str | None = None) -> list[JSON]:
+    """The pod volumes: `VOLUMES`, with /cache on `cache_claim` when one is given."""
+    claim = {"name": "cache", "persistentVolumeClaim": {"claimName": cache_claim}}
+    return [claim if cache_claim and v["name"] == "cache" else v
+            for v in copy.deepcopy(VOLUMES)]
+
 
 HF_TOKEN_ENV = "HF_TOKEN"
 
@@ -159,6 +170,7 @@ def render_rayservice(
     extra_env: Sequence[JSON] = (),
     upgrade_strategy: str = "NewCluster",
     labels: JSON | None = None,
+    cache_claim: str | None = None,
 ) -> JSON:
     """A KubeRay `RayService` (ray.io/v1) serving `config`.
 
@@ -166,6 +178,8 @@ def render_rayservice(
     ingress replicas off it. Worker group `engines`: one engine replica per pod,
     `config.replicas` pods (or the autoscaling bounds), readiness = the service's
     `/ready` (every replica warm). Both run non-root with a read-only root filesystem.
+    `cache_claim`: an existing PersistentVolumeClaim (ReadWriteMany, as every pod mounts
+    it) for /cache; None = an emptyDir, which a new pod starts empty.
     """
     image = image or default_image(config)
     if ":" not in image.rsplit("/", 1)[-1] and "@" not in image:
@@ -200,7 +214,7 @@ def render_rayservice(
         if scheduling and tolerations:
             spec["tolerations"] = copy.deepcopy(list(tolerations))
         spec["containers"] = [cont]
-        spec["volumes"] = copy.deepcopy(VOLUMES)
+        spec["volumes"] = volumes(cache_claim)
         return {"metadata": {"labels": {**sel, "app.kubernetes.io/component": component}},
                 "spec": spec}
 

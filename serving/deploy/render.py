@@ -63,6 +63,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-keys-secret", metavar="SECRET[:KEY]",
                    help="existing Secret holding the comma-separated API keys "
                         "(key default api-keys)")
+    p.add_argument("--cache-claim", metavar="PVC",
+                   help="existing PersistentVolumeClaim (ReadWriteMany) for /cache, so new "
+                        "pods load the compile cache and model (default: an emptyDir)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,10 +79,11 @@ def run(args: argparse.Namespace) -> int:
     image = args.image or default_image(config)
     serve_cfg = render_serve_config(config, autoscaling=autoscaling)
     rayservice = render_rayservice(config, name=args.name, image=image,
-                                   autoscaling=autoscaling, hf_token=hf, api_keys=keys)
+                                   autoscaling=autoscaling, hf_token=hf, api_keys=keys,
+                                   cache_claim=args.cache_claim)
     repo, _, tag = image.rpartition(":")
     values = render_helm_values(config, image_tag=tag, autoscaling=autoscaling,
-                                hf_token=hf, api_keys=keys)
+                                hf_token=hf, api_keys=keys, cache_claim=args.cache_claim)
     values["image"]["repository"] = repo
     files = {
         "serve-config.yaml": serve_config_text(serve_cfg),

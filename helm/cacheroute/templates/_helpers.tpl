@@ -129,11 +129,26 @@ app.kubernetes.io/part-of: cacheroute
   mountPath: /dev/shm
 {{- end }}
 
+{{/* The claim at /cache (values.yaml `cache`): the user's, or the chart's own PVC;
+empty when persistence is off. Mirrors render_rayservice's cache_claim. */}}
+{{- define "cacheroute.cacheClaim" -}}
+{{- with .Values.cache.persistence }}
+{{- if .enabled }}
+{{- .existingClaim | default (printf "%s-cache" (include "cacheroute.fullname" $)) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{- define "cacheroute.volumes" -}}
 - name: tmp
   emptyDir: {}
 - name: cache
+{{- with include "cacheroute.cacheClaim" . }}
+  persistentVolumeClaim:
+    claimName: {{ . }}
+{{- else }}
   emptyDir: {}
+{{- end }}
 - name: dshm
   emptyDir:
     medium: Memory

@@ -132,7 +132,14 @@ def render_args(value_set: str) -> dict:
         "tolerations": v["worker"]["tolerations"],
         "extra_env": v["ray"]["extraEnv"],
         "upgrade_strategy": v["ray"]["upgradeStrategy"],
+        "cache_claim": cache_claim(v),
     }
+
+
+def cache_claim(values: dict) -> str | None:
+    """The claim the chart mounts at /cache (`cacheroute.cacheClaim`) for RELEASE."""
+    p = values["cache"]["persistence"]
+    return (p["existingClaim"] or f"{RELEASE}-cache") if p["enabled"] else None
 
 
 def normalise(obj: dict) -> dict:
