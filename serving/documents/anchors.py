@@ -89,24 +89,46 @@ class DocumentAnchors:
         fresh = await asyncio.to_thread(sections.fresh_tokens, doc.text, doc.chunks, count)
         # The label's widest part number (999) bounds any section's.
         empty = assembly.system_message(sections.label(doc.name, 998, 999), "")
-        budget = window_tokens - await asyncio.to_thread(self._tokenizer.chat_tokens, [empty],
-                                                         doc.salt)
+        # A block less than the window: room for the padding to a block boundary.
+        block = self._registry.settings.block_size
+        budget = window_tokens - (block - 1) - await asyncio.to_thread(
+            self._tokenizer.chat_tokens, [empty], doc.salt)
         for _ in range(_CUT_ATTEMPTS):
             cut = sections.cut(doc.chunks, fresh, budget_tokens=budget)
             systems = [sections.anchor_message(doc.name, doc.text, doc.chunks, c, len(cut))
                        for c in cut]
             sizes = await asyncio.to_thread(self._sizes, systems, doc.salt)
-            over = max(size - window_tokens for size in sizes)
+            over = max(size + block - 1 - window_tokens for size in sizes)
             if over <= 0:
                 break
             budget -= over
         else:
             raise SectionError(f"no cut into sections fits {window_tokens} tokens")
         spans = sections.token_spans(cut, doc.chunks, fresh)
+        pads = [await asyncio.to_thread(self._block_pad, doc, c, len(cut), size, block,
+                                        window_tokens)
+                for c, size in zip(cut, sizes)]
         doc.fresh_tokens = tuple(fresh)
-        doc.sections = tuple(SectionAnchor(section=c, count=len(cut), token_start=a, token_end=b)
-                             for c, (a, b) in zip(cut, spans))
+        doc.sections = tuple(SectionAnchor(section=c, count=len(cut), token_start=a, token_end=b,
+                                           pad=pad)
+                             for c, (a, b), pad in zip(cut, spans, pads))
         await self.renew_sections(doc)
+
+    def _block_pad(self, doc: Document, section: sections.Section, count: int, size: int,
+                   block: int, window_tokens: int) -> str:
+        """Whitespace that ends the section's system message (``size`` tokens) on a block
+        boundary, measured; "" when none is needed or no unit lands on one (the anchor
+        then works as before, its last partial block prefilled by each question)."""
+        need = -size % block
+        if need == 0:
+            return ""
+        for unit in sections.PAD_UNITS:
+            pad = unit * need
+            tokens = self._tokenizer.chat_tokens([sections.anchor_message(
+                doc.name, doc.text, doc.chunks, section, count, pad=pad)], doc.salt)
+            if tokens % block == 0 and tokens <= window_tokens:
+                return pad
+        return ""
 
     def _sizes(self, systems: list[dict[str, str]], salt: str) -> list[int]:
         return [self._tokenizer.chat_tokens([m], salt) for m in systems]
@@ -115,7 +137,7 @@ class DocumentAnchors:
         for anchor in doc.sections:
             anchor.token_ids, anchor.prefix_key, anchor.cacheable_tokens = await self._register(
                 doc, sections.anchor_message(doc.name, doc.text, doc.chunks,
-                                                   anchor.section, anchor.count))
+                                                   anchor.section, anchor.count, pad=anchor.pad))
         doc.anchor_tokens = sum(len(a.token_ids) for a in doc.sections)
         doc.cacheable_tokens = sum(a.cacheable_tokens for a in doc.sections)
         doc.registered_at = self._clock()

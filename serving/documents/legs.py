@@ -48,7 +48,8 @@ async def plan_legs(doc: SectionedDocument, similarities: Sequence[float], *, qu
         while True:
             messages = sections.messages(
                 name=doc.name, text=doc.text, chunks=doc.chunks, section=section,
-                count=len(doc.sections), question=question, history=history, last_chunk=last)
+                count=len(doc.sections), question=question, history=history, last_chunk=last,
+                pad=doc.sections[index].pad)
             over = await prompt_tokens(messages) + answer_tokens - window_tokens
             if over <= 0:
                 break

@@ -31,6 +31,12 @@ of its prompt but the last is cached.
   over two chunks, which the shared boundary chunk keeps in one section -- costs one
   leg, and one whose top chunks lie apart is answered from each part and the answers
   combined (``legs.py``).
+- ``PAD_UNITS``: an anchor ends on a KV block boundary. The engine caches whole
+  blocks only, so the tokens of an anchor's last, partial block would be prefilled
+  again by every question; a section's system message is therefore padded with
+  whitespace to a multiple of the block size (the caller measures it exactly), and a
+  question prefills only its own tokens. Sections are cut a block smaller so the
+  padding always fits.
 - ``messages``: a leg's prompt, the section's system message, earlier turns, then the
   question; ``last_chunk`` below the section's own trims its tail (never its head, so
   the prompt still starts with the anchor's blocks) when the question and answer need
@@ -70,6 +76,7 @@ class SectionAnchor:
     count: int  # sections in the document (part of the label)
     token_start: int  # the section's span in the document's tokens (approximate at the
     token_end: int    # boundaries: token counts of adjacent pieces are summed)
+    pad: str = ""  # whitespace after the text: the system message ends on a block boundary
     token_ids: tuple[int, ...] = ()  # of its system message, as the router hashes them
     prefix_key: PrefixKey | None = None  # None: shorter than one KV block
     cacheable_tokens: int = 0
@@ -148,18 +155,28 @@ def label(name: str, index: int, count: int) -> str:
     return f"{name} (part {index + 1} of {count})"
 
 
+# Whitespace that pads an anchor to a block boundary, tried in order: the first whose
+# repeats add one token each lands exactly (" \n" on BPE tokenizers, where newlines
+# alone merge; "\n" on character-level ones). The caller measures.
+PAD_UNITS = (" \n", "\n")
+
+
 def anchor_message(name: str, text: str, chunks: Sequence[Chunk], section: Section,
-                   count: int, last_chunk: int | None = None) -> dict[str, str]:
-    """The section's system message: registered whole, trimmed only by ``messages``."""
+                   count: int, last_chunk: int | None = None, pad: str = "") -> dict[str, str]:
+    """The section's system message: registered whole (with its ``pad``), trimmed only
+    by ``messages``."""
     return system_message(label(name, section.index, count),
-                          section_text(text, chunks, section, last_chunk))
+                          section_text(text, chunks, section, last_chunk) + pad)
 
 
 def messages(*, name: str, text: str, chunks: Sequence[Chunk], section: Section, count: int,
              question: str, history: Sequence[Mapping[str, str]] = (),
-             last_chunk: int | None = None) -> list[dict[str, str]]:
-    """A leg's chat messages: the section's anchor, earlier turns, the question."""
-    return [anchor_message(name, text, chunks, section, count, last_chunk),
+             last_chunk: int | None = None, pad: str = "") -> list[dict[str, str]]:
+    """A leg's chat messages: the section's anchor, earlier turns, the question. A
+    trimmed leg (``last_chunk`` below the section's) is sent without the ``pad``."""
+    trimmed = last_chunk is not None and last_chunk != section.last_chunk
+    return [anchor_message(name, text, chunks, section, count, last_chunk,
+                           "" if trimmed else pad),
             *rendered_history(history), {"role": "user", "content": f"Question: {question}"}]
 
 

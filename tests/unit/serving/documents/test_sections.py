@@ -187,6 +187,12 @@ def test_a_questions_prompt_starts_with_exactly_its_sections_anchor_tokens(
         doc, _ = await service.upload(owner=OWNER, model=MODEL,
                                       text=long_document(paragraphs=24), name="manual")
         assert doc.anchor_mode is Mode.SECTIONS and len(doc.sections) >= 2
+        # Every anchor ends on a KV block boundary (padded), so a question's cached
+        # prefix is all of its anchor: no partial block prefilled again per question.
+        block = registry.settings.block_size
+        for anchor in doc.sections:
+            assert len(anchor.token_ids) % block == 0 and anchor.cacheable_tokens == len(
+                anchor.token_ids) <= 1024 - 160
         history = [{"role": "user", "content": "And the keeper?"},
                    {"role": "assistant", "content": "Busy."}]
         for topic, turns in (("harbour", []), ("violin", []), ("canyon", history)):
