@@ -20,6 +20,13 @@ same requests at the same offsets (``replay.py``: open-loop Poisson arrivals at
 ``--rate``, or ``--concurrency`` workers), ``/metrics`` read before and after and
 sampled each second, then a complete stop before the next policy.
 
+A policy named ``PACKAGE:POLICY`` is a peer router users deploy instead
+(``vllm-router:kv_aware``, ``vllm-router:consistent_hash``, ``sglang:cache_aware``;
+``peers.py``): the pinned router in front of plain vLLM servers started with the
+service's engine arguments (``peer_run.py``), measured the same way; its row
+records the router's package and version, and cacheroute's router counters read
+"not measured" (None) there.
+
 The oracles (``oracle.py``) come from the trace's prompt token ids, tokenised the
 way vLLM's frontend does (``serving.routing.prompt_tokens``) with the engine's block
 size: an infinite shared cache, and one bounded by the fleet's KV capacity
@@ -57,6 +64,8 @@ from bench.oracle import (
     fleet_capacity_blocks,
     oracle_hits,
 )
+from bench.peer_run import run_peer_measured
+from bench.peers import PEERS, is_peer
 from bench.policy_run import MODEL_ID, run_measured, settings_from
 from bench.replay import replay
 from bench.report import PolicySummary, summarise, workload_description, write_outputs
@@ -70,7 +79,8 @@ DEFAULT_REQUESTS = 200
 WORKLOADS = ("tenants", "sessions", "documents", "trace", "vllm-prefix-repetition")
 
 
-_policies = policy_list(POLICIES)
+# cacheroute's policies, and the peer routers users deploy instead (bench/peers.py).
+_policies = policy_list((*POLICIES, *PEERS))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workload", choices=WORKLOADS,
                    help="default: trace with --trace, else tenants")
     p.add_argument("--policies", type=_policies, default=list(POLICIES),
-                   help=f"comma-separated, run in this order (default {','.join(POLICIES)})")
+                   help=f"comma-separated, run in this order (default {','.join(POLICIES)}); "
+                        f"peer routers: {','.join(PEERS)}")
     p.add_argument("--requests", type=int,
                    help="requests (tenants, documents) or prompts (vllm-prefix-repetition); "
                         f"default {DEFAULT_REQUESTS}, or tenants x --per-tenant")
@@ -257,7 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     concurrency=args.concurrency, on_done=lambda _: bar.update(1)))
 
         try:
-            run = run_measured(policy, settings, args.out_dir / policy, drive)
+            run = (run_peer_measured if is_peer(policy) else run_measured)(
+                policy, settings, args.out_dir / policy, drive)
         except ServiceError as err:
             print(f"cacheroute bench: {err}", file=sys.stderr)
             return 1
@@ -278,6 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "decisions": run.counters.decisions,
             "replications": run.counters.replications,
             "spill_waits": run.counters.spill_waits,
+            **run.peer_fields(),
         }
 
     description = workload_description(workload, args, len(trace))

@@ -62,6 +62,12 @@ class PolicyRun(Generic[T]):
     request_skew: float | None
     startup_s: float | None
     stragglers_killed: int
+    # A peer router's package, version and policy (bench/peers.py); None for ours.
+    peer: dict[str, Any] | None = None
+
+    def peer_fields(self) -> dict[str, Any]:
+        """The result row's record of a peer router (bench/peers.py); none for ours."""
+        return {} if self.peer is None else {"peer": self.peer}
 
     def service_fields(self) -> dict[str, Any]:
         """The ``PolicySummary`` fields measured on the service."""
@@ -74,7 +80,8 @@ class PolicyRun(Generic[T]):
 def run_measured(policy: str, settings: ServiceSettings, folder: Path,
                  drive: Callable[[str], T]) -> PolicyRun[T]:
     """Start ``policy``'s service, run ``drive(base_url)`` under measurement, stop it.
-    Raises ``service.ServiceError`` when the service does not come up."""
+    Raises ``service.ServiceError`` when the service does not come up. (A peer router,
+    a name with a colon, runs in ``bench/peer_run.py`` instead.)"""
     folder.mkdir(parents=True, exist_ok=True)
     port = settings.port or free_port()
     config = write_config(folder / "config.yaml", model_id=MODEL_ID, policy=policy,
@@ -111,7 +118,15 @@ def run_measured(policy: str, settings: ServiceSettings, folder: Path,
                     load_skew=load_skew(sampler.samples, settings.replicas),
                     request_skew=max_over_mean(requests), startup_s=service.startup_s,
                     stragglers_killed=len(service.stragglers_killed))
+    write_metrics(folder, run, sampler.errors)
+    return run
+
+
+def write_metrics(folder: Path, run: PolicyRun[Any], load_sample_errors: int) -> None:
+    """The run's ``service_metrics.json`` (None: not measured for this policy)."""
+    counters = run.counters
     (folder / "service_metrics.json").write_text(json.dumps({
+        **({"peer": run.peer} if run.peer is not None else {}),
         "requests_by_replica": counters.requests_by_replica,
         "decisions": counters.decisions,
         "replications": counters.replications,
@@ -120,9 +135,8 @@ def run_measured(policy: str, settings: ServiceSettings, folder: Path,
         "engine_prompt_hit_rate": counters.engine_prompt_hit_rate,
         "load_skew": run.load_skew, "request_skew": run.request_skew,
         "load_samples": [{"t_s": s.t_s, "in_flight": dict(s.in_flight)} for s in run.load],
-        "load_sample_errors": sampler.errors,
+        "load_sample_errors": load_sample_errors,
     }, indent=2) + "\n")
-    return run
 
 
 def settings_from(args: argparse.Namespace) -> ServiceSettings:

@@ -223,17 +223,24 @@ class ServiceProcess:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def start(self) -> None:
+    def spawn(self) -> subprocess.Popen[str]:
+        """Start the process (tagged, in a session of its own, output to the log) and
+        return without waiting for it to be ready."""
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env, RUN_TAG_ENV: self.tag}
         env.pop("CACHEROUTE_API_KEYS", None)
         log = self.log_path.open("w", encoding="utf-8")
-        started = time.monotonic()
         self._proc = subprocess.Popen(
             self.command, cwd=self.cwd, env=env, text=True,
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             start_new_session=True)
         threading.Thread(target=_pump, args=(self._proc.stdout, self._lines, log),
                          daemon=True).start()
+        return self._proc
+
+    def start(self) -> None:
+        started = time.monotonic()
+        self.spawn()
+        assert self._proc is not None
         deadline = started + self.start_timeout_s
         while True:
             try:

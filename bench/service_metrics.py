@@ -100,6 +100,33 @@ def parse_metrics(text: str) -> MetricsSnapshot:
                            **by_result)
 
 
+# A plain vLLM server's own gauges whose sum is its in-flight count (bench/peer_run.py).
+_ENGINE_IN_FLIGHT = ("vllm:num_requests_running", "vllm:num_requests_waiting")
+
+
+def engine_snapshot(texts: Mapping[str, str]) -> MetricsSnapshot:
+    """One scrape of plain vLLM servers (no router of ours in front), from each
+    server's ``/metrics`` text by a name for it: the per-replica counters as above,
+    summed over the engine's own labels, and in flight = running + waiting. The
+    router's families do not exist there, so decisions, replications and spill
+    waits are None (not measured)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    replicas: dict[str, dict[str, float]] = {}
+    in_flight: dict[str, float] = {}
+    for replica, text in texts.items():
+        counters: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.name in _COUNTERS:
+                    key = _COUNTERS[s.name]
+                    counters[key] = counters.get(key, 0.0) + s.value
+                elif s.name in _ENGINE_IN_FLIGHT:
+                    in_flight[replica] = in_flight.get(replica, 0.0) + s.value
+        replicas[replica] = counters
+    return MetricsSnapshot(replicas=replicas, in_flight=in_flight, decisions=None)
+
+
 def scrape(metrics_url: str, timeout_s: float = 30.0) -> MetricsSnapshot:
     response = httpx.get(metrics_url, timeout=timeout_s)
     response.raise_for_status()

@@ -45,6 +45,8 @@ from bench.oracle import (
     fleet_capacity_blocks,
     oracle_hits,
 )
+from bench.peer_run import run_peer_measured
+from bench.peers import is_peer
 from bench.policy_run import MODEL_ID, run_measured, settings_from
 from bench.report import PolicySummary, workload_description, write_outputs
 from bench.service import ServiceError
@@ -241,7 +243,8 @@ def run_comparison(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
             return parse_result(json.loads(path.read_text(encoding="utf-8")))
 
         try:
-            run = run_measured(policy, settings_from(args), folder, drive)
+            run = (run_peer_measured if is_peer(policy) else run_measured)(
+                policy, settings_from(args), folder, drive)
         except ServiceError as err:
             print(f"cacheroute bench: {err}", file=sys.stderr)
             return 1
@@ -256,7 +259,7 @@ def run_comparison(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         extra[policy] = {"stragglers_killed": run.stragglers_killed,
                          "requests_by_replica": run.counters.requests_by_replica,
                          "decisions": run.counters.decisions,
-                         "ttft_mean_s": run.outcome.ttft_mean_s}
+                         "ttft_mean_s": run.outcome.ttft_mean_s, **run.peer_fields()}
 
     write_outputs(args, machine, command,
                   workload_description("vllm-prefix-repetition", args, args.requests),

@@ -1,8 +1,9 @@
 """The `engine` section of the service config: the vLLM engine every replica runs.
 
-Validation only: `serving/app.py` turns it into the engine's arguments and the replica's
-Ray resources. `block_size` and `hash_seed` are shared with the router, which recomputes
-the engine's block hashes (`serving/routing/cacheroute.py` passes them on).
+Validation only: `serving/replica/engine_args.py` turns it into the engine's arguments,
+`serving/app.py` into the replica's Ray resources. `block_size` and `hash_seed` are
+shared with the router, which recomputes the engine's block hashes
+(`serving/routing/cacheroute.py` passes them on).
 """
 
 from __future__ import annotations
