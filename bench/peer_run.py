@@ -27,7 +27,7 @@ from typing import TypeVar
 import httpx
 
 from bench import peers
-from bench.policy_run import MODEL_ID, PolicyRun, ServiceSettings, write_metrics
+from bench.policy_run import MODEL_ID, PolicyRun, ServiceSettings, finish_run
 from bench.service import (
     ServiceError,
     ServiceProcess,
@@ -38,12 +38,9 @@ from bench.service import (
 from bench.service_metrics import (
     LoadSampler,
     MetricsSnapshot,
-    diff,
     engine_snapshot,
-    load_skew,
     settled,
 )
-from bench.service_metrics import skew as max_over_mean
 
 T = TypeVar("T")
 
@@ -217,12 +214,6 @@ def run_peer_measured(policy: str, settings: ServiceSettings, folder: Path,
     if stragglers:
         print(f"[{policy}] ended leftover processes of this run: {len(stragglers)}",
               file=sys.stderr)
-    counters = diff(before, after)
-    requests = list(counters.requests_by_replica.values())
-    requests += [0.0] * max(0, settings.replicas - len(requests))
-    run = PolicyRun(policy=policy, outcome=outcome, counters=counters, load=sampler.samples,
-                    load_skew=load_skew(sampler.samples, settings.replicas),
-                    request_skew=max_over_mean(requests), startup_s=startup_s,
-                    stragglers_killed=len(stragglers), peer=p.describe())
-    write_metrics(folder, run, sampler.errors)
-    return run
+    return finish_run(policy, folder, settings, outcome=outcome, before=before, after=after,
+                      sampler=sampler, startup_s=startup_s,
+                      stragglers_killed=len(stragglers), peer=p.describe())

@@ -111,13 +111,22 @@ def run_measured(policy: str, settings: ServiceSettings, folder: Path,
     if service.stragglers_killed:
         print(f"[{policy}] ended leftover processes of this run: {service.stragglers_killed}",
               file=sys.stderr)
+    return finish_run(policy, folder, settings, outcome=outcome, before=before, after=after,
+                      sampler=sampler, startup_s=service.startup_s,
+                      stragglers_killed=len(service.stragglers_killed))
+
+
+def finish_run(policy: str, folder: Path, settings: ServiceSettings, *, outcome: Any,
+               before: Any, after: Any, sampler: LoadSampler, startup_s: float,
+               stragglers_killed: int, peer: dict[str, Any] | None = None) -> PolicyRun[Any]:
+    """One measured run from its counters and load samples, written to ``folder``."""
     counters = diff(before, after)
     requests = list(counters.requests_by_replica.values())
     requests += [0.0] * max(0, settings.replicas - len(requests))
     run = PolicyRun(policy=policy, outcome=outcome, counters=counters, load=sampler.samples,
                     load_skew=load_skew(sampler.samples, settings.replicas),
-                    request_skew=max_over_mean(requests), startup_s=service.startup_s,
-                    stragglers_killed=len(service.stragglers_killed))
+                    request_skew=max_over_mean(requests), startup_s=startup_s,
+                    stragglers_killed=stragglers_killed, peer=peer)
     write_metrics(folder, run, sampler.errors)
     return run
 
